@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: read-only pages over the metadata store."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: a private ALLOYML_HOME per test, store URLs for SQLite and PostgreSQL, and one Ray
+for the whole test session (ray.init costs ~9 s and ~0.8 GB, so it is started once)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("ALLOYML_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def alloy_home(tmp_path, monkeypatch):
+    """A fresh ALLOYML_HOME with the embedded SQLite default."""
+    home = tmp_path / "alloyml-home"
+    monkeypatch.setenv("ALLOYML_HOME", str(home))
+    monkeypatch.delenv("ALLOYML_DB_URL", raising=False)
+    return home
+
+
+def _pg_schema_url():
+    """A fresh schema in the `test` database; the URL pins the search_path to it."""
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    engine = sa.create_engine(PG_ADMIN_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    return f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}", schema
+
+
+def _drop_pg_schema(schema):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_ADMIN_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A migrated-nothing database URL, once for SQLite and once for PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    url, schema = _pg_schema_url()
+    try:
+        yield url
+    finally:
+        _drop_pg_schema(schema)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session."""
+    import ray
+
+    from alloyml.raycluster import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray

@@ -1,0 +1,64 @@
+"""The one settings object, read from environment variables with safe defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from alloyml.errors import ConfigError
+
+_KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where alloyml keeps its state.
+
+    home: ALLOYML_HOME (default ~/.alloyml) — holds the embedded database and the artifact store.
+    db_url: ALLOYML_DB_URL (default: SQLite file `alloyml.db` under home).
+    ray_address: ALLOYML_RAY_ADDRESS (default None: start a local Ray bound to 127.0.0.1).
+    """
+
+    home: Path
+    db_url: str
+    ray_address: str | None = None
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def is_embedded_sqlite(self) -> bool:
+        return self.db_url == default_sqlite_url(self.home)
+
+    @classmethod
+    def from_env(cls, *, home: str | Path | None = None, db_url: str | None = None) -> Settings:
+        home_path = Path(home or os.environ.get("ALLOYML_HOME") or Path.home() / ".alloyml").expanduser()
+        url = db_url or os.environ.get("ALLOYML_DB_URL") or default_sqlite_url(home_path)
+        validate_db_url(url)
+        return cls(home=home_path, db_url=url, ray_address=os.environ.get("ALLOYML_RAY_ADDRESS") or None)
+
+
+def default_sqlite_url(home: Path) -> str:
+    return f"sqlite:///{home / 'alloyml.db'}"
+
+
+def validate_db_url(url: str) -> None:
+    """Reject a malformed database URL before any connection is tried."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as err:
+        raise ConfigError(
+            f"ALLOYML_DB_URL {url!r} is not a database URL; expected e.g. "
+            "'sqlite:///path/alloyml.db' or 'postgresql+psycopg://user@host:5432/db'"
+        ) from err
+    if parsed.drivername not in _KNOWN_DB_SCHEMES:
+        raise ConfigError(
+            f"ALLOYML_DB_URL {url!r} uses driver {parsed.drivername!r}; expected one of {_KNOWN_DB_SCHEMES}"
+        )
+    if parsed.drivername == "sqlite" and not parsed.database:
+        raise ConfigError(f"ALLOYML_DB_URL {url!r} names no SQLite file; in-memory databases are not shared")

@@ -1,0 +1,491 @@
+"""`Store` on SQLAlchemy 2: SQLite (embedded default) or PostgreSQL.
+
+One managed session per public call: it commits, or rolls back and raises one of our errors, so a call
+that fails half-way leaves nothing behind. Data values bypass the ORM: a million rows go in as one
+executemany (SQLite) or one COPY (PostgreSQL) inside the same transaction.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from sqlalchemy import case, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from alloyml.errors import AlloyError, InvalidInputError, NotFoundError, StoreError
+from alloyml.platform import entities as e
+from alloyml.platform import orm, schema
+from alloyml.platform.store import Store
+
+_WORKFLOW_FIELDS = {"status", "error", "result_artifact"}
+_STEP_FIELDS = {"state", "error", "output_artifact", "started_at", "finished_at", "attempts"}
+
+
+class SqlStore(Store):
+    """Opens `url`; refuses a database whose schema is not current (see `schema.check_current`)."""
+
+    def __init__(self, url: str, *, check_schema: bool = True):
+        self.url = url
+        self._write_engine, self._read_engine = schema.make_engines(url)
+        if check_schema:
+            schema.check_current(self._read_engine, url)
+        self._writer = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._reader = sessionmaker(self._read_engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self._write_engine.dispose()
+        self._read_engine.dispose()
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        session = (self._writer if write else self._reader)()
+        try:
+            yield session
+            session.commit()
+        except AlloyError:
+            session.rollback()
+            raise
+        except IntegrityError as err:
+            session.rollback()
+            raise InvalidInputError(f"the store refused the write: {err.orig}") from err
+        except SQLAlchemyError as err:
+            session.rollback()
+            raise StoreError(f"store operation failed and was rolled back: {err}") from err
+        finally:
+            session.close()
+
+    @staticmethod
+    def _get(session: Session, row_type, row_id: int, what: str):
+        row = session.get(row_type, row_id)
+        if row is None:
+            raise NotFoundError(f"{what} id {row_id!r} does not exist")
+        return row
+
+    # -- datasets and models ----------------------------------------------------------------------------
+    def add_dataset(self, name, version, n_rows, schema, fingerprint, artifact=None):
+        with self._session(write=True) as s:
+            row = orm.DatasetRow(name=name, version=str(version), n_rows=int(n_rows), schema=schema,
+                                 fingerprint=fingerprint, artifact=artifact)
+            s.add(row)
+            s.flush()
+            return _dataset(row)
+
+    def get_dataset(self, dataset_id):
+        with self._session() as s:
+            return _dataset(self._get(s, orm.DatasetRow, dataset_id, "dataset"))
+
+    def list_datasets(self):
+        with self._session() as s:
+            return [_dataset(r) for r in s.scalars(select(orm.DatasetRow).order_by(orm.DatasetRow.id))]
+
+    def add_model(self, name, architecture, n_params=0, artifact=None, metrics=None, parents=()):
+        with self._session(write=True) as s:
+            for edge in parents:
+                self._get(s, orm.ModelRow, edge.parent_id, "parent model")
+                if edge.role not in e.LINEAGE_ROLES:
+                    raise InvalidInputError(f"lineage role {edge.role!r} is not one of {e.LINEAGE_ROLES}")
+            row = orm.ModelRow(name=name, architecture=architecture, n_params=int(n_params),
+                               artifact=artifact, metrics=dict(metrics or {}))
+            s.add(row)
+            s.flush()
+            for edge in parents:
+                s.add(orm.LineageRow(child_id=row.id, parent_id=edge.parent_id, role=edge.role,
+                                     weight=edge.weight))
+            return _model(row)
+
+    def get_model(self, model_id):
+        with self._session() as s:
+            return _model(self._get(s, orm.ModelRow, model_id, "model"))
+
+    def list_models(self):
+        with self._session() as s:
+            return [_model(r) for r in s.scalars(select(orm.ModelRow).order_by(orm.ModelRow.id))]
+
+    def update_model_metrics(self, model_id, metrics):
+        with self._session(write=True) as s:
+            row = self._get(s, orm.ModelRow, model_id, "model")
+            row.metrics = {**row.metrics, **metrics}
+            return _model(row)
+
+    def lineage_edges(self, model_id=None):
+        with self._session() as s:
+            rows = list(s.scalars(select(orm.LineageRow).order_by(orm.LineageRow.id)))
+            if model_id is not None:
+                self._get(s, orm.ModelRow, model_id, "model")
+        edges = [e.LineageEdge(r.child_id, r.parent_id, r.role, r.weight) for r in rows]
+        if model_id is None:
+            return edges
+        wanted, frontier, kept = {model_id}, [model_id], []
+        while frontier:
+            child = frontier.pop()
+            for edge in edges:
+                if edge.child_id == child:
+                    kept.append(edge)
+                    if edge.parent_id not in wanted:
+                        wanted.add(edge.parent_id)
+                        frontier.append(edge.parent_id)
+        return kept
+
+    # -- runs ---------------------------------------------------------------------------------------------
+    def start_run(self, kind, name=None, params=None, workflow_id=None, dataset_id=None, model_id=None):
+        if not kind or not isinstance(kind, str):
+            raise InvalidInputError(f"run kind {kind!r} must be a non-empty string such as 'valuation'")
+        with self._session(write=True) as s:
+            for row_type, row_id, what in ((orm.WorkflowRow, workflow_id, "workflow"),
+                                           (orm.DatasetRow, dataset_id, "dataset"),
+                                           (orm.ModelRow, model_id, "model")):
+                if row_id is not None:
+                    self._get(s, row_type, row_id, what)
+            row = orm.RunRow(kind=kind, name=name, params=dict(params or {}), metrics={},
+                             workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id)
+            s.add(row)
+            s.flush()
+            return _run(row)
+
+    def finish_run(self, run_id, status="done", metrics=None, error=None):
+        if status not in e.RUN_STATUSES:
+            raise InvalidInputError(f"run status {status!r} is not one of {e.RUN_STATUSES}")
+        with self._session(write=True) as s:
+            row = self._get(s, orm.RunRow, run_id, "run")
+            row.status = status
+            row.metrics = {**row.metrics, **(metrics or {})}
+            row.error = error
+            row.finished_at = orm.utcnow()
+            return _run(row)
+
+    def log_metrics(self, run_id, metrics):
+        with self._session(write=True) as s:
+            row = self._get(s, orm.RunRow, run_id, "run")
+            row.metrics = {**row.metrics, **metrics}
+            return _run(row)
+
+    def get_run(self, run_id):
+        with self._session() as s:
+            return _run(self._get(s, orm.RunRow, run_id, "run"))
+
+    def list_runs(self, kind=None, status=None, limit=50, offset=0):
+        query = select(orm.RunRow).order_by(orm.RunRow.started_at.desc(), orm.RunRow.id.desc())
+        if kind is not None:
+            query = query.where(orm.RunRow.kind == kind)
+        if status is not None:
+            query = query.where(orm.RunRow.status == status)
+        with self._session() as s:
+            return [_run(r) for r in s.scalars(query.limit(limit).offset(offset))]
+
+    def run_counts(self):
+        query = select(orm.RunRow.kind, orm.RunRow.status, func.count()).group_by(
+            orm.RunRow.kind, orm.RunRow.status)
+        with self._session() as s:
+            return {(kind, status): n for kind, status, n in s.execute(query)}
+
+    # -- data values ----------------------------------------------------------------------------------------
+    def write_data_values(self, run_id, values, stderr=None, counts=None, indices=None):
+        columns = _value_columns(values, stderr, counts, indices)
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            if s.scalar(select(func.count()).select_from(orm.DataValueRow)
+                        .where(orm.DataValueRow.run_id == run_id)):
+                raise InvalidInputError(f"run {run_id} already has data values; each run writes them once")
+            connection = s.connection()
+            if connection.dialect.name == "postgresql":
+                _copy_values_postgres(connection, run_id, columns)
+            else:
+                rows = list(zip([run_id] * len(columns[0]), *(c.tolist() for c in columns), strict=True))
+                connection.exec_driver_sql(
+                    "INSERT INTO data_value (run_id, point_index, value, stderr, count) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+            return len(columns[0])
+
+    def _values_query(self, run_id, query) -> e.DataValues:
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            rows = s.execute(query).all()
+        array = np.array(rows, dtype=np.float64).reshape(-1, 4)
+        return e.DataValues(run_id=run_id, indices=array[:, 0].astype(np.int64), values=array[:, 1],
+                            stderr=array[:, 2], counts=array[:, 3].astype(np.int64))
+
+    def _select_values(self, run_id):
+        v = orm.DataValueRow
+        return select(v.point_index, v.value, v.stderr, v.count).where(v.run_id == run_id)
+
+    def lowest_values(self, run_id, k):
+        v = orm.DataValueRow
+        return self._values_query(run_id, self._select_values(run_id).order_by(v.value.asc()).limit(_k(k)))
+
+    def highest_values(self, run_id, k):
+        v = orm.DataValueRow
+        return self._values_query(run_id, self._select_values(run_id).order_by(v.value.desc()).limit(_k(k)))
+
+    def values_at(self, run_id, indices):
+        wanted = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
+        v = orm.DataValueRow
+        found = []
+        # Chunked IN lists keep each statement's bound parameters under SQLite's limit.
+        for start in range(0, len(wanted), 10_000):
+            found.append(self._values_query(
+                run_id, self._select_values(run_id).where(v.point_index.in_(wanted[start:start + 10_000]))))
+        if not found:
+            return self._values_query(run_id, self._select_values(run_id).where(v.point_index == -1))
+        merged = {name: np.concatenate([getattr(f, name) for f in found])
+                  for name in ("indices", "values", "stderr", "counts")}
+        missing = sorted(set(wanted) - set(merged["indices"].tolist()))
+        if missing:
+            raise NotFoundError(f"run {run_id} has no data value for point indices {missing[:10]}")
+        position = {idx: pos for pos, idx in enumerate(merged["indices"].tolist())}
+        order = np.array([position[i] for i in wanted], dtype=np.int64)
+        return e.DataValues(run_id=run_id, **{k: a[order] for k, a in merged.items()})
+
+    def all_values(self, run_id):
+        return self._values_query(run_id, self._select_values(run_id).order_by(orm.DataValueRow.point_index))
+
+    def value_histogram(self, run_id, bins=50):
+        v = orm.DataValueRow
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            low, high = s.execute(select(func.min(v.value), func.max(v.value)).where(v.run_id == run_id)).one()
+            if low is None:
+                return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
+            width = (high - low) / bins or 1.0
+            raw_bin = func.floor((v.value - low) / width)
+            bin_index = case((raw_bin >= bins, bins - 1), else_=raw_bin)
+            rows = s.execute(select(bin_index, func.count()).where(v.run_id == run_id).group_by(bin_index)).all()
+        counts = np.zeros(bins, dtype=np.int64)
+        for index, n in rows:
+            counts[int(index)] = n
+        return counts, low + width * np.arange(bins + 1)
+
+    # -- merges ---------------------------------------------------------------------------------------------
+    def record_merge(self, method, config, inputs, output_model_id, run_id=None):
+        with self._session(write=True) as s:
+            for item in inputs:
+                self._get(s, orm.ModelRow, item.model_id, "merge input model")
+            if output_model_id is not None:
+                self._get(s, orm.ModelRow, output_model_id, "merged model")
+            row = orm.MergeRow(method=method, config=config, output_model_id=output_model_id, run_id=run_id)
+            s.add(row)
+            s.flush()
+            for item in inputs:
+                s.add(orm.MergeInputRow(merge_id=row.id, model_id=item.model_id, weight=item.weight))
+            return _merge(row, list(inputs))
+
+    def list_merges(self):
+        with self._session() as s:
+            rows = list(s.scalars(select(orm.MergeRow).order_by(orm.MergeRow.id)))
+            inputs = s.scalars(select(orm.MergeInputRow).order_by(orm.MergeInputRow.id)).all()
+        by_merge: dict[int, list[e.MergeInput]] = {}
+        for i in inputs:
+            by_merge.setdefault(i.merge_id, []).append(e.MergeInput(i.model_id, i.weight))
+        return [_merge(r, by_merge.get(r.id, [])) for r in rows]
+
+    # -- cascades ---------------------------------------------------------------------------------------------
+    def save_cascade(self, name, stages, thresholds, costs, budget, plan=None):
+        if len(stages) == 0 or len(costs) != len(stages) or len(thresholds) not in (len(stages) - 1, len(stages)):
+            raise InvalidInputError(
+                f"cascade {name!r}: expected >= 1 stage, one cost per stage and a threshold per stage but "
+                f"the last; got {len(stages)} stages, {len(costs)} costs, {len(thresholds)} thresholds"
+            )
+        with self._session(write=True) as s:
+            latest = s.scalar(select(func.max(orm.CascadeRow.version)).where(orm.CascadeRow.name == name))
+            row = orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
+                                 thresholds=[float(t) for t in thresholds], costs=[float(c) for c in costs],
+                                 budget=float(budget), plan=dict(plan or {}))
+            s.add(row)
+            s.flush()
+            return _cascade(row)
+
+    def get_cascade(self, name, version=None):
+        query = select(orm.CascadeRow).where(orm.CascadeRow.name == name)
+        query = query.where(orm.CascadeRow.version == version) if version is not None else query
+        with self._session() as s:
+            row = s.scalars(query.order_by(orm.CascadeRow.version.desc()).limit(1)).first()
+            if row is None:
+                raise NotFoundError(f"cascade {name!r}" + (f" version {version}" if version else "")
+                                    + " does not exist")
+            return _cascade(row)
+
+    def list_cascades(self):
+        with self._session() as s:
+            return [_cascade(r) for r in s.scalars(
+                select(orm.CascadeRow).order_by(orm.CascadeRow.name, orm.CascadeRow.version))]
+
+    def log_cascade_requests(self, cascade_id, requests):
+        with self._session(write=True) as s:
+            self._get(s, orm.CascadeRow, cascade_id, "cascade")
+            s.add_all([orm.CascadeRequestRow(
+                cascade_id=cascade_id, stage_reached=int(r.stage_reached), scores=[float(x) for x in r.scores],
+                cost=float(r.cost), latency_ms=float(r.latency_ms), frontier_point=r.frontier_point,
+                created_at=r.created_at or orm.utcnow()) for r in requests])
+            return len(requests)
+
+    def cascade_requests(self, cascade_id, limit=10_000):
+        r = orm.CascadeRequestRow
+        with self._session() as s:
+            rows = s.scalars(select(r).where(r.cascade_id == cascade_id).order_by(r.id.desc()).limit(limit))
+            return [e.CascadeRequest(x.stage_reached, x.cost, x.latency_ms, x.scores, x.frontier_point,
+                                     x.created_at) for x in rows]
+
+    # -- trials ---------------------------------------------------------------------------------------------
+    def add_trial(self, run_id, number, config, metrics=None, cost=None, seconds=None, status="done"):
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            row = orm.TrialRow(run_id=run_id, number=int(number), config=config, metrics=dict(metrics or {}),
+                               cost=cost, seconds=seconds, status=status)
+            s.add(row)
+            s.flush()
+            return _trial(row)
+
+    def list_trials(self, run_id):
+        with self._session() as s:
+            return [_trial(r) for r in s.scalars(
+                select(orm.TrialRow).where(orm.TrialRow.run_id == run_id).order_by(orm.TrialRow.number))]
+
+    # -- workflows --------------------------------------------------------------------------------------------
+    def create_workflow(self, name, inputs, spec, steps):
+        names = [step["name"] for step in steps]
+        if len(set(names)) != len(names):
+            raise InvalidInputError(f"workflow {name!r} has duplicate step names: {names}")
+        with self._session(write=True) as s:
+            row = orm.WorkflowRow(name=name, status="pending", inputs=inputs, spec=spec)
+            s.add(row)
+            s.flush()
+            s.add_all([orm.WorkflowStepRow(workflow_id=row.id, name=step["name"], state="pending",
+                                           depends_on=list(step.get("depends_on", [])),
+                                           resources=dict(step.get("resources", {}))) for step in steps])
+            return _workflow(row)
+
+    def get_workflow(self, workflow_id):
+        with self._session() as s:
+            return _workflow(self._get(s, orm.WorkflowRow, workflow_id, "workflow"))
+
+    def list_workflows(self, limit=50, status=None):
+        query = select(orm.WorkflowRow).order_by(orm.WorkflowRow.id.desc()).limit(limit)
+        if status is not None:
+            query = query.where(orm.WorkflowRow.status == status)
+        with self._session() as s:
+            return [_workflow(r) for r in s.scalars(query)]
+
+    def update_workflow(self, workflow_id, **fields):
+        _check_fields(fields, _WORKFLOW_FIELDS, "workflow")
+        with self._session(write=True) as s:
+            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = orm.utcnow()
+            return _workflow(row)
+
+    def workflow_steps(self, workflow_id):
+        with self._session() as s:
+            self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            rows = s.scalars(select(orm.WorkflowStepRow).where(orm.WorkflowStepRow.workflow_id == workflow_id)
+                             .order_by(orm.WorkflowStepRow.id))
+            return [_step(r) for r in rows]
+
+    def update_step(self, workflow_id, name, *, increment_attempts=False, **fields):
+        _check_fields(fields, _STEP_FIELDS, "workflow step")
+        with self._session(write=True) as s:
+            row = s.scalars(select(orm.WorkflowStepRow).where(
+                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.name == name)).first()
+            if row is None:
+                raise NotFoundError(f"workflow {workflow_id} has no step named {name!r}")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if increment_attempts:
+                row.attempts += 1
+            return _step(row)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------------
+def _k(k) -> int:
+    if not isinstance(k, int | np.integer) or k < 0:
+        raise InvalidInputError(f"k={k!r} must be a non-negative integer")
+    return int(k)
+
+
+def _check_fields(fields: dict, allowed: set, what: str) -> None:
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidInputError(f"cannot set {sorted(unknown)} on a {what}; settable: {sorted(allowed)}")
+
+
+def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
+    """Validate the arrays of a bulk write before anything touches the database."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise InvalidInputError(f"values must be a non-empty 1-d array; got shape {values.shape}")
+    n = values.size
+
+    def column(array, name, dtype, default):
+        if array is None:
+            return np.full(n, default, dtype=dtype)
+        array = np.asarray(array)
+        if array.shape != (n,):
+            raise InvalidInputError(f"{name} has shape {array.shape}; expected ({n},) to match values")
+        return array.astype(dtype)
+
+    stderr = column(stderr, "stderr", np.float64, 0.0)
+    counts = column(counts, "counts", np.int64, 0)
+    indices = column(indices, "indices", np.int64, 0) if indices is not None else np.arange(n, dtype=np.int64)
+    for name, array in (("values", values), ("stderr", stderr)):
+        bad = np.flatnonzero(~np.isfinite(array))
+        if bad.size:
+            raise InvalidInputError(f"{name} contains NaN or inf at positions {bad[:10].tolist()}")
+    if np.unique(indices).size != n:
+        raise InvalidInputError("indices contain duplicates; each training point gets one value per run")
+    return indices, values, stderr, counts
+
+
+def _copy_values_postgres(connection, run_id: int, columns) -> None:
+    indices, values, stderr, counts = columns
+    buffer = io.StringIO()
+    # repr-exact floats: COPY's text format parses them back to the same doubles.
+    np.savetxt(buffer, np.column_stack([np.full(indices.size, run_id), indices, counts]), fmt="%d\t%d\t%d")
+    ints = buffer.getvalue().splitlines()
+    text = "\n".join(f"{head}\t{v!r}\t{s!r}" for head, v, s in zip(ints, values.tolist(), stderr.tolist(),
+                                                                     strict=True))
+    cursor = connection.connection.driver_connection.cursor()
+    with cursor.copy("COPY data_value (run_id, point_index, count, value, stderr) FROM STDIN") as copy:
+        copy.write(text + "\n")
+
+
+def _dataset(r) -> e.Dataset:
+    return e.Dataset(r.id, r.name, r.version, r.n_rows, r.schema, r.fingerprint, r.artifact, r.created_at)
+
+
+def _model(r) -> e.Model:
+    return e.Model(r.id, r.name, r.architecture, r.n_params, r.artifact, dict(r.metrics), r.created_at)
+
+
+def _run(r) -> e.Run:
+    return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(r.metrics), r.error, r.started_at,
+                 r.finished_at, r.workflow_id, r.dataset_id, r.model_id)
+
+
+def _merge(r, inputs) -> e.Merge:
+    return e.Merge(r.id, r.run_id, r.method, dict(r.config), r.output_model_id, list(inputs), r.created_at)
+
+
+def _cascade(r) -> e.Cascade:
+    return e.Cascade(r.id, r.name, r.version, list(r.stages), list(r.thresholds), list(r.costs), r.budget,
+                     dict(r.plan), r.created_at)
+
+
+def _trial(r) -> e.Trial:
+    return e.Trial(r.id, r.run_id, r.number, dict(r.config), dict(r.metrics), r.cost, r.seconds, r.status)
+
+
+def _workflow(r) -> e.Workflow:
+    return e.Workflow(r.id, r.name, r.status, dict(r.inputs), dict(r.spec), r.result_artifact, r.error,
+                      r.created_at, r.updated_at)
+
+
+def _step(r) -> e.WorkflowStep:
+    return e.WorkflowStep(r.id, r.workflow_id, r.name, r.state, r.attempts, list(r.depends_on),
+                          dict(r.resources), r.output_artifact, r.error, r.started_at, r.finished_at)
+
+
+__all__ = ["SqlStore"]

@@ -1,0 +1,148 @@
+"""The store interface: what the `Platform` client may ask of a metadata store.
+
+Every method returns entity dataclasses (`entities.py`) or numpy arrays, never ORM rows or sessions.
+`SqlStore` (`sql_store.py`) implements it on SQLAlchemy; the interface exists so the client and the
+workflow layer depend on behaviour, not on SQL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+
+from alloyml.platform import entities as e
+
+
+class Store(ABC):
+    # -- datasets and models ----------------------------------------------------------------------------
+    @abstractmethod
+    def add_dataset(self, name: str, version: str, n_rows: int, schema: dict, fingerprint: str,
+                    artifact: str | None = None) -> e.Dataset: ...
+
+    @abstractmethod
+    def get_dataset(self, dataset_id: int) -> e.Dataset: ...
+
+    @abstractmethod
+    def list_datasets(self) -> list[e.Dataset]: ...
+
+    @abstractmethod
+    def add_model(self, name: str, architecture: str, n_params: int = 0, artifact: str | None = None,
+                  metrics: dict | None = None, parents: Sequence[e.LineageEdge] = ()) -> e.Model:
+        """Register a model; `parents` are edges whose child_id is ignored (the new model is the child)."""
+
+    @abstractmethod
+    def get_model(self, model_id: int) -> e.Model: ...
+
+    @abstractmethod
+    def list_models(self) -> list[e.Model]: ...
+
+    @abstractmethod
+    def update_model_metrics(self, model_id: int, metrics: dict) -> e.Model:
+        """Merge `metrics` into the model's metrics."""
+
+    @abstractmethod
+    def lineage_edges(self, model_id: int | None = None) -> list[e.LineageEdge]:
+        """All edges, or the ancestors' edges of one model (transitively)."""
+
+    # -- runs and data values ---------------------------------------------------------------------------
+    @abstractmethod
+    def start_run(self, kind: str, name: str | None = None, params: dict | None = None,
+                  workflow_id: int | None = None, dataset_id: int | None = None,
+                  model_id: int | None = None) -> e.Run: ...
+
+    @abstractmethod
+    def finish_run(self, run_id: int, status: str = "done", metrics: dict | None = None,
+                   error: str | None = None) -> e.Run: ...
+
+    @abstractmethod
+    def log_metrics(self, run_id: int, metrics: dict) -> e.Run: ...
+
+    @abstractmethod
+    def get_run(self, run_id: int) -> e.Run: ...
+
+    @abstractmethod
+    def list_runs(self, kind: str | None = None, status: str | None = None, limit: int = 50,
+                  offset: int = 0) -> list[e.Run]: ...
+
+    @abstractmethod
+    def run_counts(self) -> dict[tuple[str, str], int]:
+        """Number of runs per (kind, status)."""
+
+    @abstractmethod
+    def write_data_values(self, run_id: int, values: np.ndarray, stderr: np.ndarray | None = None,
+                          counts: np.ndarray | None = None, indices: np.ndarray | None = None) -> int:
+        """Bulk-write one run's values in one transaction; returns the number of rows."""
+
+    @abstractmethod
+    def lowest_values(self, run_id: int, k: int) -> e.DataValues: ...
+
+    @abstractmethod
+    def highest_values(self, run_id: int, k: int) -> e.DataValues: ...
+
+    @abstractmethod
+    def values_at(self, run_id: int, indices: Sequence[int]) -> e.DataValues: ...
+
+    @abstractmethod
+    def all_values(self, run_id: int) -> e.DataValues: ...
+
+    @abstractmethod
+    def value_histogram(self, run_id: int, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
+        """(counts[bins], edges[bins + 1]) computed in the database."""
+
+    # -- merges, cascades, trials -----------------------------------------------------------------------
+    @abstractmethod
+    def record_merge(self, method: str, config: dict, inputs: Sequence[e.MergeInput],
+                     output_model_id: int | None, run_id: int | None = None) -> e.Merge: ...
+
+    @abstractmethod
+    def list_merges(self) -> list[e.Merge]: ...
+
+    @abstractmethod
+    def save_cascade(self, name: str, stages: list, thresholds: list, costs: list, budget: float,
+                     plan: dict | None = None) -> e.Cascade:
+        """Store a new version of cascade `name` (versions count up from 1)."""
+
+    @abstractmethod
+    def get_cascade(self, name: str, version: int | None = None) -> e.Cascade:
+        """A version of a cascade; the latest when `version` is None."""
+
+    @abstractmethod
+    def list_cascades(self) -> list[e.Cascade]: ...
+
+    @abstractmethod
+    def log_cascade_requests(self, cascade_id: int, requests: Sequence[e.CascadeRequest]) -> int: ...
+
+    @abstractmethod
+    def cascade_requests(self, cascade_id: int, limit: int = 10_000) -> list[e.CascadeRequest]: ...
+
+    @abstractmethod
+    def add_trial(self, run_id: int, number: int, config: dict, metrics: dict | None = None,
+                  cost: float | None = None, seconds: float | None = None, status: str = "done") -> e.Trial: ...
+
+    @abstractmethod
+    def list_trials(self, run_id: int) -> list[e.Trial]: ...
+
+    # -- workflows --------------------------------------------------------------------------------------
+    @abstractmethod
+    def create_workflow(self, name: str, inputs: dict, spec: dict, steps: Sequence[dict]) -> e.Workflow:
+        """A workflow and its steps (each a dict with name, depends_on, resources), all pending."""
+
+    @abstractmethod
+    def get_workflow(self, workflow_id: int) -> e.Workflow: ...
+
+    @abstractmethod
+    def list_workflows(self, limit: int = 50, status: str | None = None) -> list[e.Workflow]: ...
+
+    @abstractmethod
+    def update_workflow(self, workflow_id: int, **fields) -> e.Workflow:
+        """Set status, error or result_artifact."""
+
+    @abstractmethod
+    def workflow_steps(self, workflow_id: int) -> list[e.WorkflowStep]: ...
+
+    @abstractmethod
+    def update_step(self, workflow_id: int, name: str, *, increment_attempts: bool = False,
+                    **fields) -> e.WorkflowStep:
+        """Set state, error, output_artifact, started_at, finished_at of one step."""

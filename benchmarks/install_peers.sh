@@ -3,3 +3,9 @@
 # so they are installed with --no-deps after their real runtime needs.
 set -euo pipefail
 PIP=${1:-.venv/bin/pip}
+# valuation peers: pyDVL and DataScope pin numpy<2 but run on numpy 2 (installed --no-deps after their needs)
+$PIP install pyDeprecate more-itertools cvxpy matplotlib "numcodecs<0.16" cython wheel
+$PIP install --no-deps pyDVL
+$PIP install --no-deps --no-build-isolation datascope
+# OpenDataVal would downgrade torch to 2.1; installed without deps, it is tried and its failure recorded
+$PIP install --no-deps opendataval || true

@@ -1,0 +1,117 @@
+"""Valuation methods over a utility: exact semivalues by enumeration, sampled semivalues (TMC-Shapley,
+MSR-Banzhaf, Beta Shapley are one driver with different parts), and leave-one-out.
+
+A utility is anything with `n`, `fits` and `utility(subset) -> float`: a `Utility` or a game.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import numpy as np
+
+from alloyml.errors import ConfigError, InvalidInputError
+from alloyml.valuation.result import ValuationResult
+from alloyml.valuation.runner import run_batches
+from alloyml.valuation.samplers import MSRSampler, PermutationSampler, Sampler, SizeSampler
+from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley
+from alloyml.valuation.stats import PointStats
+from alloyml.valuation.stopping import Stopping
+
+MAX_EXACT_POINTS = 20
+
+
+def _check_utility(utility):
+    if not (hasattr(utility, "n") and callable(utility)):
+        raise InvalidInputError(f"utility must be a Utility or a game with `n`, got {type(utility).__name__}")
+
+
+def exact_semivalues(utility, semivalue: Semivalue) -> ValuationResult:
+    """The semivalue by enumerating all 2^n subsets (n <= 20): the oracle the estimators are tested
+    against."""
+    _check_utility(utility)
+    n = utility.n
+    if n > MAX_EXACT_POINTS:
+        raise InvalidInputError(f"exact enumeration needs n <= {MAX_EXACT_POINTS} points, got {n}")
+    fits_before = utility.fits
+    masks = np.arange(2**n)
+    bits = (masks[:, None] >> np.arange(n)) & 1  # [2^n, n] membership
+    scores = np.array([utility(np.flatnonzero(row)) for row in bits])
+    weights = np.exp(semivalue.log_weight(n, np.arange(n)))[bits.sum(1).clip(max=n - 1)]
+    values = np.empty(n)
+    for i in range(n):
+        without = masks[bits[:, i] == 0]
+        values[i] = np.sum(weights[without] * (scores[without | (1 << i)] - scores[without]))
+    return ValuationResult(values, np.zeros(n), np.full(n, 2 ** (n - 1)), f"exact_{semivalue.name}",
+                           {"semivalue": semivalue.name, **semivalue.params()},
+                           utility_evaluations=utility.fits - fits_before)
+
+
+def exact_shapley(utility) -> ValuationResult:
+    return exact_semivalues(utility, Shapley())
+
+
+def exact_banzhaf(utility) -> ValuationResult:
+    return exact_semivalues(utility, Banzhaf())
+
+
+def _sampler_batch(sampler, utility, semivalue, context, rng, n_samples) -> PointStats:
+    return sampler.batch(utility, semivalue, rng, n_samples, context)
+
+
+def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping: Stopping, *,
+                       batch_size: int | None = None, n_jobs: int = 1, seed: int | None = None,
+                       method: str | None = None,
+                       progress: Callable[[PointStats], None] | None = None) -> ValuationResult:
+    """Estimate `semivalue` with `sampler` until `stopping` fires.
+
+    batch_size: samples per batch (one Ray task; the stopping criterion is checked between batches).
+    n_jobs: 1 in this process, k > 1 Ray tasks in flight, -1 all Ray CPUs; values do not depend on it.
+    """
+    _check_utility(utility)
+    if not isinstance(semivalue, Semivalue) or not isinstance(sampler, Sampler):
+        raise ConfigError("semivalue must be a Semivalue (Shapley(), Banzhaf(), Beta(a, b)) and sampler a "
+                          f"Sampler (PermutationSampler(), MSRSampler(), ...), got {semivalue!r}, {sampler!r}")
+    fits_before = utility.fits
+    context = sampler.prepare(utility, semivalue)
+    batch_fn = functools.partial(_sampler_batch, sampler, utility, semivalue, context)
+    stats, info = run_batches(batch_fn, utility.n, stopping, two_groups=sampler.two_groups,
+                              batch_size=batch_size or sampler.default_batch_size, n_jobs=n_jobs, seed=seed,
+                              progress=progress)
+    params = {"semivalue": semivalue.name, **semivalue.params(), **sampler.params(), "seed": seed,
+              "n_jobs": n_jobs, "samples": stats.samples, **info}
+    return ValuationResult(stats.values, stats.stderr, stats.counts,
+                           method or f"{semivalue.name}_{sampler.params()['sampler']}", params,
+                           utility_evaluations=stats.evaluations + utility.fits - fits_before)
+
+
+def tmc_shapley(utility, stopping: Stopping, *, truncation_rtol: float | None = 0.01, **kwargs) -> ValuationResult:
+    """Truncated Monte Carlo Shapley (Ghorbani & Zou 2019): permutations, truncated once the prefix
+    scores within `truncation_rtol` of U(N)."""
+    return sampled_semivalues(utility, Shapley(), PermutationSampler(truncation_rtol), stopping,
+                              method="tmc_shapley", **kwargs)
+
+
+def msr_banzhaf(utility, stopping: Stopping, **kwargs) -> ValuationResult:
+    """Data Banzhaf with maximum-sample-reuse sampling (Wang & Jia 2023)."""
+    return sampled_semivalues(utility, Banzhaf(), MSRSampler(), stopping, method="msr_banzhaf", **kwargs)
+
+
+def beta_shapley(utility, stopping: Stopping, *, alpha: float = 16.0, beta: float = 1.0,
+                 sampler: Sampler | None = None, **kwargs) -> ValuationResult:
+    """Beta(alpha, beta) Shapley (Kwon & Zou 2022), by default with subset sizes drawn from its weights."""
+    return sampled_semivalues(utility, Beta(alpha, beta), sampler or SizeSampler(), stopping,
+                              method="beta_shapley", **kwargs)
+
+
+def leave_one_out(utility) -> ValuationResult:
+    """value_i = U(N) - U(N \\ {i}); n + 1 evaluations."""
+    _check_utility(utility)
+    n = utility.n
+    fits_before = utility.fits
+    everyone = np.arange(n)
+    total = utility(everyone)
+    values = np.array([total - utility(np.delete(everyone, i)) for i in range(n)])
+    return ValuationResult(values, np.zeros(n), np.ones(n), "loo", {},
+                           utility_evaluations=utility.fits - fits_before)

@@ -1,0 +1,141 @@
+"""Stopping criteria for sampling methods, combinable with `&` (both) and `|` (either).
+
+The driver calls `criterion(stats, elapsed_s)` after each batch is merged (in batch order), so any
+criterion that does not look at the clock stops at the same batch whatever the number of workers.
+`MaxTime` is the exception: it trades reproducibility for a wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from alloyml.errors import ConfigError
+from alloyml.valuation.stats import PointStats
+
+
+class Stopping:
+    def __call__(self, stats: PointStats, elapsed_s: float) -> bool:
+        raise NotImplementedError
+
+    def reset(self) -> Stopping:
+        """A fresh copy for a new run (criteria with memory, like RankStability, keep state)."""
+        return self
+
+    def __and__(self, other: Stopping) -> Stopping:
+        return _Combined(self, other, all)
+
+    def __or__(self, other: Stopping) -> Stopping:
+        return _Combined(self, other, any)
+
+
+class _Combined(Stopping):
+    def __init__(self, left, right, combine):
+        self.left, self.right, self.combine = left, right, combine
+
+    def __call__(self, stats, elapsed_s):
+        # evaluate both so stateful criteria see every check
+        return self.combine([self.left(stats, elapsed_s), self.right(stats, elapsed_s)])
+
+    def reset(self):
+        return _Combined(self.left.reset(), self.right.reset(), self.combine)
+
+    def __repr__(self):
+        return f"({self.left!r} {'&' if self.combine is all else '|'} {self.right!r})"
+
+
+class MaxSamples(Stopping):
+    """Stop after `n` samples (permutations, subsets or bags, as the sampler counts them)."""
+
+    def __init__(self, n: int):
+        if n < 1:
+            raise ConfigError(f"MaxSamples needs n >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, stats, elapsed_s):
+        return stats.samples >= self.n
+
+    def __repr__(self):
+        return f"MaxSamples({self.n})"
+
+
+class MinUpdates(Stopping):
+    """Stop once every point's value has received at least `n` updates."""
+
+    def __init__(self, n: int):
+        if n < 1:
+            raise ConfigError(f"MinUpdates needs n >= 1, got {n}")
+        self.n = n
+
+    def __call__(self, stats, elapsed_s):
+        return bool(stats.counts.min() >= self.n)
+
+    def __repr__(self):
+        return f"MinUpdates({self.n})"
+
+
+class MaxEvaluations(Stopping):
+    """Stop after `n` utility evaluations (model fits) in total."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, stats, elapsed_s):
+        return stats.evaluations >= self.n
+
+    def __repr__(self):
+        return f"MaxEvaluations({self.n})"
+
+
+class StandardErrorThreshold(Stopping):
+    """Stop once every point's standard error is <= `threshold` (absolute, or relative to the spread of
+    the values when `relative=True`)."""
+
+    def __init__(self, threshold: float, relative: bool = False):
+        if threshold <= 0:
+            raise ConfigError(f"StandardErrorThreshold needs threshold > 0, got {threshold}")
+        self.threshold, self.relative = threshold, relative
+
+    def __call__(self, stats, elapsed_s):
+        scale = np.ptp(stats.values) if self.relative else 1.0
+        return bool(np.all(stats.stderr <= self.threshold * scale))
+
+    def __repr__(self):
+        return f"StandardErrorThreshold({self.threshold}, relative={self.relative})"
+
+
+class RankStability(Stopping):
+    """Stop when the Spearman correlation between the values at consecutive checks has stayed
+    >= `min_correlation` for `patience` checks in a row."""
+
+    def __init__(self, min_correlation: float = 0.99, patience: int = 3):
+        self.min_correlation, self.patience = min_correlation, patience
+        self._previous = None
+        self._streak = 0
+
+    def __call__(self, stats, elapsed_s):
+        values = stats.values
+        if self._previous is not None and np.ptp(values) > 0 and np.ptp(self._previous) > 0:
+            stable = spearmanr(values, self._previous).statistic >= self.min_correlation
+            self._streak = self._streak + 1 if stable else 0
+        self._previous = values.copy()
+        return self._streak >= self.patience
+
+    def reset(self):
+        return RankStability(self.min_correlation, self.patience)
+
+    def __repr__(self):
+        return f"RankStability({self.min_correlation}, patience={self.patience})"
+
+
+class MaxTime(Stopping):
+    """Stop after `seconds` of wall time (not reproducible across machines or worker counts)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, stats, elapsed_s):
+        return elapsed_s >= self.seconds
+
+    def __repr__(self):
+        return f"MaxTime({self.seconds})"

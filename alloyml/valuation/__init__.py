@@ -1,3 +1,44 @@
 """Data valuation: which training rows help and which hurt (Shapley family, KNN-Shapley, Data-OOB,
 pipeline-aware values, TracIn and influence functions). A library: arrays and estimators in, result
-dataclasses out; it never touches the store."""
+dataclasses out; it never touches the store.
+
+Parts: a `Utility` (model + data + scorer) or a closed-form game; a `Semivalue` weight (Shapley, Banzhaf,
+Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine with & and |).
+"""
+
+from alloyml.valuation.evaluation import flip_labels, noisy_label_detection, point_removal_curve
+from alloyml.valuation.games import AdditiveGame, AirportGame, VotingGame
+from alloyml.valuation.knn import knn_shapley
+from alloyml.valuation.methods import (
+    beta_shapley,
+    exact_banzhaf,
+    exact_semivalues,
+    exact_shapley,
+    leave_one_out,
+    msr_banzhaf,
+    sampled_semivalues,
+    tmc_shapley,
+)
+from alloyml.valuation.oob import data_oob
+from alloyml.valuation.pipeline import check_rowwise, pipeline_knn_shapley, pipeline_utility
+from alloyml.valuation.result import ValuationResult
+from alloyml.valuation.samplers import MSRSampler, PermutationSampler, SizeSampler
+from alloyml.valuation.semivalues import Banzhaf, Beta, Shapley, get_semivalue
+from alloyml.valuation.stopping import (
+    MaxEvaluations,
+    MaxSamples,
+    MaxTime,
+    MinUpdates,
+    RankStability,
+    StandardErrorThreshold,
+)
+from alloyml.valuation.utility import Utility
+
+__all__ = [
+    "AdditiveGame", "AirportGame", "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
+    "MinUpdates", "PermutationSampler", "RankStability", "Shapley", "SizeSampler", "StandardErrorThreshold",
+    "Utility", "ValuationResult", "VotingGame", "beta_shapley", "check_rowwise", "data_oob", "exact_banzhaf",
+    "exact_semivalues", "exact_shapley", "flip_labels", "get_semivalue", "knn_shapley", "leave_one_out",
+    "msr_banzhaf", "noisy_label_detection", "pipeline_knn_shapley", "pipeline_utility", "point_removal_curve",
+    "sampled_semivalues", "tmc_shapley",
+]

@@ -75,6 +75,7 @@ def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping
                           f"Sampler (PermutationSampler(), MSRSampler(), ...), got {semivalue!r}, {sampler!r}")
     fits_before = utility.fits
     context = sampler.prepare(utility, semivalue)
+    prepare_fits = utility.fits - fits_before  # batches count their own (they may run in other processes)
     batch_fn = functools.partial(_sampler_batch, sampler, utility, semivalue, context)
     stats, info = run_batches(batch_fn, utility.n, stopping, two_groups=sampler.two_groups,
                               batch_size=batch_size or sampler.default_batch_size, n_jobs=n_jobs, seed=seed,
@@ -83,7 +84,7 @@ def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping
               "n_jobs": n_jobs, "samples": stats.samples, **info}
     return ValuationResult(stats.values, stats.stderr, stats.counts,
                            method or f"{semivalue.name}_{sampler.params()['sampler']}", params,
-                           utility_evaluations=stats.evaluations + utility.fits - fits_before)
+                           utility_evaluations=stats.evaluations + prepare_fits)
 
 
 def tmc_shapley(utility, stopping: Stopping, *, truncation_rtol: float | None = 0.01, **kwargs) -> ValuationResult:

@@ -8,7 +8,6 @@ criterion that does not look at the clock stops at the same batch whatever the n
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
 
 from alloyml.errors import ConfigError
 from alloyml.valuation.stats import PointStats
@@ -114,6 +113,8 @@ class RankStability(Stopping):
         self._streak = 0
 
     def __call__(self, stats, elapsed_s):
+        from scipy.stats import spearmanr
+
         values = stats.values
         if self._previous is not None and np.ptp(values) > 0 and np.ptp(self._previous) > 0:
             stable = spearmanr(values, self._previous).statistic >= self.min_correlation

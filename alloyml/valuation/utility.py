@@ -73,9 +73,10 @@ class Utility:
                 self._cache[key] = score
         return score
 
-    def fit_subset(self, subset):
-        """A fresh clone of `model` fitted on train[subset] (a constant predictor for one-class subsets),
-        or None for the empty subset."""
+    def fit_subset(self, subset, model=None):
+        """A fresh clone of `model` (default: the utility's) fitted on train[subset] — a constant
+        predictor for a classifier's one-class subsets — or None for the empty subset. Repeated indices
+        (bootstrap bags) are allowed."""
         from sklearn.base import clone
         from sklearn.dummy import DummyClassifier
         from sklearn.utils import _safe_indexing
@@ -85,7 +86,7 @@ class Utility:
         y = self.y_train[subset]
         x = _safe_indexing(self.x_train, subset)
         one_class = self.is_classifier and np.all(y == y[0])
-        estimator = DummyClassifier(strategy="most_frequent") if one_class else clone(self.model)
+        estimator = DummyClassifier(strategy="most_frequent") if one_class else clone(model or self.model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return estimator.fit(x, y)

@@ -1,0 +1,103 @@
+"""Every Shapley-type estimator against values known in closed form (games) or by enumeration."""
+
+import numpy as np
+import pytest
+
+from alloyml.errors import ConfigError, InvalidInputError
+from alloyml.valuation import (
+    AdditiveGame,
+    AirportGame,
+    Banzhaf,
+    Beta,
+    MaxSamples,
+    MSRSampler,
+    PermutationSampler,
+    Shapley,
+    SizeSampler,
+    VotingGame,
+    beta_shapley,
+    exact_banzhaf,
+    exact_semivalues,
+    exact_shapley,
+    msr_banzhaf,
+    sampled_semivalues,
+    tmc_shapley,
+)
+
+AIRPORT = AirportGame(np.random.default_rng(3).uniform(0, 1, 8))
+
+
+def _within_stderr(result, exact, z=4.0):
+    """Every estimate within z reported standard errors of the exact value (and some real spread)."""
+    assert np.all(np.isfinite(result.stderr)) and np.all(result.stderr > 0)
+    assert np.all(np.abs(result.values - exact) <= z * result.stderr), (result.values - exact) / result.stderr
+
+
+@pytest.mark.parametrize("game", [VotingGame(8), AIRPORT, AdditiveGame([0.5, -1.0, 2.0, 0.0, 0.25])])
+def test_exact_enumeration_matches_closed_form(game):
+    np.testing.assert_allclose(exact_shapley(game).values, game.shapley_values(), atol=1e-12)
+    np.testing.assert_allclose(exact_banzhaf(game).values, game.banzhaf_values(), atol=1e-12)
+
+
+def test_beta_one_one_is_shapley_and_additive_game_is_fixed_by_every_semivalue():
+    np.testing.assert_allclose(exact_semivalues(AIRPORT, Beta(1, 1)).values, AIRPORT.shapley_values(), atol=1e-12)
+    additive = AdditiveGame([0.3, -0.2, 1.5, 0.7])
+    for semivalue in (Beta(16, 1), Beta(4, 4), Banzhaf()):
+        np.testing.assert_allclose(exact_semivalues(additive, semivalue).values, additive.weights, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5, 12, 40])
+def test_size_probabilities_sum_to_one(n):
+    for semivalue in (Shapley(), Banzhaf(), Beta(16, 1), Beta(2, 5)):
+        p = semivalue.size_probabilities(n)
+        assert p.shape == (n,) and abs(p.sum() - 1) < 1e-9
+    np.testing.assert_allclose(Shapley().size_probabilities(n), np.full(n, 1 / n))
+
+
+def test_permutation_shapley_within_stderr_of_closed_form():
+    result = tmc_shapley(AIRPORT, MaxSamples(300), truncation_rtol=None, seed=0)
+    _within_stderr(result, AIRPORT.shapley_values())
+    assert result.counts.tolist() == [300] * 8 and result.params["samples"] == 300
+    assert result.utility_evaluations > 0
+
+
+def test_truncation_saves_evaluations_and_stays_close():
+    game = AdditiveGame(np.r_[np.full(2, 1.0), np.full(18, 1e-4)])  # once both big ones are in, done
+    full = tmc_shapley(game, MaxSamples(100), truncation_rtol=None, seed=1)
+    truncated = tmc_shapley(game, MaxSamples(100), truncation_rtol=1e-2, seed=1)
+    assert truncated.utility_evaluations < 0.8 * full.utility_evaluations
+    np.testing.assert_allclose(truncated.values[:2], 1.0, atol=0.02)
+    np.testing.assert_allclose(truncated.values[2:], 0.0, atol=1e-3)
+
+
+def test_msr_banzhaf_within_stderr_of_closed_form():
+    for game in (AIRPORT, VotingGame(8)):
+        result = msr_banzhaf(game, MaxSamples(4000), seed=2)
+        _within_stderr(result, game.banzhaf_values())
+        assert result.utility_evaluations == 4000  # one evaluation per sample
+
+
+@pytest.mark.parametrize("sampler", [SizeSampler(), PermutationSampler()])
+def test_beta_shapley_within_stderr_of_enumeration(sampler):
+    exact = exact_semivalues(AIRPORT, Beta(16, 1)).values
+    result = beta_shapley(AIRPORT, MaxSamples(300), alpha=16, beta=1, sampler=sampler, seed=3)
+    _within_stderr(result, exact)
+
+
+def test_same_seed_same_values_and_different_seed_differs():
+    a = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7)
+    b = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7, batch_size=32)
+    c = msr_banzhaf(AIRPORT, MaxSamples(64), seed=8)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert not np.array_equal(a.values, c.values)
+
+
+def test_msr_refuses_other_semivalues_and_bad_parts():
+    with pytest.raises(ConfigError, match="Banzhaf"):
+        sampled_semivalues(AIRPORT, Shapley(), MSRSampler(), MaxSamples(1))
+    with pytest.raises(ConfigError, match="semivalue"):
+        sampled_semivalues(AIRPORT, "shapley", MSRSampler(), MaxSamples(1))
+    with pytest.raises(ConfigError, match="stopping"):
+        msr_banzhaf(AIRPORT, 10)
+    with pytest.raises(InvalidInputError, match="n <= 20"):
+        exact_shapley(VotingGame(22))

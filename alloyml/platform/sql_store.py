@@ -7,7 +7,6 @@ executemany (SQLite) or one COPY (PostgreSQL) inside the same transaction.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +20,7 @@ from alloyml.platform import entities as e
 from alloyml.platform import orm, schema
 from alloyml.platform.store import Store
 
+SUMMARY_BINS = 50
 _WORKFLOW_FIELDS = {"status", "error", "result_artifact"}
 _STEP_FIELDS = {"state", "error", "output_artifact", "started_at", "finished_at", "attempts"}
 
@@ -184,22 +184,26 @@ class SqlStore(Store):
 
     # -- data values ----------------------------------------------------------------------------------------
     def write_data_values(self, run_id, values, stderr=None, counts=None, indices=None):
-        columns = _value_columns(values, stderr, counts, indices)
+        indices, values, stderr, counts = _value_columns(values, stderr, counts, indices)
+        by_point = np.argsort(indices, kind="stable")
+        by_value = np.argsort(values, kind="stable")
+        histogram_counts, edges = np.histogram(values, bins=SUMMARY_BINS)
         with self._session(write=True) as s:
             self._get(s, orm.RunRow, run_id, "run")
-            if s.scalar(select(func.count()).select_from(orm.DataValueRow)
-                        .where(orm.DataValueRow.run_id == run_id)):
+            if s.get(orm.DataValueSummaryRow, run_id) is not None:
                 raise InvalidInputError(f"run {run_id} already has data values; each run writes them once")
-            connection = s.connection()
-            if connection.dialect.name == "postgresql":
-                _copy_values_postgres(connection, run_id, columns)
-            else:
-                rows = list(zip([run_id] * len(columns[0]), *(c.tolist() for c in columns), strict=True))
-                connection.exec_driver_sql(
-                    "INSERT INTO data_value (run_id, point_index, value, stderr, count) VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-            return len(columns[0])
+            s.add(orm.DataValueSummaryRow(
+                run_id=run_id, n=len(values), min=float(values.min()), max=float(values.max()),
+                mean=float(values.mean()),
+                histogram={"counts": histogram_counts.tolist(), "edges": edges.tolist()}))
+            s.flush()
+            point_rows = (np.full(len(values), run_id), indices[by_point], values[by_point], stderr[by_point],
+                          counts[by_point])
+            rank_rows = (np.full(len(values), run_id), np.arange(len(values)), indices[by_value])
+            _bulk_insert(s.connection(), "data_value", ("run_id", "point_index", "value", "stderr", "count"),
+                         point_rows)
+            _bulk_insert(s.connection(), "data_value_rank", ("run_id", "rank", "point_index"), rank_rows)
+            return len(values)
 
     def _values_query(self, run_id, query) -> e.DataValues:
         with self._session() as s:
@@ -213,51 +217,71 @@ class SqlStore(Store):
         v = orm.DataValueRow
         return select(v.point_index, v.value, v.stderr, v.count).where(v.run_id == run_id)
 
+    def _ranked(self, run_id, k, descending: bool):
+        v, r = orm.DataValueRow, orm.DataValueRankRow
+        order = r.rank.desc() if descending else r.rank.asc()
+        query = (self._select_values(run_id)
+                 .join(r, (r.run_id == v.run_id) & (r.point_index == v.point_index))
+                 .where(r.run_id == run_id).order_by(order).limit(_k(k)))
+        return self._values_query(run_id, query)
+
     def lowest_values(self, run_id, k):
-        v = orm.DataValueRow
-        return self._values_query(run_id, self._select_values(run_id).order_by(v.value.asc()).limit(_k(k)))
+        return self._ranked(run_id, k, descending=False)
 
     def highest_values(self, run_id, k):
-        v = orm.DataValueRow
-        return self._values_query(run_id, self._select_values(run_id).order_by(v.value.desc()).limit(_k(k)))
+        return self._ranked(run_id, k, descending=True)
 
     def values_at(self, run_id, indices):
         wanted = [int(i) for i in np.asarray(indices, dtype=np.int64).ravel()]
         v = orm.DataValueRow
-        found = []
-        # Chunked IN lists keep each statement's bound parameters under SQLite's limit.
-        for start in range(0, len(wanted), 10_000):
-            found.append(self._values_query(
-                run_id, self._select_values(run_id).where(v.point_index.in_(wanted[start:start + 10_000]))))
-        if not found:
-            return self._values_query(run_id, self._select_values(run_id).where(v.point_index == -1))
-        merged = {name: np.concatenate([getattr(f, name) for f in found])
-                  for name in ("indices", "values", "stderr", "counts")}
-        missing = sorted(set(wanted) - set(merged["indices"].tolist()))
+        parts = [self._values_query(run_id, self._select_values(run_id).where(v.point_index.in_(chunk)))
+                 # Chunked IN lists keep each statement's bound parameters under SQLite's limit.
+                 for chunk in (wanted[i:i + 10_000] for i in range(0, len(wanted), 10_000))]
+        found = {name: np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0)
+                 for name in ("indices", "values", "stderr", "counts")}
+        position = {idx: pos for pos, idx in enumerate(found["indices"].astype(np.int64).tolist())}
+        missing = [i for i in wanted if i not in position]
         if missing:
             raise NotFoundError(f"run {run_id} has no data value for point indices {missing[:10]}")
-        position = {idx: pos for pos, idx in enumerate(merged["indices"].tolist())}
         order = np.array([position[i] for i in wanted], dtype=np.int64)
-        return e.DataValues(run_id=run_id, **{k: a[order] for k, a in merged.items()})
+        return e.DataValues(run_id=run_id, indices=np.asarray(wanted, dtype=np.int64),
+                            values=found["values"][order].astype(np.float64),
+                            stderr=found["stderr"][order].astype(np.float64),
+                            counts=found["counts"][order].astype(np.int64))
 
     def all_values(self, run_id):
         return self._values_query(run_id, self._select_values(run_id).order_by(orm.DataValueRow.point_index))
 
-    def value_histogram(self, run_id, bins=50):
-        v = orm.DataValueRow
+    def value_histogram(self, run_id, bins=SUMMARY_BINS):
         with self._session() as s:
             self._get(s, orm.RunRow, run_id, "run")
-            low, high = s.execute(select(func.min(v.value), func.max(v.value)).where(v.run_id == run_id)).one()
-            if low is None:
+            summary = s.get(orm.DataValueSummaryRow, run_id)
+            if summary is None:
                 return np.zeros(bins, dtype=np.int64), np.linspace(0.0, 1.0, bins + 1)
-            width = (high - low) / bins or 1.0
-            raw_bin = func.floor((v.value - low) / width)
-            bin_index = case((raw_bin >= bins, bins - 1), else_=raw_bin)
-            rows = s.execute(select(bin_index, func.count()).where(v.run_id == run_id).group_by(bin_index)).all()
+            if bins == len(summary.histogram["counts"]):
+                return np.asarray(summary.histogram["counts"]), np.asarray(summary.histogram["edges"])
+            return self._histogram_in_sql(s, run_id, bins, summary.min, summary.max)
+
+    @staticmethod
+    def _histogram_in_sql(s, run_id, bins, low, high):
+        """Any other bin count: one GROUP BY in the database (numpy's convention: last bin closed)."""
+        v = orm.DataValueRow
+        width = (high - low) / bins or 1.0
+        raw_bin = func.floor((v.value - low) / width)
+        bin_index = case((raw_bin >= bins, bins - 1), else_=raw_bin)
+        rows = s.execute(select(bin_index, func.count()).where(v.run_id == run_id).group_by(bin_index)).all()
         counts = np.zeros(bins, dtype=np.int64)
         for index, n in rows:
             counts[int(index)] = n
         return counts, low + width * np.arange(bins + 1)
+
+    def value_summary(self, run_id):
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            summary = s.get(orm.DataValueSummaryRow, run_id)
+            if summary is None:
+                return None
+            return {"n": summary.n, "min": summary.min, "max": summary.max, "mean": summary.mean}
 
     # -- merges ---------------------------------------------------------------------------------------------
     def record_merge(self, method, config, inputs, output_model_id, run_id=None):
@@ -439,17 +463,17 @@ def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
     return indices, values, stderr, counts
 
 
-def _copy_values_postgres(connection, run_id: int, columns) -> None:
-    indices, values, stderr, counts = columns
-    buffer = io.StringIO()
-    # repr-exact floats: COPY's text format parses them back to the same doubles.
-    np.savetxt(buffer, np.column_stack([np.full(indices.size, run_id), indices, counts]), fmt="%d\t%d\t%d")
-    ints = buffer.getvalue().splitlines()
-    text = "\n".join(f"{head}\t{v!r}\t{s!r}" for head, v, s in zip(ints, values.tolist(), stderr.tolist(),
-                                                                     strict=True))
-    cursor = connection.connection.driver_connection.cursor()
-    with cursor.copy("COPY data_value (run_id, point_index, count, value, stderr) FROM STDIN") as copy:
-        copy.write(text + "\n")
+def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> None:
+    """Append rows given as aligned numpy columns: COPY on PostgreSQL, one executemany elsewhere."""
+    if connection.dialect.name == "postgresql":
+        cursor = connection.connection.driver_connection.cursor()
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for record in zip(*(a.tolist() for a in arrays), strict=True):
+                copy.write_row(record)
+        return
+    placeholders = ", ".join("?" for _ in columns)
+    connection.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
+                               list(zip(*(a.tolist() for a in arrays), strict=True)))
 
 
 def _dataset(r) -> e.Dataset:

@@ -88,8 +88,12 @@ class Store(ABC):
     def all_values(self, run_id: int) -> e.DataValues: ...
 
     @abstractmethod
+    def value_summary(self, run_id: int) -> dict | None:
+        """n, min, max, mean of a run's values (None before they are written)."""
+
+    @abstractmethod
     def value_histogram(self, run_id: int, bins: int = 50) -> tuple[np.ndarray, np.ndarray]:
-        """(counts[bins], edges[bins + 1]) computed in the database."""
+        """(counts[bins], edges[bins + 1]); 50 bins are precomputed at write time."""
 
     # -- merges, cascades, trials -----------------------------------------------------------------------
     @abstractmethod

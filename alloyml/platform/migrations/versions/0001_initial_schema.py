@@ -2,11 +2,12 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 13:32:19.941560
+Create Date: 2026-11-25 13:38:48.135932
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 revision = '0001'
 down_revision = None
@@ -145,11 +146,27 @@ def upgrade() -> None:
     sa.Column('stderr', sa.Float(), nullable=False),
     sa.Column('count', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['run_id'], ['run.id'], name=op.f('fk_data_value_run_id_run'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('run_id', 'point_index', name=op.f('pk_data_value'))
+    sa.PrimaryKeyConstraint('run_id', 'point_index', name=op.f('pk_data_value')),
+    sqlite_with_rowid=False
     )
-    with op.batch_alter_table('data_value', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_data_value_run_id_value'), ['run_id', 'value'], unique=False)
-
+    op.create_table('data_value_rank',
+    sa.Column('run_id', sa.Integer(), nullable=False),
+    sa.Column('rank', sa.BigInteger(), nullable=False),
+    sa.Column('point_index', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id'], ['run.id'], name=op.f('fk_data_value_rank_run_id_run'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('run_id', 'rank', name=op.f('pk_data_value_rank')),
+    sqlite_with_rowid=False
+    )
+    op.create_table('data_value_summary',
+    sa.Column('run_id', sa.Integer(), nullable=False),
+    sa.Column('n', sa.BigInteger(), nullable=False),
+    sa.Column('min', sa.Float(), nullable=False),
+    sa.Column('max', sa.Float(), nullable=False),
+    sa.Column('mean', sa.Float(), nullable=False),
+    sa.Column('histogram', sa.JSON(), nullable=False),
+    sa.ForeignKeyConstraint(['run_id'], ['run.id'], name=op.f('fk_data_value_summary_run_id_run'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('run_id', name=op.f('pk_data_value_summary'))
+    )
     op.create_table('merge',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=True),
@@ -192,9 +209,8 @@ def downgrade() -> None:
     op.drop_table('merge_input')
     op.drop_table('trial')
     op.drop_table('merge')
-    with op.batch_alter_table('data_value', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_data_value_run_id_value'))
-
+    op.drop_table('data_value_summary')
+    op.drop_table('data_value_rank')
     op.drop_table('data_value')
     op.drop_table('workflow_step')
     with op.batch_alter_table('run', schema=None) as batch_op:

@@ -1,2 +1,25 @@
 """Model merging on state dicts: linear/soup, task arithmetic, TIES, DARE, SLERP, a streaming engine over
-safetensors, mergekit interop, merge search and MoE-from-experts. A library; never touches the store."""
+safetensors, mergekit interop, merge search and MoE-from-experts. A library; never touches the store.
+
+```python
+from alloyml.merging import merge
+result = merge("merge.yaml", "out/")          # or merge({...}, sources={"base": state_dict, ...})
+```
+"""
+
+from alloyml.merging.checkpoints import open_checkpoint
+from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.engine import MergeInput, MergeResult, merge
+from alloyml.merging.registry import get_method, known_methods, merge_method
+
+__all__ = [
+    "MergeConfig",
+    "MergeInput",
+    "MergeResult",
+    "get_method",
+    "known_methods",
+    "load_config",
+    "merge",
+    "merge_method",
+    "open_checkpoint",
+]

@@ -1,0 +1,46 @@
+"""`alloyml merge CONFIG.yaml OUT_DIR`: run a mergekit-style merge config (alloyml or mergekit backend)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="merge models from a mergekit-style YAML config",
+        description="Merge models described by a mergekit-style YAML config into OUT_DIR (safetensors shards).",
+    )
+    parser.add_argument("config", nargs="?", help="YAML config: merge_method, base_model, models, parameters, dtype")
+    parser.add_argument("out_dir", nargs="?", help="output directory (written atomically)")
+    parser.add_argument("--backend", choices=["alloyml", "mergekit"], help="override the config's backend")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
+    parser.add_argument("--shard-size", type=float, default=2.0, help="largest output shard in GiB (default 2)")
+    parser.add_argument("--methods", action="store_true", help="list the merge methods and exit")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from alloyml.merging import get_method, known_methods, load_config, merge
+
+    if args.methods:
+        for name in known_methods():
+            method = get_method(name)
+            params = ", ".join(p.name for p in method.parameters)
+            print(f"{name:16s} {params:45s} {method.reference}")
+        return 0
+    if not (args.config and args.out_dir):
+        from alloyml.errors import InvalidInputError
+
+        raise InvalidInputError("usage: alloyml merge CONFIG.yaml OUT_DIR (or --methods)")
+    config = load_config(args.config)
+    if args.backend:
+        config = config.model_copy(update={"backend": args.backend})
+    result = merge(
+        config, args.out_dir, overwrite=args.overwrite, max_shard_bytes=int(args.shard_size * 1024**3), progress=True
+    )
+    print(
+        f"{result.method} ({result.backend}): {result.num_tensors} tensors, {result.num_parameters:,} parameters "
+        f"-> {result.output_path} in {result.timings['total_s']:.1f} s"
+    )
+    return 0

@@ -1,0 +1,287 @@
+"""Budgeted inference tuning (EcoOptiGen-style): pick decoding settings and a prompt template that
+maximise a utility subject to average inference cost <= budget.
+
+The search space is a grid over `n`, temperature, top_p, `max_tokens`, stop strings and prompt
+templates (optionally a random subset). Configurations are evaluated on a doubling number of examples
+(`initial_examples`, 2x, 4x, ... up to all), and two pruning rules drop a configuration early; both are
+provable, so the returned configuration is the one an exhaustive evaluation would pick:
+
+* **cost**: a configuration's average cost over all N examples is at least
+  (cost already spent + prompt cost of the examples not yet run) / N, since completions cost >= 0 and
+  the model's `count_tokens` gives each prompt's exact token count before any call. It is pruned as
+  soon as that bound exceeds the budget — on zero examples when the prompts alone are too long.
+* **dominance**: with utilities in [0, 1], a configuration's final mean utility lies in
+  [spent_sum / N, (spent_sum + remaining) / N]. It is pruned when some configuration that is certain
+  to fit the budget (its cost upper bound, with every remaining completion at `n * max_tokens`, is
+  <= budget) has a lower utility bound at or above its upper bound.
+
+`eta` adds successive halving (keep the best 1/eta by observed mean utility each round): cheaper, but
+heuristic, so off by default.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from alloyml.automl.metrics import Metric, get_metric, normalize
+from alloyml.automl.prompting import Example, check_template
+from alloyml.automl.trials import TrialCallback, TrialRecord
+from alloyml.errors import InvalidInputError
+from alloyml.models.lm import LanguageModel
+
+Utility = Callable[[list[str], str], float]
+
+
+def majority_vote(metric: str | Metric = "exact") -> Utility:
+    """Score the most common (normalised) answer among the n samples; ties go to the earliest."""
+    score = get_metric(metric)
+
+    def utility(texts: list[str], target: str) -> float:
+        counts = Counter(normalize(t) for t in texts)
+        top = max(counts.values())
+        winner = next(t for t in texts if counts[normalize(t)] == top)
+        return score(winner, target)
+
+    return utility
+
+
+def any_correct(metric: str | Metric = "exact") -> Utility:
+    """1 when any of the n samples is right (pass@n, for tasks with a checker)."""
+    score = get_metric(metric)
+    return lambda texts, target: max(score(t, target) for t in texts)
+
+
+class InferenceConfig(BaseModel):
+    """One point of the search space."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 16
+    stop: tuple[str, ...] = ()
+    template: str = "{input}"
+
+
+class InferenceSpace(BaseModel):
+    """Candidate values per setting; the space is their cartesian product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n: list[int] = Field(default_factory=lambda: [1])
+    temperature: list[float] = Field(default_factory=lambda: [0.0])
+    top_p: list[float] = Field(default_factory=lambda: [1.0])
+    max_tokens: list[int] = Field(default_factory=lambda: [16])
+    stop: list[tuple[str, ...]] = Field(default_factory=lambda: [()])
+    templates: list[str] = Field(default_factory=lambda: ["{input}"])
+
+    @field_validator("n", "temperature", "top_p", "max_tokens", "stop", "templates")
+    @classmethod
+    def _non_empty(cls, values: list) -> list:
+        if not values:
+            raise ValueError("every setting needs at least one candidate")
+        return values
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_take_input(cls, values: list[str]) -> list[str]:
+        for t in values:
+            check_template(t)
+        return values
+
+    def configs(self) -> list[InferenceConfig]:
+        grid = itertools.product(self.n, self.temperature, self.top_p, self.max_tokens, self.stop, self.templates)
+        return [
+            InferenceConfig(n=n, temperature=t, top_p=p, max_tokens=m, stop=s, template=tpl)
+            for n, t, p, m, s, tpl in grid
+            # n > 1 samples of a greedy decoder are identical: pay for them only when sampling.
+            if not (n > 1 and t == 0.0)
+        ]
+
+
+@dataclass(frozen=True)
+class TokenPrice:
+    """Cost per prompt token and per completion token (1 and 1: cost is the token count)."""
+
+    prompt: float = 1.0
+    completion: float = 1.0
+
+
+@dataclass
+class _Candidate:
+    index: int
+    config: InferenceConfig
+    prompt_costs: np.ndarray  # [N] exact prompt cost of each example under this template
+    utilities: list[float] = field(default_factory=list)
+    costs: list[float] = field(default_factory=list)
+    status: str = "running"
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return len(self.costs)
+
+    def cost_bounds(self, price: TokenPrice) -> tuple[float, float]:
+        """(lower, upper) bound on the mean cost over all N examples."""
+        n_total, rest = len(self.prompt_costs), self.prompt_costs[self.done :]
+        spent = sum(self.costs)
+        low = (spent + rest.sum()) / n_total
+        worst_completion = price.completion * self.config.n * self.config.max_tokens
+        high = (spent + rest.sum() + worst_completion * len(rest)) / n_total
+        return low, high
+
+    def utility_bounds(self) -> tuple[float, float]:
+        n_total, got = len(self.prompt_costs), sum(self.utilities)
+        return got / n_total, (got + n_total - self.done) / n_total
+
+
+@dataclass
+class InferenceTuningResult:
+    """The chosen configuration (None if nothing fits the budget) and every configuration's trial."""
+
+    best: InferenceConfig | None
+    best_utility: float
+    best_cost: float
+    trials: list[TrialRecord]
+    tuning_cost: float  # everything the search spent, in cost units
+    budget: float
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        return dict(Counter(t.status for t in self.trials))
+
+
+def tune_inference(
+    lm: LanguageModel,
+    examples: Sequence[Example],
+    space: InferenceSpace,
+    *,
+    budget: float,
+    instruction: str = "",
+    utility: Utility | None = None,
+    price: TokenPrice = TokenPrice(),
+    initial_examples: int = 2,
+    max_configs: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    on_trial: TrialCallback | None = None,
+) -> InferenceTuningResult:
+    """Search `space` for the highest mean `utility` on `examples` with mean cost per example <= `budget`.
+
+    `utility(texts, target) -> [0, 1]` scores the n completions of one example (default: majority vote,
+    exact match). Templates may use `{instruction}`, filled with `instruction`.
+    """
+    if not examples:
+        raise InvalidInputError("examples must be a non-empty list of Example")
+    if budget <= 0:
+        raise InvalidInputError(f"budget must be > 0 cost units per example, got {budget}")
+    if initial_examples < 1:
+        raise InvalidInputError(f"initial_examples must be >= 1, got {initial_examples}")
+    if eta is not None and eta <= 1:
+        raise InvalidInputError(f"eta must be > 1 (keep 1/eta per round), got {eta}")
+    utility = utility or majority_vote()
+    configs = space.configs()
+    if max_configs is not None and max_configs < len(configs):
+        pick = np.random.default_rng(seed).choice(len(configs), size=max_configs, replace=False)
+        configs = [configs[i] for i in sorted(pick)]
+
+    prompts = {
+        tpl: [tpl.format(instruction=instruction, input=ex.input) for ex in examples]
+        for tpl in {c.template for c in configs}
+    }
+    prompt_costs = {
+        tpl: np.array([price.prompt * lm.count_tokens(p) for p in ps], dtype=float) for tpl, ps in prompts.items()
+    }
+    cands = [_Candidate(i, c, prompt_costs[c.template]) for i, c in enumerate(configs)]
+    n_total, tuning_cost, target = len(examples), 0.0, initial_examples
+
+    def prune(cand: _Candidate) -> None:
+        if cand.cost_bounds(price)[0] > budget:
+            cand.status = "pruned_cost"
+
+    for cand in cands:
+        prune(cand)
+    while any(c.status == "running" for c in cands):
+        target = min(target, n_total)
+        for cand in (c for c in cands if c.status == "running"):
+            start = time.perf_counter()
+            cfg, lo = cand.config, cand.done
+            gens = lm.generate(
+                prompts[cfg.template][lo:target],
+                n=cfg.n,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_tokens=cfg.max_tokens,
+                stop=cfg.stop,
+                seed=seed,
+            )
+            for gen, ex in zip(gens, examples[lo:target], strict=True):
+                cand.utilities.append(float(utility(gen.texts, ex.output)))
+                cand.costs.append(price.prompt * gen.prompt_tokens + price.completion * gen.completion_tokens)
+            tuning_cost += sum(cand.costs[lo:])
+            cand.seconds += time.perf_counter() - start
+            prune(cand)
+            if cand.status == "running" and cand.done == n_total:
+                cand.status = "completed" if np.mean(cand.costs) <= budget else "over_budget"
+        _prune_dominated(cands, price, budget)
+        if eta is not None:
+            _halve(cands, eta)
+        target *= 2
+
+    feasible = [c for c in cands if c.status == "completed"]
+    best = max(feasible, key=lambda c: (np.mean(c.utilities), -np.mean(c.costs), -c.index), default=None)
+    trials = [_record(c) for c in cands]
+    if on_trial is not None:
+        for t in trials:
+            on_trial(t)
+    return InferenceTuningResult(
+        best=best.config if best else None,
+        best_utility=float(np.mean(best.utilities)) if best else float("nan"),
+        best_cost=float(np.mean(best.costs)) if best else float("nan"),
+        trials=trials,
+        tuning_cost=tuning_cost,
+        budget=budget,
+    )
+
+
+def _prune_dominated(cands: list[_Candidate], price: TokenPrice, budget: float) -> None:
+    alive = [c for c in cands if c.status in ("running", "completed")]
+    sure = [c.utility_bounds()[0] for c in alive if c.cost_bounds(price)[1] <= budget]
+    if not sure:
+        return
+    floor = max(sure)
+    for c in alive:
+        # Strictly below: a tie could still win on cost, so it stays.
+        if c.status == "running" and c.utility_bounds()[1] < floor:
+            c.status = "pruned_dominated"
+
+
+def _halve(cands: list[_Candidate], eta: float) -> None:
+    running = [c for c in cands if c.status == "running"]
+    keep = max(1, int(np.ceil(len(running) / eta)))
+    ranked = sorted(running, key=lambda c: (-np.mean(c.utilities), np.mean(c.costs)))
+    for c in ranked[keep:]:
+        c.status = "pruned_halving"
+
+
+def _record(c: _Candidate) -> TrialRecord:
+    return TrialRecord(
+        trial_id=f"config-{c.index}",
+        config=c.config.model_dump(),
+        metrics={
+            "utility": float(np.mean(c.utilities)) if c.utilities else float("nan"),
+            "mean_cost": float(np.mean(c.costs)) if c.costs else float("nan"),
+            "examples": float(c.done),
+        },
+        cost=float(sum(c.costs)),
+        seconds=c.seconds,
+        status=c.status,
+    )

@@ -1,0 +1,134 @@
+"""Small computations the pages show, kept apart from Streamlit so they can be tested on their own.
+
+Inputs are the plain arrays and frames that `queries.py` returns; nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def step_seconds(step) -> float | None:
+    """Wall time of a workflow step, None until it has both started and finished."""
+    if step.started_at is None or step.finished_at is None:
+        return None
+    return (step.finished_at - step.started_at).total_seconds()
+
+
+# -- data values ------------------------------------------------------------------------------------------
+def detection_curve(lowest_first: np.ndarray, flipped: np.ndarray, n_points: int, steps: int = 50) -> pd.DataFrame:
+    """How many of the flipped (noisy-label) points are among the k lowest-valued points.
+
+    lowest_first: [m] point indices sorted by value, lowest first (m <= n_points: the curve stops at m).
+    flipped: [f] indices of the points whose labels were flipped.
+    Returns columns k, fraction_inspected (k / n_points), found (fraction of flipped points among the k
+    lowest) and random (what inspecting k random points finds on average: k / n_points).
+    """
+    if len(flipped) == 0 or len(lowest_first) == 0:
+        return pd.DataFrame(columns=["k", "fraction_inspected", "found", "random"])
+    is_flipped = np.isin(lowest_first, flipped)
+    found = np.cumsum(is_flipped) / len(flipped)
+    ks = np.unique(np.linspace(1, len(lowest_first), min(steps, len(lowest_first))).astype(np.int64))
+    return pd.DataFrame({"k": ks, "fraction_inspected": ks / n_points, "found": found[ks - 1],
+                         "random": np.minimum(ks / n_points, 1.0)})
+
+
+def removal_frame(curve: dict) -> pd.DataFrame:
+    """A run's `removal_curve` metric ({"fraction", "low_first", "high_first"}) in long form for plotting."""
+    fraction = curve.get("fraction", [])
+    parts = [pd.DataFrame({"fraction removed": fraction, "score": curve[order], "order": order.replace("_", " ")})
+             for order in ("low_first", "high_first") if order in curve]
+    if not parts:
+        return pd.DataFrame(columns=["fraction removed", "score", "order"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def rank_correlations(paired: pd.DataFrame) -> pd.DataFrame:
+    """Spearman rank correlation between every pair of columns (methods) of `paired` (points × runs)."""
+    return paired.rank().corr(method="pearson")
+
+
+# -- cascades ---------------------------------------------------------------------------------------------
+def stage_hit_rates(stage_reached: np.ndarray, n_stages: int) -> np.ndarray:
+    """[n_stages] fraction of requests answered at each stage (0 where there were no requests)."""
+    counts = np.bincount(np.asarray(stage_reached, dtype=np.int64), minlength=n_stages)[:n_stages]
+    return counts / max(len(stage_reached), 1)
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """Where a cascade's spending stands against its budget, over the last `window` requests."""
+
+    window: int
+    mean_cost: float
+    budget: float
+    frontier_point: int | None
+    chosen_point: int | None
+
+    @property
+    def over_budget(self) -> bool:
+        return self.window > 0 and self.mean_cost > self.budget
+
+    @property
+    def fallen_back(self) -> bool:
+        """True when the guard has moved off the planned frontier point (to a cheaper one)."""
+        return None not in (self.frontier_point, self.chosen_point) and self.frontier_point != self.chosen_point
+
+
+def budget_state(requests: pd.DataFrame, budget: float, chosen_point: int | None, window: int = 1000) -> BudgetState:
+    """Budget-guard state from the request log (columns cost and frontier_point, oldest first)."""
+    recent = requests.tail(window)
+    points = recent["frontier_point"].dropna() if "frontier_point" in recent else pd.Series(dtype="Int64")
+    return BudgetState(window=len(recent), mean_cost=float(recent["cost"].mean()) if len(recent) else 0.0,
+                       budget=float(budget), frontier_point=int(points.iloc[-1]) if len(points) else None,
+                       chosen_point=chosen_point)
+
+
+# -- AutoML -----------------------------------------------------------------------------------------------
+def flatten_trials(trials) -> pd.DataFrame:
+    """One row per trial: number, status, cost, seconds, then `param.<name>` and `metric.<name>` columns."""
+    rows = []
+    for t in trials:
+        row = {"trial": t.number, "status": t.status, "cost": t.cost, "seconds": t.seconds}
+        row.update({f"param.{k}": v for k, v in t.config.items()})
+        row.update({f"metric.{k}": v for k, v in t.metrics.items() if isinstance(v, int | float)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def param_importance(params: pd.DataFrame, score: pd.Series, bins: int = 4) -> pd.Series:
+    """Share of the score's variance that each parameter explains on its own (eta squared, 0 .. 1).
+
+    Numeric parameters with more than `bins` distinct values are cut into `bins` quantile bins; others are
+    grouped by value. eta² = Σ_groups n_g (mean_g - mean)² / Σ (score - mean)².
+    """
+    score = score.astype(float)
+    total = float(((score - score.mean()) ** 2).sum())
+    importance = {}
+    for name in params.columns:
+        column = params[name]
+        if pd.api.types.is_numeric_dtype(column) and column.nunique() > bins:
+            groups = pd.qcut(column, bins, duplicates="drop")
+        else:
+            groups = column.astype(str)
+        grouped = score.groupby(groups, observed=True)
+        between = float((grouped.count() * (grouped.mean() - score.mean()) ** 2).sum())
+        importance[name] = between / total if total > 0 else 0.0
+    return pd.Series(importance, dtype=float).sort_values(ascending=False)
+
+
+def pareto_mask(cost: np.ndarray, score: np.ndarray, maximize: bool = True) -> np.ndarray:
+    """[n] True where no other trial is at most as costly and strictly better (the score-vs-cost front)."""
+    cost = np.asarray(cost, dtype=float)
+    signed = np.asarray(score, dtype=float) * (1 if maximize else -1)
+    order = np.lexsort((-signed, cost))
+    mask = np.zeros(len(cost), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if signed[i] > best:
+            mask[i] = True
+            best = signed[i]
+    return mask

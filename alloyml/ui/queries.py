@@ -1,0 +1,208 @@
+"""Read-only queries behind the dashboard pages, cached per store.
+
+Every function takes `key` — the (db_url, home) pair of the store it reads — so that two stores never share
+a cache entry. Results are small pandas frames or dataclasses: aggregates (histograms, lowest/highest k,
+counts) are computed by the store in SQL, so a page never pulls a million data values into Python. Cached
+results live `TTL_SECONDS`, which keeps the dashboard fresh while runs are being recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from alloyml.platform import entities as e
+from alloyml.platform.client import Platform
+from alloyml.platform.settings import Settings
+
+TTL_SECONDS = 30
+BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# Rank correlations of large runs are computed on a random sample of points of this size.
+CORRELATION_SAMPLE = 20_000
+
+StoreKey = tuple[str, str]
+
+
+def current_store() -> StoreKey:
+    """The store that ALLOYML_DB_URL / ALLOYML_HOME name, as a cache key."""
+    settings = Settings.from_env()
+    return settings.db_url, str(settings.home)
+
+
+@st.cache_resource(show_spinner=False)
+def platform(key: StoreKey) -> Platform:
+    return Platform(db_url=key[0], home=key[1])
+
+
+def _store(key: StoreKey):
+    return platform(key).store
+
+
+# -- runs and workflows -----------------------------------------------------------------------------------
+def run_rows(runs: list[e.Run]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "id": [r.id for r in runs],
+        "kind": [r.kind for r in runs],
+        "name": [r.name or "" for r in runs],
+        "status": [r.status for r in runs],
+        "started": pd.to_datetime([r.started_at for r in runs]),
+        "seconds": pd.array([r.seconds for r in runs], dtype="Float64"),
+    })
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def recent_runs(key: StoreKey, kind: str | None = None, limit: int = 50) -> list[e.Run]:
+    return _store(key).list_runs(kind=kind, limit=limit)
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def run_counts(key: StoreKey) -> pd.DataFrame:
+    """One row per (kind, status) with the number of runs."""
+    counts = _store(key).run_counts()
+    return pd.DataFrame([{"kind": kind, "status": status, "runs": n} for (kind, status), n in sorted(counts.items())],
+                        columns=["kind", "status", "runs"])
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def get_run(key: StoreKey, run_id: int) -> e.Run:
+    return _store(key).get_run(run_id)
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def recent_workflows(key: StoreKey, limit: int = 50) -> list[e.Workflow]:
+    return _store(key).list_workflows(limit=limit)
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def workflow_steps(key: StoreKey, workflow_id: int) -> list[e.WorkflowStep]:
+    return _store(key).workflow_steps(workflow_id)
+
+
+# -- data values ------------------------------------------------------------------------------------------
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def value_histogram(key: StoreKey, run_id: int, bins: int = 50) -> pd.DataFrame:
+    """Bins of a run's values (start, end, points), counted in the database."""
+    counts, edges = _store(key).value_histogram(run_id, bins)
+    return pd.DataFrame({"start": edges[:-1], "end": edges[1:], "points": counts})
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def extreme_values(key: StoreKey, run_id: int, k: int, lowest: bool) -> e.DataValues:
+    store = _store(key)
+    return store.lowest_values(run_id, k) if lowest else store.highest_values(run_id, k)
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def values_at(key: StoreKey, run_id: int, indices: tuple[int, ...]) -> e.DataValues:
+    return _store(key).values_at(run_id, list(indices))
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def all_values(key: StoreKey, run_id: int) -> e.DataValues:
+    return _store(key).all_values(run_id)
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def dataset(key: StoreKey, dataset_id: int) -> e.Dataset:
+    return _store(key).get_dataset(dataset_id)
+
+
+@st.cache_resource(show_spinner=False, ttl=600, max_entries=4)
+def _dataset_arrays(key: StoreKey, dataset_id: int) -> tuple[np.ndarray, np.ndarray | None]:
+    # A resource, not data: the rows can be large and must not be copied on every cache hit.
+    return platform(key).load_dataset(dataset_id)
+
+
+def dataset_rows(key: StoreKey, dataset_id: int, indices: np.ndarray) -> pd.DataFrame:
+    """The raw rows (features and label) of some points, indexed by point index."""
+    info = dataset(key, dataset_id)
+    x, y = _dataset_arrays(key, dataset_id)
+    columns = info.schema.get("columns") or [f"x{i}" for i in range(x.shape[1])]
+    inside = indices[(indices >= 0) & (indices < len(x))]
+    rows = pd.DataFrame(x[inside], columns=columns, index=pd.Index(inside, name="point"))
+    if y is not None:
+        rows["label"] = y[inside]
+    return rows
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def artifact_indices(key: StoreKey, artifact: str) -> np.ndarray:
+    """Point indices stored as an .npy or .json artifact (e.g. the points whose labels were flipped)."""
+    artifacts = platform(key).artifacts
+    raw = artifacts.get_json(artifact) if artifact.endswith(".json") else artifacts.get_array(artifact)
+    return np.asarray(raw, dtype=np.int64).ravel()
+
+
+def paired_values(key: StoreKey, run_ids: list[int], n_points: int, seed: int = 0) -> pd.DataFrame:
+    """Values of the same points under several runs, one column per run, for rank correlations.
+
+    Runs up to CORRELATION_SAMPLE points are read whole; larger ones on a random sample of point indices
+    (0 .. n_points - 1), read by primary key, so the page never loads every value of a million-point run.
+    """
+    if n_points <= CORRELATION_SAMPLE:
+        columns = {}
+        for run_id in run_ids:
+            values = all_values(key, run_id)
+            columns[run_id] = pd.Series(values.values, index=values.indices)
+        return pd.DataFrame(columns).dropna()
+    sample = np.sort(np.random.default_rng(seed).choice(n_points, CORRELATION_SAMPLE, replace=False))
+    wanted = tuple(int(i) for i in sample)
+    return pd.DataFrame({run_id: values_at(key, run_id, wanted).values for run_id in run_ids}, index=sample)
+
+
+# -- models and merges ------------------------------------------------------------------------------------
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def models(key: StoreKey) -> dict[int, e.Model]:
+    return {m.id: m for m in _store(key).list_models()}
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def merges(key: StoreKey) -> list[e.Merge]:
+    return _store(key).list_merges()
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def lineage(key: StoreKey, model_id: int | None = None) -> list[e.LineageEdge]:
+    return _store(key).lineage_edges(model_id)
+
+
+# -- cascades and trials ----------------------------------------------------------------------------------
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def cascades(key: StoreKey) -> list[e.Cascade]:
+    return _store(key).list_cascades()
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 10_000) -> pd.DataFrame:
+    """The latest `limit` requests, oldest first (a short TTL: this is the live view)."""
+    requests = _store(key).cascade_requests(cascade_id, limit=limit)[::-1]
+    return pd.DataFrame({
+        "stage": [r.stage_reached for r in requests],
+        "cost": [r.cost for r in requests],
+        "latency_ms": [r.latency_ms for r in requests],
+        "frontier_point": pd.array([r.frontier_point for r in requests], dtype="Int64"),
+        "at": pd.to_datetime([r.created_at for r in requests]),
+    })
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def trials(key: StoreKey, run_id: int) -> list[e.Trial]:
+    return _store(key).list_trials(run_id)
+
+
+# -- benchmark files --------------------------------------------------------------------------------------
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def benchmark_rows(topic: str, results_dir: str) -> pd.DataFrame | None:
+    """Rows of <results_dir>/<topic>.json, or None when that benchmark has not been run."""
+    path = Path(results_dir) / f"{topic}.json"
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    rows = pd.DataFrame(payload.get("rows", []))
+    rows.attrs["when"] = payload.get("when")
+    rows.attrs["machine"] = payload.get("machine")
+    return rows

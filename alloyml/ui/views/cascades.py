@@ -1,0 +1,101 @@
+"""Cascades: versions, the cost–accuracy frontier with the chosen point, and — from the request log — live
+stage hit rates, cost, latency and the budget guard's state."""
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from alloyml.ui import analysis, queries
+
+key = queries.current_store()
+st.title("Cascades")
+
+cascades = queries.cascades(key)
+if not cascades:
+    st.info("No cascades yet — fit one with `alloyml.routing` (or run `alloyml demo`).")
+    st.stop()
+
+
+def stage_name(stage) -> str:
+    return str(stage.get("name", stage)) if isinstance(stage, dict) else str(stage)
+
+
+name = st.selectbox("Cascade", sorted({c.name for c in cascades}))
+versions = {c.version: c for c in cascades if c.name == name}
+st.dataframe(pd.DataFrame({
+    "version": list(versions), "stages": [" → ".join(map(stage_name, c.stages)) for c in versions.values()],
+    "thresholds": [", ".join(f"{t:g}" for t in c.thresholds) for c in versions.values()],
+    "costs": [", ".join(f"{x:g}" for x in c.costs) for c in versions.values()],
+    "budget": [c.budget for c in versions.values()], "created": [c.created_at for c in versions.values()],
+}), hide_index=True)
+cascade = versions[st.selectbox("Version", sorted(versions, reverse=True))]
+chosen = cascade.plan.get("chosen")
+
+st.subheader("Cost–accuracy frontier")
+frontier = pd.DataFrame(cascade.plan.get("frontier", []), columns=["cost", "accuracy"])
+if frontier.empty:
+    st.info("This version's plan holds no frontier.")
+else:
+    frontier["point"] = range(len(frontier))
+    frontier["chosen"] = frontier["point"] == chosen
+    line = alt.Chart(frontier).mark_line(point=True).encode(
+        x=alt.X("cost:Q", title="mean cost per query"), y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False)),
+        tooltip=["point", "cost", "accuracy"])
+    marker = alt.Chart(frontier[frontier["chosen"]]).mark_point(size=250, color="#e53935", filled=True).encode(
+        x="cost:Q", y="accuracy:Q", tooltip=["point", "cost", "accuracy"])
+    budget = alt.Chart(pd.DataFrame({"budget": [cascade.budget]})).mark_rule(strokeDash=[4, 4]).encode(x="budget:Q")
+    st.altair_chart((line + marker + budget).properties(height=280), width="stretch")
+    if chosen is not None and 0 <= chosen < len(frontier):
+        st.caption(f"Chosen point {chosen}: cost {frontier['cost'][chosen]:g}, "
+                   f"accuracy {frontier['accuracy'][chosen]:.4f} (budget {cascade.budget:g}).")
+
+live = st.toggle("Refresh every 5 s", value=False)
+
+
+@st.fragment(run_every="5s" if live else None)
+def request_log() -> None:
+    st.subheader("Requests")
+    requests = queries.cascade_requests(key, cascade.id)
+    if requests.empty:
+        st.info("No requests logged for this version yet — serve it with `alloyml.routing`.")
+        return
+    state = analysis.budget_state(requests, cascade.budget, chosen)
+    columns = st.columns(4)
+    columns[0].metric("Requests (latest)", f"{len(requests):,}")
+    columns[1].metric("Mean cost", f"{state.mean_cost:.4g}", delta=f"{state.mean_cost - cascade.budget:+.4g} vs budget",
+                      delta_color="inverse")
+    columns[2].metric("Latency p50", f"{requests['latency_ms'].quantile(0.5):.1f} ms")
+    columns[3].metric("Latency p95", f"{requests['latency_ms'].quantile(0.95):.1f} ms")
+    guard = (f"Budget guard: mean cost of the last {state.window:,} requests is {state.mean_cost:.4g} "
+             f"against a budget of {state.budget:g}; frontier point in force: {state.frontier_point}"
+             f" (planned: {state.chosen_point}).")
+    if state.over_budget:
+        st.error("Over budget. " + guard)
+    elif state.fallen_back:
+        st.warning("Fallen back to a cheaper point. " + guard)
+    else:
+        st.success("Within budget. " + guard)
+
+    rates = analysis.stage_hit_rates(requests["stage"].to_numpy(), len(cascade.stages))
+    hits = pd.DataFrame({"stage": [f"{i}: {stage_name(s)}" for i, s in enumerate(cascade.stages)],
+                         "hit rate": rates})
+    left, right = st.columns(2)
+    left.altair_chart(
+        alt.Chart(hits).mark_bar().encode(
+            x=alt.X("hit rate:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("stage:N", sort=None, title=None), tooltip=["stage", alt.Tooltip("hit rate:Q", format=".1%")])
+        .properties(height=40 + 30 * len(hits), title="Where requests were answered"),
+        width="stretch")
+    window = max(1, min(200, len(requests) // 20))
+    trend = pd.DataFrame({"request": range(len(requests)),
+                          "mean cost": requests["cost"].rolling(window, min_periods=1).mean()})
+    right.altair_chart(
+        (alt.Chart(trend).mark_line().encode(x="request:Q", y="mean cost:Q")
+         + alt.Chart(pd.DataFrame({"budget": [cascade.budget]})).mark_rule(color="#e53935", strokeDash=[4, 4])
+         .encode(y="budget:Q")).properties(height=40 + 30 * len(hits), title=f"Cost (rolling mean of {window})"),
+        width="stretch")
+    st.dataframe(hits.assign(**{"hit rate": (rates * 100).round(2)}).rename(columns={"hit rate": "hit rate %"}),
+                 hide_index=True)
+
+
+request_log()

@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+
+from alloyml.errors import InvalidInputError, NotFoundError
+from alloyml.platform.artifacts import ArtifactStore
+
+
+def test_round_trips_and_content_addressing(tmp_path):
+    store = ArtifactStore(tmp_path / "artifacts")
+    array = np.arange(10, dtype=np.float32).reshape(2, 5)
+    key = store.put_array(array)
+    assert store.put_array(array.copy()) == key  # same bytes, same key
+    np.testing.assert_array_equal(store.get_array(key), array)
+    assert store.get_json(store.put_json({"a": [1, 2]})) == {"a": [1, 2]}
+    tensors = {"w": torch.randn(3, 3), "step": torch.tensor([7], dtype=torch.int64)}
+    loaded = store.get_tensors(store.put_tensors(tensors))
+    assert torch.equal(loaded["w"], tensors["w"]) and loaded["step"].dtype == torch.int64
+    assert not list((tmp_path / "artifacts").rglob(".tmp-*"))  # temp files renamed away
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "array/../../x.npy", "/abs/path.npy", "array/abc.npy",
+                                 "array/" + "g" * 64 + ".npy", "array/" + "a" * 64 + ".pkl"])
+def test_keys_escaping_or_malformed_are_refused(tmp_path, key):
+    with pytest.raises(InvalidInputError, match="artifact key"):
+        ArtifactStore(tmp_path).get_bytes(key)
+
+
+def test_object_arrays_refused_and_missing_reported(tmp_path):
+    store = ArtifactStore(tmp_path)
+    with pytest.raises(InvalidInputError, match="object"):
+        store.put_array(np.array([{"a": 1}], dtype=object))
+    with pytest.raises(NotFoundError, match="does not exist"):
+        store.get_bytes("array/" + "0" * 64 + ".npy")
+
+
+def test_pickled_npy_is_never_loaded(tmp_path):
+    store = ArtifactStore(tmp_path)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    key = store.put_bytes(buffer.getvalue(), kind="array", ext="npy")
+    with pytest.raises(ValueError, match="allow_pickle"):
+        store.get_array(key)

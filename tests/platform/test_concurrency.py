@@ -16,7 +16,8 @@ def _writer(db_url: str, home: str, worker: int, errors) -> None:
         with Platform(db_url=db_url, home=home) as platform:
             for i in range(RUNS_EACH):
                 run = platform.store.start_run("valuation", name=f"w{worker}-{i}")
-                platform.store.write_data_values(run.id, np.random.default_rng(worker * 100 + i).normal(size=VALUES_EACH))
+                values = np.random.default_rng(worker * 100 + i).normal(size=VALUES_EACH)
+                platform.store.write_data_values(run.id, values)
                 platform.store.log_metrics(run.id, {"worker": worker})
                 platform.store.finish_run(run.id)
     except Exception as err:  # reported to the parent, which fails the test with it

@@ -189,7 +189,8 @@ def test_workflows_steps_and_trials(platform):
     store = platform.store
     wf = store.create_workflow("two-step", {"n": 3}, {"version": 1},
                                [{"name": "train"}, {"name": "score", "depends_on": ["train"]}])
-    store.update_step(wf.id, "train", increment_attempts=True, state="done", output_artifact="json/" + "a" * 64 + ".json")
+    store.update_step(wf.id, "train", increment_attempts=True, state="done",
+                      output_artifact="json/" + "a" * 64 + ".json")
     steps = {s.name: s for s in store.workflow_steps(wf.id)}
     assert steps["train"].state == "done" and steps["train"].attempts == 1
     assert steps["score"].depends_on == ["train"] and steps["score"].state == "pending"

@@ -5,7 +5,7 @@ For one test point with label y, sort the N training points by distance (alpha_1
 of a K-nearest-neighbour classifier trained on S, U(S) = (1/K) sum over the min(K, |S|) nearest points
 of S of 1[label == y], has exact Shapley values
 
-    s_N = m_N / N,    s_i = s_{i+1} + (m_i - m_{i+1}) / K * min(K, i) / i      (m_i = 1[y_{alpha_i} = y]),
+    s_N = m_N min(K, N) / (K N),    s_i = s_{i+1} + (m_i - m_{i+1}) / K * min(K, i) / i      (m_i = 1[y_{alpha_i} = y]),
 
 and the values for a test set are the mean over its points. Cost per test point: one sort of N keys.
 
@@ -78,7 +78,7 @@ def _block_values(x_train, sq_train, codes_train, x_block, codes_block, coef, k)
         steps = (match[:-1] - match[1:]) * coef  # [n-1] s_i - s_{i+1}
         prefix = np.cumsum(steps)
         shapley = np.empty(n)
-        shapley[-1] = match[-1] / n
+        shapley[-1] = match[-1] * min(k, n) / (k * n)  # = m_N / N unless K > N
         shapley[:-1] = shapley[-1] + prefix[-1] - (prefix - steps)  # suffix sums without reversed views
         total += np.bincount(order, weights=shapley, minlength=n)
     return total

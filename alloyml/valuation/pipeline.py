@@ -78,9 +78,11 @@ def check_rowwise(pipeline, x) -> None:
     """Raise InvalidInputError naming the first step of the fitted `pipeline` that is not row-wise on x."""
     from sklearn.exceptions import NotFittedError
     from sklearn.utils import _safe_indexing
+    from sklearn.utils.validation import check_is_fitted
 
     sample = _safe_indexing(x, np.arange(min(PROBE_ROWS, x.shape[0])))
     try:
+        check_is_fitted(pipeline)
         _probe(preprocessing_of(pipeline), sample, "pipeline")
     except NotFittedError as err:
         raise InvalidInputError(f"pipeline must be fitted before valuing through it: {err}") from err

@@ -22,6 +22,6 @@ def _serve(args) -> int:
         raise NotFoundError(f"the dashboard app {APP} is not installed")
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.address,
                "--server.port", str(args.port), "--server.headless", "true",
-               "--browser.gatherUsageStats", "false"]
+               "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     print(f"dashboard at http://{args.address}:{args.port}")
     return subprocess.call(command)

@@ -121,7 +121,10 @@ def param_importance(params: pd.DataFrame, score: pd.Series, bins: int = 4) -> p
 
 
 def pareto_mask(cost: np.ndarray, score: np.ndarray, maximize: bool = True) -> np.ndarray:
-    """[n] True where no other trial is at most as costly and strictly better (the score-vs-cost front)."""
+    """[n] True on the score-vs-cost Pareto front: no other trial is as cheap and as good, and better in one.
+
+    Of trials tied at the same (cost, score) one is marked.
+    """
     cost = np.asarray(cost, dtype=float)
     signed = np.asarray(score, dtype=float) * (1 if maximize else -1)
     order = np.lexsort((-signed, cost))

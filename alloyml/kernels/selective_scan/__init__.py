@@ -1,0 +1,59 @@
+"""Mamba's selective state-space scan, in the SSD form of Mamba-2 (Dao & Gu 2024).
+
+Why SSD: Mamba-1 gives every state channel its own decay exp(dt * A_k); Mamba-2 ties A to one scalar
+per head. With a scalar decay the scan is exactly a (scalar-)gated linear attention, so it has a
+chunkwise-parallel form built from matrix products (the same engine as `linear_attn` and `gla`), which
+is what makes it fast to train on CPUs and tensor cores alike; the per-channel scan of Mamba-1 has no
+such form and runs as a sequential scan.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+from alloyml.kernels.selective_scan.chunk import chunk_selective_scan
+from alloyml.kernels.selective_scan.naive import naive_selective_scan
+from alloyml.kernels.selective_scan.recurrent import selective_scan_step
+
+IMPLEMENTATIONS = {
+    "naive": naive_selective_scan,
+    "chunk": partial(chunk_selective_scan, engine="chunk"),
+    "triton": partial(chunk_selective_scan, engine="triton"),
+}
+
+
+def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_state=True, cu_seqlens=None,
+                   backend="auto"):
+    """Selective scan, SSD form: h_t = exp(dt_t A) h_{t-1} + dt_t B_t^T x_t, y_t = C_t h_t + D x_t.
+
+    x: [b, T, H, V] (V = head dim P of Mamba-2); dt: [b, T, H] step sizes, already softplus'ed (> 0);
+    A: [H] negative decay rates; B, C: [b, T, H, K] input and output projections (K = state size N of
+    Mamba-2; share them across heads with `expand`); D: [H] skip or None; initial_state: [n, H, K, V]
+    (n = b, or the number of packed sequences); cu_seqlens: int64 offsets [n + 1] of packed sequences in
+    a batch of one; backend: "auto" (CUDA -> "triton", else "chunk"), "naive", "chunk" or "triton".
+    Returns (y: [b, T, H, V] in x's dtype, final_state: [n, H, K, V] float32, or None when
+    `output_final_state` is False)."""
+    from alloyml.kernels.common.checks import (
+        check_cu_seqlens,
+        check_qkv,
+        check_range,
+        check_state,
+        check_tensor,
+        resolve_backend,
+    )
+
+    b, T, H, K, V = check_qkv(C, B, x, names=("C", "B", "x"))
+    check_tensor("dt", dt, (b, T, H), x)
+    check_tensor("A", A, (H,), x)
+    check_range("A", A, -math.inf, 0.0, low_open=False)
+    if D is not None:
+        check_tensor("D", D, (H,), x)
+    n = check_cu_seqlens(cu_seqlens, b, T)
+    check_state("initial_state", initial_state, n, H, K, V, x)
+    run = IMPLEMENTATIONS[resolve_backend(backend, x)]
+    return run(x, dt, A, B, C, D, initial_state=initial_state, output_final_state=output_final_state,
+               cu_seqlens=cu_seqlens)
+
+
+__all__ = ["chunk_selective_scan", "naive_selective_scan", "selective_scan", "selective_scan_step"]

@@ -1,0 +1,104 @@
+"""The chunked PyTorch path (and the decode step) against the naive float64 recurrence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import OPS, make_case, rel_rms, run_with_grads
+
+TOL = 1e-5
+
+
+def assert_matches_naive(case, inputs, h0, backend="chunk", tol=TOL):
+    """Outputs, final state and every gradient of `backend` in float32 against the naive recurrence in
+    float64, to relative RMS `tol`.
+
+    One case is ill-conditioned in any float32 arithmetic: with normalize=True and a strong decay,
+    o_t ~ v_t whatever q_t is, so dq is a cancellation remainder. There the bar is the naive float32
+    recurrence's own error (times 3), which `tol` still bounds wherever that error is small."""
+    want = run_with_grads(case, inputs, h0, torch.float64, "naive")
+    naive32 = run_with_grads(case, inputs, h0, torch.float32, "naive")
+    got = run_with_grads(case, inputs, h0, torch.float32, backend)
+    assert set(got) == set(want)
+    for key in want:
+        assert torch.isfinite(got[key]).all(), key
+        bar = max(tol, 3 * rel_rms(naive32[key], want[key]))
+        assert rel_rms(got[key], want[key]) <= bar, (key, rel_rms(got[key], want[key]), bar)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize(
+    ("T", "K", "V", "scale"),
+    [(63, 60, 20, 0.1), (63, 60, 20, 1.0), (63, 60, 20, 10.0), (1, 8, 8, 1.0), (130, 16, 24, 3.0)],
+)
+def test_chunk_matches_naive_outputs_state_and_every_gradient(name, T, K, V, scale):
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=2, T=T, H=2, K=K, V=V, scale=scale)
+    assert_matches_naive(case, inputs, h0)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_huge_gates_stay_finite_and_accurate(name):
+    """Gate scale 50 drives exp(cumulative gate) far below float32's range within one chunk."""
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=1, T=150, H=2, K=16, V=16, scale=50.0, seed=3)
+    assert_matches_naive(case, inputs, h0)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_float16_inputs(name):
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=2, T=63, H=2, K=32, V=16, scale=1.0, seed=5)
+    half = {n: x.half().double() for n, x in inputs.items()}  # the values fp16 can hold
+    want, _ = case(half, initial_state=h0, backend="naive")
+    got, state = case({n: x.half() for n, x in inputs.items()}, initial_state=h0.float(), backend="chunk")
+    assert got.dtype == torch.float16 and state.dtype == torch.float32
+    assert rel_rms(got, want) <= 2e-3
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_prefill_then_decode_equals_one_forward(name):
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=2, T=63, H=2, K=20, V=12, scale=1.0, seed=7)
+    inputs = {n: x.float() for n, x in inputs.items()}
+    full_o, full_state = case(inputs, initial_state=h0.float(), backend="chunk")
+    prefix = {n: (x[:, :40] if n in case.time_args else x) for n, x in inputs.items()}
+    pre_o, state = case(prefix, initial_state=h0.float(), backend="chunk")
+    dec_o, state = case.decode(inputs, state, t0=40)
+    assert rel_rms(torch.cat([pre_o, dec_o], dim=1), full_o) <= TOL
+    assert rel_rms(state, full_state) <= TOL
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@pytest.mark.parametrize("backend", ["naive", "chunk"])
+def test_packed_varlen_equals_loop_over_sequences(name, backend):
+    case = OPS[name]
+    lengths = [5, 70, 1, 30]
+    inputs, h0 = make_case(case, B=1, T=sum(lengths), H=2, K=12, V=10, scale=2.0, seed=11)
+    inputs = {n: x.float().requires_grad_() for n, x in inputs.items()}
+    h0 = torch.cat([h0.float()] * len(lengths)) + torch.arange(len(lengths)).view(-1, 1, 1, 1)
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64)
+    o, state = case(inputs, initial_state=h0, cu_seqlens=cu_seqlens, backend=backend)
+    grads = torch.autograd.grad(o.sum() + state.sum(), list(inputs.values()))
+
+    loop_o, loop_state = [], []
+    for i, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
+        part = {n: (x[:, start:end] if n in case.time_args else x) for n, x in inputs.items()}
+        o_i, s_i = case(part, initial_state=h0[i : i + 1], backend=backend)
+        loop_o.append(o_i)
+        loop_state.append(s_i)
+    loop_o, loop_state = torch.cat(loop_o, dim=1), torch.cat(loop_state)
+    loop_grads = torch.autograd.grad(loop_o.sum() + loop_state.sum(), list(inputs.values()))
+    assert rel_rms(o, loop_o) <= TOL
+    assert rel_rms(state, loop_state) <= TOL
+    for got, want in zip(grads, loop_grads, strict=True):
+        assert rel_rms(got, want) <= TOL
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+def test_no_final_state_when_not_asked(name):
+    case = OPS[name]
+    inputs, _ = make_case(case, B=1, T=9, H=1, K=4, V=4)
+    for backend in ("naive", "chunk"):
+        o, state = case(inputs, output_final_state=False, backend=backend)
+        assert state is None and o.shape[:2] == (1, 9)

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "alloyml.commands.runs",
     "alloyml.commands.demo",
     "alloyml.commands.ui",
+    "alloyml.commands.cascade",
     "alloyml.commands.merge",
 )
 

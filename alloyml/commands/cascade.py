@@ -1,0 +1,102 @@
+"""`alloyml cascade fit|eval`: budgeted FrugalGPT cascades from logged responses (CSV or Parquet)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("cascade", help="fit and evaluate budgeted model cascades")
+    sub = parser.add_subparsers(dest="cascade_command", metavar="ACTION", required=True)
+
+    fit = sub.add_parser("fit", help="find the cost-accuracy frontier and the best cascade under a budget")
+    fit.add_argument("responses", help="logged responses: CSV/Parquet with query_id,query,model,answer,correct,cost")
+    fit.add_argument("--budget", type=float, required=True, help="max mean cost per query")
+    fit.add_argument("--out", required=True, help="where to write the plan (JSON)")
+    fit.add_argument("--max-length", type=int, default=3, help="longest chain of models (default 3)")
+    fit.add_argument("--thresholds", type=int, default=32, help="candidate thresholds per stage (default 32)")
+    fit.add_argument("--folds", type=int, default=5, help="folds for out-of-fold scorer training (default 5)")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.set_defaults(func=_fit)
+
+    ev = sub.add_parser("eval", help="accuracy and cost of a plan on (held-out) logged responses")
+    ev.add_argument("plan", help="plan JSON written by `alloyml cascade fit`")
+    ev.add_argument("responses", help="logged responses (CSV/Parquet)")
+    ev.add_argument("--point", type=int, default=None, help="frontier point to evaluate (default: the chosen)")
+    ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
+    ev.set_defaults(func=_eval)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.responses import load_responses
+
+    responses = load_responses(args.responses)
+    cascade = FrugalCascade(
+        budget=args.budget, max_length=args.max_length, n_thresholds=args.thresholds, folds=args.folds,
+        seed=args.seed,
+    ).fit(responses)
+    console = Console()
+    console.print(_frontier_table(cascade.plan_))
+    point = cascade.plan_.point
+    console.print(
+        f"chosen point {cascade.plan_.chosen}: {_chain_text(point)}  "
+        f"accuracy {point.accuracy:.4f}  mean cost {point.mean_cost:.4g} (budget {args.budget:g})"
+    )
+    path = cascade.plan_.save(args.out)
+    console.print(f"plan written to {path}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from alloyml.errors import InvalidInputError
+    from alloyml.routing.cascade import evaluate_plan
+    from alloyml.routing.plan import CascadePlan
+    from alloyml.routing.responses import load_responses
+
+    plan = CascadePlan.load(args.plan)
+    if args.point is not None and not 0 <= args.point < len(plan.frontier):
+        raise InvalidInputError(f"--point must be in [0, {len(plan.frontier)}), got {args.point}")
+    result = evaluate_plan(plan, load_responses(args.responses), point=args.point)
+    point = plan.frontier[plan.chosen if args.point is None else args.point]
+    summary = {
+        "accuracy": result.accuracy,
+        "mean_cost": result.mean_cost,
+        "n_queries": len(result.stage),
+        "chain": point.models,
+        "thresholds": point.thresholds,
+        "stage_share": result.stage_share.tolist(),
+        "train_accuracy": point.accuracy,
+        "train_mean_cost": point.mean_cost,
+    }
+    console = Console()
+    console.print(
+        f"{_chain_text(point)}: accuracy {result.accuracy:.4f}, mean cost {result.mean_cost:.4g} on "
+        f"{len(result.stage)} queries (training: {point.accuracy:.4f}, {point.mean_cost:.4g})"
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _chain_text(point) -> str:
+    parts = [f"{s.model} (>= {s.threshold:.3f})" if s.threshold is not None else s.model for s in point.stages]
+    return " -> ".join(parts)
+
+
+def _frontier_table(plan):
+    from rich.table import Table
+
+    table = Table(title="cost-accuracy frontier (training, out-of-fold scores)")
+    for name in ("#", "mean cost", "accuracy", "cascade"):
+        table.add_column(name, justify="right" if name != "cascade" else "left")
+    for i, point in enumerate(plan.frontier):
+        style = "bold green" if i == plan.chosen else None
+        table.add_row(str(i), f"{point.mean_cost:.4g}", f"{point.accuracy:.4f}", _chain_text(point), style=style)
+    return table

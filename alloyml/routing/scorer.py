@@ -1,0 +1,180 @@
+"""Cascade scorers: estimate P(answer is correct | query, answer, model).
+
+`TextScorer` hashes words of the query and answer (plain, and crossed with the model name, so one
+classifier learns per-model habits) and fits any scikit-learn classifier with `predict_proba`; the
+default is logistic regression, which can be saved as JSON (no pickle). `CallableScorer` wraps any
+function, e.g. an alloyml model used as a judge.
+
+The optimiser must see scores the scorer produced on queries it was not trained on, otherwise it
+trusts the scorer too much and picks thresholds that fail on new queries: `out_of_fold_scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from alloyml.errors import InvalidInputError
+from alloyml.routing.responses import LoggedResponses
+
+
+def text_tokens(query: str, answer: str, model: str) -> list[str]:
+    """The hashed features of one (query, answer, model) triple."""
+    q_words = query.lower().split()
+    a_words = answer.lower().split()
+    tag = f"m={model}"
+    return (
+        [tag]
+        + [f"q:{w}" for w in q_words]
+        + [f"a:{w}" for w in a_words]
+        + [f"{tag}|q:{w}" for w in q_words]
+        + [f"{tag}|a:{w}" for w in a_words]
+    )
+
+
+def _analyze(triple) -> list[str]:
+    return text_tokens(*triple)
+
+
+class TextScorer:
+    """Any sklearn classifier over hashed text features of (query, answer, model).
+
+    classifier: an unfitted sklearn classifier with `predict_proba` (default: liblinear LogisticRegression(C=1)).
+    n_features: hashing buckets.
+    """
+
+    def __init__(self, classifier=None, n_features: int = 2**12):
+        self.classifier = classifier
+        self.n_features = n_features
+
+    def _features(self, queries, answers, models):
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        vectorizer = HashingVectorizer(analyzer=_analyze, n_features=self.n_features, alternate_sign=False)
+        return vectorizer.transform(list(zip(queries, answers, models, strict=True)))
+
+    def fit(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str], correct) -> TextScorer:
+        """Fit on N triples; correct: [N] bool."""
+        from sklearn.base import clone
+        from sklearn.linear_model import LogisticRegression
+
+        correct = np.asarray(correct, dtype=bool)
+        if len(correct) != len(queries):
+            raise InvalidInputError(f"correct has {len(correct)} labels for {len(queries)} queries")
+        if correct.all() or not correct.any():
+            raise InvalidInputError("scorer training data must contain both correct and wrong answers")
+        base = self.classifier if self.classifier is not None else LogisticRegression(C=1.0, solver="liblinear")
+        if not hasattr(base, "predict_proba"):
+            raise InvalidInputError(f"classifier {base!r} has no predict_proba")
+        self.classifier_ = clone(base).fit(self._features(queries, answers, models), correct)
+        return self
+
+    def predict_proba(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """[N] estimated P(correct)."""
+        proba = self.classifier_.predict_proba(self._features(queries, answers, models))
+        return proba[:, list(self.classifier_.classes_).index(True)]
+
+    def to_dict(self) -> dict:
+        """JSON form: hashing size and the linear weights (non-zero only). Linear classifiers only."""
+        clf = getattr(self, "classifier_", None)
+        if clf is None or not hasattr(clf, "coef_") or type(clf).__name__ != "LogisticRegression":
+            raise InvalidInputError(
+                "only a fitted TextScorer with a LogisticRegression classifier can be saved as JSON; "
+                f"got {type(clf).__name__}"
+            )
+        sign = 1.0 if clf.classes_[1] else -1.0  # weights toward class True
+        coef = sign * clf.coef_[0]
+        nz = np.flatnonzero(coef)
+        return {
+            "kind": "hashed_logistic",
+            "n_features": self.n_features,
+            "index": nz.tolist(),
+            "weight": coef[nz].tolist(),
+            "intercept": float(sign * clf.intercept_[0]),
+        }
+
+
+class HashedLinearScorer(TextScorer):
+    """A saved `TextScorer` restored from JSON: the same features and a logistic link."""
+
+    def __init__(self, n_features: int, index: list[int], weight: list[float], intercept: float):
+        super().__init__(n_features=n_features)
+        self.coef_ = np.zeros(n_features)
+        self.coef_[np.asarray(index, dtype=np.int64)] = weight
+        self.intercept_ = float(intercept)
+
+    def fit(self, *args, **kwargs):
+        raise InvalidInputError("a restored scorer is already fitted; fit a TextScorer instead")
+
+    def predict_proba(self, queries, answers, models) -> np.ndarray:
+        z = self._features(queries, answers, models) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def to_dict(self) -> dict:
+        nz = np.flatnonzero(self.coef_)
+        return {"kind": "hashed_logistic", "n_features": self.n_features, "index": nz.tolist(),
+                "weight": self.coef_[nz].tolist(), "intercept": self.intercept_}
+
+
+def scorer_to_dict(scorer) -> dict | None:
+    """The scorer's JSON form, or None when it has none (a non-linear classifier, a callable)."""
+    linear = isinstance(scorer, HashedLinearScorer) or (
+        isinstance(scorer, TextScorer) and type(getattr(scorer, "classifier_", None)).__name__ == "LogisticRegression"
+    )
+    return scorer.to_dict() if linear else None
+
+
+def scorer_from_dict(data: dict) -> HashedLinearScorer:
+    if data.get("kind") != "hashed_logistic":
+        raise InvalidInputError(f"unknown scorer kind {data.get('kind')!r}; known: ['hashed_logistic']")
+    return HashedLinearScorer(data["n_features"], data["index"], data["weight"], data["intercept"])
+
+
+class CallableScorer:
+    """A scorer from a function `fn(queries, answers, models) -> [N] P(correct)`, e.g. an alloyml
+    model's judge; it is already trained, so `fit` only returns self."""
+
+    def __init__(self, fn: Callable[[list[str], list[str], list[str]], np.ndarray]):
+        self.fn = fn
+
+    def fit(self, queries, answers, models, correct) -> CallableScorer:
+        return self
+
+    def predict_proba(self, queries, answers, models) -> np.ndarray:
+        return np.asarray(self.fn(list(queries), list(answers), list(models)), dtype=np.float64)
+
+
+def _flat(responses: LoggedResponses, rows: np.ndarray):
+    """Triples of all (query, model) pairs of `rows`, in row-major [rows, M] order."""
+    m = len(responses.models)
+    queries = np.repeat(responses.queries[rows], m)
+    models = np.tile(np.asarray(responses.models, dtype=object), len(rows))
+    return queries, responses.answers[rows].reshape(-1), models
+
+
+def score_responses(scorer, responses: LoggedResponses) -> np.ndarray:
+    """[Q, M] scores of a fitted scorer for every logged answer."""
+    rows = np.arange(responses.n_queries)
+    return scorer.predict_proba(*_flat(responses, rows)).reshape(responses.correct.shape)
+
+
+def fit_scorer(scorer, responses: LoggedResponses):
+    """Fit `scorer` on every logged answer and return it."""
+    rows = np.arange(responses.n_queries)
+    return scorer.fit(*_flat(responses, rows), responses.correct.reshape(-1))
+
+
+def out_of_fold_scores(scorer, responses: LoggedResponses, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """[Q, M] scores, each from a copy of `scorer` fitted on the other folds of queries."""
+    from sklearn.base import clone
+
+    if folds < 2 or folds > responses.n_queries:
+        raise InvalidInputError(f"folds must be in [2, n_queries={responses.n_queries}], got {folds}")
+    fold_of = np.random.default_rng(seed).permutation(responses.n_queries) % folds
+    scores = np.empty(responses.correct.shape)
+    for k in range(folds):
+        train, held = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+        part = clone(scorer, safe=False).fit(*_flat(responses, train), responses.correct[train].reshape(-1))
+        scores[held] = part.predict_proba(*_flat(responses, held)).reshape(len(held), -1)
+    return scores

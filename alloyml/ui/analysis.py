@@ -19,21 +19,22 @@ def step_seconds(step) -> float | None:
 
 
 # -- data values ------------------------------------------------------------------------------------------
-def detection_curve(lowest_first: np.ndarray, flipped: np.ndarray, n_points: int, steps: int = 50) -> pd.DataFrame:
-    """How many of the flipped (noisy-label) points are among the k lowest-valued points.
+def detection_curve(counts: np.ndarray, edges: np.ndarray, flipped_values: np.ndarray) -> pd.DataFrame:
+    """How many flipped (noisy-label) points one finds by inspecting points from the lowest value up.
 
-    lowest_first: [m] point indices sorted by value, lowest first (m <= n_points: the curve stops at m).
-    flipped: [f] indices of the points whose labels were flipped.
-    Returns columns k, fraction_inspected (k / n_points), found (fraction of flipped points among the k
-    lowest) and random (what inspecting k random points finds on average: k / n_points).
+    counts: [bins] points per value bin and edges: [bins + 1] bin edges (the store's `value_histogram`; bin i
+    holds values in [edges[i], edges[i + 1]), the last bin also its right edge).
+    flipped_values: [f] values of the flipped points (all of them, or a random sample).
+    Returns, at each bin's right edge: fraction_inspected (points with a lower value ÷ all points), found
+    (flipped points with a lower value ÷ flipped points) and random (what inspecting that many random points
+    finds on average, = fraction_inspected).
     """
-    if len(flipped) == 0 or len(lowest_first) == 0:
-        return pd.DataFrame(columns=["k", "fraction_inspected", "found", "random"])
-    is_flipped = np.isin(lowest_first, flipped)
-    found = np.cumsum(is_flipped) / len(flipped)
-    ks = np.unique(np.linspace(1, len(lowest_first), min(steps, len(lowest_first))).astype(np.int64))
-    return pd.DataFrame({"k": ks, "fraction_inspected": ks / n_points, "found": found[ks - 1],
-                         "random": np.minimum(ks / n_points, 1.0)})
+    inspected = np.cumsum(counts) / max(int(np.sum(counts)), 1)
+    found = np.searchsorted(np.sort(flipped_values), edges[1:], side="left") / max(len(flipped_values), 1)
+    found[-1] = 1.0 if len(flipped_values) else 0.0
+    return pd.DataFrame({"fraction_inspected": np.concatenate([[0.0], inspected]),
+                         "found": np.concatenate([[0.0], found]),
+                         "random": np.concatenate([[0.0], inspected])})
 
 
 def removal_frame(curve: dict) -> pd.DataFrame:

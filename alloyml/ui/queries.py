@@ -21,8 +21,9 @@ from alloyml.platform.settings import Settings
 
 TTL_SECONDS = 30
 BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-# Rank correlations of large runs are computed on a random sample of points of this size.
-CORRELATION_SAMPLE = 20_000
+# Rank correlations and noisy-label detection of large runs read the values of a random sample of points
+# this large (by primary key), never every value of a million-point run.
+SAMPLE_POINTS = 5_000
 
 StoreKey = tuple[str, str]
 
@@ -130,26 +131,32 @@ def dataset_rows(key: StoreKey, dataset_id: int, indices: np.ndarray) -> pd.Data
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def artifact_indices(key: StoreKey, artifact: str) -> np.ndarray:
-    """Point indices stored as an .npy or .json artifact (e.g. the points whose labels were flipped)."""
+def flipped_values(key: StoreKey, run_id: int, artifact: str, seed: int = 0) -> tuple[np.ndarray, int]:
+    """(values of the flipped points — all, or a random SAMPLE_POINTS of them —, number of flipped points).
+
+    `artifact` holds the flipped point indices as .npy or .json.
+    """
     artifacts = platform(key).artifacts
     raw = artifacts.get_json(artifact) if artifact.endswith(".json") else artifacts.get_array(artifact)
-    return np.asarray(raw, dtype=np.int64).ravel()
+    flipped = np.asarray(raw, dtype=np.int64).ravel()
+    if len(flipped) > SAMPLE_POINTS:
+        flipped = np.random.default_rng(seed).choice(flipped, SAMPLE_POINTS, replace=False)
+    return values_at(key, run_id, tuple(sorted(flipped.tolist()))).values, int(len(np.asarray(raw).ravel()))
 
 
 def paired_values(key: StoreKey, run_ids: list[int], n_points: int, seed: int = 0) -> pd.DataFrame:
     """Values of the same points under several runs, one column per run, for rank correlations.
 
-    Runs up to CORRELATION_SAMPLE points are read whole; larger ones on a random sample of point indices
-    (0 .. n_points - 1), read by primary key, so the page never loads every value of a million-point run.
+    Runs up to SAMPLE_POINTS points are read whole; larger ones on a random sample of point indices
+    (0 .. n_points - 1).
     """
-    if n_points <= CORRELATION_SAMPLE:
+    if n_points <= SAMPLE_POINTS:
         columns = {}
         for run_id in run_ids:
             values = all_values(key, run_id)
             columns[run_id] = pd.Series(values.values, index=values.indices)
         return pd.DataFrame(columns).dropna()
-    sample = np.sort(np.random.default_rng(seed).choice(n_points, CORRELATION_SAMPLE, replace=False))
+    sample = np.sort(np.random.default_rng(seed).choice(n_points, SAMPLE_POINTS, replace=False))
     wanted = tuple(int(i) for i in sample)
     return pd.DataFrame({run_id: values_at(key, run_id, wanted).values for run_id in run_ids}, index=sample)
 
@@ -177,7 +184,7 @@ def cascades(key: StoreKey) -> list[e.Cascade]:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 10_000) -> pd.DataFrame:
+def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 5_000) -> pd.DataFrame:
     """The latest `limit` requests, oldest first (a short TTL: this is the live view)."""
     requests = _store(key).cascade_requests(cascade_id, limit=limit)[::-1]
     return pd.DataFrame({

@@ -12,16 +12,18 @@ from alloyml.platform import entities as e
 from alloyml.ui import analysis, graphs
 
 
-def test_detection_curve_counts_flipped_points_among_the_lowest():
+def test_detection_curve_counts_flipped_points_below_each_edge():
     rng = np.random.default_rng(0)
     values = rng.normal(size=200)
     flipped = rng.choice(200, 30, replace=False)
-    lowest_first = np.argsort(values)[:120]  # the curve may stop before n
-    curve = analysis.detection_curve(lowest_first, flipped, n_points=200, steps=17)
-    for k, found, fraction in zip(curve["k"], curve["found"], curve["fraction_inspected"], strict=True):
-        brute = sum(1 for i in lowest_first[:k] if i in set(flipped.tolist())) / 30
-        assert found == pytest.approx(brute) and fraction == pytest.approx(k / 200)
-    assert curve["k"].iloc[-1] == 120 and curve["random"].iloc[-1] == pytest.approx(0.6)
+    counts, edges = np.histogram(values, bins=17)
+    curve = analysis.detection_curve(counts, edges, values[flipped])
+    assert curve["fraction_inspected"].iloc[0] == 0 and curve["found"].iloc[0] == 0
+    for j, edge in enumerate(edges[1:-1], start=1):
+        assert curve["fraction_inspected"][j] == pytest.approx(sum(v < edge for v in values) / 200)
+        assert curve["found"][j] == pytest.approx(sum(values[i] < edge for i in flipped) / 30)
+    assert curve["found"].iloc[-1] == 1.0 and curve["fraction_inspected"].iloc[-1] == 1.0
+    assert (curve["random"] == curve["fraction_inspected"]).all()
 
 
 def test_rank_correlations_match_the_closed_form():

@@ -5,23 +5,17 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import analysis, queries
+from alloyml.ui import analysis, layout, queries
 
 key = queries.current_store()
 st.title("AutoML")
 
 runs = queries.recent_runs(key, kind="tune", limit=100)
-if not runs:
-    st.info("No tuning runs yet — tune a pipeline with `alloyml.automl` (or run `alloyml demo`).")
-    st.stop()
-by_id = {r.id: r for r in runs}
-run = by_id[st.selectbox("Tuning run", list(by_id), format_func=lambda i: f"#{i} {by_id[i].name or ''} "
-                                                                           f"({by_id[i].status})")]
+layout.stop_unless(runs, "No tuning runs yet — tune a pipeline with `alloyml.automl` (or run `alloyml demo`).")
+run = layout.pick("Tuning run", runs, lambda r: f"#{r.id} {r.name or ''} ({r.status})")
 trials = analysis.flatten_trials(queries.trials(key, run.id))
 metric_columns = [c for c in trials.columns if c.startswith("metric.")]
-if trials.empty or not metric_columns:
-    st.info(f"Run #{run.id} has no scored trials yet.")
-    st.stop()
+layout.stop_unless(not trials.empty and metric_columns, f"Run #{run.id} has no scored trials yet.")
 
 preferred = f"metric.{run.params.get('metric', 'score')}"
 metric = st.selectbox("Score", metric_columns, index=metric_columns.index(preferred) if preferred in metric_columns

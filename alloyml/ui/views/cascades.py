@@ -5,15 +5,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import analysis, queries
+from alloyml.ui import analysis, layout, queries
 
 key = queries.current_store()
 st.title("Cascades")
 
 cascades = queries.cascades(key)
-if not cascades:
-    st.info("No cascades yet — fit one with `alloyml.routing` (or run `alloyml demo`).")
-    st.stop()
+layout.stop_unless(cascades, "No cascades yet — fit one with `alloyml.routing` (or run `alloyml demo`).")
 
 
 def stage_name(stage) -> str:

@@ -2,22 +2,21 @@
 rows, noisy-label detection and point-removal curves, and rank agreement with other methods."""
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from alloyml.errors import NotFoundError
-from alloyml.ui import analysis, queries
+from alloyml.ui import analysis, layout, queries
 
-# The detection curve reads at most this many lowest-valued points (a 1M-point run stops at 5%).
-DETECTION_LIMIT = 50_000
+# The detection curve is drawn at the edges of this many value bins (counted in the database).
+DETECTION_BINS = 200
 
 key = queries.current_store()
 st.title("Data values")
 
 runs = queries.recent_runs(key, kind="valuation", limit=200)
-if not runs:
-    st.info("No valuation runs yet — run `alloyml demo`.")
-    st.stop()
+layout.stop_unless(runs, "No valuation runs yet — run `alloyml demo`.")
 
 
 def describe(run) -> str:
@@ -29,12 +28,10 @@ def dataset_of(run) -> int | None:
 
 
 by_id = {run.id: run for run in runs}
-run = by_id[st.selectbox("Valuation run", list(by_id), format_func=lambda i: describe(by_id[i]))]
+run = layout.pick("Valuation run", runs, describe)
 histogram = queries.value_histogram(key, run.id)
 n_points = int(histogram["points"].sum())
-if n_points == 0:
-    st.info(f"Run #{run.id} has no stored data values yet.")
-    st.stop()
+layout.stop_unless(n_points, f"Run #{run.id} has no stored data values yet.")
 
 columns = st.columns(4)
 columns[0].metric("Points", f"{n_points:,}")
@@ -74,12 +71,15 @@ high_tab.dataframe(points_table(lowest=False), hide_index=True)
 flipped_key = run.params.get("flipped_artifact")
 if flipped_key:
     st.subheader("Noisy-label detection")
-    flipped = queries.artifact_indices(key, flipped_key)
-    lowest = queries.extreme_values(key, run.id, min(n_points, DETECTION_LIMIT), True).indices
-    curve = analysis.detection_curve(lowest, flipped, n_points)
-    found = float(pd.Series(lowest[: len(flipped)]).isin(flipped).mean()) if len(flipped) else 0.0
+    values, n_flipped = queries.flipped_values(key, run.id, flipped_key)
+    fine = queries.value_histogram(key, run.id, DETECTION_BINS)
+    edges = np.append(fine["start"].to_numpy(), fine["end"].iloc[-1])
+    curve = analysis.detection_curve(fine["points"].to_numpy(), edges, values)
+    found = float(np.interp(n_flipped / n_points, curve["fraction_inspected"], curve["found"]))
     st.metric("Flipped points among the lowest-valued |flipped|", f"{found:.1%}",
-              help=f"{len(flipped):,} labels were flipped; a random pick would find {len(flipped) / n_points:.1%}.")
+              help=f"{n_flipped:,} labels were flipped; a random pick would find {n_flipped / n_points:.1%}.")
+    if len(values) < n_flipped:
+        st.caption(f"Estimated from a random sample of {len(values):,} of the {n_flipped:,} flipped points.")
     long = curve.melt(id_vars=["fraction_inspected"], value_vars=["found", "random"], var_name="ranking",
                       value_name="flipped points found")
     st.altair_chart(
@@ -102,9 +102,8 @@ if "removal_curve" in run.metrics:
 
 st.subheader("Methods side by side")
 peers = {r.id: r for r in runs if r.id != run.id and dataset_of(r) == dataset_of(run) and dataset_of(run) is not None}
-if not peers:
-    st.info("No other valuation run on this dataset yet — value it with another method to compare rankings.")
-    st.stop()
+layout.stop_unless(peers, "No other valuation run on this dataset yet — value it with another method to compare "
+                          "rankings.")
 chosen = st.multiselect("Compare with", list(peers), default=list(peers)[:3], format_func=lambda i: describe(peers[i]))
 if chosen:
     try:

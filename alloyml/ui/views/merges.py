@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import graphs, queries
+from alloyml.ui import graphs, layout, queries
 
 # Beyond this many edges the whole-store lineage graph is unreadable; the merge's own ancestry is shown.
 MAX_GRAPH_EDGES = 300
@@ -14,9 +14,7 @@ key = queries.current_store()
 st.title("Merges")
 
 merges = queries.merges(key)
-if not merges:
-    st.info("No merges yet — merge models with `alloyml.merging` (or run `alloyml demo`).")
-    st.stop()
+layout.stop_unless(merges, "No merges yet — merge models with `alloyml.merging` (or run `alloyml demo`).")
 models = queries.models(key)
 
 
@@ -24,10 +22,7 @@ def model_name(model_id: int | None) -> str:
     return f"{models[model_id].name} (#{model_id})" if model_id in models else f"#{model_id}"
 
 
-by_id = {m.id: m for m in reversed(merges)}
-merge = by_id[st.selectbox("Merge", list(by_id),
-                           format_func=lambda i: f"merge #{i}: {by_id[i].method} → "
-                                                 f"{model_name(by_id[i].output_model_id)}")]
+merge = layout.pick("Merge", merges[::-1], lambda m: f"merge #{m.id}: {m.method} → {model_name(m.output_model_id)}")
 
 columns = st.columns(3)
 columns[0].metric("Method", merge.method)
@@ -63,9 +58,7 @@ scores = pd.DataFrame([{"model": label, "task": task, "score": float(value)}
                        for task, value in models[model_id].metrics.items()
                        if isinstance(value, int | float) and not isinstance(value, bool)],
                       columns=["model", "task", "score"])
-if scores.empty:
-    st.info("No per-task scores recorded on these models yet.")
-    st.stop()
+layout.stop_unless(not scores.empty, "No per-task scores recorded on these models yet.")
 st.altair_chart(
     alt.Chart(scores).mark_bar().encode(
         x=alt.X("task:N", title=None), xOffset="model:N", y=alt.Y("score:Q"), color=alt.Color("model:N"),

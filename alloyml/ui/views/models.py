@@ -4,7 +4,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import queries
+from alloyml.ui import layout, queries
 
 key = queries.current_store()
 st.title("Models & training")
@@ -46,7 +46,7 @@ else:
     moe_runs = {r.id: r for r in train_runs if r.metrics.get("expert_load")}
     if moe_runs:
         st.subheader("Expert load (MoE)")
-        run = moe_runs[st.selectbox("MoE run", list(moe_runs), format_func=lambda i: f"#{i} {moe_runs[i].name or ''}")]
+        run = layout.pick("MoE run", list(moe_runs.values()), lambda r: f"#{r.id} {r.name or ''}")
         load = pd.DataFrame({"expert": range(len(run.metrics["expert_load"])), "load": run.metrics["expert_load"]})
         uniform = float(load["load"].mean())
         st.metric("Busiest expert ÷ uniform share", f"{load['load'].max() / uniform:.2f}" if uniform else "—")

@@ -4,15 +4,13 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import queries
+from alloyml.ui import layout, queries
 
 key = queries.current_store()
 st.title("Overview")
 
 counts = queries.run_counts(key)
-if counts.empty:
-    st.info("No runs yet — run `alloyml demo` to record some.")
-    st.stop()
+layout.stop_unless(not counts.empty, "No runs yet — run `alloyml demo` to record some.")
 
 by_status = counts.groupby("status")["runs"].sum()
 columns = st.columns(4)

@@ -4,19 +4,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alloyml.ui import analysis, graphs, queries
+from alloyml.ui import analysis, graphs, layout, queries
 
 key = queries.current_store()
 st.title("Workflows")
 
 workflows = queries.recent_workflows(key, limit=100)
-if not workflows:
-    st.info("No workflows yet — submit one with `alloyml.workflows` (or run `alloyml demo`).")
-    st.stop()
-
-by_id = {w.id: w for w in workflows}
-workflow = by_id[st.selectbox("Workflow", list(by_id),
-                              format_func=lambda i: f"#{i} {by_id[i].name} ({by_id[i].status})")]
+layout.stop_unless(workflows, "No workflows yet — submit one with `alloyml.workflows` (or run `alloyml demo`).")
+workflow = layout.pick("Workflow", workflows, lambda w: f"#{w.id} {w.name} ({w.status})")
 steps = queries.workflow_steps(key, workflow.id)
 states = pd.Series([s.state for s in steps]).value_counts()
 columns = st.columns(4)

@@ -43,47 +43,52 @@ class _Combined(Stopping):
         return f"({self.left!r} {'&' if self.combine is all else '|'} {self.right!r})"
 
 
-class MaxSamples(Stopping):
+class _AtLeast(Stopping):
+    """Stop once a count (or seconds) measured on the run reaches `n`."""
+
+    what = ""
+
+    def __init__(self, n):
+        if n <= 0:
+            raise ConfigError(f"{type(self).__name__} needs a positive limit, got {n}")
+        self.n = n
+
+    def measure(self, stats: PointStats, elapsed_s: float):
+        raise NotImplementedError
+
+    def __call__(self, stats, elapsed_s):
+        return bool(self.measure(stats, elapsed_s) >= self.n)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.n})"
+
+
+class MaxSamples(_AtLeast):
     """Stop after `n` samples (permutations, subsets or bags, as the sampler counts them)."""
 
-    def __init__(self, n: int):
-        if n < 1:
-            raise ConfigError(f"MaxSamples needs n >= 1, got {n}")
-        self.n = n
-
-    def __call__(self, stats, elapsed_s):
-        return stats.samples >= self.n
-
-    def __repr__(self):
-        return f"MaxSamples({self.n})"
+    def measure(self, stats, elapsed_s):
+        return stats.samples
 
 
-class MinUpdates(Stopping):
+class MinUpdates(_AtLeast):
     """Stop once every point's value has received at least `n` updates."""
 
-    def __init__(self, n: int):
-        if n < 1:
-            raise ConfigError(f"MinUpdates needs n >= 1, got {n}")
-        self.n = n
-
-    def __call__(self, stats, elapsed_s):
-        return bool(stats.counts.min() >= self.n)
-
-    def __repr__(self):
-        return f"MinUpdates({self.n})"
+    def measure(self, stats, elapsed_s):
+        return stats.counts.min()
 
 
-class MaxEvaluations(Stopping):
+class MaxEvaluations(_AtLeast):
     """Stop after `n` utility evaluations (model fits) in total."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def measure(self, stats, elapsed_s):
+        return stats.evaluations
 
-    def __call__(self, stats, elapsed_s):
-        return stats.evaluations >= self.n
 
-    def __repr__(self):
-        return f"MaxEvaluations({self.n})"
+class MaxTime(_AtLeast):
+    """Stop after `n` seconds of wall time (not reproducible across machines or worker counts)."""
+
+    def measure(self, stats, elapsed_s):
+        return elapsed_s
 
 
 class StandardErrorThreshold(Stopping):
@@ -127,16 +132,3 @@ class RankStability(Stopping):
 
     def __repr__(self):
         return f"RankStability({self.min_correlation}, patience={self.patience})"
-
-
-class MaxTime(Stopping):
-    """Stop after `seconds` of wall time (not reproducible across machines or worker counts)."""
-
-    def __init__(self, seconds: float):
-        self.seconds = seconds
-
-    def __call__(self, stats, elapsed_s):
-        return elapsed_s >= self.seconds
-
-    def __repr__(self):
-        return f"MaxTime({self.seconds})"

@@ -23,7 +23,7 @@ from alloyml.valuation.oob import data_oob
 from alloyml.valuation.pipeline import check_rowwise, pipeline_knn_shapley, pipeline_utility
 from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.samplers import MSRSampler, PermutationSampler, SizeSampler
-from alloyml.valuation.semivalues import Banzhaf, Beta, Shapley, get_semivalue
+from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
 from alloyml.valuation.stopping import (
     MaxEvaluations,
     MaxSamples,
@@ -36,9 +36,11 @@ from alloyml.valuation.utility import Utility
 
 __all__ = [
     "AdditiveGame", "AirportGame", "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
-    "MinUpdates", "PermutationSampler", "RankStability", "Shapley", "SizeSampler", "StandardErrorThreshold",
+    "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",
+    "StandardErrorThreshold",
     "Utility", "ValuationResult", "VotingGame", "beta_shapley", "check_rowwise", "data_oob", "exact_banzhaf",
     "exact_semivalues", "exact_shapley", "flip_labels", "get_semivalue", "knn_shapley", "leave_one_out",
     "msr_banzhaf", "noisy_label_detection", "pipeline_knn_shapley", "pipeline_utility", "point_removal_curve",
+    "register_semivalue",
     "sampled_semivalues", "tmc_shapley",
 ]

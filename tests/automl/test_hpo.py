@@ -1,0 +1,104 @@
+"""Hyperparameter search: the sklearn objective against a hand-rolled fit/score loop, prior sampling
+against its closed-form moments, and one Ray Tune run with ASHA, TPE and priors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from alloyml.automl.hpo import SklearnObjective, hyperparameter_search
+from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, parse_space, sample_prior
+from alloyml.errors import InvalidInputError
+
+
+def test_sklearn_objective_matches_manual_learning_curve():
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = make_classification(120, 6, random_state=0)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression())
+    objective = SklearnObjective(pipe, X, y, steps=3, val_fraction=0.25, seed=4)
+    reports = []
+    objective({"logisticregression__C": 0.05}, reports.append)
+
+    order = np.random.default_rng(4).permutation(120)
+    val, train = order[:30], order[30:]
+    expected, cost = [], 0
+    for rows in (30, 60, 90):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05)).fit(X[train][:rows], y[train][:rows])
+        cost += rows
+        expected.append({"score": float((model.predict(X[val]) == y[val]).mean()), "cost": float(cost)})
+    assert reports == expected
+
+
+def test_prior_samples_follow_the_prior():
+    space = {
+        "lr": Uniform(low=1e-4, high=1.0, log=True),
+        "depth": IntUniform(low=1, high=9),
+        "act": Choice(values=["relu", "tanh", "gelu"]),
+        "free": Uniform(low=0.0, high=1.0),
+    }
+    priors = {"lr": Prior(center=1e-2, width=0.05), "depth": Prior(center=5, width=0.1), "act": Prior(center="tanh")}
+    draws = sample_prior(space, priors, 4000, seed=0)
+    log_lr = np.log([d["lr"] for d in draws])
+    # Normal in log space, sd = width * log-range; clipping is negligible this far from the bounds.
+    assert log_lr.mean() == pytest.approx(math.log(1e-2), abs=0.02)
+    assert log_lr.std() == pytest.approx(0.05 * math.log(1e4), rel=0.05)
+    assert all(isinstance(d["depth"], int) and 1 <= d["depth"] <= 9 for d in draws)
+    assert np.mean([d["act"] == "tanh" for d in draws]) == pytest.approx(0.7, abs=0.03)
+    free = np.array([d["free"] for d in draws])
+    assert free.mean() == pytest.approx(0.5, abs=0.02) and free.var() == pytest.approx(1 / 12, rel=0.08)
+    with pytest.raises(InvalidInputError, match="not in the space"):
+        sample_prior(space, {"nope": Prior(center=1)}, 1)
+    with pytest.raises(InvalidInputError, match="outside"):
+        sample_prior(space, {"lr": Prior(center=5.0)}, 1)
+    with pytest.raises(ValueError):
+        parse_space({"x": {"kind": "uniform", "low": 2, "high": 1}})
+
+
+def _bowl(config, report):
+    """Score rises with steps; a trial's final score is -|x - 3|, its step-1 score is 1 lower."""
+    for k in range(1, 5):
+        report({"score": -abs(config["x"] - 3.0) - (4 - k) / 3, "cost": float(k)})
+
+
+@pytest.mark.ray
+def test_tune_search_with_asha_tpe_and_priors(ray_session, tmp_path):
+    seen = []
+    result = hyperparameter_search(
+        _bowl,
+        {"x": Uniform(low=0.0, high=10.0)},
+        max_iterations=4,
+        num_samples=8,
+        priors={"x": Prior(center=3.0, width=0.02)},
+        prior_fraction=0.25,
+        seed=1,
+        storage_path=tmp_path,
+        on_trial=seen.append,
+    )
+    assert seen == result.trials and len(result.trials) == 8
+    assert all(p.parent == tmp_path for p in [__import__("pathlib").Path(result.storage_path)])
+    for t in result.trials:  # every recorded score is the objective's value at the step the trial reached
+        steps = t.extra["iterations"]
+        assert t.metrics["score"] == pytest.approx(-abs(t.config["x"] - 3.0) - (4 - steps) / 3)
+        assert t.cost == steps and (t.status == "completed") == (steps == 4)
+    assert any(t.status == "stopped_early" for t in result.trials)  # ASHA cut some trials short
+    xs = sorted(t.config["x"] for t in result.trials)
+    assert sum(abs(x - 3.0) < 0.2 * 4 for x in xs) >= 2  # the two prior draws (sd 0.2) landed near 3
+    completed = [t for t in result.trials if t.status == "completed"]
+    best = max(completed, key=lambda t: t.metrics["score"])
+    assert result.best_config == best.config and result.best_score == best.metrics["score"]
+    assert abs(result.best_config["x"] - 3.0) < 0.8
+
+
+def test_search_rejects_bad_arguments():
+    with pytest.raises(InvalidInputError, match="searcher"):
+        hyperparameter_search(_bowl, {"x": Uniform(low=0, high=1)}, max_iterations=1, searcher="grid")
+    with pytest.raises(InvalidInputError, match="mode"):
+        hyperparameter_search(_bowl, {"x": Uniform(low=0, high=1)}, max_iterations=1, mode="up")
+    with pytest.raises(InvalidInputError, match="space"):
+        hyperparameter_search(_bowl, {}, max_iterations=1)

@@ -108,8 +108,23 @@ class HashedLinearScorer(TextScorer):
         raise InvalidInputError("a restored scorer is already fitted; fit a TextScorer instead")
 
     def predict_proba(self, queries, answers, models) -> np.ndarray:
-        z = self._features(queries, answers, models) @ self.coef_ + self.intercept_
+        if len(queries) <= 16:  # serving scores one answer at a time; the vectorizer's set-up dominates
+            z = np.array([self._logit_one(*t) for t in zip(queries, answers, models, strict=True)])
+        else:
+            z = self._features(queries, answers, models) @ self.coef_ + self.intercept_
         return 1.0 / (1.0 + np.exp(-z))
+
+    def _logit_one(self, query: str, answer: str, model: str) -> float:
+        """The HashingVectorizer's features of one triple (murmurhash3 buckets, l2-normalised counts)."""
+        from sklearn.utils import murmurhash3_32
+
+        counts: dict[int, int] = {}
+        for token in text_tokens(query, answer, model):
+            h = murmurhash3_32(token, seed=0)
+            index = (2147483647 - (self.n_features - 1)) % self.n_features if h == -(2**31) else abs(h) % self.n_features
+            counts[index] = counts.get(index, 0) + 1
+        norm = np.sqrt(sum(c * c for c in counts.values()))
+        return sum(self.coef_[i] * c for i, c in counts.items()) / norm + self.intercept_
 
     def to_dict(self) -> dict:
         nz = np.flatnonzero(self.coef_)

@@ -1,0 +1,158 @@
+"""The cascade on Ray Serve: answers equal the local cascade, the budget guard reacts, requests are
+logged in batches, and a version swap under concurrent load drops nothing. One Serve for the module."""
+
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from alloyml.routing.adapters import ConstantModel, Stage
+from alloyml.routing.cascade import FrugalCascade
+from alloyml.routing.scorer import scorer_from_dict
+from alloyml.routing.synthetic import make_logged_responses
+
+pytestmark = pytest.mark.ray
+
+NAME = "test-cascade"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def setup(ray_session):
+    from ray import serve
+
+    from alloyml.routing.serve import CascadeService
+
+    logs = make_logged_responses(400, 3, seed=3)
+    plan = FrugalCascade(budget=8.0, n_thresholds=8, folds=3).fit(logs).plan_
+    # Stub models answer like a model that is sure of itself for some, unsure for others.
+    stages = {m: Stage(m, ConstantModel(f"{'sure' if i % 2 else 'maybe'} a{i}"), cost_per_call=float(c))
+              for i, (m, c) in enumerate(zip(logs.models, logs.cost.mean(axis=0), strict=True))}
+
+    @ray_session.remote(num_cpus=0)
+    class Collector:
+        def __init__(self):
+            self.batches = []
+
+        def add(self, batch):
+            self.batches.append(batch)
+
+        def get(self):
+            return self.batches
+
+    collector = Collector.remote()
+
+    def to_collector(batch):
+        ray_session.get(collector.add.remote(batch))
+
+    # The budget sits below the chosen point's cost, so the guard must step down.
+    budget = plan.point.mean_cost * 0.5
+    service = CascadeService(NAME, budget=budget, window_s=600, min_requests=8, log_callback=to_collector,
+                             log_batch_size=5, log_flush_s=0.1, port=_free_port())
+    service.deploy(plan, 1, stages)
+    yield service, plan, stages, collector
+    service.delete()
+    serve.shutdown()
+
+
+def _expected(plan, stages, query, point):
+    """The cascade run by hand, in this process."""
+    scorer = scorer_from_dict(plan.scorer)
+    cost = 0.0
+    for j, stage in enumerate(plan.frontier[point].stages):
+        text, c = stages[stage.model].answer([query])[0]
+        cost += c
+        if stage.threshold is None or scorer.predict_proba([query], [text], [stage.model])[0] >= stage.threshold:
+            return j, text, cost
+
+
+def test_served_answers_equal_local_cascade_and_guard_reacts(setup):
+    service, plan, stages, _ = setup
+    handle = service.handle
+    start = service.status()
+    assert start["guard"]["point"] == len(start["frontier_points"]) - 1
+    records = [handle.route.remote(f"w{i} w{i * 7 % 50} w3").result() for i in range(30)]
+    for i, r in enumerate(records):
+        stage, text, cost = _expected(plan, stages, f"w{i} w{i * 7 % 50} w3", r["frontier_point"])
+        assert (r["stage_reached"], r["answer"], r["version"]) == (stage, text, "1")
+        assert r["cost"] == pytest.approx(cost)
+    state = service.status()["guard"]
+    assert state["moves_down"] >= 1 and state["point"] < start["guard"]["point"]
+    points = [r["frontier_point"] for r in records]
+    assert points[0] == plan.chosen and min(points) < plan.chosen
+    first, last = np.mean([r["cost"] for r in records[:8]]), np.mean([r["cost"] for r in records[-8:]])
+    assert last < first
+
+
+def test_http_json_and_status(setup):
+    service, plan, stages, _ = setup
+    request = urllib.request.Request(service.url, data=json.dumps({"query": "w4 w9", "query_id": "h1"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    body = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    stage, text, cost = _expected(plan, stages, "w4 w9", body["frontier_point"])
+    assert (body["query_id"], body["stage_reached"], body["answer"]) == ("h1", stage, text)
+    status = json.loads(urllib.request.urlopen(service.url + "/status", timeout=30).read())
+    assert status["version"] == "1" and status["served"] >= 31
+
+
+def test_requests_are_logged_in_batches(setup, ray_session):
+    service, _, _, collector = setup
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        batches = ray_session.get(collector.get.remote())
+        if sum(map(len, batches)) >= service.status()["served"]:
+            break
+        time.sleep(0.2)
+    records = [r for b in batches for r in b]
+    assert len(records) == service.status()["served"] and max(map(len, batches)) <= 5
+    assert {"stage_reached", "scores", "cost", "latency_ms", "frontier_point"} <= set(records[0])
+    assert any(r["query_id"] == "h1" for r in records)
+
+
+def test_version_swap_under_concurrent_load_drops_nothing(setup):
+    from ray import serve
+
+    service, plan, stages, _ = setup
+    handle = service.handle
+    versions, errors, stop = [], [], threading.Event()
+
+    def by_handle():
+        while not stop.is_set():
+            try:
+                versions.append(handle.route.remote("w1 w2").result(timeout_s=120)["version"])
+            except Exception as err:  # any failure counts
+                errors.append(repr(err))
+
+    def by_http():
+        while not stop.is_set():
+            request = urllib.request.Request(service.url, data=b'{"query": "w5 w6"}',
+                                             headers={"Content-Type": "application/json"})
+            try:
+                versions.append(json.loads(urllib.request.urlopen(request, timeout=120).read())["version"])
+            except Exception as err:
+                errors.append(repr(err))
+
+    clients = [threading.Thread(target=f) for f in [by_handle] * 4 + [by_http] * 4]
+    for c in clients:
+        c.start()
+    time.sleep(1.0)
+    service.deploy(plan, 2, stages)
+    time.sleep(1.0)
+    stop.set()
+    for c in clients:
+        c.join()
+    assert errors == []
+    assert "1" in versions and versions[-1] == "2" and versions.count("2") >= 8
+    assert service.status()["version"] == "2"
+    apps = serve.status().applications
+    assert not [a for a in apps if a.startswith(f"{NAME}--v1--")]  # old stages retired
+    assert [a for a in apps if a.startswith(f"{NAME}--v2--")]

@@ -15,7 +15,6 @@ Tune's own files go under `$ALLOYML_HOME/tune/` (or `storage_path`), never `~/ra
 from __future__ import annotations
 
 import math
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import numpy as np
 from alloyml.automl.space import Prior, parse_space, sample_prior, to_tune
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
+from alloyml.models.lm.hf import alloyml_home
 
 Objective = Callable[[dict[str, Any], Callable[[dict[str, float]], None]], None]
 SEARCHERS = ("optuna", "random")
@@ -200,11 +200,7 @@ def hyperparameter_search(
         if asha
         else FIFOScheduler()
     )
-    root = (
-        Path(storage_path)
-        if storage_path
-        else Path(os.environ.get("ALLOYML_HOME") or "~/.alloyml").expanduser() / "tune"
-    )
+    root = Path(storage_path) if storage_path else alloyml_home() / "tune"
     root.mkdir(parents=True, exist_ok=True)
     name = f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     records: list[TrialRecord] = []

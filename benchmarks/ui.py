@@ -188,6 +188,8 @@ def screenshot(home: Path, path: Path) -> None:
 
     with browser.running_dashboard({"ALLOYML_HOME": str(home)}) as base, browser.chromium_page(1400, 1700) as page:
         browser.open_page(page, f"{base}/data_values", "Methods side by side")
+        page.locator('[data-testid="stDataFrame"] canvas').first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)  # let the table grid paint its cells
         page.screenshot(path=str(path))
     print(f"wrote {path}")
 

@@ -9,9 +9,6 @@ import streamlit as st
 from alloyml.errors import NotFoundError
 from alloyml.ui import analysis, layout, queries
 
-# The detection curve is drawn at the edges of this many value bins (counted in the database).
-DETECTION_BINS = 200
-
 key = queries.current_store()
 st.title("Data values")
 
@@ -29,7 +26,7 @@ def dataset_of(run) -> int | None:
 
 by_id = {run.id: run for run in runs}
 run = layout.pick("Valuation run", runs, describe)
-histogram = queries.value_histogram(key, run.id)
+histogram = queries.value_histogram(key, run.id)  # the store keeps this one precomputed
 n_points = int(histogram["points"].sum())
 layout.stop_unless(n_points, f"Run #{run.id} has no stored data values yet.")
 
@@ -72,9 +69,8 @@ flipped_key = run.params.get("flipped_artifact")
 if flipped_key:
     st.subheader("Noisy-label detection")
     values, n_flipped = queries.flipped_values(key, run.id, flipped_key)
-    fine = queries.value_histogram(key, run.id, DETECTION_BINS)
-    edges = np.append(fine["start"].to_numpy(), fine["end"].iloc[-1])
-    curve = analysis.detection_curve(fine["points"].to_numpy(), edges, values)
+    edges = np.append(histogram["start"].to_numpy(), histogram["end"].iloc[-1])
+    curve = analysis.detection_curve(histogram["points"].to_numpy(), edges, values)
     found = float(np.interp(n_flipped / n_points, curve["fraction_inspected"], curve["found"]))
     st.metric("Flipped points among the lowest-valued |flipped|", f"{found:.1%}",
               help=f"{n_flipped:,} labels were flipped; a random pick would find {n_flipped / n_points:.1%}.")

@@ -22,38 +22,35 @@ from alloyml.valuation.influence.tracin import InfluenceScores, _pair
 
 
 class _HessianVectorProduct:
-    """v -> H v for the mean loss `loss_fn(model(x), y)` over (a batch of) the training set.
+    """v -> H v for the mean loss `loss_fn(model(x), y)` over a set of training examples.
 
-    `loss_fn` must reduce by the mean over its batch, so one call on n examples is their mean loss."""
+    `loss_fn` must reduce by the mean over its batch, so one call on n examples is their mean loss.
+    `over(x, y)` builds the gradient graph once (double backward) and returns a matvec that reuses it,
+    so the many products of a conjugate-gradient solve cost one backward pass each."""
 
     def __init__(self, model, names: list[str], loss_fn, chunk_size: int = 4096):
         self.model, self.names, self.loss_fn, self.chunk_size = model, names, loss_fn, chunk_size
-        params = dict(model.named_parameters())
-        self.shapes = [params[n].shape for n in names]
-        self.flat = torch.cat([params[n].detach().reshape(-1) for n in names])
-        self.frozen = {n: p.detach() for n, p in params.items() if n not in names}
-        self.frozen.update({n: b.detach() for n, b in model.named_buffers()})
+        parameters = dict(model.named_parameters())
+        self.params = [parameters[n] for n in names]
+        self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
 
-    def _unflatten(self, flat) -> dict:
-        out, offset = {}, 0
-        for name, shape in zip(self.names, self.shapes, strict=True):
-            size = int(np.prod(shape)) if len(shape) else 1
-            out[name] = flat[offset:offset + size].reshape(shape)
-            offset += size
-        return out
-
-    def __call__(self, vector: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        from torch.func import functional_call, grad, jvp
-
-        total = torch.zeros_like(self.flat)
+    def over(self, inputs: torch.Tensor, targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        flat_grads = []
         for start in range(0, len(inputs), self.chunk_size):
             x, y = inputs[start:start + self.chunk_size], targets[start:start + self.chunk_size]
+            loss = self.loss_fn(self.model(x), y) * (len(x) / len(inputs))
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            flat_grads.append(torch.cat([g.reshape(-1) for g in grads]))
 
-            def loss(flat, x=x, y=y):
-                return self.loss_fn(functional_call(self.model, {**self.frozen, **self._unflatten(flat)}, (x,)), y)
+        def matvec(vector: torch.Tensor) -> torch.Tensor:
+            vector = vector.to(self.flat.dtype)
+            total = torch.zeros_like(self.flat)
+            for flat_grad in flat_grads:
+                products = torch.autograd.grad(flat_grad @ vector, self.params, retain_graph=True)
+                total += torch.cat([p.reshape(-1) for p in products])
+            return total
 
-            total += jvp(grad(loss), (self.flat,), (vector.to(self.flat.dtype),))[1] * (len(x) / len(inputs))
-        return total
+        return matvec
 
 
 def conjugate_gradient(matvec: Callable, rhs: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-10) -> torch.Tensor:
@@ -114,14 +111,16 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
     if aggregate_test:
         test_grads = test_grads.mean(dim=0, keepdim=True)
 
-    def damped(v, x=train_x, y=train_y):
-        return hvp(v, x, y) + damping * v
-
     if solver == "cg":
-        solved = [conjugate_gradient(damped, g, max_iter=max_iter, tol=tol) for g in test_grads]
+        full = hvp.over(train_x, train_y)
+        solved = [conjugate_gradient(lambda v: full(v) + damping * v, g, max_iter=max_iter, tol=tol)
+                  for g in test_grads]
     else:
-        solved = [lissa(lambda v, idx: damped(v, train_x[idx], train_y[idx]), g, len(train_x), depth=lissa_depth,
-                        scale=lissa_scale, batch_size=lissa_batch, seed=seed) for g in test_grads]
+        def batch_matvec(v, idx):
+            return hvp.over(train_x[idx], train_y[idx])(v) + damping * v
+
+        solved = [lissa(batch_matvec, g, len(train_x), depth=lissa_depth, scale=lissa_scale,
+                        batch_size=lissa_batch, seed=seed) for g in test_grads]
     inverse_test = torch.stack(solved)  # [n_test, P]
     train_grads = featurizer(train_x, train_y).to(inverse_test.dtype)
     scores = (train_grads @ inverse_test.T).double().numpy()

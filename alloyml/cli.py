@@ -17,6 +17,7 @@ from alloyml.errors import AlloyError
 COMMAND_MODULES = (
     "alloyml.commands.db",
     "alloyml.commands.runs",
+    "alloyml.commands.workflow",
     "alloyml.commands.demo",
     "alloyml.commands.ui",
     "alloyml.commands.cascade",

@@ -193,13 +193,17 @@ class WorkflowRow(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default="pending", doc="pending/running/done/failed/cancelled")
+    status: Mapped[str] = mapped_column(String(20), default="pending",
+                                        doc="pending/running/cancelling/done/failed/cancelled")
     inputs: Mapped[dict] = mapped_column(JSON, default=dict, doc="Inputs (JSON) or artifact references.")
     spec: Mapped[dict] = mapped_column(JSON, default=dict, doc="Step graph: names, dependencies, options.")
     result_artifact: Mapped[str | None] = mapped_column(String(200))
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    driver: Mapped[str | None] = mapped_column(
+        String(200), doc="Lease holder 'host:pid:token' of the process driving the workflow; NULL when none.")
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(DateTime, doc="Last heartbeat of the driver.")
 
 
 class WorkflowStepRow(Base):

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from alloyml.errors import AlloyError, InvalidInputError, NotFoundError, StoreError
 from alloyml.platform import entities as e
 from alloyml.platform import orm, schema
-from alloyml.platform.store import Store
+from alloyml.platform.store import Store, WorkflowLease
 
 SUMMARY_BINS = 50
 _WORKFLOW_FIELDS = {"status", "error", "result_artifact"}
@@ -421,6 +421,52 @@ class SqlStore(Store):
             if increment_attempts:
                 row.attempts += 1
             return _step(row)
+
+    def workflow_lease(self, workflow_id):
+        with self._session() as s:
+            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            return WorkflowLease(row.driver, row.heartbeat_at)
+
+    def claim_workflow(self, workflow_id, driver, expected):
+        w = orm.WorkflowRow
+        holder = w.driver.is_(None) if expected is None else w.driver == expected
+        with self._session(write=True) as s:
+            self._get(s, w, workflow_id, "workflow")
+            result = s.execute(update(w).where(w.id == workflow_id, holder).values(
+                driver=driver, heartbeat_at=orm.utcnow() if driver else None).execution_options(
+                synchronize_session=False))
+            return result.rowcount == 1
+
+    def heartbeat_workflow(self, workflow_id, driver):
+        w = orm.WorkflowRow
+        with self._session(write=True) as s:
+            result = s.execute(update(w).where(w.id == workflow_id, w.driver == driver).values(
+                heartbeat_at=orm.utcnow()).execution_options(synchronize_session=False))
+            return result.rowcount == 1
+
+    def request_workflow_cancel(self, workflow_id):
+        w = orm.WorkflowRow
+        with self._session(write=True) as s:
+            s.execute(update(w).where(w.id == workflow_id, w.status.in_(("pending", "running"))).values(
+                status="cancelling", updated_at=orm.utcnow()).execution_options(synchronize_session=False))
+            return _workflow(self._get(s, w, workflow_id, "workflow"))
+
+    def settle_workflow(self, workflow_id, status, *, steps_from=(), steps_to=None, step_error=None, error=None,
+                        result_artifact=None):
+        if steps_from and steps_to not in e.STEP_STATES:
+            raise InvalidInputError(f"step state {steps_to!r} is not one of {e.STEP_STATES}")
+        with self._session(write=True) as s:
+            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            row.status, row.error, row.updated_at = status, error, orm.utcnow()
+            if result_artifact is not None:
+                row.result_artifact = result_artifact
+            steps = s.scalars(select(orm.WorkflowStepRow).where(
+                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.state.in_(list(steps_from))))
+            for step in steps:
+                step.state = steps_to
+                if step_error is not None:
+                    step.error = step_error
+            return _workflow(row)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------

@@ -7,12 +7,22 @@ workflow layer depend on behaviour, not on SQL.
 
 from __future__ import annotations
 
+import datetime as dt
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from alloyml.platform import entities as e
+
+
+@dataclass(frozen=True)
+class WorkflowLease:
+    """Which process drives a workflow ('host:pid:token', or None) and when it last renewed the lease."""
+
+    driver: str | None
+    heartbeat_at: dt.datetime | None
 
 
 class Store(ABC):
@@ -150,3 +160,25 @@ class Store(ABC):
     def update_step(self, workflow_id: int, name: str, *, increment_attempts: bool = False,
                     **fields) -> e.WorkflowStep:
         """Set state, error, output_artifact, started_at, finished_at of one step."""
+
+    @abstractmethod
+    def workflow_lease(self, workflow_id: int) -> WorkflowLease: ...
+
+    @abstractmethod
+    def claim_workflow(self, workflow_id: int, driver: str | None, expected: str | None) -> bool:
+        """Compare-and-swap the lease: set `driver` (None releases) only if the holder is `expected`."""
+
+    @abstractmethod
+    def heartbeat_workflow(self, workflow_id: int, driver: str) -> bool:
+        """Renew the lease; False when `driver` no longer holds it."""
+
+    @abstractmethod
+    def request_workflow_cancel(self, workflow_id: int) -> e.Workflow:
+        """Mark a pending or running workflow 'cancelling' (its driver finishes the job); others unchanged."""
+
+    @abstractmethod
+    def settle_workflow(self, workflow_id: int, status: str, *, steps_from: Sequence[str] = (),
+                        steps_to: str | None = None, step_error: str | None = None, error: str | None = None,
+                        result_artifact: str | None = None) -> e.Workflow:
+        """In one transaction: set the workflow's status (and error / result), and move every step whose
+        state is in `steps_from` to `steps_to` (with `step_error` when given)."""

@@ -1,0 +1,101 @@
+"""`@step`: mark a plain function as a workflow step, with its Ray resources and retry policy.
+
+A step is stored by reference (`module:qualname`), never by value, and a stored reference only ever
+resolves to an object that `@step` produced: a tampered database cannot make a driver call an arbitrary
+function such as `os:system`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alloyml.errors import InvalidInputError
+
+
+class StepOptions(BaseModel):
+    """Resources a step asks Ray for and how often it is retried when it raises."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved on the node (Ray `num_cpus`).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs reserved on the node (Ray `num_gpus`).")
+    memory: int | None = Field(None, gt=0, description="Bytes of memory reserved (Ray `memory`).")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
+    max_retries: int = Field(0, ge=0, description="Extra attempts after a failure before the step fails.")
+    retry_backoff_s: float = Field(1.0, ge=0, description="Wait before retry k is retry_backoff_s * 2**(k-1).")
+
+    def ray_options(self) -> dict:
+        options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": 0}
+        if self.memory is not None:
+            options["memory"] = self.memory
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+class Step:
+    """A plain function plus its `StepOptions`; calling it calls the function."""
+
+    def __init__(self, fn: Callable, options: StepOptions):
+        self.fn = fn
+        self.options = options
+        self.__name__ = fn.__name__
+        self.__qualname__ = fn.__qualname__
+        self.__module__ = fn.__module__
+        self.__doc__ = fn.__doc__
+
+    @property
+    def ref(self) -> str:
+        """`module:qualname`, how the workflow spec names this step."""
+        return f"{self.fn.__module__}:{self.fn.__qualname__}"
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Step({self.ref})"
+
+    def __reduce__(self):
+        # Ray ships steps to workers by reference when their module is importable there; a step defined in
+        # a script (`__main__`) travels by value, which is what Ray does for such functions anyway.
+        if self.fn.__module__ == "__main__":
+            return Step, (self.fn, self.options)
+        return resolve_step, (self.ref,)
+
+
+def step(fn: Callable | None = None, /, **options) -> Step | Callable[[Callable], Step]:
+    """Mark `fn` as a workflow step: `@step` or `@step(num_cpus=2, max_retries=3, retry_backoff_s=0.5)`.
+
+    Options are those of `StepOptions`: num_cpus, num_gpus, memory (bytes), resources ({"name": amount}),
+    max_retries, retry_backoff_s. A step returns arrays, tensors, JSON-able values, alloyml result
+    dataclasses, or dicts / lists / tuples of those (see `alloyml.workflows.codec`).
+    """
+    parsed = StepOptions.model_validate(options)
+
+    def wrap(function: Callable) -> Step:
+        if not callable(function):
+            raise InvalidInputError(f"@step expects a function; got {type(function).__name__}")
+        return Step(function, parsed)
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def resolve_step(ref: str) -> Step:
+    """The `Step` named `module:qualname`; refuses anything that is not a step."""
+    module_name, _, qualname = ref.partition(":")
+    if not module_name or not qualname:
+        raise InvalidInputError(f"step reference {ref!r} must look like 'package.module:function'")
+    try:
+        target = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as err:
+        hint = (" It was defined in the script that submitted the workflow; define steps in an importable "
+                "module to resume from another process." if module_name == "__main__" else "")
+        raise InvalidInputError(f"cannot import step {ref!r}: {err}.{hint}") from err
+    if not isinstance(target, Step):
+        raise InvalidInputError(f"{ref!r} is a {type(target).__name__}, not a function decorated with @step")
+    return target

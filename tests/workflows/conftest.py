@@ -1,0 +1,18 @@
+"""Fixtures of the workflow tests: a migrated store (SQLite and PostgreSQL) and a side-effect log file."""
+
+from __future__ import annotations
+
+import pytest
+
+from alloyml.platform.client import Platform
+
+
+@pytest.fixture
+def platform(db_url, tmp_path):
+    with Platform(db_url=db_url, home=tmp_path / "home", upgrade=True) as client:
+        yield client
+
+
+@pytest.fixture
+def log(tmp_path):
+    return str(tmp_path / "steps.log")

@@ -1,0 +1,84 @@
+"""kill -9 of the driver in the middle of a workflow, then resume (from Python, and from the CLI): steps
+that had completed never run again, the killed step runs once more, the result is right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from alloyml.workflows import resume
+from tests.workflows import steps_for_tests as steps
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+
+DRIVER = """
+import sys
+from alloyml.platform.client import Platform
+from tests.workflows.test_durability import gated_diamond
+platform = Platform(db_url=sys.argv[1], home=sys.argv[2])
+handle = platform.submit(gated_diamond(sys.argv[3], sys.argv[4]), n=5)
+print(handle.id, flush=True)
+handle.wait()
+"""
+
+
+def gated_diamond(log: str, gate: str):
+    """load -> (scale x2, scale_2 x3 which waits for `gate`) -> total."""
+    from alloyml.workflows import Input, Workflow
+
+    wf = Workflow("gated-diamond")
+    a = wf.add(steps.load, n=Input("n"), log=log)
+    b = wf.add(steps.scale, x=a, factor=2.0, log=log, tag="b")
+    c = wf.add(steps.scale, x=a, factor=3.0, log=log, tag="c", gate=gate)
+    wf.add(steps.total, a=b, b=c, log=log)
+    return wf
+
+
+@pytest.mark.parametrize("resume_with", ["python", "cli"])
+def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path, ray_session, resume_with):
+    if resume_with == "cli" and not platform.settings.db_url.startswith("sqlite"):
+        pytest.skip("the CLI path is exercised once, on SQLite")
+    gate = tmp_path / "gate"
+    # The driver joins the session's Ray, so killing it also ends its Ray job (and the gated task).
+    env = dict(os.environ, ALLOYML_RAY_ADDRESS=ray_session.get_runtime_context().gcs_address,
+               PYTHONPATH=str(REPO))
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, platform.settings.db_url, str(platform.settings.home),
+                               log, str(gate)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        workflow_id = int(driver.stdout.readline())
+        deadline = time.monotonic() + 90
+        while not ({s.name: s.state for s in platform.store.workflow_steps(workflow_id)}
+                   == {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}):
+            assert time.monotonic() < deadline and driver.poll() is None, "driver never reached the gate"
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert platform.store.get_workflow(workflow_id).status == "running"  # as the dead driver left it
+    gate.touch()
+
+    if resume_with == "python":
+        result = resume(workflow_id, platform).result(timeout=120)
+    else:
+        env["ALLOYML_HOME"], env["ALLOYML_DB_URL"] = str(platform.settings.home), platform.settings.db_url
+        done = subprocess.run([sys.executable, "-m", "alloyml.cli", "workflow", "resume", str(workflow_id), "--quiet"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        result = resume(workflow_id, platform).result(timeout=10)  # done: returned as stored
+
+    x = np.arange(5.0)
+    assert result == {"sum": float((2 * x).sum() + (3 * x).sum()), "parts": (float((2 * x).sum()), float((3 * x).sum()))}
+    ran = [tag for tag, _, _ in steps.log_lines(log)]
+    assert sorted(ran) == ["b", "c", "load", "total"]  # each completed exactly once across both drivers
+    attempts = {s.name: s.attempts for s in platform.store.workflow_steps(workflow_id)}
+    assert attempts == {"load": 1, "scale": 1, "scale_2": 2, "total": 1}
+    runs = [r for r in platform.store.list_runs(kind="workflow") if r.workflow_id == workflow_id]
+    assert sorted(r.status for r in runs) == ["done", "running"]  # the killed driver's run never finished

@@ -1,0 +1,138 @@
+"""Running workflows on the session's Ray: results, parallel branches, retries with backoff, failure,
+cancellation — each checked against the steps' own side-effect log and the store's records."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from alloyml.errors import WorkflowError
+from alloyml.workflows import Input, Workflow
+from tests.workflows import steps_for_tests as steps
+from tests.workflows.test_definition import diamond
+
+pytestmark = pytest.mark.ray
+
+
+def _warm_workers(ray, n: int = 2) -> None:
+    """Start n Ray workers: starting one takes seconds on a loaded machine, and a branch that waits for a
+    worker to start would not overlap its sibling for reasons that have nothing to do with the driver."""
+    nap = ray.remote(num_cpus=1)(_nap)
+    ray.get([nap.remote(0.5) for _ in range(n)])
+
+
+def _nap(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_diamond_result_outputs_and_parallel_branches_overlap(platform, log, ray_session):
+    _warm_workers(ray_session)
+    wf = Workflow("diamond")
+    a = wf.add(steps.load, n=Input("n"), log=log)
+    b = wf.add(steps.scale, x=a, factor=2.0, log=log, tag="b", sleep_s=2.0)
+    c = wf.add(steps.scale, x=a, factor=3.0, log=log, tag="c", sleep_s=2.0)
+    wf.add(steps.total, a=b, b=c, log=log)
+    started = time.monotonic()
+    handle = platform.submit(wf, n=6)
+    assert time.monotonic() - started < 5.0 and handle.status() in ("pending", "running")  # returns at once
+    result = handle.result(timeout=120)
+    x = np.arange(6.0)
+    assert result == {"sum": float((2 * x).sum() + (3 * x).sum()), "parts": (float((2 * x).sum()), float((3 * x).sum()))}
+    np.testing.assert_array_equal(handle.output("scale_2"), 3 * x)
+    records = {s.name: s for s in handle.steps()}
+    assert {s.state for s in records.values()} == {"done"} and {s.attempts for s in records.values()} == {1}
+    # the branches' recorded intervals overlap, and so do the ones the steps logged themselves
+    b_rec, c_rec = records["scale"], records["scale_2"]
+    assert max(b_rec.started_at, c_rec.started_at) < min(b_rec.finished_at, c_rec.finished_at)
+    (_, b0, b1), (_, c0, c1) = steps.log_lines(log, "b")[0], steps.log_lines(log, "c")[0]
+    assert max(b0, c0) < min(b1, c1)
+    assert abs((b_rec.finished_at - b_rec.started_at).total_seconds() - (b1 - b0)) < 0.1
+    assert records["total"].started_at >= max(b_rec.finished_at, c_rec.finished_at)
+    assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
+    workflow_runs = [r for r in platform.store.list_runs(kind="workflow") if r.workflow_id == handle.id]
+    assert [r.status for r in workflow_runs] == ["done"]
+    assert platform.store.workflow_lease(handle.id).driver is None  # released
+
+
+def test_retry_with_backoff_then_success(platform, log, ray_session):
+    wf = Workflow("flaky")
+    wf.add(steps.flaky, log=log, failures=2)
+    handle = platform.submit(wf)
+    assert handle.result(timeout=120) == 3
+    (record,) = handle.steps()
+    assert record.state == "done" and record.attempts == 3 and record.error is None
+    attempts = steps.log_lines(log, "flaky")
+    assert len(attempts) == 3
+    gaps = [attempts[k + 1][1] - attempts[k][2] for k in range(2)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # retry_backoff_s * 2**(k-1)
+
+
+def test_failure_after_retries_stores_traceback_and_stops_cleanly(platform, log, ray_session):
+    wf = Workflow("fails")
+    bad = wf.add(steps.always_fails, log=log)
+    wf.add(steps.sleeper, seconds=1.5, log=log, tag="sibling")  # independent: allowed to finish
+    wf.add(steps.total, a=bad, b=bad, log=log)  # downstream of the failure: never starts
+    wf.output = bad
+    handle = platform.submit(wf)
+    assert handle.wait(timeout=120) == "failed"
+    records = {s.name: s for s in handle.steps()}
+    assert records["always_fails"].state == "failed" and records["always_fails"].attempts == 2
+    assert "Traceback (most recent call last)" in records["always_fails"].error
+    assert "RuntimeError: boom" in records["always_fails"].error
+    assert records["sleeper"].state == "done" and records["total"].state == "cancelled"
+    assert len(steps.log_lines(log, "always_fails")) == 2 and steps.log_lines(log, "total") == []
+    workflow = platform.store.get_workflow(handle.id)
+    assert "failed after 2 attempt(s)" in workflow.error and "RuntimeError: boom" in workflow.error
+    with pytest.raises(WorkflowError, match="boom"):
+        handle.result()
+
+
+def test_unstorable_output_fails_without_retry(platform, log, ray_session):
+    wf = Workflow("unsafe")
+    wf.add(steps.unsafe_output, log=log)
+    handle = platform.submit(wf)
+    assert handle.wait(timeout=120) == "failed"
+    (record,) = handle.steps()
+    assert record.attempts == 1 and "UnsafeValueError" in record.error and "builtins.object" in record.error
+
+
+def test_cancel_stops_running_steps(platform, log, ray_session, tmp_path):
+    wf = Workflow("cancel-me")
+    a = wf.add(steps.load, n=4, log=log)
+    blocked = wf.add(steps.scale, x=a, factor=1.0, log=log, tag="blocked", gate=str(tmp_path / "never"))
+    wf.add(steps.total, a=blocked, b=blocked, log=log)
+    handle = platform.submit(wf)
+    deadline = time.monotonic() + 60
+    while {s.name: s.state for s in handle.steps()}["scale"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert handle.cancel(timeout=30) == "cancelled"
+    assert time.monotonic() - started < 10
+    states = {s.name: s.state for s in handle.steps()}
+    assert states == {"load": "done", "scale": "cancelled", "total": "cancelled"}
+    (tmp_path / "never").touch()  # a task that survived cancellation would now complete and log
+    time.sleep(1.0)
+    assert [t for t, _, _ in steps.log_lines(log)] == ["load"]
+    with pytest.raises(WorkflowError, match="cancelled"):
+        handle.result()
+
+
+def test_resume_of_failed_workflow_keeps_done_steps(platform, log, ray_session, tmp_path):
+    """After a failure is fixed (here: a step's inputs become valid), resume reruns only what is not done."""
+    from alloyml.workflows import resume
+
+    wf = diamond(log)
+    gate = tmp_path / "gate"
+    wf.nodes["scale_2"].args["gate"] = str(gate)
+    handle = platform.submit(wf, n=3)
+    deadline = time.monotonic() + 60
+    while {s.name: s.state for s in handle.steps()}["scale"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    handle.cancel(timeout=30)
+    gate.touch()
+    assert resume(handle.id, platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
+    assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]

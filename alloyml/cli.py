@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "alloyml.commands.demo",
     "alloyml.commands.ui",
     "alloyml.commands.cascade",
+    "alloyml.commands.serve",
     "alloyml.commands.merge",
 )
 

@@ -17,6 +17,10 @@ def register(subparsers) -> None:
     fit.add_argument("--thresholds", type=int, default=32, help="candidate thresholds per stage (default 32)")
     fit.add_argument("--folds", type=int, default=5, help="folds for out-of-fold scorer training (default 5)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--models", default=None,
+                     help='JSON file of model specs for serving, e.g. {"m0": {"kind": "smollm2", "cost_per_token": 1}}')
+    fit.add_argument("--save", metavar="NAME", default=None,
+                     help="also store the plan as a new version of cascade NAME (for `alloyml serve cascade`)")
     fit.set_defaults(func=_fit)
 
     ev = sub.add_parser("eval", help="accuracy and cost of a plan on (held-out) logged responses")
@@ -45,9 +49,36 @@ def _fit(args: argparse.Namespace) -> int:
         f"chosen point {cascade.plan_.chosen}: {_chain_text(point)}  "
         f"accuracy {point.accuracy:.4f}  mean cost {point.mean_cost:.4g} (budget {args.budget:g})"
     )
-    path = cascade.plan_.save(args.out)
+    plan = cascade.plan_
+    if args.models:
+        plan = plan.model_copy(update={"model_specs": _read_specs(args.models)})
+        plan = type(plan).from_dict(plan.model_dump())  # validate the specs' model names
+    path = plan.save(args.out)
     console.print(f"plan written to {path}")
+    if args.save:
+        from alloyml.platform.client import Platform
+
+        costs = [float(responses.cost[:, responses.model_index(m)].mean()) for m in point.models]
+        with Platform() as platform:
+            stored = platform.store.save_cascade(args.save, point.models, point.thresholds, costs, args.budget,
+                                                 plan=plan.model_dump())
+        console.print(f"stored as cascade {stored.name!r} version {stored.version}")
     return 0
+
+
+def _read_specs(path: str) -> dict:
+    import json
+    from pathlib import Path
+
+    from alloyml.errors import ConfigError
+
+    try:
+        specs = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--models {path!r}: cannot read JSON model specs: {err}") from err
+    if not isinstance(specs, dict) or not all(isinstance(v, dict) and "kind" in v for v in specs.values()):
+        raise ConfigError(f'--models {path!r} must map model names to specs like {{"kind": "constant"}}')
+    return specs
 
 
 def _eval(args: argparse.Namespace) -> int:

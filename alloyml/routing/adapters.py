@@ -37,7 +37,8 @@ class Stage:
 
     def answer(self, queries: Sequence[str]) -> list[tuple[str, float]]:
         """One (answer text, cost) per query."""
-        return [(text, self.cost_per_call + self.cost_per_token * tokens) for text, tokens in self.model.answer(queries)]
+        answers = self.model.answer(queries)
+        return [(text, self.cost_per_call + self.cost_per_token * tokens) for text, tokens in answers]
 
 
 class ConstantModel:

@@ -121,7 +121,8 @@ class HashedLinearScorer(TextScorer):
         counts: dict[int, int] = {}
         for token in text_tokens(query, answer, model):
             h = murmurhash3_32(token, seed=0)
-            index = (2147483647 - (self.n_features - 1)) % self.n_features if h == -(2**31) else abs(h) % self.n_features
+            # sklearn's bucket rule, including its special case for the one value abs() cannot negate
+            index = (2**31 - 1 - (self.n_features - 1)) % self.n_features if h == -(2**31) else abs(h) % self.n_features
             counts[index] = counts.get(index, 0) + 1
         norm = np.sqrt(sum(c * c for c in counts.values()))
         return sum(self.coef_[i] * c for i, c in counts.items()) / norm + self.intercept_

@@ -84,8 +84,9 @@ class CascadeIngress:
         try:
             slot = self.guard.point if self.guard else 0
             point = self.plan.frontier[self.points[slot]]
-            cost, scores, answer, stage_reached = 0.0, [], "", 0
-            for stage_reached, stage in enumerate(point.stages):
+            cost, scores, answer, reached = 0.0, [], "", 0
+            for j, stage in enumerate(point.stages):
+                reached = j
                 answer, stage_cost = await self.stages[stage.model].answer.remote(query)
                 cost += stage_cost
                 if stage.threshold is None:
@@ -97,8 +98,8 @@ class CascadeIngress:
             record = {
                 "query_id": query_id,
                 "answer": answer,
-                "model": point.stages[stage_reached].model,
-                "stage_reached": stage_reached,
+                "model": point.stages[reached].model,
+                "stage_reached": reached,
                 "scores": scores,
                 "cost": cost,
                 "latency_ms": (time.perf_counter() - start) * 1e3,
@@ -200,19 +201,19 @@ class CascadeService:
         ensure_ray()
         serve.start(http_options={"host": self.host, "port": self.port})
         stage_apps = {m: f"{self.name}--v{version}--{m}" for m in models}
-        serve.run_many([
-            serve.RunTarget(
-                StageServer.bind(m, stages.get(m), plan.model_specs.get(m)), name=app, route_prefix=None
-            )
-            for m, app in stage_apps.items()
-        ])
         guard = None
         if self.budget:
             guard = {"budget": self.budget, "window_s": self.window_s, "min_requests": self.min_requests,
                      "points": {"count": self.guard_count}}
         ingress = CascadeIngress.bind(self.name, version, plan.model_dump(), stage_apps, guard, self.log_callback,
                                       self.log_batch_size, self.log_flush_s)
-        handle = serve.run(ingress, name=self.name, route_prefix=f"/{self.name}")
+        # One call starts the new stages and rolls the ingress; a new ingress replica that is up before
+        # its stages only queues its first requests.
+        *_, handle = serve.run_many([
+            *(serve.RunTarget(StageServer.bind(m, stages.get(m), plan.model_specs.get(m)), name=app, route_prefix=None)
+              for m, app in stage_apps.items()),
+            serve.RunTarget(ingress, name=self.name, route_prefix=f"/{self.name}"),
+        ])
         retired, self._stage_apps, self.version = self._stage_apps, list(stage_apps.values()), version
         if retired:
             self._wait_for_old_ingress()

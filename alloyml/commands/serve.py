@@ -1,0 +1,88 @@
+"""`alloyml serve cascade NAME`: serve a stored cascade on Ray Serve, log its requests to the store, and
+roll over to each new version saved under NAME while it runs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="deploy stored models as services")
+    sub = parser.add_subparsers(dest="serve_command", metavar="WHAT", required=True)
+    cascade = sub.add_parser("cascade", help="serve a stored cascade (HTTP JSON on 127.0.0.1 and a Ray handle)")
+    cascade.add_argument("name", help="cascade name in the store")
+    cascade.add_argument("--version", type=int, default=None, help="version to serve first (default: latest)")
+    cascade.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default 8000)")
+    cascade.add_argument("--budget", type=float, default=None,
+                         help="budget guard: max mean cost per request (default: the stored budget)")
+    cascade.add_argument("--no-guard", action="store_true", help="serve the chosen point only, no budget guard")
+    cascade.add_argument("--window-s", type=float, default=60.0, help="budget guard window (default 60 s)")
+    cascade.add_argument("--min-requests", type=int, default=20, help="requests before the guard moves")
+    cascade.add_argument("--poll-s", type=float, default=5.0, help="how often to look for a new version")
+    cascade.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    cascade.set_defaults(func=_serve_cascade)
+
+
+class StoreRequestLog:
+    """The request-log callback: writes batches of request records for cascade row `cascade_id`. It runs
+    in the Serve replica, so it holds only settings and opens its own client there."""
+
+    def __init__(self, cascade_id: int, db_url: str, home: str):
+        self.cascade_id = cascade_id
+        self.db_url = db_url
+        self.home = home
+        self._platform = None
+
+    def __call__(self, records: list[dict]) -> None:
+        from alloyml.platform import entities as e
+        from alloyml.platform.client import Platform
+
+        if self._platform is None:
+            self._platform = Platform(self.db_url, self.home)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        self._platform.store.log_cascade_requests(self.cascade_id, [
+            e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now)
+            for r in records
+        ])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_platform"} | {"_platform": None}
+
+
+def _serve_cascade(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+
+    from alloyml.platform.client import Platform
+    from alloyml.routing.plan import CascadePlan
+    from alloyml.routing.serve import CascadeService
+
+    console = Console()
+    platform = Platform()
+    stored = platform.store.get_cascade(args.name, args.version)
+    budget = None if args.no_guard else (args.budget or stored.budget)
+    current = None
+    service = None
+    started = time.monotonic()
+    try:
+        while True:
+            if current is None or (args.version is None and stored.version != current.version):
+                log = StoreRequestLog(stored.id, str(platform.settings.db_url), str(platform.settings.home))
+                if service is None:
+                    service = CascadeService(args.name, budget=budget, window_s=args.window_s,
+                                             min_requests=args.min_requests, log_callback=log, port=args.port)
+                service.log_callback = log  # requests are logged against the version that served them
+                service.deploy(CascadePlan.from_dict(stored.plan), stored.version)
+                current = stored
+                console.print(f"serving cascade {args.name!r} version {stored.version} at {service.url} "
+                              f"(status: GET {service.url}/status)")
+            if args.duration is not None and time.monotonic() - started >= args.duration:
+                return 0
+            time.sleep(args.poll_s)
+            stored = platform.store.get_cascade(args.name) if args.version is None else stored
+    finally:
+        if service is not None:
+            service.delete()
+        platform.close()

@@ -15,7 +15,7 @@ like exp(-G_j) is ever formed, so gate scales of 10 and beyond neither overflow 
 Each such sum is built directly (a masked cumulative sum), never as a difference of two cumulative sums:
 a difference like G_i - G_i is 0 in value but not in autograd, where its two gradient paths cancel only
 to rounding, and that rounding, divided by a tiny decay gamma in d/d gamma, swamps the true gradient.
-Vector gates need the sums per key channel, a [C, C, K] tensor, so they use a smaller chunk (16) than
+Vector gates need the sums per key channel, a [C, C, K] tensor, so they use a smaller chunk (8) than
 scalar gates (64). Gradients come from autograd through these same safe ops.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 SCALAR_GATE_CHUNK = 64
-VECTOR_GATE_CHUNK = 16
+VECTOR_GATE_CHUNK = 8
 
 
 def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
@@ -42,7 +42,7 @@ def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
 
     def blocks(x):  # [B, T, H, D] -> [B, H, N, C, D]; padded steps are zeros (no-op steps)
         x = F.pad(x.to(compute), (0, 0, 0, 0, 0, N * C - T))
-        return x.view(B, N, C, H, -1).permute(0, 3, 1, 2, 4)
+        return x.view(B, N, C, H, -1).permute(0, 3, 1, 2, 4).contiguous()
 
     q, k, v = blocks(q) * scale, blocks(k), blocks(v)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()  # [C, C], i >= j
@@ -57,8 +57,8 @@ def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
         between = after_j.cumsum(3).masked_fill(~causal[..., None], -math.inf)  # sum over j < s <= i
 
         if vector_gate:
-            within = between.exp()  # [B, H, N, C, C, K]
-            attn = (q[..., :, None, :] * within * k[..., None, :, :]).sum(-1)  # [B, H, N, C, C]
+            within = q[..., :, None, :] * between.exp()  # [B, H, N, C, C, K]
+            attn = (within * k[..., None, :, :]).sum(-1)  # [B, H, N, C, C]
         else:
             attn = (q @ k.transpose(-1, -2)) * between.squeeze(-1).exp()  # [B, H, N, C, C]
         q_inter = q * G.exp()  # decay from the chunk start to step i
@@ -69,9 +69,10 @@ def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
     delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's addition to the state
     state = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(compute)
     starts = []  # the state entering each chunk
-    for n in range(N):
+    decays = [None] * N if chunk_decay is None else chunk_decay.unbind(2)  # unbind: one backward for all n
+    for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
         starts.append(state)
-        state = (state if chunk_decay is None else state * chunk_decay[:, :, n]) + delta[:, :, n]
+        state = (state if decay_n is None else state * decay_n) + delta_n
     o = o + q_inter @ torch.stack(starts, dim=2)  # [B, H, N, C, V]
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]  # [B, T, H, V]
     return o, state

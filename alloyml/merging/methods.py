@@ -36,7 +36,7 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     flat = magnitude.reshape(-1).numpy()
     # numpy's introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort.
     threshold = np.partition(flat, flat.size - keep)[flat.size - keep]
-    return magnitude >= torch.as_tensor(threshold, dtype=magnitude.dtype)
+    return magnitude >= float(threshold)
 
 
 def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -79,20 +79,19 @@ def task_vector_merge(
             if rescale:
                 delta.div_(d)
         deltas.append(delta.mul_(w))
+    merged = deltas[0].clone() if elect_sign else deltas[0]
+    for delta in deltas[1:]:
+        merged.add_(delta)
     if elect_sign:
-        elected = torch.stack(deltas).sum(0) if len(deltas) > 1 else deltas[0].clone()
-        elected = torch.where(elected >= 0, 1.0, -1.0).to(dtype)
-        merged = torch.zeros_like(base_c)
+        positive = merged >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
+        merged.zero_()
         divisor = torch.zeros_like(base_c)
         for delta, w in zip(deltas, weight, strict=True):
-            agrees = torch.sign(delta) == elected
+            agrees = torch.where(positive, delta > 0, delta < 0)  # zeros (trimmed entries) never agree
             merged.add_(delta.mul_(agrees))
-            divisor.add_(agrees.to(dtype), alpha=w)
+            divisor.add_(agrees, alpha=w)
         divisor[divisor == 0] = 1
     else:
-        merged = deltas[0]
-        for delta in deltas[1:]:
-            merged.add_(delta)
         divisor = sum(weight)
         divisor = 1.0 if abs(divisor) < 1e-8 else divisor
     if normalize:

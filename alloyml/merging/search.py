@@ -1,0 +1,199 @@
+"""Merge search: CMA-ES over per-layer-group merge parameters against a user metric, trials on Ray.
+
+Each searched parameter becomes a gradient of `layer_groups` anchors (mergekit's per-layer lists), one
+gradient per merged model for per-model parameters (`weight`, `density`) and one in all for shared ones
+(`t`, `lambda`). CMA-ES works in the unit cube; values are mapped into each parameter's bounds. A
+generation's trials merge in memory and are scored in parallel on Ray; every trial is returned (and
+handed to `on_trial` as it finishes, so a workflow can record it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from alloyml.errors import InvalidInputError
+from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.registry import get_method
+
+DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "t": (0.0, 1.0), "lambda": (0.0, 2.0)}
+_FAILED = 1e12  # CMA-ES minimises; a failed trial scores worse than any real one
+
+
+@dataclass
+class TrialRecord:
+    """One evaluated merge: the searched values (`{"<model>.weight": [anchors]}`), its full config."""
+
+    number: int
+    generation: int
+    values: dict[str, list[float]]
+    config: dict[str, Any]
+    score: float | None
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    best_config: MergeConfig
+    best_yaml: str
+    best_score: float
+    trials: list[TrialRecord]
+    seconds: float
+
+
+def _slots(template: dict, search: Sequence[str]) -> list[tuple[str, str | None]]:
+    """(parameter, model or None for shared) for each searched gradient, in a fixed order."""
+    method = get_method(template["merge_method"])
+    base = template.get("base_model") if method.uses_base else None
+    slots = []
+    for name in search:
+        if method.parameter(name).scope == "shared":
+            slots.append((name, None))
+        else:
+            slots += [(name, spec["model"]) for spec in template["models"] if spec["model"] != base]
+    return slots
+
+
+def _trial_config(template: dict, slots, groups: int, x, bounds) -> tuple[dict, dict[str, list[float]]]:
+    config = {**template, "models": [dict(m, parameters=dict(m.get("parameters") or {})) for m in template["models"]]}
+    config["parameters"] = dict(template.get("parameters") or {})
+    by_model = {m["model"]: m for m in config["models"]}
+    values = {}
+    for i, (name, model) in enumerate(slots):
+        lo, hi = bounds[name]
+        anchors = [round(lo + float(v) * (hi - lo), 6) for v in x[i * groups : (i + 1) * groups]]
+        setting = anchors if groups > 1 else anchors[0]
+        (by_model[model]["parameters"] if model else config["parameters"])[name] = setting
+        values[f"{model}.{name}" if model else name] = anchors
+    return config, values
+
+
+def evaluate_merge(config: dict, sources: Mapping[str, Any] | None, metric: Callable[[dict], float]) -> float:
+    """Merge `config` in memory and score the merged state dict with `metric` (higher is better)."""
+    from alloyml.merging.engine import merge
+
+    return float(metric(merge(config, sources=sources).state_dict))
+
+
+def search_merge(
+    template: MergeConfig | dict | str,
+    metric: Callable[[dict], float],
+    *,
+    search: Sequence[str] = ("weight",),
+    layer_groups: int = 4,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    n_trials: int = 40,
+    popsize: int | None = None,
+    sigma0: float = 0.25,
+    seed: int = 0,
+    sources: Mapping[str, Any] | None = None,
+    parallel: bool = True,
+    on_trial: Callable[[TrialRecord], None] | None = None,
+) -> SearchResult:
+    """Search merge parameters with CMA-ES to maximise `metric(state_dict)`.
+
+    `template` is a merge config (method, base model, models); the parameters named in `search` are
+    filled in by the search. Runs whole generations until at least `n_trials` trials are done.
+    `parallel=True` evaluates each generation's trials as Ray tasks (`alloyml.raycluster.ensure_ray()`).
+    """
+    import cma
+
+    start = time.perf_counter()
+    if isinstance(template, MergeConfig):
+        template = template.model_dump(mode="json", exclude_defaults=True)
+    elif not isinstance(template, dict):
+        template = load_config(template).model_dump(mode="json", exclude_defaults=True)
+    if layer_groups < 1 or n_trials < 1:
+        raise InvalidInputError(f"layer_groups and n_trials must be >= 1, got {layer_groups} and {n_trials}")
+    bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
+    slots = _slots(template, search)
+    missing = sorted({name for name, _ in slots} - set(bounds))
+    if missing:
+        raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
+    dims = len(slots) * layer_groups
+    x0 = [0.5] * dims
+    load_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
+
+    options = {"bounds": [0, 1], "seed": seed + 1, "verbose": -9}  # cma treats seed 0 as "random"
+    if popsize:
+        options["popsize"] = popsize
+    es = cma.CMAEvolutionStrategy(x0, sigma0, options)
+    evaluate = _ray_evaluator(sources, metric) if parallel else None
+    trials: list[TrialRecord] = []
+    generation = 0
+    while len(trials) < n_trials:
+        xs = es.ask()
+        batch = [(len(trials) + i, *_trial_config(template, slots, layer_groups, x, bounds)) for i, x in enumerate(xs)]
+        records = (
+            evaluate(batch, generation, on_trial)
+            if parallel
+            else _run_local(batch, generation, sources, metric, on_trial)
+        )
+        records.sort(key=lambda r: r.number)
+        trials += records
+        es.tell(xs, [_FAILED if r.score is None else -r.score for r in records])
+        generation += 1
+    scored = [t for t in trials if t.score is not None]
+    if not scored:
+        raise InvalidInputError(f"every merge-search trial failed; first error: {trials[0].error}")
+    best = max(scored, key=lambda t: t.score)
+    best_config = load_config(best.config)
+    return SearchResult(best_config, best_config.to_yaml(), best.score, trials, time.perf_counter() - start)
+
+
+def _record(number, generation, config, values, outcome, seconds) -> TrialRecord:
+    if isinstance(outcome, BaseException):
+        return TrialRecord(number, generation, values, config, None, seconds, f"{type(outcome).__name__}: {outcome}")
+    if not math.isfinite(outcome):
+        return TrialRecord(number, generation, values, config, None, seconds, f"metric returned {outcome}")
+    return TrialRecord(number, generation, values, config, outcome, seconds)
+
+
+def _run_local(batch, generation, sources, metric, on_trial) -> list[TrialRecord]:
+    records = []
+    for number, config, values in batch:
+        start = time.perf_counter()
+        try:
+            outcome = evaluate_merge(config, sources, metric)
+        except Exception as err:  # a failed trial is recorded, not fatal to the search
+            outcome = err
+        records.append(_record(number, generation, config, values, outcome, time.perf_counter() - start))
+        if on_trial:
+            on_trial(records[-1])
+    return records
+
+
+def _ray_evaluator(sources, metric):
+    import ray
+
+    from alloyml.raycluster import ensure_ray
+
+    ensure_ray()
+    sources_ref = ray.put(dict(sources or {}))
+    metric_ref = ray.put(metric)
+
+    @ray.remote(num_cpus=1)
+    def trial(config, sources, metric):
+        start = time.perf_counter()
+        try:
+            return evaluate_merge(config, sources, metric), time.perf_counter() - start
+        except Exception as err:
+            return err, time.perf_counter() - start
+
+    def evaluate(batch, generation, on_trial) -> list[TrialRecord]:
+        pending = {trial.remote(config, sources_ref, metric_ref): (n, config, v) for n, config, v in batch}
+        records = []
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            number, config, values = pending.pop(done[0])
+            outcome, seconds = ray.get(done[0])
+            records.append(_record(number, generation, config, values, outcome, seconds))
+            if on_trial:
+                on_trial(records[-1])
+        return records
+
+    return evaluate

@@ -82,7 +82,7 @@ class BudgetState:
 def budget_state(requests: pd.DataFrame, budget: float, chosen_point: int | None, window: int = 1000) -> BudgetState:
     """Budget-guard state from the request log (columns cost and frontier_point, oldest first)."""
     recent = requests.tail(window)
-    points = recent["frontier_point"].dropna() if "frontier_point" in recent else pd.Series(dtype="Int64")
+    points = recent["frontier_point"].dropna()
     return BudgetState(window=len(recent), mean_cost=float(recent["cost"].mean()) if len(recent) else 0.0,
                        budget=float(budget), frontier_point=int(points.iloc[-1]) if len(points) else None,
                        chosen_point=chosen_point)

@@ -16,11 +16,12 @@ def register(subparsers) -> None:
     cascade.add_argument("--port", type=int, default=8000, help="HTTP port on 127.0.0.1 (default 8000)")
     cascade.add_argument("--budget", type=float, default=None,
                          help="budget guard: max mean cost per request (default: the stored budget)")
-    cascade.add_argument("--no-guard", action="store_true", help="serve the chosen point only, no budget guard")
+    cascade.add_argument("--no-guard", action="store_true", help="serve the chosen point only")
     cascade.add_argument("--window-s", type=float, default=60.0, help="budget guard window (default 60 s)")
     cascade.add_argument("--min-requests", type=int, default=20, help="requests before the guard moves")
     cascade.add_argument("--poll-s", type=float, default=5.0, help="how often to look for a new version")
-    cascade.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    cascade.add_argument("--duration", type=float, default=None,
+                         help="stop this many seconds after the first version is up")
     cascade.set_defaults(func=_serve_cascade)
 
 
@@ -65,7 +66,7 @@ def _serve_cascade(args: argparse.Namespace) -> int:
     budget = None if args.no_guard else (args.budget or stored.budget)
     current = None
     service = None
-    started = time.monotonic()
+    started = None
     try:
         while True:
             if current is None or (args.version is None and stored.version != current.version):
@@ -76,11 +77,12 @@ def _serve_cascade(args: argparse.Namespace) -> int:
                 service.log_callback = log  # requests are logged against the version that served them
                 service.deploy(CascadePlan.from_dict(stored.plan), stored.version)
                 current = stored
+                started = started or time.monotonic()
                 console.print(f"serving cascade {args.name!r} version {stored.version} at {service.url} "
                               f"(status: GET {service.url}/status)")
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 return 0
-            time.sleep(args.poll_s)
+            time.sleep(args.poll_s if args.duration is None else min(args.poll_s, args.duration))
             stored = platform.store.get_cascade(args.name) if args.version is None else stored
     finally:
         if service is not None:

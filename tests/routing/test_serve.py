@@ -156,3 +156,52 @@ def test_version_swap_under_concurrent_load_drops_nothing(setup):
     apps = serve.status().applications
     assert not [a for a in apps if a.startswith(f"{NAME}--v1--")]  # old stages retired
     assert [a for a in apps if a.startswith(f"{NAME}--v2--")]
+
+
+@pytest.mark.slow
+def test_cli_serves_stored_cascade_logs_to_store_and_follows_new_versions(setup, alloy_home, tmp_path):
+    from alloyml.cli import main
+    from alloyml.platform.client import Platform
+
+    service, *_ = setup
+    port = service.port  # one Serve per module: the CLI joins it
+    logs = make_logged_responses(200, 2, seed=1)
+    logs.save(tmp_path / "logs.csv")
+    (tmp_path / "models.json").write_text(json.dumps(
+        {m: {"kind": "constant", "text": f"sure a{i}", "cost_per_call": i + 1} for i, m in enumerate(logs.models)}
+    ))
+    assert main(["cascade", "fit", str(tmp_path / "logs.csv"), "--budget", "100", "--out", str(tmp_path / "p.json"),
+                 "--thresholds", "4", "--folds", "2", "--models", str(tmp_path / "models.json"),
+                 "--save", "cli-cascade"]) == 0
+    served = threading.Thread(target=main, args=(["serve", "cascade", "cli-cascade", "--port", str(port),
+                                                  "--no-guard", "--poll-s", "0.5", "--duration", "8"],))
+    served.start()
+    url = f"http://127.0.0.1:{port}/cli-cascade"
+
+    def ask(query):
+        request = urllib.request.Request(url, data=json.dumps({"query": query}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=60).read())
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            first = ask("w1")
+            break
+        except Exception:
+            time.sleep(0.5)
+    answers = [first] + [ask(f"w{i} w2") for i in range(9)]
+    assert {a["version"] for a in answers} == {"1"}
+    with Platform() as platform:
+        v1 = platform.store.get_cascade("cli-cascade")
+        platform.store.save_cascade("cli-cascade", v1.stages, v1.thresholds, v1.costs, v1.budget, plan=v1.plan)
+    while time.monotonic() < deadline and answers[-1]["version"] != "2":
+        answers.append(ask("w3"))
+        time.sleep(0.2)
+    assert answers[-1]["version"] == "2"
+    served.join(timeout=240)
+    assert not served.is_alive()
+    by_v1 = [a for a in answers if a["version"] == "1"]
+    with Platform() as platform:
+        logged = platform.store.cascade_requests(v1.id)
+    assert sorted((r.stage_reached, r.cost) for r in logged) == sorted((a["stage_reached"], a["cost"]) for a in by_v1)

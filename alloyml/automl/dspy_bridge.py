@@ -175,17 +175,21 @@ def run_dspy_optimizer(
     *,
     optimizer: str = "bootstrap_fewshot",
     seed: int = 0,
+    max_tokens: int = 256,
     options: dict | None = None,
     on_trial: TrialCallback | None = None,
 ) -> DSPyRunResult:
-    """Compile `program` (a `dspy.Module`) with `optimizer`, using `lm` for both task and proposals."""
+    """Compile `program` (a `dspy.Module`) with `optimizer`, using `lm` for both task and proposals.
+
+    `max_tokens` caps every completion DSPy asks for (small local models ramble past the end marker).
+    """
     import dspy
 
     if optimizer not in OPTIMIZERS:
         raise InvalidInputError(f"unknown DSPy optimizer {optimizer!r}; known: {sorted(OPTIMIZERS)}")
     if not trainset or not devset:
         raise InvalidInputError("trainset and devset must be non-empty lists of dspy.Example")
-    model = dspy_lm(lm)
+    model = dspy_lm(lm, max_tokens=max_tokens)
     engine = model.engine
     start = time.perf_counter()
     with dspy.context(lm=model):

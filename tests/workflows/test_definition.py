@@ -34,7 +34,8 @@ def test_spec_round_trip_keeps_graph_and_options(log):
     assert rebuilt.output_step == "total" and rebuilt.inputs == {"n"}
     assert wf.step_rows()[1] == {"name": "scale", "depends_on": ["load"],
                                  "resources": {"num_cpus": 1.0, "num_gpus": 0.0, "memory": None, "resources": {}}}
-    assert steps.flaky.options.max_retries == 2 and steps.on_special.options.ray_options()["resources"] == {"special": 1}
+    assert steps.flaky.options.max_retries == 2
+    assert steps.on_special.options.ray_options()["resources"] == {"special": 1}
 
 
 def test_bad_definitions_fail_early(log):

@@ -39,7 +39,8 @@ def test_diamond_result_outputs_and_parallel_branches_overlap(platform, log, ray
     assert time.monotonic() - started < 5.0 and handle.status() in ("pending", "running")  # returns at once
     result = handle.result(timeout=120)
     x = np.arange(6.0)
-    assert result == {"sum": float((2 * x).sum() + (3 * x).sum()), "parts": (float((2 * x).sum()), float((3 * x).sum()))}
+    parts = (float((2 * x).sum()), float((3 * x).sum()))
+    assert result == {"sum": parts[0] + parts[1], "parts": parts}
     np.testing.assert_array_equal(handle.output("scale_2"), 3 * x)
     records = {s.name: s for s in handle.steps()}
     assert {s.state for s in records.values()} == {"done"} and {s.attempts for s in records.values()} == {1}

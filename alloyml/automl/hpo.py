@@ -96,6 +96,20 @@ def _run_trial(config, objective):
     objective(config, lambda metrics: tune.report(dict(metrics)))
 
 
+# Keys Tune adds to every result; everything else numeric came from the objective's report().
+_TUNE_KEYS = {
+    "training_iteration",
+    "time_total_s",
+    "time_this_iter_s",
+    "timestamp",
+    "time_since_restore",
+    "iterations_since_restore",
+    "pid",
+    "done",
+    "cost",
+}
+
+
 def _record_callback(on_trial: TrialCallback | None, records: list[TrialRecord], max_iterations: int):
     from ray.tune import Callback
 
@@ -110,7 +124,11 @@ def _record_callback(on_trial: TrialCallback | None, records: list[TrialRecord],
             record = TrialRecord(
                 trial_id=trial.trial_id,
                 config=dict(trial.config),
-                metrics={k: float(v) for k, v in last.items() if k not in ("cost",) and _is_metric(k, v)},
+                metrics={
+                    k: float(v)
+                    for k, v in last.items()
+                    if k not in _TUNE_KEYS and isinstance(v, int | float) and not isinstance(v, bool)
+                },
                 cost=float(last.get("cost", 0.0)),
                 seconds=float(last.get("time_total_s", 0.0)),
                 status=status,
@@ -127,24 +145,6 @@ def _record_callback(on_trial: TrialCallback | None, records: list[TrialRecord],
             self._finish(trial, "error")
 
     return _Recorder()
-
-
-_TUNE_BOOKKEEPING = {
-    "training_iteration",
-    "time_total_s",
-    "time_this_iter_s",
-    "timestamp",
-    "time_since_restore",
-    "iterations_since_restore",
-    "pid",
-    "done",
-}
-
-
-def _is_metric(key: str, value) -> bool:
-    return (key not in _TUNE_BOOKKEEPING and isinstance(value, int | float) and not isinstance(value, bool)) or (
-        key == "training_iteration"
-    )
 
 
 def hyperparameter_search(

@@ -189,6 +189,8 @@ def tune_inference(
         raise InvalidInputError(f"eta must be > 1 (keep 1/eta per round), got {eta}")
     utility = utility or majority_vote()
     configs = space.configs()
+    if not configs:
+        raise InvalidInputError("the space has no configuration (n > 1 needs a temperature > 0)")
     if max_configs is not None and max_configs < len(configs):
         pick = np.random.default_rng(seed).choice(len(configs), size=max_configs, replace=False)
         configs = [configs[i] for i in sorted(pick)]

@@ -4,6 +4,7 @@ against its closed-form moments, and one Ray Tune run with ASHA, TPE and priors.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,7 +82,7 @@ def test_tune_search_with_asha_tpe_and_priors(ray_session, tmp_path):
         on_trial=seen.append,
     )
     assert seen == result.trials and len(result.trials) == 8
-    assert all(p.parent == tmp_path for p in [__import__("pathlib").Path(result.storage_path)])
+    assert Path(result.storage_path).parent == tmp_path
     for t in result.trials:  # every recorded score is the objective's value at the step the trial reached
         steps = t.extra["iterations"]
         assert t.metrics["score"] == pytest.approx(-abs(t.config["x"] - 3.0) - (4 - steps) / 3)

@@ -137,3 +137,28 @@ def test_bad_arguments_fail_early():
         tune_inference(lm, [], InferenceSpace(), budget=1)
     with pytest.raises(ValueError, match="input"):
         InferenceSpace(templates=["no placeholder"])
+
+
+@pytest.mark.slow
+def test_pruning_is_safe_on_smollm2():
+    """The same guarantee on a real chat model: its `count_tokens` must equal what `generate` charges."""
+    from alloyml.automl.tasks import get_task
+    from alloyml.models.lm import load_smollm2
+
+    lm = load_smollm2()
+    task = get_task("plural")
+    examples = list(task.examples[:3])
+    space = InferenceSpace(max_tokens=[4, 12], stop=[(), (".",)], templates=["{instruction} {input}"])
+    utility = majority_vote(task.metric)
+    prompts = [f"{task.instruction} {ex.input}" for ex in examples]
+    gens = lm.generate(prompts, max_tokens=4)
+    assert [g.prompt_tokens for g in gens] == [lm.count_tokens(p) for p in prompts]
+    budget = float(np.mean([g.total_tokens for g in gens])) + 2.0
+    result = tune_inference(lm, examples, space, budget=budget, instruction=task.instruction, utility=utility)
+    for trial, cfg in zip(result.trials, space.configs(), strict=True):
+        full = lm.generate(prompts, max_tokens=cfg.max_tokens, stop=cfg.stop)
+        cost = np.mean([g.total_tokens for g in full])
+        if trial.status == "pruned_cost":
+            assert cost > budget
+        if cost <= budget:
+            assert trial.status in ("completed", "pruned_dominated")

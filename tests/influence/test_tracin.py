@@ -89,9 +89,10 @@ def test_loop_fallback_when_vmap_cannot_trace():
         def __init__(self):
             super().__init__()
             self.linear = torch.nn.Linear(6, 3).double()
+            self.gain = torch.nn.Parameter(torch.tensor(1.5, dtype=torch.float64))  # not a linear layer
 
         def forward(self, x):
-            out = self.linear(x)
+            out = self.linear(x) * self.gain
             return out * 2 if out.sum().item() > 0 else out  # data-dependent: vmap refuses .item()
 
     torch.manual_seed(0)
@@ -193,3 +194,20 @@ def test_ray_workers_give_the_same_scores(ray_session):
     serial = tracin(model, checkpoints, train, test, F.cross_entropy)
     parallel = tracin(model, checkpoints, train, test, F.cross_entropy, n_jobs=3)
     np.testing.assert_allclose(parallel.scores, serial.scores, rtol=1e-12)
+
+
+def test_factored_and_vmap_paths_agree():
+    """The linear-layer factorisation (auto-chosen for this MLP) against the per-example vmap path."""
+    from alloyml.valuation.influence.tracin import _DenseGradients, _FactoredGradients, _gradients, _tracin_rows
+
+    model = _mlp(d_in=5, hidden=7, d_out=4)
+    train, test = _data(11, d_in=5, classes=4, seed=14), _data(6, d_in=5, classes=4, seed=15)
+    checkpoints = _checkpoints(model, 2)
+    factored = _gradients(model, F.cross_entropy, None, None, 0, 4, test)
+    assert isinstance(factored, _FactoredGradients)
+    dense = _DenseGradients(__import__("alloyml.valuation.influence", fromlist=["x"]).GradientFeaturizer(
+        model, F.cross_entropy, batch_size=4))
+    np.testing.assert_allclose(_tracin_rows(factored, checkpoints, train, test, 5),
+                               _tracin_rows(dense, checkpoints, train, test, 5), rtol=1e-10, atol=1e-13)
+    only_last = _gradients(model, F.cross_entropy, ["2.weight"], None, 0, 4, test)  # half a layer: not factorable
+    assert isinstance(only_last, _DenseGradients)

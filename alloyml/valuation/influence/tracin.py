@@ -6,8 +6,10 @@ the first-order estimate of how much the training steps on z lowered the loss on
 proponents (helpful), negative ones opponents. Self-influence, TracIn(z, z), is large for examples the
 model finds hard to fit — mislabelled or unusual rows.
 
-Train sets are streamed in chunks: per checkpoint the test gradients are computed once ([m, d]), then
-each train chunk's gradients ([c, d]) are multiplied against them, so memory stays at chunk × d.
+Gradients of plain linear layers are used in factored form (`factored.py`), everything else through
+batched per-example gradients (`gradients.py`). Train sets are streamed in chunks: per checkpoint the
+test gradients are computed once, then each train chunk's gradients are multiplied against them, so
+memory stays at chunk × gradient size.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from alloyml.errors import InvalidInputError
+from alloyml.valuation.influence.factored import factorable_layers, gram, linear_factors, squared_norms
 from alloyml.valuation.influence.gradients import GradientFeaturizer
 from alloyml.valuation.result import ValuationResult
 
@@ -68,16 +71,65 @@ def _pair(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def _tracin_rows(featurizer: GradientFeaturizer, checkpoints: list[Checkpoint], train, test,
-                 chunk_size: int) -> np.ndarray:
+class _DenseGradients:
+    """Flattened (optionally projected) per-example gradients from `GradientFeaturizer`."""
+
+    def __init__(self, featurizer: GradientFeaturizer):
+        self.featurizer = featurizer
+
+    def load(self, state_dict):
+        self.featurizer.load(state_dict)
+
+    def features(self, inputs, targets):
+        return self.featurizer(inputs, targets).double()
+
+    @staticmethod
+    def inner(left, right):
+        return left @ right.T
+
+    @staticmethod
+    def squared_norms(features):
+        return features.pow(2).sum(dim=1)
+
+
+class _FactoredGradients:
+    """Linear layers' per-example gradients kept as (activation, output-gradient) factors."""
+
+    def __init__(self, model, modules, loss_fn, batch_size: int):
+        self.model, self.modules, self.loss_fn, self.batch_size = model, modules, loss_fn, batch_size
+
+    def load(self, state_dict):
+        self.model.load_state_dict(state_dict)
+
+    def features(self, inputs, targets):
+        batches = [linear_factors(self.model, self.modules, self.loss_fn, inputs[i:i + self.batch_size],
+                                  targets[i:i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+        return [(torch.cat([b[layer][0] for b in batches]), torch.cat([b[layer][1] for b in batches]))
+                for layer in range(len(self.modules))]
+
+    inner = staticmethod(gram)
+    squared_norms = staticmethod(squared_norms)
+
+
+def _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, probe):
+    """The factored path when every selected parameter belongs to a linear layer fed one vector per example
+    (and no projection is asked for); the general vmap path otherwise."""
+    modules = None if projection_dim is not None else factorable_layers(model, layers)
+    if modules and linear_factors(model, modules, loss_fn, probe[0][:2], probe[1][:2]) is not None:
+        return _FactoredGradients(model, modules, loss_fn, batch_size)
+    return _DenseGradients(GradientFeaturizer(model, loss_fn, layers=layers, projection_dim=projection_dim,
+                                              seed=seed, batch_size=batch_size))
+
+
+def _tracin_rows(gradients, checkpoints: list[Checkpoint], train, test, chunk_size: int) -> np.ndarray:
     train_x, train_y = train
     scores = torch.zeros(len(train_x), len(test[0]), dtype=torch.float64)
     for checkpoint in checkpoints:
-        featurizer.load(checkpoint.state_dict)
-        test_grads = featurizer(*test).double()
+        gradients.load(checkpoint.state_dict)
+        test_features = gradients.features(*test)
         for start in range(0, len(train_x), chunk_size):
-            chunk = featurizer(train_x[start:start + chunk_size], train_y[start:start + chunk_size]).double()
-            scores[start:start + chunk_size] += checkpoint.learning_rate * (chunk @ test_grads.T)
+            chunk = gradients.features(train_x[start:start + chunk_size], train_y[start:start + chunk_size])
+            scores[start:start + chunk_size] += checkpoint.learning_rate * gradients.inner(chunk, test_features)
     return scores.numpy()
 
 
@@ -100,12 +152,11 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
     params = {"layers": list(layers) if layers else None, "projection_dim": projection_dim, "seed": seed,
               "n_checkpoints": len(checkpoints)}
 
-    def featurizer():
-        return GradientFeaturizer(model, loss_fn, layers=layers, projection_dim=projection_dim, seed=seed,
-                                  batch_size=batch_size)
+    def gradients():
+        return _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, test)
 
     if n_jobs <= 1:
-        return InfluenceScores(_tracin_rows(featurizer(), checkpoints, train, test, chunk_size), "tracin", params)
+        return InfluenceScores(_tracin_rows(gradients(), checkpoints, train, test, chunk_size), "tracin", params)
     import ray
 
     from alloyml.raycluster import ensure_ray
@@ -117,7 +168,7 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
     @ray.remote
     def block(lo, hi, shared_refs):
         checkpoints_, test_ = shared_refs
-        return _tracin_rows(featurizer(), checkpoints_, (train[0][lo:hi], train[1][lo:hi]), test_, chunk_size)
+        return _tracin_rows(gradients(), checkpoints_, (train[0][lo:hi], train[1][lo:hi]), test_, chunk_size)
 
     parts = ray.get([block.remote(lo, hi, shared) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
                      if hi > lo])
@@ -133,14 +184,13 @@ def self_influence(model: torch.nn.Module, checkpoints: Sequence, train, loss_fn
     other method — the lowest-valued rows are the suspicious ones (likely mislabelled)."""
     checkpoints = _checkpoints(checkpoints)
     inputs, targets = _pair(train, "train")
-    featurizer = GradientFeaturizer(model, loss_fn, layers=layers, projection_dim=projection_dim, seed=seed,
-                                    batch_size=batch_size)
+    gradients = _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, (inputs, targets))
     total = torch.zeros(len(inputs), dtype=torch.float64)
     for checkpoint in checkpoints:
-        featurizer.load(checkpoint.state_dict)
+        gradients.load(checkpoint.state_dict)
         for start in range(0, len(inputs), batch_size):
-            grads = featurizer(inputs[start:start + batch_size], targets[start:start + batch_size]).double()
-            total[start:start + batch_size] += checkpoint.learning_rate * grads.pow(2).sum(dim=1)
+            features = gradients.features(inputs[start:start + batch_size], targets[start:start + batch_size])
+            total[start:start + batch_size] += checkpoint.learning_rate * gradients.squared_norms(features)
     n = len(inputs)
     return ValuationResult(values=-total.numpy(), stderr=np.zeros(n), counts=np.full(n, len(checkpoints)),
                            method="tracin_self_influence",

@@ -93,5 +93,8 @@ def open_page(page, url: str, expect_text: str, timeout_ms: float = 60_000) -> N
     page.goto(url, timeout=timeout_ms)
     page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
     page.get_by_text(expect_text, exact=False).first.wait_for(timeout=timeout_ms)
-    # Streamlit marks the app "running" while the script executes; wait until it is done.
-    page.wait_for_function('!document.querySelector(\'[data-testid="stStatusWidget"]\')', timeout=timeout_ms)
+    # Streamlit shows a status widget while the script runs, and skeletons until lazily loaded elements
+    # (charts, graphs, code) have drawn; wait for both to go.
+    page.wait_for_function(
+        '!document.querySelector(\'[data-testid="stStatusWidget"], [data-testid^="stSkeleton"]\')',
+        timeout=timeout_ms)

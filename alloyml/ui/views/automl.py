@@ -33,21 +33,21 @@ columns[3].metric(f"Total {cost_column}", f"{trials[cost_column].sum():.4g}")
 st.dataframe(trials, hide_index=True)
 
 left, right = st.columns(2)
-costed = scored.dropna(subset=[cost_column])
+# Vega-Lite reads dots in field names as nested access: the plots get plain column names.
+plot = pd.DataFrame({"trial": scored["trial"], "cost": scored[cost_column], "score": scored[metric]})
+costed = plot.dropna(subset=["cost"])
 if not costed.empty:
-    costed = costed.assign(front=analysis.pareto_mask(costed[cost_column], costed[metric], maximize))
+    costed = costed.assign(front=analysis.pareto_mask(costed["cost"], costed["score"], maximize))
     points = alt.Chart(costed).mark_circle(size=70).encode(
-        x=alt.X(f"{cost_column}:Q"), y=alt.Y(f"{metric}:Q", title=metric.removeprefix("metric."),
-                                            scale=alt.Scale(zero=False)),
-        color=alt.Color("front:N", title="Pareto front"), tooltip=list(costed.columns))
-    front = alt.Chart(costed[costed["front"]].sort_values(cost_column)).mark_line(interpolate="step-after").encode(
-        x=f"{cost_column}:Q", y=f"{metric}:Q")
+        x=alt.X("cost:Q", title=cost_column), y=alt.Y("score:Q", title=metric.removeprefix("metric."),
+                                                     scale=alt.Scale(zero=False)),
+        color=alt.Color("front:N", title="Pareto front"), tooltip=["trial", "cost", "score"])
+    front = alt.Chart(costed[costed["front"]].sort_values("cost")).mark_line(interpolate="step-after").encode(
+        x="cost:Q", y="score:Q")
     left.altair_chart((points + front).properties(height=280, title=f"Score vs {cost_column}"), width="stretch")
-progress = scored.sort_values("trial").assign(
-    best=lambda t: t[metric].cummax() if maximize else t[metric].cummin())
+progress = plot.sort_values("trial").assign(best=lambda t: t["score"].cummax() if maximize else t["score"].cummin())
 right.altair_chart(
-    (alt.Chart(progress).mark_circle(opacity=0.5).encode(x="trial:Q",
-                                                         y=alt.Y(f"{metric}:Q", scale=alt.Scale(zero=False)))
+    (alt.Chart(progress).mark_circle(opacity=0.5).encode(x="trial:Q", y=alt.Y("score:Q", scale=alt.Scale(zero=False)))
      + alt.Chart(progress).mark_line(color="#e53935").encode(x="trial:Q", y="best:Q"))
     .properties(height=280, title="Best so far"),
     width="stretch")
@@ -63,5 +63,5 @@ if param_columns and len(scored) >= 3:
         alt.Chart(pd.DataFrame({"parameter": importance.index, "importance": importance.values})).mark_bar().encode(
             x=alt.X("importance:Q", scale=alt.Scale(domain=[0, 1])), y=alt.Y("parameter:N", sort="-x", title=None),
             tooltip=["parameter", alt.Tooltip("importance:Q", format=".3f")])
-        .properties(height=40 + 28 * len(importance)),
+        .properties(height=90 + 34 * len(importance)),
         width="stretch")

@@ -82,7 +82,7 @@ def request_log() -> None:
         alt.Chart(hits).mark_bar().encode(
             x=alt.X("hit rate:Q", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("stage:N", sort=None, title=None), tooltip=["stage", alt.Tooltip("hit rate:Q", format=".1%")])
-        .properties(height=40 + 30 * len(hits), title="Where requests were answered"),
+        .properties(height=220, title="Where requests were answered"),
         width="stretch")
     window = max(1, min(200, len(requests) // 20))
     trend = pd.DataFrame({"request": range(len(requests)),
@@ -90,7 +90,7 @@ def request_log() -> None:
     right.altair_chart(
         (alt.Chart(trend).mark_line().encode(x="request:Q", y="mean cost:Q")
          + alt.Chart(pd.DataFrame({"budget": [cascade.budget]})).mark_rule(color="#e53935", strokeDash=[4, 4])
-         .encode(y="budget:Q")).properties(height=40 + 30 * len(hits), title=f"Cost (rolling mean of {window})"),
+         .encode(y="budget:Q")).properties(height=220, title=f"Cost (rolling mean of {window})"),
         width="stretch")
     st.dataframe(hits.assign(**{"hit rate": (rates * 100).round(2)}).rename(columns={"hit rate": "hit rate %"}),
                  hide_index=True)

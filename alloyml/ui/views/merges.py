@@ -61,7 +61,8 @@ scores = pd.DataFrame([{"model": label, "task": task, "score": float(value)}
 layout.stop_unless(not scores.empty, "No per-task scores recorded on these models yet.")
 st.altair_chart(
     alt.Chart(scores).mark_bar().encode(
-        x=alt.X("task:N", title=None), xOffset="model:N", y=alt.Y("score:Q"), color=alt.Color("model:N"),
+        x=alt.X("task:N", title=None, axis=alt.Axis(labelAngle=0)), xOffset="model:N", y=alt.Y("score:Q"),
+        color=alt.Color("model:N"),
         tooltip=["model", "task", alt.Tooltip("score:Q", format=".4f")]).properties(height=280),
     width="stretch")
 table = scores.pivot(index="task", columns="model", values="score")

@@ -51,7 +51,8 @@ else:
         uniform = float(load["load"].mean())
         st.metric("Busiest expert ÷ uniform share", f"{load['load'].max() / uniform:.2f}" if uniform else "—")
         st.altair_chart(
-            (alt.Chart(load).mark_bar().encode(x="expert:O", y="load:Q", tooltip=["expert", "load"])
+            (alt.Chart(load).mark_bar().encode(x=alt.X("expert:O", axis=alt.Axis(labelAngle=0)), y="load:Q",
+                                               tooltip=["expert", "load"])
              + alt.Chart(pd.DataFrame({"uniform": [uniform]})).mark_rule(strokeDash=[4, 4]).encode(y="uniform:Q"))
             .properties(height=240),
             width="stretch")
@@ -72,5 +73,5 @@ for topic, title in (("kernels", "Kernel benchmarks"), ("generation", "Generatio
             alt.Chart(ratios).mark_bar().encode(
                 x=alt.X("ratio:Q", title="ratio (> 1: alloyml ahead)"), y=alt.Y("case:N", sort="-x", title=None),
                 tooltip=[c for c in ("case", "ratio", "target", "met") if c in ratios])
-            .properties(height=40 + 24 * len(ratios)),
+            .properties(height=90 + 28 * len(ratios)),
             width="stretch")

@@ -23,7 +23,7 @@ st.altair_chart(
         x=alt.X("runs:Q", title="runs"), y=alt.Y("kind:N", sort="-x", title=None),
         color=alt.Color("status:N", scale=alt.Scale(domain=["done", "running", "failed"],
                                                    range=["#66bb6a", "#42a5f5", "#ef5350"])),
-        tooltip=["kind", "status", "runs"]).properties(height=40 + 28 * counts["kind"].nunique()),
+        tooltip=["kind", "status", "runs"]).properties(height=90 + 34 * counts["kind"].nunique()),
     width="stretch")
 
 st.subheader("Recent runs")

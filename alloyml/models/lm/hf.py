@@ -43,15 +43,16 @@ class HFCausalLM(LanguageModel):
         self.batch_size = batch_size
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> HFCausalLM:
-        """Load a local model folder (config.json, safetensors, tokenizer files); nothing is downloaded."""
+    def from_pretrained(cls, path: str | Path, device: str = "cpu", **kwargs) -> HFCausalLM:
+        """Load a local model folder (config.json, safetensors, tokenizer files) onto `device`; nothing is
+        downloaded."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(path)
         if not (path / "config.json").is_file():
             raise NotFoundError(f"model folder {path} has no config.json")
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
         kwargs.setdefault("name", path.name)
         return cls(model, tokenizer, **kwargs)
 
@@ -81,8 +82,9 @@ class HFCausalLM(LanguageModel):
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id
         width = max(len(ids) for ids in encoded)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded])  # [B, T]
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])  # [B, T]
+        device = self.model.device
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)  # [B, T]
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
         samples = 1 if params.greedy else params.n
         kwargs = dict(
             max_new_tokens=params.max_tokens,
@@ -94,7 +96,7 @@ class HFCausalLM(LanguageModel):
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnText(self.tokenizer, params.stop, width)]
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)

@@ -107,18 +107,17 @@ def make_case(case: OpCase, B, T, H, K, V, scale=1.0, seed=0):
     return inputs, h0
 
 
-def run_with_grads(case: OpCase, inputs: dict, h0, dtype, backend, **kw):
-    """Forward + backward of a fixed random projection of (o, final_state).
+def run_with_grads(case: OpCase, inputs: dict, h0, dtype, backend, device="cpu", **kw):
+    """Forward + backward of a fixed random projection of (o, final_state) on `device`.
 
-    Returns {"o", "final_state", "d<name>" for each input, "dinitial_state"} as float64."""
-    leaves = {n: x.detach().to(dtype).requires_grad_() for n, x in inputs.items()}
-    h0_leaf = h0.detach().to(dtype).requires_grad_()
+    Returns {"o", "final_state", "d<name>" for each input, "dinitial_state"} as float64 on the CPU."""
+    leaves = {n: x.detach().to(device, dtype).requires_grad_() for n, x in inputs.items()}
+    h0_leaf = h0.detach().to(device, dtype).requires_grad_()
     o, state = case(leaves, initial_state=h0_leaf, backend=backend, **kw)
     gen = torch.Generator().manual_seed(123)
-    w_o = torch.randn(o.shape, generator=gen, dtype=torch.float64)
-    w_s = torch.randn(state.shape, generator=gen, dtype=torch.float64)
+    w_o = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(device)
+    w_s = torch.randn(state.shape, generator=gen, dtype=torch.float64).to(device)
     ((o.double() * w_o).sum() + (state.double() * w_s).sum()).backward()
-    out = {"o": o.detach().double(), "final_state": state.detach().double()}
-    out.update({f"d{n}": x.grad.double() for n, x in leaves.items()})
-    out["dinitial_state"] = h0_leaf.grad.double()
-    return out
+    out = {"o": o, "final_state": state, **{f"d{n}": x.grad for n, x in leaves.items()}}
+    out["dinitial_state"] = h0_leaf.grad
+    return {key: x.detach().double().cpu() for key, x in out.items()}

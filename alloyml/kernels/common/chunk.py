@@ -79,9 +79,9 @@ def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
 
 
 def _triton_engine(*args):
-    from alloyml.kernels.common.chunk_triton import chunk_gated_triton
+    from alloyml.kernels.common.fused_recurrent_triton import fused_recurrent_gated_triton
 
-    return chunk_gated_triton(*args)
+    return fused_recurrent_gated_triton(*args)
 
 
 ENGINES = {"chunk": chunk_gated_torch, "triton": _triton_engine}

@@ -1,0 +1,68 @@
+"""The Triton kernels, run by Triton's CPU interpreter (TRITON_INTERPRET=1), against the naive recurrence.
+
+The interpreter is slow (a Python call per op per step), so shapes are tiny; block sizes stay >= 16 in
+the kernels so the same code compiles on a GPU. On a CUDA machine the `gpu` tests run the same checks
+on the device."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+# Triton reads TRITON_INTERPRET when a kernel is first defined, so the interpreter tests run in a child
+# process that sets it before importing anything; the child runs this very file's `main`.
+CHILD_CODE = """
+import sys
+sys.path.insert(0, {here!r})
+import torch
+from kernel_cases import OPS, make_case, rel_rms, run_with_grads
+from test_chunk import assert_matches_naive
+
+for name in {names!r}:
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=2, T=13, H=2, K=20, V=12, scale=10.0, seed=1)
+    assert_matches_naive(case, inputs, h0, backend="triton")
+    if name == "gla":  # packed sequences and float16 inputs through the kernels
+        lengths = [5, 1, 7]
+        cu = torch.tensor([0, 5, 6, 13])
+        packed = {{n: (x[:1] if n in case.time_args else x).float() for n, x in inputs.items()}}
+        h = h0[:1].float().repeat(3, 1, 1, 1)
+        o, s = case(packed, initial_state=h, cu_seqlens=cu, backend="triton")
+        want_o, want_s = case(packed, initial_state=h, cu_seqlens=cu, backend="naive")
+        assert rel_rms(o, want_o) <= 1e-5 and rel_rms(s, want_s) <= 1e-5
+        half = {{n: x.half() for n, x in inputs.items()}}
+        o, s = case(half, initial_state=h0.float(), backend="triton")
+        want_o, _ = case({{n: x.double() for n, x in half.items()}}, initial_state=h0, backend="naive")
+        assert o.dtype == torch.float16 and rel_rms(o, want_o) <= 2e-3
+    print("ok", name, flush=True)
+"""
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("names", [("gla",), ("linear_attn", "linear_attn_decay_norm"), ("selective_scan",)])
+def test_triton_interpreter_matches_naive(names):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = CHILD_CODE.format(here=str(HERE), names=list(names))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok ") == len(names)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["gla", "linear_attn", "linear_attn_decay_norm", "selective_scan"])
+@pytest.mark.parametrize(("T", "K", "V", "scale"), [(63, 60, 20, 1.0), (200, 64, 64, 10.0)])
+def test_triton_on_gpu_matches_naive(name, T, K, V, scale):
+    from kernel_cases import OPS, make_case
+    from test_chunk import assert_matches_naive
+
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=2, T=T, H=2, K=K, V=V, scale=scale)
+    assert_matches_naive(case, inputs, h0, backend="triton", device="cuda")

@@ -1,0 +1,162 @@
+"""Training data generated on the fly, fully offline: synthetic tasks and windows of a local text file.
+
+Each task samples `(inputs, targets)`: LongTensors [n, T], with `targets[:, t]` the token that should
+follow `inputs[:, :t + 1]` and IGNORE_INDEX (-100) where nothing is scored. `batches(task, batch_size,
+seed)` returns `batch(step)`, a pure function of (seed, step): a resumed run sees exactly the batches of
+an uninterrupted one, and data-parallel workers can each take their slice of the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alloyml.errors import InvalidInputError, NotFoundError
+from alloyml.models.model import IGNORE_INDEX
+
+TASKS: dict[str, type] = {}
+
+
+def register_task(name: str):
+    def register(cls):
+        TASKS[name] = cls
+        cls.name = name
+        return cls
+
+    return register
+
+
+def make_task(name: str, **kwargs):
+    if name not in TASKS:
+        raise InvalidInputError(f"unknown task {name!r}; known: {sorted(TASKS)}")
+    return TASKS[name](**kwargs)
+
+
+def batches(task, batch_size: int, seed: int = 0) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """`batch(step) -> (inputs, targets)` of `batch_size` examples, determined by (seed, step)."""
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+
+    def batch(step: int):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return task.sample(batch_size, generator)
+
+    return batch
+
+
+def _interleave(a, b):
+    """[n, P], [n, P] -> [n, 2P]: a0 b0 a1 b1 ..."""
+    return torch.stack([a, b], dim=-1).flatten(1)
+
+
+@register_task("mqar")
+@dataclass(frozen=True)
+class MQAR:
+    """Multi-query associative recall (Zoology, Arora et al. 2023): `n_pairs` key-value pairs, then every
+    key again in a random order, each followed by its value. Only the values after the queries are scored,
+    so chance accuracy is 1 / n_values and chance loss ln(n_values).
+
+    Tokens: 0 unused, keys 1..n_keys, values n_keys + 1..n_keys + n_values; sequence length 4 * n_pairs."""
+
+    n_pairs: int = 8
+    n_keys: int = 32
+    n_values: int = 32
+
+    def __post_init__(self):
+        if not 1 <= self.n_pairs <= self.n_keys:
+            raise InvalidInputError(f"n_pairs must be in [1, n_keys={self.n_keys}], got {self.n_pairs}")
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + self.n_keys + self.n_values
+
+    def sample(self, n: int, generator: torch.Generator):
+        P = self.n_pairs
+        keys = torch.rand(n, self.n_keys, generator=generator).argsort(-1)[:, :P] + 1  # [n, P] distinct
+        values = torch.randint(self.n_values, (n, P), generator=generator) + 1 + self.n_keys
+        order = torch.rand(n, P, generator=generator).argsort(-1)
+        queries, answers = keys.gather(1, order), values.gather(1, order)
+        inputs = torch.cat([_interleave(keys, values), _interleave(queries, answers)], dim=1)  # [n, 4P]
+        targets = torch.full_like(inputs, IGNORE_INDEX)
+        targets[:, 2 * P :: 2] = answers  # after each query key comes its value
+        return inputs, targets
+
+
+@register_task("selective_copy")
+@dataclass(frozen=True)
+class SelectiveCopy:
+    """Selective copying (Mamba, Gu & Dao 2023): `n_tokens` data tokens scattered among `length` noise
+    tokens, then a marker, then the data tokens in order (scored).
+
+    Tokens: 0 noise, 1 marker, data 2..n_symbols + 1; sequence length length + 1 + n_tokens."""
+
+    length: int = 32
+    n_tokens: int = 4
+    n_symbols: int = 8
+
+    def __post_init__(self):
+        if not 1 <= self.n_tokens <= self.length:
+            raise InvalidInputError(f"n_tokens must be in [1, length={self.length}], got {self.n_tokens}")
+
+    @property
+    def vocab_size(self) -> int:
+        return 2 + self.n_symbols
+
+    def sample(self, n: int, generator: torch.Generator):
+        data = torch.randint(self.n_symbols, (n, self.n_tokens), generator=generator) + 2
+        places = torch.rand(n, self.length, generator=generator).argsort(-1)[:, : self.n_tokens].sort(-1).values
+        noise = torch.zeros(n, self.length, dtype=torch.long).scatter(1, places, data)
+        inputs = torch.cat([noise, torch.ones(n, 1, dtype=torch.long), data], dim=1)
+        targets = torch.full_like(inputs, IGNORE_INDEX)
+        targets[:, self.length : self.length + self.n_tokens] = data  # the marker and each copy predict
+        return inputs, targets
+
+
+@register_task("arithmetic")
+@dataclass(frozen=True)
+class Arithmetic:
+    """Byte-level sums "a+b=c\\n" with operands below 10 ** digits; the answer and newline are scored.
+    Shorter problems are right-padded with spaces (not scored)."""
+
+    digits: int = 2
+
+    vocab_size = 256
+
+    def sample(self, n: int, generator: torch.Generator):
+        operands = torch.randint(10**self.digits, (n, 2), generator=generator).tolist()
+        width = 4 * self.digits + 4  # "a+b=" is at most 2 * digits + 2 and the answer digits + 2
+        inputs = torch.full((n, width), ord(" "), dtype=torch.long)
+        targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        for i, (a, b) in enumerate(operands):
+            question, answer = f"{a}+{b}=".encode(), f"{a + b}\n".encode()
+            text = torch.tensor(list(question + answer))
+            inputs[i, : len(text)] = text
+            targets[i, len(question) - 1 : len(text) - 1] = text[len(question) :]
+        return inputs, targets
+
+
+@register_task("text_file")
+@dataclass(frozen=True)
+class TextFile:
+    """Random windows of `seq_len` bytes from a local file, every next byte scored."""
+
+    path: str
+    seq_len: int = 128
+
+    vocab_size = 256
+
+    def __post_init__(self):
+        path = Path(self.path)
+        if not path.is_file():
+            raise NotFoundError(f"text file {self.path!r} does not exist")
+        if path.stat().st_size < self.seq_len + 1:
+            raise InvalidInputError(f"{self.path} holds fewer than seq_len + 1 = {self.seq_len + 1} bytes")
+
+    def sample(self, n: int, generator: torch.Generator):
+        data = torch.frombuffer(bytearray(Path(self.path).read_bytes()), dtype=torch.uint8)
+        starts = torch.randint(len(data) - self.seq_len, (n,), generator=generator)
+        windows = torch.stack([data[s : s + self.seq_len + 1] for s in starts.tolist()]).long()
+        return windows[:, :-1], windows[:, 1:]

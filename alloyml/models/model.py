@@ -1,0 +1,140 @@
+"""The language model, top to bottom: embedding -> n_layers blocks -> norm -> untied LM head.
+
+A block is `x + mixer(norm(x))` then `x + ffn(norm(x))` (pre-norm residual). The mixer is one of
+`mixers.MIXERS`; the feed-forward an MLP, a Mixture-of-Experts or nothing (`ffn="none"`).
+
+`forward(ids)` runs whole sequences (training, prompt prefill); `step(ids, states)` one token per
+sequence (decoding). Both return the per-layer states that continue the sequences, and for the same
+tokens they give the same logits.
+
+Parameter names (the safetensors keys, plain and untied):
+`embed.weight`, `blocks.{i}.mixer_norm.weight`, `blocks.{i}.mixer.*`, `blocks.{i}.ffn_norm.weight`,
+`blocks.{i}.ffn.fc_in.*` / `fc_out.*` (MLP) or `blocks.{i}.ffn.router.weight` and
+`blocks.{i}.ffn.experts.{e}.fc_in.*` / `fc_out.*` (MoE), `norm.weight`, `lm_head.weight`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alloyml.models.config import ModelConfig
+from alloyml.models.mixers import MIXERS
+from alloyml.models.moe import FFNS, MoE
+
+IGNORE_INDEX = -100  # target value that does not count in the loss
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.mixer_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mixer = MIXERS[cfg.mixer](cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.ffn != "none" else None
+        self.ffn = FFNS[cfg.ffn](cfg) if cfg.ffn != "none" else None
+
+    def _feed_forward(self, x):
+        """x + ffn(norm(x)) and the MoE auxiliary loss (0 without MoE)."""
+        if self.ffn is None:
+            return x, x.new_zeros((), dtype=torch.float32)
+        if isinstance(self.ffn, MoE):
+            y, aux = self.ffn(self.ffn_norm(x))
+            return x + y, aux
+        return x + self.ffn(self.ffn_norm(x)), x.new_zeros((), dtype=torch.float32)
+
+    def forward(self, x, state=None):  # x: [B, T, D]
+        y, state = self.mixer(self.mixer_norm(x), state)
+        x, aux = self._feed_forward(x + y)
+        return x, state, aux
+
+    def step(self, x, state=None):  # x: [B, D]
+        y, state = self.mixer.step(self.mixer_norm(x), state)
+        x, _ = self._feed_forward(x + y)
+        return x, state
+
+
+@dataclass
+class LMOutput:
+    """logits: [B, T, vocab]; states: one per block, continuing each sequence; aux_loss: the summed MoE
+    load-balancing losses (unweighted); loss: mean cross-entropy over non-ignored targets plus
+    `aux_loss_weight * aux_loss`, when targets were given."""
+
+    logits: torch.Tensor
+    states: list
+    aux_loss: torch.Tensor
+    loss: torch.Tensor | None = None
+
+
+class LinearLM(nn.Module):
+    """A causal language model over `cfg.vocab_size` tokens."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(_init_weights)
+
+    def forward(self, ids, states=None, targets=None) -> LMOutput:
+        """ids: [B, T] token ids; states: from a previous call (None: new sequences); targets: [B, T]
+        next-token ids, IGNORE_INDEX where no loss is wanted."""
+        x = self.embed(ids)  # [B, T, D]
+        states = states or [None] * len(self.blocks)
+        new_states, aux = [], x.new_zeros((), dtype=torch.float32)
+        for block, state in zip(self.blocks, states, strict=True):
+            x, state, block_aux = block(x, state)
+            new_states.append(state)
+            aux = aux + block_aux
+        logits = self.lm_head(self.norm(x))  # [B, T, vocab]
+        loss = None
+        if targets is not None:
+            ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = ce + self.config.aux_loss_weight * aux
+        return LMOutput(logits, new_states, aux, loss)
+
+    def step(self, ids, states=None):
+        """ids: [B] one token per sequence -> (logits [B, vocab], states)."""
+        x = self.embed(ids)  # [B, D]
+        states = states or [None] * len(self.blocks)
+        new_states = []
+        for block, state in zip(self.blocks, states, strict=True):
+            x, state = block.step(x, state)
+            new_states.append(state)
+        return self.lm_head(self.norm(x)), new_states
+
+    def select_states(self, states, index):
+        """Keep the sequences at `index` ([n] long) of every block's state."""
+        return [b.mixer.select_state(s, index) for b, s in zip(self.blocks, states, strict=True)]
+
+    def cat_states(self, states_list):
+        """Concatenate the states of several batches of sequences into one batch."""
+        per_block = zip(*states_list, strict=True)  # [batch][block] -> [block][batch]
+        return [b.mixer.cat_states(list(group)) for b, group in zip(self.blocks, per_block, strict=True)]
+
+    def moe_stats(self):
+        """RoutingStats of each MoE layer's last forward (empty without MoE)."""
+        return [b.ffn.last_stats_ for b in self.blocks if isinstance(b.ffn, MoE) and b.ffn.last_stats_]
+
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count; `active`: only what one token uses (top_k of the experts in each MoE layer)."""
+        total = sum(p.numel() for p in self.parameters())
+        if active:
+            for b in self.blocks:
+                if isinstance(b.ffn, MoE):
+                    per_expert = sum(p.numel() for p in b.ffn.experts[0].parameters())
+                    total -= per_expert * (len(b.ffn.experts) - b.ffn.top_k)
+        return total
+
+
+def _init_weights(module):
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=0.02)

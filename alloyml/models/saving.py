@@ -1,0 +1,80 @@
+"""A model on disk: a directory with `model.safetensors` (the state dict under its plain parameter names,
+see model.py; no tied or shared tensors, so every name is stored once) and `config.json`:
+
+    {"architecture": "alloyml.LinearLM", "mixer": "mamba", "ffn": "moe", "num_params": 1234,
+     "num_active_params": 1000, "format_version": 1, "config": {...ModelConfig fields...}}
+
+This is the Hugging Face-style layout that `alloyml.merging` and mergekit's raw-state-dict path read.
+Derived tensors (RetNet's fixed decays) are not stored: they are rebuilt from the config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
+
+ARCHITECTURE = "alloyml.LinearLM"
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_model(model, directory, metadata: dict | None = None) -> Path:
+    """Write `model` (a LinearLM) to `directory` (created if needed); returns the directory.
+
+    metadata: extra JSON-serialisable fields for config.json (e.g. the training step)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    info = {
+        "architecture": ARCHITECTURE,
+        "mixer": cfg.mixer,
+        "ffn": cfg.ffn,
+        "num_params": model.num_params(),
+        "num_active_params": model.num_params(active=True),
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        **(metadata or {}),
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return directory
+
+
+def load_config(directory):
+    """The ModelConfig stored in `directory`/config.json."""
+    from alloyml.models.config import ModelConfig
+
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise NotFoundError(f"{directory} has no {CONFIG_FILE}; expected a directory written by save_model")
+    info = json.loads(path.read_text())
+    if info.get("architecture") != ARCHITECTURE or "config" not in info:
+        raise ConfigError(f"{path} does not describe an {ARCHITECTURE} (architecture={info.get('architecture')!r})")
+    return ModelConfig.from_dict(info["config"])
+
+
+def load_model(directory, device="cpu"):
+    """The LinearLM saved in `directory`, in eval mode, with exactly the saved tensors."""
+    from safetensors.torch import load_file
+
+    from alloyml.models.model import LinearLM
+
+    cfg = load_config(directory)
+    weights = Path(directory) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise NotFoundError(f"{directory} has no {WEIGHTS_FILE}")
+    model = LinearLM(cfg)
+    state = load_file(str(weights))
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise InvalidInputError(
+            f"{weights} does not match its config: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    model.load_state_dict(state)
+    return model.to(device).eval()

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+import torch
+
+from alloyml.errors import ConfigError, NotFoundError
+from alloyml.merging.checkpoints import open_checkpoint
+from alloyml.models.config import ModelConfig
+from alloyml.models.model import LinearLM
+from alloyml.models.saving import load_model, save_model
+
+
+@pytest.mark.parametrize("name", ["moe-mamba", "retnet", "rwkv"])
+def test_save_load_round_trips_exactly(tmp_path, name):
+    torch.manual_seed(0)
+    cfg = ModelConfig.named(name, vocab_size=50, d_model=32, n_layers=2, n_heads=2, n_experts=4)
+    model = LinearLM(cfg).eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config == cfg
+    original = model.state_dict()
+    assert set(loaded.state_dict()) == set(original)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, original[key]), key
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+    info = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert info["num_params"] == sum(p.numel() for p in model.parameters())
+    assert info["mixer"] == cfg.mixer and info["config"]["d_model"] == 32
+    if cfg.ffn == "moe":  # one of four experts active per token
+        expert = sum(p.numel() for p in model.blocks[0].ffn.experts[0].parameters())
+        assert info["num_active_params"] == info["num_params"] - 2 * 3 * expert
+
+
+def test_layout_is_readable_by_the_merging_code(tmp_path):
+    model = LinearLM(ModelConfig(mixer="gla", vocab_size=30, d_model=32, n_layers=1, n_heads=2))
+    save_model(model, tmp_path / "m")
+    checkpoint = open_checkpoint(tmp_path / "m")
+    assert set(checkpoint.infos) == set(model.state_dict())
+    assert torch.equal(checkpoint.read("lm_head.weight"), model.lm_head.weight.detach())
+    assert "embed.weight" in checkpoint.infos  # untied: the embedding is stored apart from the head
+
+
+def test_bad_directories_are_refused(tmp_path):
+    with pytest.raises(NotFoundError, match="config.json"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "llama"}))
+    with pytest.raises(ConfigError, match="architecture"):
+        load_model(tmp_path)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="mixer"):
+        ModelConfig(mixer="lstm")
+    with pytest.raises(ConfigError, match="top_k"):
+        ModelConfig(top_k=9, n_experts=8)
+    with pytest.raises(ConfigError, match="unknown model config"):
+        ModelConfig.named("gpt5")
+    assert ModelConfig.from_dict(ModelConfig.named("moe-mamba").to_dict()).ffn == "moe"

@@ -35,6 +35,7 @@ from alloyml.workflows.graph import Input, StepRef, Workflow
 HEARTBEAT_S = 2.0
 LEASE_S = 30.0
 POLL_S = 0.2
+CANCEL_ROUNDS = 10
 TERMINAL = ("done", "failed", "cancelled")
 
 
@@ -122,11 +123,13 @@ class Driver:
         not_before: dict[str, float] = {}
         running: dict = {}  # ObjectRef of the outcome -> (step name, ObjectRef of the output)
         failed: str | None = None
-        last_beat = time.monotonic()
+        last_beat = last_cancel_check = time.monotonic()
         while True:
-            if store.get_workflow(self.id).status == "cancelling":
-                return self._cancel(running)
             now = time.monotonic()
+            if now - last_cancel_check >= POLL_S:  # a cancel request is seen within POLL_S
+                if store.get_workflow(self.id).status == "cancelling":
+                    return self._cancel(running)
+                last_cancel_check = now
             if failed is None:
                 for name in [n for n in pending if not_before.get(n, 0.0) <= now
                              and all(d in self.done for d in nodes[n].depends_on)]:
@@ -224,8 +227,15 @@ class Driver:
     def _cancel(self, running: dict) -> str:
         import ray
 
-        for outcome_ref in running:
-            ray.cancel(outcome_ref, force=True)
+        # Ray's cancel is best effort: one sent while a task is being handed to a worker can be lost, so
+        # cancel again until every task has ended (killed workers end their tasks at once).
+        unfinished = list(running)
+        for _ in range(CANCEL_ROUNDS):
+            if not unfinished:
+                break
+            for outcome_ref in unfinished:
+                ray.cancel(outcome_ref, force=True)
+            _, unfinished = ray.wait(unfinished, num_returns=len(unfinished), timeout=1.0)
         self.store.settle_workflow(self.id, "cancelled", steps_from=("pending", "running"), steps_to="cancelled",
                                    step_error="cancelled by request", error="cancelled by request")
         return "cancelled"

@@ -75,11 +75,15 @@ def linear_factors(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Lin
 
 
 def gram(left: list, right: list) -> torch.Tensor:
-    """Σ_layers (A_l A_rᵀ) ⊙ (Δ_l Δ_rᵀ): the matrix of gradient inner products [n_left, n_right]."""
-    return sum((a_l.double() @ a_r.double().T) * (d_l.double() @ d_r.double().T)
-               for (a_l, d_l), (a_r, d_r) in zip(left, right, strict=True))
+    """Σ_layers (A_l A_rᵀ) ⊙ (Δ_l Δ_rᵀ): the matrix of gradient inner products [n_left, n_right], computed in
+    the model's dtype and returned as float64."""
+    total = None
+    for (a_l, d_l), (a_r, d_r) in zip(left, right, strict=True):
+        term = (a_l @ a_r.T).mul_(d_l @ d_r.T)
+        total = term if total is None else total.add_(term)
+    return total.double()
 
 
 def squared_norms(factors: list) -> torch.Tensor:
     """||grad(i)||² for each example of the batch: Σ_layers ||a_i||² ||δ_i||²."""
-    return sum(a.double().pow(2).sum(1) * d.double().pow(2).sum(1) for a, d in factors)
+    return sum(a.pow(2).sum(1) * d.pow(2).sum(1) for a, d in factors).double()

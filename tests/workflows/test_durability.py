@@ -85,3 +85,24 @@ def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path
     assert attempts == {"load": 1, "scale": 1, "scale_2": 2, "total": 1}
     runs = [r for r in platform.store.list_runs(kind="workflow") if r.workflow_id == workflow_id]
     assert sorted(r.status for r in runs) == ["done", "running"]  # the killed driver's run never finished
+
+
+def test_detached_driver_process_finishes_the_workflow(platform, log, tmp_path, ray_session, monkeypatch):
+    """submit(detach=True) drives the workflow in a separate `alloyml workflow resume` process."""
+    from alloyml.workflows import submit
+
+    if not platform.settings.db_url.startswith("sqlite"):
+        pytest.skip("the detached process is exercised once, on SQLite")
+    monkeypatch.setenv("ALLOYML_RAY_ADDRESS", ray_session.get_runtime_context().gcs_address)
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    gate = tmp_path / "gate"
+    gate.touch()
+    handle = submit(platform, gated_diamond(log, str(gate)), {"n": 4}, detach=True)
+    result = handle.result(timeout=180)
+    x = np.arange(4.0)
+    assert result["sum"] == float(5 * x.sum())
+    assert sorted(tag for tag, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
+    runs = [r for r in platform.store.list_runs(kind="workflow") if r.workflow_id == handle.id]
+    assert [r.status for r in runs] == ["done"]
+    lease = platform.store.workflow_lease(handle.id)
+    assert lease.driver is None  # the detached driver released its lease when it finished

@@ -26,8 +26,15 @@ from alloyml.valuation.utility import Utility
 PROBE_ROWS = 200
 
 
-def _dense(x) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+def _dense(x, dtype=np.float64) -> np.ndarray:
+    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=dtype)
+
+
+def _same_rows(a: np.ndarray, b: np.ndarray) -> bool:
+    """Numeric outputs up to rounding; others (strings from an imputer inside a ColumnTransformer) exactly."""
+    if a.dtype.kind in "biufc" and b.dtype.kind in "biufc":
+        return np.allclose(a, b, rtol=1e-5, atol=1e-8, equal_nan=True)
+    return np.array_equal(a.astype(str), b.astype(str))
 
 
 def _probe(step, x, path: str):
@@ -55,12 +62,12 @@ def _probe(step, x, path: str):
         raise InvalidInputError(f"pipeline step {path!r} ({type(step).__name__}) has no transform()")
     n = x.shape[0]
     half = np.arange(n)[::-2]  # every other row, reversed: a different batch in a different order
-    whole = _dense(step.transform(x))
-    part = _dense(step.transform(_safe_indexing(x, half)))
+    whole = _dense(step.transform(x), dtype=None)
+    part = _dense(step.transform(_safe_indexing(x, half)), dtype=None)
     if whole.shape[0] != n or part.shape[0] != half.size:
         raise InvalidInputError(f"pipeline step {path!r} ({type(step).__name__}) changes the number of rows; "
                                 "only row-wise transforms are supported")
-    if not np.allclose(whole[half], part, rtol=1e-5, atol=1e-8, equal_nan=True):
+    if not _same_rows(whole[half], part):
         raise InvalidInputError(f"pipeline step {path!r} ({type(step).__name__}) is not row-wise: its output "
                                 "for a row depends on the other rows transformed with it")
 

@@ -7,6 +7,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer
 from sklearn.dummy import DummyClassifier
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -53,7 +54,8 @@ def frame():
 
 
 def _column_pipeline(final=None):
-    pre = ColumnTransformer([("num", StandardScaler(), ["a", "b"]), ("cat", OneHotEncoder(), ["color"])])
+    categorical = make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder())  # strings inside
+    pre = ColumnTransformer([("num", StandardScaler(), ["a", "b"]), ("cat", categorical, ["color"])])
     return make_pipeline(pre, final or KNeighborsClassifier(5))
 
 

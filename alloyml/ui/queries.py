@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from alloyml.errors import NotFoundError
 from alloyml.platform import entities as e
 from alloyml.platform.client import Platform
 from alloyml.platform.settings import Settings
@@ -23,7 +24,7 @@ TTL_SECONDS = 30
 BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # Rank correlations and noisy-label detection of large runs read the values of a random sample of points
 # this large (by primary key), never every value of a million-point run.
-SAMPLE_POINTS = 5_000
+SAMPLE_POINTS = 2_000
 
 StoreKey = tuple[str, str]
 
@@ -113,10 +114,22 @@ def dataset(key: StoreKey, dataset_id: int) -> e.Dataset:
     return _store(key).get_dataset(dataset_id)
 
 
-@st.cache_resource(show_spinner=False, ttl=600, max_entries=4)
 def _dataset_arrays(key: StoreKey, dataset_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-    # A resource, not data: the rows can be large and must not be copied on every cache hit.
-    return platform(key).load_dataset(dataset_id)
+    """The dataset's x and y, memory-mapped: a page reads a few rows of a million without loading them."""
+    info = dataset(key, dataset_id)
+    if info.artifact is None:
+        raise NotFoundError(f"dataset {dataset_id} has no stored rows")
+    artifacts = platform(key).artifacts
+    parts = artifacts.get_json(info.artifact)  # {"x": key, "y": key} as `Platform.register_dataset` writes it
+
+    def mapped(name: str) -> np.ndarray | None:
+        if name not in parts:
+            return None
+        if not artifacts.exists(parts[name]):
+            raise NotFoundError(f"dataset {dataset_id}: artifact {parts[name]!r} is missing")
+        return np.load(artifacts.path_of(parts[name]), mmap_mode="r", allow_pickle=False)
+
+    return mapped("x"), mapped("y")
 
 
 def dataset_rows(key: StoreKey, dataset_id: int, indices: np.ndarray) -> pd.DataFrame:
@@ -185,7 +198,7 @@ def cascades(key: StoreKey) -> list[e.Cascade]:
 
 
 @st.cache_data(ttl=5, show_spinner=False)
-def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 5_000) -> pd.DataFrame:
+def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 2_000) -> pd.DataFrame:
     """The latest `limit` requests, oldest first (a short TTL: this is the live view)."""
     requests = _store(key).cascade_requests(cascade_id, limit=limit)[::-1]
     return pd.DataFrame({

@@ -122,9 +122,14 @@ def _follow(platform, handle, *, quiet: bool) -> int:
     from alloyml.workflows.display import watch
 
     console = Console()
-    if not quiet:
-        watch(platform.store, handle.id, console)
-    status = handle.wait()
+    try:
+        if not quiet:
+            watch(platform.store, handle.id, console)
+        status = handle.wait()
+    except KeyboardInterrupt:
+        handle.stop_driving()
+        console.print(f"stopped driving workflow {handle.id}; finish it with `alloyml workflow resume {handle.id}`")
+        raise
     workflow = platform.store.get_workflow(handle.id)
     if quiet:
         return 0 if status == "done" else 1

@@ -23,9 +23,11 @@ from alloyml.workflows.graph import Workflow
 class WorkflowHandle:
     """A submitted workflow: `status()`, `steps()`, `wait(timeout)`, `result(timeout)`, `cancel()`."""
 
-    def __init__(self, platform, workflow_id: int, thread: threading.Thread | None = None):
+    def __init__(self, platform, workflow_id: int, driver: Driver | None = None,
+                 thread: threading.Thread | None = None):
         self.platform = platform
         self.id = workflow_id
+        self._driver = driver
         self._thread = thread
 
     def __repr__(self) -> str:
@@ -73,6 +75,12 @@ class WorkflowHandle:
         if step is None or step.state != "done":
             raise InvalidInputError(f"workflow {self.id} has no done step named {step_name!r}")
         return decode(self.platform.artifacts.get_json(step.output_artifact), self.platform.artifacts)
+
+    def stop_driving(self) -> None:
+        """Stop this process's driver (running steps are cancelled), leaving the workflow for `resume`."""
+        if self._driver is not None:
+            self._driver.stop()
+            self._thread.join()
 
     def cancel(self, timeout: float | None = 30.0) -> str:
         """Cancel and wait (up to `timeout`) for the driver to stop it; returns the final status."""
@@ -141,7 +149,7 @@ def _drive_in_thread(platform, workflow_id: int, workflow: Workflow) -> Workflow
 
     thread = threading.Thread(target=drive, name=f"alloyml-workflow-{workflow_id}", daemon=False)
     thread.start()
-    return WorkflowHandle(platform, workflow_id, thread)
+    return WorkflowHandle(platform, workflow_id, driver, thread)
 
 
 def _spawn_resume(platform, workflow_id: int) -> None:

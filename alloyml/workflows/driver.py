@@ -21,8 +21,10 @@ are killed) and marks unfinished steps cancelled.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -76,6 +78,15 @@ class Driver:
         self.id = workflow_id
         self.workflow = workflow
         self.me = me
+        self.done: dict[str, str] = {}  # step name -> output artifact key
+        self.inputs: dict = {}  # input name -> ObjectRef
+        self.outputs: dict = {}  # step name -> ObjectRef of its output, for its dependants
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Stop driving soon (e.g. on Ctrl-C): running steps are cancelled and the workflow is left as a
+        killed driver would leave it, for `resume` to finish."""
+        self._stop.set()
 
     def prepare(self) -> None:
         """Reset the steps a previous driver left unfinished and mark the workflow running. Called in the
@@ -92,7 +103,7 @@ class Driver:
             status = self._run()
             return status
         except LeaseLost:
-            status = "lost"
+            status = "taken over by another driver"
             return self.store.get_workflow(self.id).status
         except BaseException:
             error = traceback.format_exc()
@@ -117,7 +128,6 @@ class Driver:
             return self._cancel({})
         self.done = {s.name: s.output_artifact for s in store.workflow_steps(self.id) if s.state == "done"}
         self.inputs = {name: ray.put(value) for name, value in decode(record.inputs, self.platform.artifacts).items()}
-        self.outputs: dict = {}  # step name -> ObjectRef of its output, for its dependants
         pending = [name for name in nodes if name not in self.done]
         attempts: dict[str, int] = {}
         not_before: dict[str, float] = {}
@@ -126,6 +136,9 @@ class Driver:
         last_beat = last_cancel_check = time.monotonic()
         while True:
             now = time.monotonic()
+            if self._stop.is_set():
+                self._cancel_tasks(running)
+                return "stopped"
             if now - last_cancel_check >= POLL_S:  # a cancel request is seen within POLL_S
                 if store.get_workflow(self.id).status == "cancelling":
                     return self._cancel(running)
@@ -166,8 +179,7 @@ class Driver:
                     failed = failed or name
             if time.monotonic() - last_beat > HEARTBEAT_S:
                 if not store.heartbeat_workflow(self.id, self.me):
-                    for outcome_ref in running:
-                        ray.cancel(outcome_ref, force=True)
+                    self._cancel_tasks(running)
                     raise LeaseLost
                 last_beat = time.monotonic()
 
@@ -225,6 +237,13 @@ class Driver:
         return "failed"
 
     def _cancel(self, running: dict) -> str:
+        self._cancel_tasks(running)
+        self.store.settle_workflow(self.id, "cancelled", steps_from=("pending", "running"), steps_to="cancelled",
+                                   step_error="cancelled by request", error="cancelled by request")
+        return "cancelled"
+
+    @staticmethod
+    def _cancel_tasks(running: dict) -> None:
         import ray
 
         # Ray's cancel is best effort: one sent while a task is being handed to a worker can be lost, so
@@ -236,9 +255,6 @@ class Driver:
             for outcome_ref in unfinished:
                 ray.cancel(outcome_ref, force=True)
             _, unfinished = ray.wait(unfinished, num_returns=len(unfinished), timeout=1.0)
-        self.store.settle_workflow(self.id, "cancelled", steps_from=("pending", "running"), steps_to="cancelled",
-                                   step_error="cancelled by request", error="cancelled by request")
-        return "cancelled"
 
 
 class _Failure:
@@ -262,16 +278,12 @@ def _execute(step, names, *values):
     return outcome, output
 
 
-_REMOTE = []
-
-
+@functools.cache
 def _remote_execute():
     """`_execute` as a Ray remote function, created once per process (after Ray is up)."""
-    if not _REMOTE:
-        import ray
+    import ray
 
-        _REMOTE.append(ray.remote(_execute))
-    return _REMOTE[0]
+    return ray.remote(_execute)
 
 
 def utcnow() -> dt.datetime:

@@ -139,3 +139,28 @@ def test_resume_of_failed_workflow_keeps_done_steps(platform, log, ray_session, 
     gate.touch()
     assert resume(handle.id, platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
     assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
+
+
+def test_stop_driving_leaves_a_resumable_workflow(platform, log, ray_session, tmp_path):
+    """What Ctrl-C in `alloyml workflow resume` does: the driver stops, the workflow waits for `resume`."""
+    from alloyml.workflows import resume
+
+    if not platform.settings.db_url.startswith("sqlite"):
+        pytest.skip("store-independent; run once")
+    gate = tmp_path / "gate"
+    wf = diamond(log)
+    wf.nodes["scale_2"].args["gate"] = str(gate)
+    handle = platform.submit(wf, n=3)
+    deadline = time.monotonic() + 60
+    while {s.name: s.state for s in handle.steps()} != {"load": "done", "scale": "done", "scale_2": "running",
+                                                        "total": "pending"}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    handle.stop_driving()
+    assert handle.status() == "running" and platform.store.workflow_lease(handle.id).driver is None
+    with pytest.raises(WorkflowError, match="no driver"):
+        handle.wait(timeout=5)
+    gate.touch()
+    assert resume(handle.id, platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
+    assert {s.name: s.attempts for s in handle.steps()} == {"load": 1, "scale": 1, "scale_2": 2, "total": 1}
+    assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]

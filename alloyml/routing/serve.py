@@ -31,7 +31,7 @@ from alloyml.routing.scorer import scorer_from_dict
 _REPLICA = {"num_cpus": 0}  # routing is I/O-bound; replicas must not hold CPUs others need
 
 
-@serve.deployment(ray_actor_options=_REPLICA, max_ongoing_requests=256)
+@serve.deployment(ray_actor_options=_REPLICA, max_ongoing_requests=256, graceful_shutdown_wait_loop_s=0.5)
 class StageServer:
     """One stage: a model (built here from its JSON spec, or shipped as a `Stage`) and its price."""
 
@@ -54,7 +54,8 @@ def guard_points(plan: CascadePlan, count: int = 3, step: float = 0.6) -> list[i
     return sorted(picks)
 
 
-@serve.deployment(ray_actor_options=_REPLICA, max_ongoing_requests=512, graceful_shutdown_timeout_s=60)
+@serve.deployment(ray_actor_options=_REPLICA, max_ongoing_requests=512, graceful_shutdown_timeout_s=60,
+                  graceful_shutdown_wait_loop_s=0.5)
 class CascadeIngress:
     """Runs the cascade for each request; JSON over HTTP (POST `{"query": ...}`, GET `/status`) and
     `route(query)` / `status()` over a handle."""

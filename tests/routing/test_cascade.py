@@ -113,3 +113,29 @@ def test_router_is_calibrated_to_budget_and_follows_its_rule(logs):
     assert result.mean_cost < 5.0 * 1.25  # calibrated on training; held-out spend stays near the budget
     with pytest.raises(InvalidInputError, match="below the cheapest"):
         LearnedRouter(budget=0.1, folds=3).fit(train)
+
+
+def test_serve_cli_reports_unknown_cascade(alloy_home, capsys):
+    assert main(["serve", "cascade", "no-such-cascade"]) == 2
+    assert "no-such-cascade" in capsys.readouterr().err
+
+
+def test_fit_save_stores_plan_with_model_specs(logs, alloy_home, tmp_path):
+    from alloyml.platform.client import Platform
+
+    train, _ = logs
+    train.save(tmp_path / "train.csv")
+    specs = {m: {"kind": "constant", "text": "x", "cost_per_call": 1.0} for m in train.models}
+    (tmp_path / "models.json").write_text(json.dumps(specs))
+    args = ["cascade", "fit", str(tmp_path / "train.csv"), "--budget", "6", "--out", str(tmp_path / "p.json"),
+            "--thresholds", "8", "--folds", "3", "--models", str(tmp_path / "models.json"), "--save", "qa"]
+    assert main(args) == 0 and main(args) == 0
+    with Platform() as platform:
+        stored = platform.store.get_cascade("qa")
+    plan = CascadePlan.from_dict(stored.plan)
+    assert stored.version == 2 and plan == CascadePlan.load(tmp_path / "p.json")
+    assert plan.model_specs == specs and stored.stages == plan.point.models
+    assert stored.costs == pytest.approx([train.cost[:, train.model_index(m)].mean() for m in stored.stages])
+    (tmp_path / "bad.json").write_text('{"m0": {"text": "no kind"}}')
+    args[-3] = str(tmp_path / "bad.json")
+    assert main(args) == 2

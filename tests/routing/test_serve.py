@@ -5,6 +5,7 @@ import json
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -60,8 +61,7 @@ def setup(ray_session):
                              log_batch_size=5, log_flush_s=0.1, port=_free_port())
     service.deploy(plan, 1, stages)
     yield service, plan, stages, collector
-    service.delete()
-    serve.shutdown()
+    serve.shutdown()  # deletes every application
 
 
 def _expected(plan, stages, query, point):
@@ -100,6 +100,9 @@ def test_http_json_and_status(setup):
     body = json.loads(urllib.request.urlopen(request, timeout=30).read())
     stage, text, cost = _expected(plan, stages, "w4 w9", body["frontier_point"])
     assert (body["query_id"], body["stage_reached"], body["answer"]) == ("h1", stage, text)
+    bad = urllib.request.Request(service.url, data=b'{"text": "no query key"}')
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        urllib.request.urlopen(bad, timeout=30)
     status = json.loads(urllib.request.urlopen(service.url + "/status", timeout=30).read())
     assert status["version"] == "1" and status["served"] >= 31
 

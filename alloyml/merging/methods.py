@@ -23,9 +23,10 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask of the `max(1, int(density * numel))` largest-magnitude entries of `delta`.
+    """Boolean mask of exactly the `max(1, int(density * numel))` largest-magnitude entries of `delta`.
 
-    Ties at the threshold are all kept (exact ties are measure-zero for trained weights).
+    Among entries tied at the threshold magnitude (common in large float32 tensors), the first ones in
+    flat order are kept.
     """
     if density >= 1:
         return torch.ones_like(delta, dtype=torch.bool)
@@ -36,7 +37,12 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     flat = magnitude.reshape(-1).numpy()
     # numpy's introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort.
     threshold = np.partition(flat, flat.size - keep)[flat.size - keep]
-    return magnitude >= float(threshold)
+    mask = magnitude >= float(threshold)
+    excess = int(mask.sum()) - keep
+    if excess > 0:
+        tied = (magnitude.reshape(-1) == float(threshold)).nonzero().squeeze(1)
+        mask.reshape(-1)[tied[len(tied) - excess :]] = False
+    return mask
 
 
 def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:

@@ -144,3 +144,14 @@ def test_parameter_settings_follow_mergekit_rules():
     assert layer_index("model.embed_tokens.weight") is None
     names = [f"model.layers.{i}.w" for i in range(5)] + ["model.norm.weight"]
     assert layer_positions(names) == {**{f"model.layers.{i}.w": i / 4 for i in range(5)}, "model.norm.weight": 0}
+
+
+def test_magnitude_trim_keeps_exactly_k_when_magnitudes_tie():
+    from alloyml.merging.methods import magnitude_mask
+
+    delta = torch.tensor([0.5, -0.5, 0.5, 0.1, -0.5, 0.9, 0.5, -0.2])
+    for density in (0.25, 0.5, 0.75):
+        k = max(1, int(density * delta.numel()))
+        expected = torch.zeros_like(delta, dtype=torch.bool)
+        expected[np.argsort(-delta.abs().numpy(), kind="stable")[:k]] = True  # earliest ties first
+        assert torch.equal(magnitude_mask(delta, density), expected)

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import sys
 import time
 import traceback
@@ -109,7 +110,7 @@ def _pydvl_utility(x, y, xt, yt):
                         show_warnings=False), train
 
 
-def pydvl_sampled(method, x, y, xt, yt, budget, stop=None):
+def pydvl_sampled(method, x, y, xt, yt, budget, stop=None, truncation_rtol=0.05):
     """method: tmc | msr | beta | loo; budget: permutations / subsets / samples per point."""
     from joblib import parallel_config
     from pydvl.valuation import (
@@ -117,6 +118,7 @@ def pydvl_sampled(method, x, y, xt, yt, budget, stop=None):
         LOOValuation,
         MaxUpdates,
         MSRBanzhafValuation,
+        NoTruncation,
         PermutationSampler,
         RelativeTruncation,
         TMCShapleyValuation,
@@ -125,7 +127,8 @@ def pydvl_sampled(method, x, y, xt, yt, budget, stop=None):
     utility, train = _pydvl_utility(x, y, xt, yt)
     is_done = MaxUpdates(budget) if stop is None else (stop | MaxUpdates(budget))
     valuation = {
-        "tmc": lambda: TMCShapleyValuation(utility, RelativeTruncation(rtol=0.05), is_done, seed=0),
+        "tmc": lambda: TMCShapleyValuation(
+            utility, RelativeTruncation(rtol=truncation_rtol) if truncation_rtol else NoTruncation(), is_done, seed=0),
         "msr": lambda: MSRBanzhafValuation(utility, is_done, batch_size=16, seed=0),
         "beta": lambda: BetaShapleyValuation(utility, PermutationSampler(seed=0), is_done, alpha=16, beta=1),
         "loo": lambda: LOOValuation(utility),
@@ -169,7 +172,8 @@ def penguins():
     from palmerpenguins import load_penguins
 
     frame = load_penguins().dropna(subset=["bill_length_mm"]).reset_index(drop=True)
-    return frame.drop(columns=["species", "year"]), frame["species"].to_numpy()
+    codes = np.unique(frame["species"], return_inverse=True)[1]  # integer labels: pyDVL's Data-OOB needs them
+    return frame.drop(columns=["species", "year"]), codes
 
 
 def penguin_pipeline(final):
@@ -227,8 +231,7 @@ def knn_speed(rows, quick):
 
     big_s = knn_scale(1000)
     rows.append(row("knn_shapley 1000000x1000 (d=32) k=5", "seconds", big_s, {}, None, "< 60 s on 2 cores",
-                    big_s < 60, "alloyml alone; the 2 cores were shared with other jobs during the run. "
-                    + QUIET_NOTE))
+                    big_s < 60, "alloyml alone. " + QUIET_NOTE))
 
 
 QUIET_NOTE = ""  # filled by --quiet-scale-seconds: the same case pinned to 2 cores of an idle machine
@@ -280,11 +283,11 @@ def convergence(rows, quick):
     xtr, ytr, xte, yte = split(x, y, n, 200)
     utility = av.Utility(LogisticRegression(max_iter=200), xtr, ytr, xte, yte)
     cases = {
-        "tmc_shapley": (lambda stop: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=0.05, seed=1),
+        "tmc_shapley": (lambda stop: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=None, seed=1),
                         lambda: av.tmc_shapley(utility, av.MaxSamples(150 if quick else 400), truncation_rtol=None,
                                                seed=123), "tmc"),
         "msr_banzhaf": (lambda stop: av.msr_banzhaf(utility_fresh(), stop, seed=1, batch_size=16),
-                        lambda: av.msr_banzhaf(utility, av.MaxSamples(20_000 if quick else 60_000), seed=123,
+                        lambda: av.msr_banzhaf(utility, av.MaxSamples(10_000 if quick else 40_000), seed=123,
                                                batch_size=256), "msr"),
     }
 
@@ -298,12 +301,13 @@ def convergence(rows, quick):
             ours = ours_fn(_first_reaching(reference, 0.9) | av.MaxSamples(cap * (16 if name == "msr_banzhaf" else 1)))
         ours_s = round(t(), 3)
         ours_corr = spearmanr(ours.values, reference).statistic
-        peer_cap = 20_000 if name == "msr_banzhaf" else cap
+        peer_cap = 10_000 if name == "msr_banzhaf" else cap
         out, peer_s, why = run_peer(pydvl_sampled, peer_method, xtr, ytr, xte, yte, peer_cap,
-                                    _pydvl_reaches(reference, 0.9))
+                                    _pydvl_reaches(reference, 0.9), truncation_rtol=None)
         peer_evals = None if out is None else out[1]
         peer_corr = None if out is None else spearmanr(out[0], reference).statistic
-        notes = (f"n={n} breast_cancer rows, LogisticRegression; reference: alloyml long run; alloyml reached "
+        notes = (f"n={n} breast_cancer rows, LogisticRegression, no truncation on either side; reference: "
+                 f"alloyml long run; alloyml reached "
                  f"rho={ours_corr:.3f} in {ours.utility_evaluations} evaluations, pydvl rho="
                  f"{'n/a' if peer_corr is None else round(peer_corr, 3)} in {peer_evals} evaluations. ")
         rows.append(row(f"{name} seconds to spearman 0.9 (breast_cancer n={n})", "seconds", ours_s,
@@ -377,23 +381,23 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
     sub = np.union1d(sub, np.intersect1d(flipped, sub))
     xs, ys = xtr[sub], noisy[sub]
     utility = lambda: av.Utility(LogisticRegression(max_iter=200), xs, ys, xte, yte)
+    # same budget for both: pyDVL runs first and alloyml gets as many utility evaluations as it used
     ours_methods = {
-        "tmc_shapley": ("tmc", lambda: av.tmc_shapley(utility(), av.MaxSamples(budgets["tmc"]), truncation_rtol=0.05,
-                                                      seed=0)),
-        "msr_banzhaf": ("msr", lambda: av.msr_banzhaf(utility(), av.MaxSamples(budgets["msr"]), seed=0,
-                                                      batch_size=64)),
-        "beta_shapley": ("beta", lambda: av.beta_shapley(utility(), av.MaxSamples(budgets["beta"]),
-                                                         sampler=av.PermutationSampler(0.05), seed=0)),
-        "loo": ("loo", lambda: av.leave_one_out(utility())),
+        "tmc_shapley": ("tmc", lambda stop: av.tmc_shapley(utility(), stop, truncation_rtol=0.05, seed=0)),
+        "msr_banzhaf": ("msr", lambda stop: av.msr_banzhaf(utility(), stop, seed=0, batch_size=64)),
+        "beta_shapley": ("beta", lambda stop: av.beta_shapley(utility(), stop, sampler=av.PermutationSampler(),
+                                                               seed=0)),
+        "loo": ("loo", lambda stop: av.leave_one_out(utility())),
     }
     for method, (peer_method, fn) in ours_methods.items():
         if method not in include:
             continue
-        with timer() as t:
-            ours = fn()
         peer, peer_s, why = run_peer(pydvl_sampled, peer_method, xs, ys, xte, yte, budgets.get(peer_method, 1))
+        stop = av.MaxSamples(budgets.get(peer_method, 1)) if peer is None else av.MaxEvaluations(peer[1])
+        with timer() as t:
+            ours = fn(stop)
         add(method, ours.values, round(t(), 3), None if peer is None else peer[0], peer_s, why, sub,
-            f"{len(sub)} rows, LogisticRegression, budget {budgets.get(peer_method, 'n+1')}; "
+            f"{len(sub)} rows, LogisticRegression, pydvl budget {budgets.get(peer_method, 'n+1')}; "
             f"evaluations alloyml {ours.utility_evaluations}, pydvl {None if peer is None else peer[1]}. ")
 
 
@@ -403,6 +407,8 @@ def main():
     parser.add_argument("--knn-scale", action="store_true",
                         help="only time knn_shapley 1,000,000 x 1,000 and print the seconds (no results file); "
                         "run as `taskset -c 0,1 python benchmarks/valuation.py --knn-scale` on a quiet machine")
+    parser.add_argument("--machine-note", default="2 cores shared with other jobs",
+                        help="how the machine was used during the run, recorded in the results' notes")
     parser.add_argument("--quiet-scale-seconds", type=float, default=None,
                         help="the --knn-scale figure measured on a quiet machine, recorded in the notes")
     args = parser.parse_args()
@@ -420,7 +426,8 @@ def main():
         print(f"{case.__name__}: {time.perf_counter() - start:.1f} s", flush=True)
     opendataval_note = PEERS["opendataval"] or "imported"
     write_results("valuation", rows, peer_failures={k: v for k, v in PEERS.items() if v},
-                  notes=f"OpenDataVal: {opendataval_note}. Timings on 2 cores shared with other jobs.")
+                  cpus_used=len(os.sched_getaffinity(0)),
+                  notes=f"OpenDataVal: {opendataval_note}. Machine: {args.machine_note}.")
 
 
 if __name__ == "__main__":

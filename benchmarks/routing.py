@@ -36,32 +36,40 @@ def optimiser_rows(quick: bool) -> list[dict]:
     scores = np.clip(correct * 0.3 + rng.random((n, m)) * 0.7, 0, 1)  # informative, noisy scores
     cost = np.linspace(1, 30, m) * (1 + rng.random((n, m)))
     optimize_cascade(scores[:50], correct[:50], cost[:50], 3, 8)  # warm-up (imports, caches)
-    best = []
+    wall, cpu = [], []
     for _ in range(3):
+        cpu_start = time.process_time()
         with timer() as t:
             frontier = optimize_cascade(scores, correct, cost, 3, 32)
-        best.append(t())
-    seconds = min(best)
+        wall.append(t())
+        cpu.append(time.process_time() - cpu_start)
+    seconds = min(wall)
     rows = [row(
         f"optimiser {m} models, chains <= 3, {n} queries, 32 thresholds/stage", "seconds", round(seconds, 4),
-        target="<= 1 s", met=seconds <= 1.0,
-        notes=f"{grid_size(m, 3, 32):,} (chain, thresholds) combinations evaluated exactly; best of 3; "
+        target="<= 1 s", met=seconds <= 1.0, cpu_seconds=round(min(cpu), 4),
+        notes=f"{grid_size(m, 3, 32):,} (chain, thresholds) combinations evaluated exactly; best of 3 wall "
+              f"clock; CPU time of this process {min(cpu):.3f} s (the gap is other jobs on the 2 cores); "
               f"{len(frontier.points)} frontier points",
     )]
     # The grid search simulates each combination; with 32 thresholds it would simulate the 1.36M
     # combinations above, so both run on a grid the peer finishes.
     g, m_grid = (4, 8) if quick else (8, 12)
     s, c, k = scores[:, :m_grid], correct[:, :m_grid], cost[:, :m_grid]
+    cpu_start = time.process_time()
     with timer() as t_fast:
         fast = optimize_cascade(s, c, k, 3, g)
+    cpu_fast, cpu_start = time.process_time() - cpu_start, time.process_time()
     with timer() as t_grid:
         slow = grid_search_frontier(s, c, k, 3, g)
+    cpu_grid = time.process_time() - cpu_start
     same = bool(np.allclose(fast.accuracy, slow.accuracy) and np.allclose(fast.cost, slow.cost))
     rows.append(row(
         f"optimiser vs FrugalGPT grid, {m_grid} models, chains <= 3, {n} queries, {g} thresholds/stage",
         "seconds", round(t_fast(), 4), peers={"frugalgpt_grid": round(t_grid(), 3)},
         ratio=ratio(t_fast(), t_grid()), target=">= 10x frugalgpt_grid", met=t_grid() >= 10 * t_fast(),
-        notes=f"{grid_size(m_grid, 3, g):,} combinations; identical frontiers: {same}",
+        notes=f"{grid_size(m_grid, 3, g):,} combinations; identical frontiers: {same}; CPU seconds "
+              f"{cpu_fast:.3f} vs {cpu_grid:.1f}",
+        cpu_seconds=round(cpu_fast, 4),
     ))
     return rows
 

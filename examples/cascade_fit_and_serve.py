@@ -6,7 +6,7 @@ router, then serve it on Ray Serve (stub models stand in for real ones) and roll
 
 from alloyml.routing import ConstantModel, FrugalCascade, LearnedRouter, Stage, make_logged_responses
 
-logs = make_logged_responses(2000, 5, seed=0)  # or load_responses("responses.csv")
+logs = make_logged_responses(4000, 5, seed=0)  # or load_responses("responses.csv")
 train, test = logs.split(0.5)
 budget = float(train.cost[:, 2].mean())  # what the middle model costs
 

@@ -163,7 +163,10 @@ def test_automl_page_best_trial_and_totals(seeded_env):
     assert table["metric.score"].tolist() == scores
 
 
-def test_every_page_explains_an_empty_store(alloy_home):
+def test_every_page_explains_an_empty_store(alloy_home, tmp_path, monkeypatch):
+    from alloyml.ui import queries
+
+    monkeypatch.setattr(queries, "BENCHMARK_RESULTS", tmp_path)  # no benchmark files either
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     for page in PAGES:
         at.switch_page(f"views/{page}.py").run()

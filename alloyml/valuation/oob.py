@@ -18,9 +18,11 @@ from alloyml.valuation.utility import Utility
 
 def _oob_batch(utility: Utility, model, max_samples: float, rng: np.random.Generator,
                n_bags: int) -> PointStats:
+    from sklearn.base import is_classifier
     from sklearn.utils import _safe_indexing
 
     n = utility.n
+    classifier = utility.is_classifier if model is None else is_classifier(model)
     bag_size = max(1, int(round(max_samples * n)))
     points, scores = [], []
     for _ in range(n_bags):
@@ -32,12 +34,12 @@ def _oob_batch(utility: Utility, model, max_samples: float, rng: np.random.Gener
         predicted = estimator.predict(_safe_indexing(utility.x_train, out_of_bag))
         truth = utility.y_train[out_of_bag]
         # classification: 1 if the out-of-bag prediction is right; regression: minus the squared error
-        score = (predicted == truth).astype(float) if utility.is_classifier else -((predicted - truth) ** 2)
+        score = (predicted == truth).astype(float) if classifier else -((predicted - truth) ** 2)
         points.append(out_of_bag)
         scores.append(score)
     return PointStats.from_samples(n, np.concatenate(points or [np.zeros(0, np.int64)]),
                                    np.concatenate(scores or [np.zeros(0)]), samples=n_bags,
-                                   evaluations=n_bags)
+                                   evaluations=len(points))
 
 
 def data_oob(utility: Utility, stopping: Stopping | None = None, *, model=None, max_samples: float = 1.0,

@@ -110,7 +110,10 @@ class StandardErrorThreshold(Stopping):
 
 class RankStability(Stopping):
     """Stop when the Spearman correlation between the values at consecutive checks has stayed
-    >= `min_correlation` for `patience` checks in a row."""
+    >= `min_correlation` for `patience` checks in a row.
+
+    Early on, values move little per batch (and truncated permutations leave many ties at 0), so pair it
+    with a floor: `RankStability(0.99) & MinUpdates(20)`."""
 
     def __init__(self, min_correlation: float = 0.99, patience: int = 3):
         self.min_correlation, self.patience = min_correlation, patience

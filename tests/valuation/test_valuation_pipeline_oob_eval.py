@@ -142,3 +142,11 @@ def test_same_seed_same_values_on_ray_for_any_worker_count(ray_session):
     np.testing.assert_array_equal(on_ray.values, local.values)
     np.testing.assert_array_equal(on_ray.stderr, local.stderr)
     assert on_ray.params["samples"] == 96
+    # a real utility travels to the workers too (each with its own cache)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] > 0).astype(int)
+    utility = lambda: Utility(DecisionTreeClassifier(max_depth=2), x[:20], y[:20], x[20:], y[20:])
+    local = data_oob(utility(), MaxSamples(32), seed=1, batch_size=4)
+    on_ray = data_oob(utility(), MaxSamples(32), seed=1, batch_size=4, n_jobs=2)
+    np.testing.assert_array_equal(on_ray.values, local.values)

@@ -36,9 +36,9 @@ def exact_semivalues(utility, semivalue: Semivalue) -> ValuationResult:
         raise InvalidInputError(f"exact enumeration needs n <= {MAX_EXACT_POINTS} points, got {n}")
     fits_before = utility.fits
     masks = np.arange(2**n)
-    bits = (masks[:, None] >> np.arange(n)) & 1  # [2^n, n] membership
+    bits = ((masks[:, None] >> np.arange(n)) & 1).astype(np.uint8)  # [2^n, n] membership
     scores = np.array([utility(np.flatnonzero(row)) for row in bits])
-    weights = np.exp(semivalue.log_weight(n, np.arange(n)))[bits.sum(1).clip(max=n - 1)]
+    weights = np.exp(semivalue.log_weight(n, np.arange(n)))[bits.sum(1, dtype=np.int64).clip(max=n - 1)]
     values = np.empty(n)
     for i in range(n):
         without = masks[bits[:, i] == 0]

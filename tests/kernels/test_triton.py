@@ -65,4 +65,5 @@ def test_triton_on_gpu_matches_naive(name, T, K, V, scale):
 
     case = OPS[name]
     inputs, h0 = make_case(case, B=2, T=T, H=2, K=K, V=V, scale=scale)
-    assert_matches_naive(case, inputs, h0, backend="triton", device="cuda")
+    # 1e-4: on the H100 the GPU's summation order gave d(decay) 2.1e-5 at T=200, gate scale 10
+    assert_matches_naive(case, inputs, h0, backend="triton", device="cuda", tol=1e-4)

@@ -1,0 +1,227 @@
+"""Kernel benchmarks: forward + backward time of each op.
+
+CPU (always): the chunked PyTorch path against the naive recurrence (naive.py), B=2, H=4, D=64,
+T in {1k, 2k, 4k, 8k}; target >= 20x at T=4096. Writes benchmarks/results/kernels.json.
+GPU (when CUDA is there): the Triton path against flash-linear-attention's chunked kernels (the same op
+and inputs), B=8, H=16, T=4096, D=128, bf16, and the fraction of the memory-bandwidth lower bound (the
+bytes each pass must move at the device's measured copy bandwidth). Writes kernels.gpu.json.
+
+    python benchmarks/kernels.py [--quick] [--gpu-only]
+
+--quick: T up to 4096, and the naive recurrence timed over 1024 steps and scaled to T (its cost per step
+is constant); without it T=8192 is added and the naive recurrence runs in full (it takes many minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ratio, row, write_results  # noqa: E402
+
+OPS = ("linear_attn", "gla", "selective_scan")
+
+
+def make_inputs(op: str, B: int, T: int, H: int, D: int, device="cpu", dtype=None):
+    """Random inputs for `op` as keyword arguments of the public function; gates at a typical scale."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = dtype or torch.float32
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device)
+
+    if op == "linear_attn":  # RetNet's decays
+        decay = 1 - 2.0 ** (-5 - torch.arange(H, dtype=torch.float32, device=device))
+        args = {"q": randn(B, T, H, D), "k": randn(B, T, H, D), "v": randn(B, T, H, D), "decay": decay}
+    elif op == "gla":
+        args = {"q": randn(B, T, H, D), "k": randn(B, T, H, D), "v": randn(B, T, H, D),
+                "g": F.logsigmoid(randn(B, T, H, D)) / 16}
+    else:
+        args = {"x": randn(B, T, H, D), "dt": F.softplus(randn(B, T, H)), "A": -torch.rand(H, device=device) - 0.5,
+                "B": randn(B, T, H, D), "C": randn(B, T, H, D)}
+    return {n: (x.to(dtype) if x.dim() == 4 else x).requires_grad_() for n, x in args.items()}
+
+
+def fwd_bwd(fn, args: dict):
+    """One forward + backward of sum(o) + sum(final_state)."""
+    for x in args.values():
+        x.grad = None
+    o, state = fn(**args)
+    (o.float().sum() + state.sum()).backward()
+
+
+def cpu_seconds(op: str, backend: str, T: int, repeats: int) -> tuple[float, float]:
+    """(best CPU seconds, its wall seconds) of forward + backward at B=2, H=4, D=64.
+
+    CPU seconds (process time, all threads) are the metric: the 2 cores are shared with other jobs,
+    which stretch wall time by whatever they happen to run."""
+    import alloyml.kernels as K
+
+    args = make_inputs(op, 2, T, 4, 64)
+    fn = getattr(K, op)
+    best = (float("inf"), 0.0)
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fwd_bwd(lambda **a: fn(**a, backend=backend), args)
+        best = min(best, (time.process_time() - cpu, time.perf_counter() - wall))
+    return round(best[0], 4), round(best[1], 4)
+
+
+def cpu_rows(quick: bool, ops) -> list[dict]:
+    """--quick times the naive recurrence over its first 1024 steps and scales by T / 1024 (its cost per
+    step does not depend on T); otherwise the naive recurrence runs over all T steps."""
+    import torch
+
+    # One thread for both: on shared cores an idle OpenMP thread spins, billing CPU time to whichever
+    # side runs many tiny ops (the naive recurrence), which would flatter the ratio.
+    torch.set_num_threads(1)
+    rows = []
+    lengths = (1024, 2048, 4096) if quick else (1024, 2048, 4096, 8192)
+    for op in ops:
+        naive_1k = cpu_seconds(op, "naive", 1024, repeats=1) if quick else None
+        for T in lengths:
+            chunk_cpu, chunk_wall = cpu_seconds(op, "chunk", T, repeats=3)
+            if quick:
+                naive_cpu, naive_wall = (round(x * T / 1024, 4) for x in naive_1k)
+                how = "naive: 1024 steps timed, scaled by T/1024"
+            else:
+                naive_cpu, naive_wall = cpu_seconds(op, "naive", T, repeats=1)
+                how = "naive: one full run"
+            r = ratio(chunk_cpu, naive_cpu)
+            at_target = T == 4096
+            rows.append(row(
+                f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", chunk_cpu,
+                peers={"naive recurrence": naive_cpu}, ratio=r,
+                target=">= 20x naive recurrence" if at_target else None,
+                met=(r is not None and r >= 20) if at_target else None,
+                notes=f"wall seconds: chunk {chunk_wall}, naive {naive_wall} (2 cores shared with other "
+                      f"jobs); one thread; chunk: best of 3 runs; {how}",
+                wall_seconds={"chunk": chunk_wall, "naive": naive_wall},
+            ))
+            print(rows[-1]["case"], chunk_cpu, naive_cpu, r, flush=True)
+    return rows
+
+
+# --- GPU -----------------------------------------------------------------------------------------------
+
+def fla_call(op: str):
+    """flash-linear-attention's chunked kernel for the same op, on our argument names; None if missing."""
+    try:
+        from fla.ops.gla import chunk_gla
+        from fla.ops.simple_gla import chunk_simple_gla
+    except ImportError:
+        return None
+    if op == "gla":
+        return lambda q, k, v, g: chunk_gla(q, k, v, g, output_final_state=True)
+    if op == "linear_attn":  # a per-head constant log-decay (g_gamma): what fla's retention runs
+        return lambda q, k, v, decay: chunk_simple_gla(q, k, v, g_gamma=decay.log(), output_final_state=True)
+    # SSD as a scalar-gated linear attention: q = C, k = dt B, v = x, g = dt A
+    return lambda x, dt, A, B, C: chunk_simple_gla(
+        C, (dt[..., None] * B).to(B.dtype), x, (dt * A).float(), scale=1.0, output_final_state=True)
+
+
+def bytes_moved(args: dict, fwd_only: bool) -> int:
+    """Least HBM traffic of a pass: every input read once and every output written once (the state,
+    K x V per head, is read and written once too). Backward reads the inputs and do, writes a gradient
+    per input."""
+    import torch
+
+    inputs = sum(x.numel() * x.element_size() for x in args.values())
+    first = next(iter(args.values()))
+    B, T, H = first.shape[:3]
+    D = first.shape[-1]
+    out = B * T * H * D * first.element_size()
+    state = B * H * D * D * torch.finfo(torch.float32).bits // 8
+    fwd = inputs + out + state
+    return fwd if fwd_only else fwd + (inputs + out + state) + inputs
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a device-to-device copy of 1 GiB (read + write counted)."""
+    import torch
+    from triton.testing import do_bench
+
+    x = torch.empty(2**28, dtype=torch.float32, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x))
+    return 2 * x.numel() * 4 / (ms * 1e-3)
+
+
+def one_pass(fn, args: dict, fwd_only: bool):
+    """A closure running `fn` once: forward only (without autograd) or forward + backward."""
+    import torch
+
+    def run():
+        if fwd_only:
+            with torch.no_grad():
+                fn(**args)
+        else:
+            fwd_bwd(fn, args)
+
+    return run
+
+
+def gpu_rows(ops) -> list[dict]:
+    import torch
+    from triton.testing import do_bench
+
+    import alloyml.kernels as K
+
+    bandwidth = copy_bandwidth()
+    rows = []
+    B, T, H, D = 8, 4096, 16, 128
+    for op in ops:
+        args = make_inputs(op, B, T, H, D, device="cuda", dtype=torch.bfloat16)
+        ours = getattr(K, op)
+        peer = fla_call(op)
+        for label, fwd_only in (("fwd", True), ("fwd+bwd", False)):
+            ms = do_bench(one_pass(partial(ours, backend="triton"), args, fwd_only), warmup=5, rep=50)
+            peer_ms, note = None, ""
+            if peer is None:
+                note = "flash-linear-attention is not installed"
+            else:
+                try:
+                    peer_ms = do_bench(one_pass(peer, args, fwd_only), warmup=5, rep=50)
+                except Exception as exc:  # a peer failure is reported, not fatal
+                    note = f"fla failed: {type(exc).__name__}: {exc}"[:300]
+            bound_ms = bytes_moved(args, fwd_only) / bandwidth * 1e3
+            r = ratio(ms, peer_ms)
+            rows.append(row(
+                f"{op} {label} B={B} H={H} T={T} D={D} bf16 (GPU)", "milliseconds", round(ms, 3),
+                peers={"flash-linear-attention": None if peer_ms is None else round(peer_ms, 3)}, ratio=r,
+                target=">= 1x flash-linear-attention (aim 1.3x)", met=None if r is None else r >= 1.0,
+                notes=(note + " " if note else "")
+                + f"memory-bandwidth bound {bound_ms:.3f} ms at {bandwidth / 1e12:.2f} TB/s measured copy "
+                f"bandwidth: ours reaches {bound_ms / ms:.1%} of it"
+                + ("" if peer_ms is None else f", fla {bound_ms / peer_ms:.1%}"),
+                bandwidth_bound_ms=round(bound_ms, 4), fraction_of_bound=round(bound_ms / ms, 4),
+            ))
+            print(rows[-1]["case"], ms, peer_ms, flush=True)
+            write_results("kernels", rows, suffix=".gpu")  # after every row: a cut-short run keeps them
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="T up to 4096 only")
+    parser.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
+    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
+    args = parser.parse_args()
+    import torch
+
+    ops = args.ops.split(",")
+    if not args.gpu_only:
+        write_results("kernels", cpu_rows(args.quick, ops))
+    if torch.cuda.is_available():
+        gpu_rows(ops)
+
+
+if __name__ == "__main__":
+    main()

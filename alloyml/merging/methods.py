@@ -8,7 +8,6 @@ methods may overwrite `tensors` in place; that keeps peak memory near the inputs
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from alloyml.merging.registry import Parameter, merge_method
@@ -32,15 +31,17 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
         return torch.ones_like(delta, dtype=torch.bool)
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
-    magnitude = delta.abs()
     keep = max(1, int(density * delta.numel()))
-    flat = magnitude.reshape(-1).numpy()
-    # numpy's introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort.
-    threshold = np.partition(flat, flat.size - keep)[flat.size - keep]
-    mask = magnitude >= float(threshold)
+    scratch = delta.abs().reshape(-1).numpy()
+    # numpy's in-place introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort or copy.
+    scratch.partition(scratch.size - keep)
+    threshold = float(scratch[scratch.size - keep])
+    del scratch
+    magnitude = delta.abs()
+    mask = magnitude >= threshold
     excess = int(mask.sum()) - keep
     if excess > 0:
-        tied = (magnitude.reshape(-1) == float(threshold)).nonzero().squeeze(1)
+        tied = (magnitude.reshape(-1) == threshold).nonzero().squeeze(1)
         mask.reshape(-1)[tied[len(tied) - excess :]] = False
     return mask
 

@@ -142,7 +142,12 @@ def test_same_seed_same_values_on_ray_for_any_worker_count(ray_session):
     np.testing.assert_array_equal(on_ray.values, local.values)
     np.testing.assert_array_equal(on_ray.stderr, local.stderr)
     assert on_ray.params["samples"] == 96
-    # a real utility travels to the workers too (each with its own cache)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_real_utility_gives_the_same_values_on_ray(ray_session):
+    """The utility travels to the workers (each with its own cache); workers import sklearn, hence slow."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 3))
     y = (x[:, 0] > 0).astype(int)

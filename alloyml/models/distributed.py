@@ -62,9 +62,11 @@ def _train_worker(config: dict) -> None:
         trainer_kwargs.pop("checkpoint_every", None)
         trainer_kwargs.pop("checkpoint_dir", None)
     trainer = Trainer(**trainer_kwargs, grad_sync=average_gradients).fit(model, shard)
+    checkpoint = None
     if rank == 0:
-        save_model(model, config["output_dir"])
-    ray.train.report({"losses": [m.loss for m in trainer.history_]})
+        checkpoint = ray.train.Checkpoint.from_directory(str(save_model(model, config["output_dir"])))
+    # Ray Train keeps the metrics that come with a checkpoint: rank 0's, here.
+    ray.train.report({"losses": [m.loss for m in trainer.history_]}, checkpoint=checkpoint)
 
 
 def train_data_parallel(model_config, task: str, task_kwargs: dict, batch_size: int, output_dir,

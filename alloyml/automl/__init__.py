@@ -8,7 +8,7 @@ cheap.
 
 from alloyml.automl.ape import APEResult, InstructionScore, ape
 from alloyml.automl.dspy_bridge import AlloyEngine, DSPyRunResult, dspy_lm, run_dspy_optimizer
-from alloyml.automl.hpo import SearchResult, SklearnObjective, hyperparameter_search
+from alloyml.automl.hpo import SearchResult, hyperparameter_search
 from alloyml.automl.inference import (
     InferenceConfig,
     InferenceSpace,
@@ -19,6 +19,7 @@ from alloyml.automl.inference import (
     tune_inference,
 )
 from alloyml.automl.metrics import METRICS, get_metric
+from alloyml.automl.objectives import LMTrainingObjective, SklearnObjective
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, PromptScore, evaluate_prompt
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, sample_prior
 from alloyml.automl.tasks import TASKS, Task, get_task
@@ -35,6 +36,7 @@ __all__ = [
     "InferenceSpace",
     "InferenceTuningResult",
     "InstructionScore",
+    "LMTrainingObjective",
     "IntUniform",
     "METRICS",
     "Prior",

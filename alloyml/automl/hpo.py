@@ -3,9 +3,8 @@ PriorBand-style user priors.
 
 An objective is any picklable `objective(config, report)` that trains step by step and calls
 `report({"score": ..., "cost": ...})` after each step (`cost` cumulative, in the objective's unit);
-ASHA stops trials whose early steps score poorly. `SklearnObjective` makes one from a scikit-learn
-estimator or pipeline: step k fits on the first k/steps of the training split and scores on a held-out
-split, so a cheap early step predicts the final one.
+ASHA stops trials whose early steps score poorly. `alloyml.automl.objectives` has them for scikit-learn
+pipelines and for alloyml language-model training.
 
 Priors: a fraction `prior_fraction` of the trials is drawn from the user's `Prior`s and evaluated
 first (Tune's `points_to_evaluate`), so TPE starts from the user's beliefs and can still leave them.
@@ -14,7 +13,6 @@ Tune's own files go under `$ALLOYML_HOME/tune/` (or `storage_path`), never `~/ra
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -31,47 +29,6 @@ from alloyml.models.lm.hf import alloyml_home
 
 Objective = Callable[[dict[str, Any], Callable[[dict[str, float]], None]], None]
 SEARCHERS = ("optuna", "random")
-
-
-class SklearnObjective:
-    """Score `estimator.set_params(**config)` on a held-out split, on a growing share of the training data.
-
-    `X: [N, D]`, `y: [N]`. Step k of `steps` fits a fresh clone on the first ceil(k/steps) of the
-    (shuffled) training split; `cost` is the number of training rows fitted so far.
-    """
-
-    def __init__(self, estimator, X, y, *, scoring=None, steps: int = 4, val_fraction: float = 0.25, seed: int = 0):
-        self.estimator = estimator
-        self.X = X
-        self.y = y
-        self.scoring = scoring
-        self.steps = steps
-        self.val_fraction = val_fraction
-        self.seed = seed
-
-    def split(self):
-        """(X_train, y_train, X_val, y_val): a fixed shuffled split."""
-        X, y = np.asarray(self.X), np.asarray(self.y)
-        if X.ndim != 2 or len(X) != len(y):
-            raise InvalidInputError(f"X must be [N, D] and y [N], got {X.shape} and {y.shape}")
-        order = np.random.default_rng(self.seed).permutation(len(X))
-        n_val = max(1, int(round(len(X) * self.val_fraction)))
-        val, train = order[:n_val], order[n_val:]
-        return X[train], y[train], X[val], y[val]
-
-    def step_rows(self, n_train: int) -> list[int]:
-        return [math.ceil(n_train * k / self.steps) for k in range(1, self.steps + 1)]
-
-    def __call__(self, config: dict[str, Any], report) -> None:
-        from sklearn.base import clone
-        from sklearn.metrics import check_scoring
-
-        X_tr, y_tr, X_val, y_val = self.split()
-        cost = 0
-        for rows in self.step_rows(len(X_tr)):
-            model = clone(self.estimator).set_params(**config).fit(X_tr[:rows], y_tr[:rows])
-            cost += rows
-            report({"score": float(check_scoring(model, self.scoring)(model, X_val, y_val)), "cost": float(cost)})
 
 
 @dataclass

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alloyml.automl.hpo import SklearnObjective, hyperparameter_search
+from alloyml.automl.hpo import hyperparameter_search
+from alloyml.automl.objectives import LMTrainingObjective, SklearnObjective
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, parse_space, sample_prior
 from alloyml.errors import InvalidInputError
 
@@ -103,3 +104,36 @@ def test_search_rejects_bad_arguments():
         hyperparameter_search(_bowl, {"x": Uniform(low=0, high=1)}, max_iterations=1, mode="up")
     with pytest.raises(InvalidInputError, match="space"):
         hyperparameter_search(_bowl, {}, max_iterations=1)
+
+
+def test_lm_training_objective_matches_a_direct_trainer_run():
+    import torch
+
+    from alloyml.models import LinearLM, ModelConfig, Trainer, batches, make_task
+
+    base = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mixer": "linear_attn", "ffn": "none"}
+    objective = LMTrainingObjective(
+        "mqar",
+        task_kwargs={"n_pairs": 2, "n_keys": 8, "n_values": 8},
+        base_model=base,
+        steps=4,
+        report_every=2,
+        batch_size=4,
+        eval_batches=2,
+        seed=3,
+    )
+    reports = []
+    objective({"lr": 1e-2, "d_model": 16, "warmup_steps": 0}, reports.append)
+    assert [r["cost"] for r in reports] == [2 * 4 * 8, 4 * 4 * 8]  # steps x batch x sequence length
+
+    task = make_task("mqar", n_pairs=2, n_keys=8, n_values=8)
+    torch.manual_seed(3)
+    model = LinearLM(ModelConfig(**{**base, "d_model": 16, "vocab_size": task.vocab_size}))
+    Trainer(steps=4, lr=1e-2, warmup_steps=0).fit(model, batches(task, 4, seed=3))
+    model.eval()
+    with torch.no_grad():
+        held = batches(task, 4, seed=4)
+        expected = float(np.mean([model(held(i)[0], targets=held(i)[1]).loss.item() for i in range(2)]))
+    assert reports[-1]["loss"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InvalidInputError, match="learning_rate"):
+        objective({"learning_rate": 1.0}, reports.append)

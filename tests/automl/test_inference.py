@@ -162,3 +162,24 @@ def test_pruning_is_safe_on_smollm2():
             assert cost > budget
         if cost <= budget:
             assert trial.status in ("completed", "pruned_dominated")
+
+
+def test_tuning_an_alloyml_recurrent_lm_matches_brute_force():
+    """The same search over a tiny alloyml LinearLM (byte tokens) through its `RecurrentLM` adapter."""
+    import torch
+
+    from alloyml.models import LinearLM, ModelConfig, RecurrentLM
+
+    torch.manual_seed(0)
+    model = LinearLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, mixer="linear_attn", ffn="none"))
+    lm = RecurrentLM(model, name="tiny")
+    examples = EXAMPLES[:4]
+    space = InferenceSpace(max_tokens=[2, 9], stop=[(), ("e",)], templates=["{input}", "Q: {input} A:"])
+    utility = lambda texts, target: float(len(texts[0]) % 2)  # any [0, 1] utility will do
+    truth = _brute_force(lm, examples, space, 0, utility, TokenPrice())
+    budget = float(np.median([c for _, c in truth]))
+    result = tune_inference(lm, examples, space, budget=budget, utility=utility, initial_examples=1)
+    for trial, (_, cost) in zip(result.trials, truth, strict=True):
+        assert (trial.status in ("completed", "pruned_dominated")) == (cost <= budget), (trial, cost)
+    best = max((u, -c, -i) for i, (u, c) in enumerate(truth) if c <= budget)
+    assert result.best == space.configs()[-best[2]]

@@ -128,108 +128,66 @@ def linear(base, tensors, *, weight, normalize=True):
     return out.to(tensors[0].dtype)
 
 
-@merge_method(
-    "task_arithmetic",
-    reference="https://arxiv.org/abs/2212.04089",
-    parameters=(
-        _WEIGHT,
-        _LAMBDA,
-        Parameter("normalize", "shared", False, "divide the summed task vectors by the summed weights", bool),
-    ),
-    uses_base=True,
-)
-def task_arithmetic(base, tensors, *, weight, normalize=False, **shared):
-    """`base + lambda * sum_i w_i (x_i - base)`."""
-    return task_vector_merge(
-        base,
-        tensors,
-        weight=weight,
-        density=[1.0] * len(tensors),
-        lam=shared.get("lambda", 1.0),
-        normalize=normalize,
+def _normalize(default: bool, help: str) -> Parameter:
+    return Parameter("normalize", "shared", default, help, bool)
+
+
+_RESCALE = Parameter("rescale", "shared", True, "divide surviving entries by the density (DARE's rescale)", bool)
+
+# TA, TIES and DARE are one merge (task_vector_merge) with different trimming and sign election.
+_TASK_VECTOR_METHODS = {
+    "task_arithmetic": dict(
+        reference="https://arxiv.org/abs/2212.04089",
+        parameters=(_WEIGHT, _LAMBDA, _normalize(False, "divide the summed task vectors by the summed weights")),
         trim=None,
         elect_sign=False,
-    )
-
-
-@merge_method(
-    "ties",
-    reference="https://arxiv.org/abs/2306.01708",
-    parameters=(
-        _WEIGHT,
-        _DENSITY,
-        _LAMBDA,
-        Parameter("normalize", "shared", True, "divide by the summed weights of agreeing deltas", bool),
+        doc="`base + lambda * sum_i w_i (x_i - base)`.",
     ),
-    uses_base=True,
-)
-def ties(base, tensors, *, weight, density, normalize=True, **shared):
-    """TIES: trim each task vector to its largest-magnitude `density`, elect signs, disjoint mean."""
-    return task_vector_merge(
-        base,
-        tensors,
-        weight=weight,
-        density=density,
-        lam=shared.get("lambda", 1.0),
-        normalize=normalize,
+    "ties": dict(
+        reference="https://arxiv.org/abs/2306.01708",
+        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(True, "divide by the summed weights of agreeing deltas")),
         trim="magnitude",
         elect_sign=True,
-    )
-
-
-_DARE_PARAMETERS = (
-    _WEIGHT,
-    _DENSITY,
-    _LAMBDA,
-    Parameter("normalize", "shared", False, "divide by the summed weights", bool),
-    Parameter("rescale", "shared", True, "divide surviving entries by the density (DARE's rescale)", bool),
-)
-
-
-@merge_method(
-    "dare_linear",
-    reference="https://arxiv.org/abs/2311.03099",
-    parameters=_DARE_PARAMETERS,
-    uses_base=True,
-    stochastic=True,
-)
-def dare_linear(base, tensors, *, weight, density, generator, normalize=False, rescale=True, **shared):
-    """DARE: drop each task-vector entry with probability `1 - density`, rescale, then task arithmetic."""
-    return task_vector_merge(
-        base,
-        tensors,
-        weight=weight,
-        density=density,
-        lam=shared.get("lambda", 1.0),
-        normalize=normalize,
+        doc="TIES: trim each task vector to its largest-magnitude `density`, elect signs, disjoint mean.",
+    ),
+    "dare_linear": dict(
+        reference="https://arxiv.org/abs/2311.03099",
+        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(False, "divide by the summed weights"), _RESCALE),
         trim="random",
         elect_sign=False,
-        rescale=rescale,
-        generator=generator,
-    )
-
-
-@merge_method(
-    "dare_ties",
-    reference="https://arxiv.org/abs/2311.03099",
-    parameters=_DARE_PARAMETERS,
-    uses_base=True,
-    stochastic=True,
-)
-def dare_ties(base, tensors, *, weight, density, generator, normalize=False, rescale=True, **shared):
-    """DARE's random drop-and-rescale followed by TIES's sign election and disjoint merge."""
-    return task_vector_merge(
-        base,
-        tensors,
-        weight=weight,
-        density=density,
-        lam=shared.get("lambda", 1.0),
-        normalize=normalize,
+        doc="DARE: drop each task-vector entry with probability `1 - density`, rescale, then task arithmetic.",
+    ),
+    "dare_ties": dict(
+        reference="https://arxiv.org/abs/2311.03099",
+        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(False, "divide by the summed weights"), _RESCALE),
         trim="random",
         elect_sign=True,
-        rescale=rescale,
-        generator=generator,
-    )
+        doc="DARE's random drop-and-rescale followed by TIES's sign election and disjoint merge.",
+    ),
+}
+
+
+def _register_task_vector_method(name: str, reference, parameters, trim, elect_sign, doc) -> None:
+    def method(base, tensors, *, weight, normalize, density=None, rescale=False, generator=None, **shared):
+        return task_vector_merge(
+            base,
+            tensors,
+            weight=weight,
+            density=density or [1.0] * len(tensors),
+            lam=shared.get("lambda", 1.0),
+            normalize=normalize,
+            trim=trim,
+            elect_sign=elect_sign,
+            rescale=rescale,
+            generator=generator,
+        )
+
+    method.__name__, method.__doc__ = name, doc
+    merge_method(name, reference=reference, parameters=parameters, uses_base=True, stochastic=trim == "random")(method)
+
+
+for _name, _spec in _TASK_VECTOR_METHODS.items():
+    _register_task_vector_method(_name, **_spec)
 
 
 def slerp_tensors(

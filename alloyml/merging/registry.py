@@ -50,6 +50,10 @@ class MergeMethod:
         raise InvalidInputError(f"merge method {self.name!r} has no parameter {name!r}; known: {known}")
 
     def __call__(self, base, tensors, **parameters):
+        """Run the method; parameters left out take their declared defaults."""
+        for p in self.parameters:
+            if p.name not in parameters and p.default is not None:
+                parameters[p.name] = p.default if p.scope == "shared" else [p.default] * len(tensors)
         return self.fn(base, tensors, **parameters)
 
 

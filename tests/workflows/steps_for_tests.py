@@ -36,8 +36,11 @@ def load(n: int, log: str):
 
 @step
 def scale(x, factor: float, log: str, tag: str, gate: str | None = None, sleep_s: float = 0.0):
-    """x * factor; first waits for the file `gate` to exist (if given) and sleeps `sleep_s`."""
+    """x * factor; first waits for the file `gate` to exist (if given; the worker's pid is written to
+    `<gate>.pid` meanwhile) and sleeps `sleep_s`."""
     started = time.time()
+    if gate is not None:
+        Path(f"{gate}.pid").write_text(str(os.getpid()))
     while gate is not None and not os.path.exists(gate):
         time.sleep(0.05)
     time.sleep(sleep_s)

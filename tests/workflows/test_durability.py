@@ -30,6 +30,14 @@ handle.wait()
 """
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+
+
 def gated_diamond(log: str, gate: str):
     """load -> (scale x2, scale_2 x3 which waits for `gate`) -> total."""
     from alloyml.workflows import Input, Workflow
@@ -57,13 +65,21 @@ def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path
         workflow_id = int(driver.stdout.readline())
         deadline = time.monotonic() + 90
         while not ({s.name: s.state for s in platform.store.workflow_steps(workflow_id)}
-                   == {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}):
+                   == {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}
+                   and Path(f"{gate}.pid").exists()):  # the gated task has started on a worker
             assert time.monotonic() < deadline and driver.poll() is None, "driver never reached the gate"
             time.sleep(0.05)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
     assert platform.store.get_workflow(workflow_id).status == "running"  # as the dead driver left it
+    # Ray ends a dead driver's tasks asynchronously; open the gate only once the gated task's worker is gone,
+    # or a surviving task could complete it a second time.
+    orphan = int(Path(f"{gate}.pid").read_text())
+    deadline = time.monotonic() + 60
+    while _alive(orphan):
+        assert time.monotonic() < deadline, "Ray did not end the killed driver's task"
+        time.sleep(0.1)
     gate.touch()
 
     if resume_with == "python":
@@ -87,22 +103,23 @@ def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path
     assert sorted(r.status for r in runs) == ["done", "running"]  # the killed driver's run never finished
 
 
-def test_detached_driver_process_finishes_the_workflow(platform, log, tmp_path, ray_session, monkeypatch):
+@pytest.mark.slow
+def test_detached_driver_process_finishes_the_workflow(sqlite_platform, log, tmp_path, ray_session, monkeypatch):
     """submit(detach=True) drives the workflow in a separate `alloyml workflow resume` process."""
     from alloyml.workflows import submit
 
-    if not platform.settings.db_url.startswith("sqlite"):
-        pytest.skip("the detached process is exercised once, on SQLite")
     monkeypatch.setenv("ALLOYML_RAY_ADDRESS", ray_session.get_runtime_context().gcs_address)
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     gate = tmp_path / "gate"
     gate.touch()
-    handle = submit(platform, gated_diamond(log, str(gate)), {"n": 4}, detach=True)
+    handle = submit(sqlite_platform, gated_diamond(log, str(gate)), {"n": 4}, detach=True)
     result = handle.result(timeout=180)
     x = np.arange(4.0)
     assert result["sum"] == float(5 * x.sum())
     assert sorted(tag for tag, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
-    runs = [r for r in platform.store.list_runs(kind="workflow") if r.workflow_id == handle.id]
+    deadline = time.monotonic() + 30
+    while sqlite_platform.store.workflow_lease(handle.id).driver is not None:  # its last write, after the status
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    runs = [r for r in sqlite_platform.store.list_runs(kind="workflow") if r.workflow_id == handle.id]
     assert [r.status for r in runs] == ["done"]
-    lease = platform.store.workflow_lease(handle.id)
-    assert lease.driver is None  # the detached driver released its lease when it finished

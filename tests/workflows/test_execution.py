@@ -57,10 +57,10 @@ def test_diamond_result_outputs_and_parallel_branches_overlap(platform, log, ray
     assert platform.store.workflow_lease(handle.id).driver is None  # released
 
 
-def test_retry_with_backoff_then_success(platform, log, ray_session):
+def test_retry_with_backoff_then_success(sqlite_platform, log, ray_session):
     wf = Workflow("flaky")
     wf.add(steps.flaky, log=log, failures=2)
-    handle = platform.submit(wf)
+    handle = sqlite_platform.submit(wf)
     assert handle.result(timeout=120) == 3
     (record,) = handle.steps()
     assert record.state == "done" and record.attempts == 3 and record.error is None
@@ -70,13 +70,13 @@ def test_retry_with_backoff_then_success(platform, log, ray_session):
     assert gaps[0] >= 0.3 and gaps[1] >= 0.6  # retry_backoff_s * 2**(k-1)
 
 
-def test_failure_after_retries_stores_traceback_and_stops_cleanly(platform, log, ray_session):
+def test_failure_after_retries_stores_traceback_and_stops_cleanly(sqlite_platform, log, ray_session):
     wf = Workflow("fails")
     bad = wf.add(steps.always_fails, log=log)
     wf.add(steps.sleeper, seconds=1.5, log=log, tag="sibling")  # independent: allowed to finish
     wf.add(steps.total, a=bad, b=bad, log=log)  # downstream of the failure: never starts
     wf.output = bad
-    handle = platform.submit(wf)
+    handle = sqlite_platform.submit(wf)
     assert handle.wait(timeout=120) == "failed"
     records = {s.name: s for s in handle.steps()}
     assert records["always_fails"].state == "failed" and records["always_fails"].attempts == 2
@@ -84,27 +84,27 @@ def test_failure_after_retries_stores_traceback_and_stops_cleanly(platform, log,
     assert "RuntimeError: boom" in records["always_fails"].error
     assert records["sleeper"].state == "done" and records["total"].state == "cancelled"
     assert len(steps.log_lines(log, "always_fails")) == 2 and steps.log_lines(log, "total") == []
-    workflow = platform.store.get_workflow(handle.id)
+    workflow = sqlite_platform.store.get_workflow(handle.id)
     assert "failed after 2 attempt(s)" in workflow.error and "RuntimeError: boom" in workflow.error
     with pytest.raises(WorkflowError, match="boom"):
         handle.result()
 
 
-def test_unstorable_output_fails_without_retry(platform, log, ray_session):
+def test_unstorable_output_fails_without_retry(sqlite_platform, log, ray_session):
     wf = Workflow("unsafe")
     wf.add(steps.unsafe_output, log=log)
-    handle = platform.submit(wf)
+    handle = sqlite_platform.submit(wf)
     assert handle.wait(timeout=120) == "failed"
     (record,) = handle.steps()
     assert record.attempts == 1 and "UnsafeValueError" in record.error and "builtins.object" in record.error
 
 
-def test_cancel_stops_running_steps(platform, log, ray_session, tmp_path):
+def test_cancel_stops_running_steps(sqlite_platform, log, ray_session, tmp_path):
     wf = Workflow("cancel-me")
     a = wf.add(steps.load, n=4, log=log)
     blocked = wf.add(steps.scale, x=a, factor=1.0, log=log, tag="blocked", gate=str(tmp_path / "never"))
     wf.add(steps.total, a=blocked, b=blocked, log=log)
-    handle = platform.submit(wf)
+    handle = sqlite_platform.submit(wf)
     deadline = time.monotonic() + 60
     while {s.name: s.state for s in handle.steps()}["scale"] != "running":
         assert time.monotonic() < deadline
@@ -121,46 +121,42 @@ def test_cancel_stops_running_steps(platform, log, ray_session, tmp_path):
         handle.result()
 
 
-def test_resume_of_failed_workflow_keeps_done_steps(platform, log, ray_session, tmp_path):
+def test_resume_of_failed_workflow_keeps_done_steps(sqlite_platform, log, ray_session, tmp_path):
     """After a failure is fixed (here: a step's inputs become valid), resume reruns only what is not done."""
     from alloyml.workflows import resume
 
-    if not platform.settings.db_url.startswith("sqlite"):
-        pytest.skip("resume over PostgreSQL is covered by the kill -9 test")
     wf = diamond(log)
     gate = tmp_path / "gate"
     wf.nodes["scale_2"].args["gate"] = str(gate)
-    handle = platform.submit(wf, n=3)
+    handle = sqlite_platform.submit(wf, n=3)
     deadline = time.monotonic() + 60
     while {s.name: s.state for s in handle.steps()}["scale"] != "done":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     handle.cancel(timeout=30)
     gate.touch()
-    assert resume(handle.id, platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
+    assert resume(handle.id, sqlite_platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
     assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
 
 
-def test_stop_driving_leaves_a_resumable_workflow(platform, log, ray_session, tmp_path):
+def test_stop_driving_leaves_a_resumable_workflow(sqlite_platform, log, ray_session, tmp_path):
     """What Ctrl-C in `alloyml workflow resume` does: the driver stops, the workflow waits for `resume`."""
     from alloyml.workflows import resume
 
-    if not platform.settings.db_url.startswith("sqlite"):
-        pytest.skip("store-independent; run once")
     gate = tmp_path / "gate"
     wf = diamond(log)
     wf.nodes["scale_2"].args["gate"] = str(gate)
-    handle = platform.submit(wf, n=3)
+    handle = sqlite_platform.submit(wf, n=3)
     deadline = time.monotonic() + 60
     while {s.name: s.state for s in handle.steps()} != {"load": "done", "scale": "done", "scale_2": "running",
                                                         "total": "pending"}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     handle.stop_driving()
-    assert handle.status() == "running" and platform.store.workflow_lease(handle.id).driver is None
+    assert handle.status() == "running" and sqlite_platform.store.workflow_lease(handle.id).driver is None
     with pytest.raises(WorkflowError, match="no driver"):
         handle.wait(timeout=5)
     gate.touch()
-    assert resume(handle.id, platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
+    assert resume(handle.id, sqlite_platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
     assert {s.name: s.attempts for s in handle.steps()} == {"load": 1, "scale": 1, "scale_2": 2, "total": 1}
     assert sorted(t for t, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]

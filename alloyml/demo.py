@@ -1,42 +1,66 @@
-"""The main job behind `alloyml demo`.
+"""The main job behind `alloyml demo`: the built-in `demo` workflow on the embedded defaults, with a live
+view of its steps, then a summary of what it measured and where to look next.
 
-At this stage it exercises the store end to end: it records a dataset, a run with data values and a model
-with lineage, then prints what it stored. Later stages replace the body with the full platform workflow.
+If the demo is interrupted, `alloyml workflow resume ID` finishes it without redoing completed steps.
 """
 
 from __future__ import annotations
 
-import numpy as np
 from rich.console import Console
+from rich.table import Table
 
 
-def run_demo(quick: bool = False) -> dict:
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.neighbors import KNeighborsClassifier
-
+def run_demo(quick: bool = False, console: Console | None = None) -> dict:
     from alloyml.platform.client import Platform
+    from alloyml.workflows.builtin import get_builtin
+    from alloyml.workflows.builtin.demo import DEMO_CONFIGS
+    from alloyml.workflows.display import watch
+    from alloyml.workflows.recording import store_location
 
-    console = Console()
+    console = console or Console()
     with Platform() as platform:
-        x, y = load_breast_cancer(return_X_y=True)
-        dataset = platform.register_dataset("breast_cancer", x, y, version="sklearn")
-        rng = np.random.default_rng(0)
-        train = rng.permutation(len(x))[: len(x) // 2]
-        with platform.run("valuation", name="leave-one-out knn", params={"k": 5},
-                          dataset_id=dataset.id) as run:
-            base = KNeighborsClassifier(5).fit(x[train], y[train]).score(x, y)
-            values = np.array([
-                base - KNeighborsClassifier(5).fit(np.delete(x[train], i, 0), np.delete(y[train], i)).score(x, y)
-                for i in range(len(train) if not quick else 40)
-            ])
-            platform.save_data_values(run.id, type("R", (), {"values": values})())
-            run.log_metrics(base_accuracy=base)
-        parent = platform.register_model("knn-base", "sklearn:KNeighborsClassifier", metrics={"accuracy": base})
-        child = platform.register_model("knn-refit", "sklearn:KNeighborsClassifier", parents=[(parent.id, "base")])
-        lowest = platform.store.lowest_values(run.id, 5)
-        console.print(f"[bold]store[/bold] {platform.settings.db_url}")
-        console.print(f"dataset #{dataset.id} {dataset.name} ({dataset.n_rows} rows, "
-                      f"fingerprint {dataset.fingerprint[:12]})")
-        console.print(f"run #{run.id} valuation: {len(values)} values; lowest points {lowest.indices.tolist()}")
-        console.print(f"model #{child.id} {child.name} <- parent #{parent.id}")
-        return {"dataset_id": dataset.id, "run_id": run.id, "model_id": child.id}
+        console.print(f"[bold]alloyml demo[/bold] — store {platform.settings.db_url}")
+        handle = platform.submit(get_builtin("demo").build(), store=store_location(platform),
+                                 config=DEMO_CONFIGS["quick" if quick else "full"])
+        console.print(f"workflow #{handle.id} submitted (resume with `alloyml workflow resume {handle.id}`)")
+        watch(platform.store, handle.id, console)
+        summary = handle.result()
+    _print_summary(console, summary)
+    console.print("\nEverything is in the store. Open the dashboard with [bold]alloyml ui[/bold] "
+                  "(http://127.0.0.1:8501), list runs with [bold]alloyml runs list[/bold].")
+    return summary
+
+
+def _print_summary(console: Console, summary: dict) -> None:
+    cleaning = summary["cleaning"]
+    table = Table(title="data valuation (10% flipped labels)")
+    table.add_column("method")
+    table.add_column("AUC of flagging flipped rows", justify="right")
+    for method, auc in cleaning["auc_by_method"].items():
+        table.add_row(method, f"{auc:.3f}")
+    console.print(table)
+    console.print(f"removing the lowest-valued {cleaning['removed']} rows "
+                  f"({cleaning['removed_that_were_flipped']:.0%} of them flipped): test accuracy "
+                  f"{cleaning['noisy_accuracy']:.3f} → {cleaning['cleaned_accuracy']:.3f} "
+                  f"(gain {cleaning['gain']:+.3f})")
+    merge = summary["merge"]
+    table = Table(title=f"merging the two specialists (chosen: {merge['method']})")
+    table.add_column("method")
+    for task in next(iter(merge["scores_by_method"].values())):
+        table.add_column(f"{task} accuracy", justify="right")
+    for method, scores in merge["scores_by_method"].items():
+        table.add_row(method, *(f"{v:.2f}" for v in scores.values()))
+    console.print(table)
+    cascade = summary["cascade"]
+    table = Table(title=f"cascade (budget {cascade['budget']:.2f} per query, held-out queries)")
+    for column in ("policy", "accuracy", "mean cost"):
+        table.add_column(column)
+    table.add_row("cascade", f"{cascade['accuracy']:.3f}", f"{cascade['mean_cost']:.2f}")
+    for model, numbers in cascade["singles"].items():
+        table.add_row(f"{model} alone", f"{numbers['accuracy']:.3f}", f"{numbers['mean_cost']:.2f}")
+    console.print(table)
+    tuning, serving = summary["tuning"], summary["serving"]
+    console.print(f"inference tuning of the merged model: best {tuning['best']} "
+                  f"(utility {tuning['best_utility']:.2f}, {tuning['best_cost']:.1f} tokens per query)")
+    console.print(f"served on Ray Serve: {serving['requests']} requests, accuracy {serving['accuracy']:.2f}, "
+                  f"mean cost {serving['mean_cost']:.2f}, logged to the store")

@@ -4,7 +4,6 @@ roll over to each new version saved under NAME while it runs."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 
 
 def register(subparsers) -> None:
@@ -25,32 +24,6 @@ def register(subparsers) -> None:
     cascade.set_defaults(func=_serve_cascade)
 
 
-class StoreRequestLog:
-    """The request-log callback: writes batches of request records for cascade row `cascade_id`. It runs
-    in the Serve replica, so it holds only settings and opens its own client there."""
-
-    def __init__(self, cascade_id: int, db_url: str, home: str):
-        self.cascade_id = cascade_id
-        self.db_url = db_url
-        self.home = home
-        self._platform = None
-
-    def __call__(self, records: list[dict]) -> None:
-        from alloyml.platform import entities as e
-        from alloyml.platform.client import Platform
-
-        if self._platform is None:
-            self._platform = Platform(self.db_url, self.home)
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        self._platform.store.log_cascade_requests(self.cascade_id, [
-            e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now)
-            for r in records
-        ])
-
-    def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k != "_platform"} | {"_platform": None}
-
-
 def _serve_cascade(args: argparse.Namespace) -> int:
     import time
 
@@ -59,6 +32,7 @@ def _serve_cascade(args: argparse.Namespace) -> int:
     from alloyml.platform.client import Platform
     from alloyml.routing.plan import CascadePlan
     from alloyml.routing.serve import CascadeService
+    from alloyml.workflows.recording import StoreRequestLog
 
     console = Console()
     platform = Platform()

@@ -49,8 +49,9 @@ class Frontier:
     accuracy: np.ndarray
 
     def best_under(self, budget: float) -> int:
-        """Index of the most accurate point with mean cost <= budget."""
-        k = int(np.searchsorted(self.cost, budget, side="right")) - 1
+        """Index of the most accurate point with mean cost <= budget (up to rounding: a budget computed as
+        one model's mean cost must admit that model alone, whatever order the sums were taken in)."""
+        k = int(np.searchsorted(self.cost, budget * (1 + 1e-9) + 1e-12, side="right")) - 1
         if k < 0:
             raise InvalidInputError(
                 f"budget {budget!r} is below the cheapest cascade's mean cost {self.cost[0]:.6g}"

@@ -17,6 +17,7 @@ from alloyml.errors import NotFoundError
 # One line per built-in workflow module.
 BUILTIN_MODULES = (
     "alloyml.workflows.builtin.sklearn_train_score",
+    "alloyml.workflows.builtin.demo",
 )
 
 

@@ -1,0 +1,119 @@
+"""The serving half of the demo: logged responses of the small, merged and large LMs, a budgeted
+FrugalGPT cascade over them, budgeted inference tuning of the merged model, and a brief Ray Serve
+deployment whose requests are logged to the store."""
+
+from __future__ import annotations
+
+from alloyml.workflows.builtin.demo_models import TASKS, PromptTask
+from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan
+from alloyml.workflows.steps import step
+
+CASCADE_NAME = "demo-cascade"
+STAGES = ("small", "merged", "large")
+
+
+def _load(infos: dict) -> dict:
+    from alloyml.models.saving import load_model
+
+    return {name: load_model(info["dir"]) for name, info in infos.items()}
+
+
+def _price(model) -> float:
+    """Cost per token, proportional to the parameters that process it (per 100k parameters)."""
+    return model.num_params() / 1e5
+
+
+def _queries(n: int, seed: int) -> list[tuple[str, str]]:
+    half = n // len(TASKS)
+    return [pair for i, task in enumerate(TASKS) for pair in PromptTask(task).examples(half, seed + i)]
+
+
+@step(num_cpus=1)
+def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: dict) -> dict:
+    """Every model answers every query (the logged-responses setting); fit the cascade for a budget
+    halfway between always calling the merged model and always calling the large one, and compare it
+    with each model alone."""
+    import pandas as pd
+
+    from alloyml.models.generate import RecurrentLM
+    from alloyml.routing import FrugalCascade, load_responses
+
+    models = _load({"small": small, "merged": merged, "large": large})
+    queries = _queries(config["cascade_queries"], seed=20_000)
+    rows = []
+    for name in STAGES:
+        generations = RecurrentLM(models[name]).generate([q for q, _ in queries], max_tokens=5, stop=["\n"])
+        rows += [{"query_id": i, "query": " ".join(q), "model": name, "answer": g.text.strip(),
+                  "correct": g.text.strip() == a, "cost": _price(models[name]) * g.total_tokens}
+                 for i, ((q, a), g) in enumerate(zip(queries, generations, strict=True))]
+    responses = load_responses(pd.DataFrame(rows))
+    train, test = responses.split(0.5, seed=config["seed"])
+    mean_cost = train.cost.mean(axis=0)
+    budget = float((mean_cost[train.model_index("merged")] + mean_cost[train.model_index("large")]) / 2)
+    cascade = FrugalCascade(budget=budget).fit(train)
+    held_out = cascade.evaluate(test)
+    singles = {m: {"accuracy": float(test.correct[:, i].mean()), "mean_cost": float(test.cost[:, i].mean())}
+               for i, m in enumerate(test.models)}
+    with open_platform(store) as platform, platform.run("route", name="fit demo cascade",
+                                                        params={"budget": budget, "queries": len(queries)}) as run:
+        stored = save_cascade_plan(platform, CASCADE_NAME, cascade.plan_, train, budget)
+        run.log_metrics(accuracy=held_out.accuracy, mean_cost=held_out.mean_cost, singles=singles,
+                        chain=list(cascade.plan_.point.models))
+    return {"cascade_id": stored.id, "version": stored.version, "budget": budget, "plan": cascade.plan_.model_dump(),
+            "accuracy": held_out.accuracy, "mean_cost": held_out.mean_cost, "singles": singles}
+
+
+@step(num_cpus=1)
+def tune_merged(store: dict, merged: dict, config: dict) -> dict:
+    """EcoOptiGen-style search over n, temperature and max_tokens for the merged model, against a
+    token budget per query; every trial is recorded."""
+    from alloyml.automl import InferenceSpace, tune_inference
+    from alloyml.automl.prompting import Example
+    from alloyml.models.generate import RecurrentLM
+
+    [model] = _load({"merged": merged}).values()
+    examples = [Example(q, a) for q, a in _queries(config["tune_examples"], seed=30_000)]
+    space = InferenceSpace(n=[1, 3], temperature=[0.0, 0.7], max_tokens=[3, 6], stop=[["\n"]],
+                           templates=["{input}"])
+    budget = config["tune_budget_tokens"]
+    with open_platform(store) as platform, platform.run("tune", name="tune merged model's inference",
+                                                        params={"budget_tokens": budget}) as run:
+        trials = []
+
+        def record(trial):
+            trials.append(trial)
+            platform.store.add_trial(run.id, len(trials) - 1, trial.config, trial.metrics, trial.cost,
+                                     trial.seconds, trial.status)
+
+        result = tune_inference(RecurrentLM(model), examples, space, budget=budget, on_trial=record,
+                                seed=config["seed"])
+        run.log_metrics(best_utility=result.best_utility, best_cost=result.best_cost,
+                        tuning_cost=result.tuning_cost)
+    return {"best": result.best.model_dump(), "best_utility": result.best_utility, "best_cost": result.best_cost}
+
+
+@step(num_cpus=1)
+def serve_cascade(store: dict, cascade: dict, small: dict, merged: dict, large: dict, config: dict) -> dict:
+    """Deploy the stored cascade on Ray Serve (127.0.0.1) for a few requests, logged to the store."""
+    from alloyml.models.generate import RecurrentLM
+    from alloyml.routing.adapters import LMAnswerer, Stage
+    from alloyml.routing.plan import CascadePlan
+    from alloyml.routing.serve import CascadeService
+
+    models = _load({"small": small, "merged": merged, "large": large})
+    stages = {name: Stage(name, LMAnswerer(RecurrentLM(model), max_tokens=5, stop=["\n"]),
+                          cost_per_token=_price(model)) for name, model in models.items()}
+    log = StoreRequestLog(cascade["cascade_id"], store["db_url"], store["home"])
+    service = CascadeService(CASCADE_NAME, budget=cascade["budget"], log_callback=log, log_batch_size=8,
+                             port=config["serve_port"])
+    try:
+        handle = service.deploy(CascadePlan.from_dict(cascade["plan"]), cascade["version"], stages=stages)
+        queries = _queries(config["serve_requests"], seed=40_000)
+        replies = [handle.route.remote(" ".join(q)) for q, _ in queries]
+        answers = [r.result() for r in replies]
+        status = service.status()
+    finally:
+        service.delete()
+    correct = sum(reply["answer"].strip() == a for reply, (_, a) in zip(answers, queries, strict=True))
+    return {"requests": len(answers), "accuracy": correct / len(answers),
+            "mean_cost": sum(r["cost"] for r in answers) / len(answers), "guard": status.get("guard")}

@@ -1,0 +1,82 @@
+"""Recording library results in the store: the workflow layer's side of the dependency rule.
+
+Steps run in Ray workers, so they receive the store's location (`store_location(platform)`, a JSON-able
+dict that travels as a workflow input) and open their own client with `open_platform`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def store_location(platform) -> dict:
+    return {"db_url": platform.settings.db_url, "home": str(platform.settings.home)}
+
+
+def open_platform(location: dict):
+    from alloyml.platform.client import Platform
+
+    return Platform(db_url=location["db_url"], home=location["home"])
+
+
+def record_valuation(platform, result, *, dataset_id: int | None = None, name: str | None = None,
+                     flipped: np.ndarray | None = None, metrics: dict | None = None) -> int:
+    """One valuation run: params (method, dataset, the method's own params), its data values in one bulk
+    write, metrics, and the indices of rows known to be noisy as an artifact (for the dashboard)."""
+    params = {"method": result.method, "dataset_id": dataset_id, **result.params}
+    if flipped is not None:
+        params["flipped_artifact"] = platform.artifacts.put_array(np.asarray(flipped, dtype=np.int64))
+    with platform.run("valuation", name=name or result.method, params=params, dataset_id=dataset_id) as run:
+        platform.store.write_data_values(run.id, result.values, result.stderr, result.counts, result.indices)
+        run.log_metrics(utility_evaluations=int(result.utility_evaluations), **(metrics or {}))
+    return run.id
+
+
+def register_model_dir(platform, name: str, directory: str | Path, *, metrics: dict | None = None,
+                       parents: Sequence[tuple] = ()) -> int:
+    """Register an alloyml model saved by `alloyml.models.saving.save_model` (architecture and parameter
+    count from its config.json); `parents` are (model_id, role[, weight]) lineage edges."""
+    import json
+
+    info = json.loads((Path(directory) / "config.json").read_text())
+    model = platform.register_model(name, f"{info['architecture']}:{info['mixer']}/{info['ffn']}",
+                                    artifact=str(directory), n_params=int(info["num_params"]),
+                                    metrics=metrics, parents=parents)
+    return model.id
+
+
+def save_cascade_plan(platform, name: str, plan, responses, budget: float):
+    """Store a fitted cascade plan as the next version of `name`, with each stage's mean cost per query."""
+    point = plan.point
+    costs = [float(responses.cost[:, responses.model_index(m)].mean()) for m in point.models]
+    return platform.store.save_cascade(name, point.models, point.thresholds, costs, budget, plan=plan.model_dump())
+
+
+class StoreRequestLog:
+    """The request-log callback: writes batches of request records for cascade row `cascade_id`. It runs
+    in the Serve replica, so it holds only settings and opens its own client there."""
+
+    def __init__(self, cascade_id: int, db_url: str, home: str):
+        self.cascade_id = cascade_id
+        self.db_url = db_url
+        self.home = home
+        self._platform = None
+
+    def __call__(self, records: list[dict]) -> None:
+        from alloyml.platform import entities as e
+        from alloyml.platform.client import Platform
+
+        if self._platform is None:
+            self._platform = Platform(self.db_url, self.home)
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        self._platform.store.log_cascade_requests(self.cascade_id, [
+            e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now)
+            for r in records
+        ])
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_platform"} | {"_platform": None}

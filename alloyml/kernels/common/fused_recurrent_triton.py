@@ -44,6 +44,23 @@ def _gate_state(h, decay, GATE: tl.constexpr):
 
 
 @triton.jit
+def _program_block(T, t0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr):
+    """This program's slice: key and value offsets and masks, its state block's offsets in [B, H, K, V]
+    and mask, the row of (b, t0, h) in [B, T, H], and its key offsets in a [NV, B, T, H, K] buffer."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    o_h = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    m_h = m_k[:, None] & m_v[None, :]
+    row = i_b * T * H + t0 * H + i_h
+    o_part = (i_v * (tl.num_programs(1) // H) * T * H + row) * K + o_k
+    return o_k, o_v, m_k, m_v, o_h, m_h, row, o_part
+
+
+@triton.jit
 def fused_recurrent_fwd_kernel(q, k, v, g, h0, o, ht, dq, do, dht, dg_final, scale, T,
                                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
@@ -51,28 +68,19 @@ def fused_recurrent_fwd_kernel(q, k, v, g, h0, o, ht, dq, do, dht, dg_final, sca
     """Forward walk. COMPUTE_DQ=False: writes o [B, T, H, V] and the final state ht [B, H, K, V].
     COMPUTE_DQ=True (backward): writes this value block's parts of dq and, with USE_DHT, of
     dg_final_t = <diag(exp(g_t)) S_{t-1}, dS_T> (both [NV, B, T, H, K])."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    row = i_b * T * H + i_h  # (b, t=0, h) in [B, T, H]
+    o_k, o_v, m_k, m_v, o_h, m_h, row, o_part = _program_block(T, 0, H, K, V, BK, BV)
     p_k, p_v = k + row * K + o_k, v + row * V + o_v
     p_g = g + row * K + o_k if GATE == 2 else g + row
     g_step = H * K if GATE == 2 else H
     p_o = do + row * V + o_v if COMPUTE_DQ else o + row * V + o_v
-    B = tl.num_programs(1) // H
-    p_dq = dq + (i_v * B * T * H + row) * K + o_k  # dq: [NV, B, T, H, K]
-    p_dgf = dg_final + (i_v * B * T * H + row) * K + o_k
+    p_dq, p_dgf = dq + o_part, dg_final + o_part
     p_q = q + row * K + o_k
     if USE_DHT:
-        b_dht = tl.load(dht + i_bh * K * V + o_k[:, None] * V + o_v[None, :], mask=m_h, other=0.0)
-        b_dht = b_dht.to(tl.float32)
+        b_dht = tl.load(dht + o_h, mask=m_h, other=0.0).to(tl.float32)
 
     h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        h += tl.load(h0 + i_bh * K * V + o_k[:, None] * V + o_v[None, :], mask=m_h, other=0.0).to(tl.float32)
+        h += tl.load(h0 + o_h, mask=m_h, other=0.0).to(tl.float32)
     for _ in range(0, T):
         b_k = tl.load(p_k, mask=m_k, other=0.0).to(tl.float32)
         b_v = tl.load(p_v, mask=m_v, other=0.0).to(tl.float32)
@@ -97,7 +105,7 @@ def fused_recurrent_fwd_kernel(q, k, v, g, h0, o, ht, dq, do, dht, dg_final, sca
         p_o += H * V
         p_g += g_step
     if not COMPUTE_DQ:
-        tl.store(ht + i_bh * K * V + o_k[:, None] * V + o_v[None, :], h.to(ht.dtype.element_ty), mask=m_h)
+        tl.store(ht + o_h, h.to(ht.dtype.element_ty), mask=m_h)
 
 
 @triton.jit
@@ -111,26 +119,17 @@ def fused_recurrent_bwd_kernel(q, k, v, g, do, dht, dk, dk_final, dv, dh0, scale
 
     dS is carried as dh (from the outputs) + diag(d) dS_T with d the decay from t + 1 to T, so that dk's
     outputs' part never holds the final state's path (see the module docstring)."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    row = i_b * T * H + (T - 1) * H + i_h  # (b, t=T-1, h) in [B, T, H]
+    o_k, o_v, m_k, m_v, o_h, m_h, row, o_part = _program_block(T, T - 1, H, K, V, BK, BV)
     p_q, p_k = q + row * K + o_k, k + row * K + o_k
     p_v, p_do, p_dv = v + row * V + o_v, do + row * V + o_v, dv + row * V + o_v
     p_g = g + row * K + o_k if GATE == 2 else g + row
     g_step = H * K if GATE == 2 else H
-    B = tl.num_programs(1) // H
-    p_dk = dk + (i_v * B * T * H + row) * K + o_k  # dk: [NV, B, T, H, K]
-    p_dkf = dk_final + (i_v * B * T * H + row) * K + o_k
+    p_dk, p_dkf = dk + o_part, dk_final + o_part
 
     dh = tl.zeros([BK, BV], dtype=tl.float32)
     d = tl.full([BK], 1.0, dtype=tl.float32)
     if USE_DHT:
-        b_dht = tl.load(dht + i_bh * K * V + o_k[:, None] * V + o_v[None, :], mask=m_h, other=0.0)
-        b_dht = b_dht.to(tl.float32)
+        b_dht = tl.load(dht + o_h, mask=m_h, other=0.0).to(tl.float32)
     for _ in range(0, T):
         b_q = tl.load(p_q, mask=m_k, other=0.0).to(tl.float32) * scale
         b_k = tl.load(p_k, mask=m_k, other=0.0).to(tl.float32)
@@ -159,7 +158,7 @@ def fused_recurrent_bwd_kernel(q, k, v, g, do, dht, dk, dk_final, dv, dh0, scale
     if STORE_DH0:
         if USE_DHT:
             dh += d[:, None] * b_dht
-        tl.store(dh0 + i_bh * K * V + o_k[:, None] * V + o_v[None, :], dh.to(dh0.dtype.element_ty), mask=m_h)
+        tl.store(dh0 + o_h, dh.to(dh0.dtype.element_ty), mask=m_h)
 
 
 def _blocks(K: int, V: int) -> tuple[int, int, int]:

@@ -26,19 +26,13 @@ def gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=True, 
     backend: "auto" (CUDA -> "triton", else "chunk"), "naive", "chunk" or "triton".
     Returns (o: [B, T, H, V] in q's dtype, final_state: [N, H, K, V] float32, or None when
     `output_final_state` is False)."""
-    from alloyml.kernels.common.checks import (
-        check_cu_seqlens,
-        check_qkv,
-        check_state,
-        check_tensor,
-        resolve_backend,
-    )
+    from alloyml.kernels.common import checks
 
-    B, T, H, K, V = check_qkv(q, k, v)
-    check_tensor("g", g, (B, T, H, K), q)
-    N = check_cu_seqlens(cu_seqlens, B, T)
-    check_state("initial_state", initial_state, N, H, K, V, q)
-    run = IMPLEMENTATIONS[resolve_backend(backend, q)]
+    B, T, H, K, V = checks.check_qkv(q, k, v)
+    checks.check_tensor("g", g, (B, T, H, K), q)
+    N = checks.check_cu_seqlens(cu_seqlens, B, T)
+    checks.check_state("initial_state", initial_state, N, H, K, V, q)
+    run = IMPLEMENTATIONS[checks.resolve_backend(backend, q)]
     return run(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                cu_seqlens=cu_seqlens)
 

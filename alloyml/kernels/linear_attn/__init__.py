@@ -30,22 +30,15 @@ def linear_attn(q, k, v, decay=None, *, scale=None, normalize=False, initial_sta
     "naive", "chunk" or "triton".
     Returns (o: [B, T, H, V] in q's dtype, final_state float32, or None when `output_final_state` is
     False)."""
-    from alloyml.kernels.common.checks import (
-        check_cu_seqlens,
-        check_qkv,
-        check_range,
-        check_state,
-        check_tensor,
-        resolve_backend,
-    )
+    from alloyml.kernels.common import checks
 
-    B, T, H, K, V = check_qkv(q, k, v)
+    B, T, H, K, V = checks.check_qkv(q, k, v)
     if decay is not None:
-        check_tensor("decay", decay, (H,), q)
-        check_range("decay", decay, 0.0, 1.0)
-    N = check_cu_seqlens(cu_seqlens, B, T)
-    check_state("initial_state", initial_state, N, H, K, V + bool(normalize), q)
-    run = IMPLEMENTATIONS[resolve_backend(backend, q)]
+        checks.check_tensor("decay", decay, (H,), q)
+        checks.check_range("decay", decay, 0.0, 1.0)
+    N = checks.check_cu_seqlens(cu_seqlens, B, T)
+    checks.check_state("initial_state", initial_state, N, H, K, V + bool(normalize), q)
+    run = IMPLEMENTATIONS[checks.resolve_backend(backend, q)]
     return run(q, k, v, decay, scale=scale, normalize=normalize, initial_state=initial_state,
                output_final_state=output_final_state, cu_seqlens=cu_seqlens)
 

@@ -34,24 +34,17 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_s
     a batch of one; backend: "auto" (CUDA -> "triton", else "chunk"), "naive", "chunk" or "triton".
     Returns (y: [b, T, H, V] in x's dtype, final_state: [n, H, K, V] float32, or None when
     `output_final_state` is False)."""
-    from alloyml.kernels.common.checks import (
-        check_cu_seqlens,
-        check_qkv,
-        check_range,
-        check_state,
-        check_tensor,
-        resolve_backend,
-    )
+    from alloyml.kernels.common import checks
 
-    b, T, H, K, V = check_qkv(C, B, x, names=("C", "B", "x"))
-    check_tensor("dt", dt, (b, T, H), x)
-    check_tensor("A", A, (H,), x)
-    check_range("A", A, -math.inf, 0.0, low_open=False)
+    b, T, H, K, V = checks.check_qkv(C, B, x, names=("C", "B", "x"))
+    checks.check_tensor("dt", dt, (b, T, H), x)
+    checks.check_tensor("A", A, (H,), x)
+    checks.check_range("A", A, -math.inf, 0.0, low_open=False)
     if D is not None:
-        check_tensor("D", D, (H,), x)
-    n = check_cu_seqlens(cu_seqlens, b, T)
-    check_state("initial_state", initial_state, n, H, K, V, x)
-    run = IMPLEMENTATIONS[resolve_backend(backend, x)]
+        checks.check_tensor("D", D, (H,), x)
+    n = checks.check_cu_seqlens(cu_seqlens, b, T)
+    checks.check_state("initial_state", initial_state, n, H, K, V, x)
+    run = IMPLEMENTATIONS[checks.resolve_backend(backend, x)]
     return run(x, dt, A, B, C, D, initial_state=initial_state, output_final_state=output_final_state,
                cu_seqlens=cu_seqlens)
 

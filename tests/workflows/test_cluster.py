@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,7 @@ def test_steps_are_placed_by_their_resources_on_a_two_node_cluster(tmp_path):
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)
             node.wait()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     nodes_by_id, placed = report["nodes"], report["placed"]
     assert len(nodes_by_id) == 2 and report["gcs"] == f"127.0.0.1:{port}"
     assert {n["ip"] for n in nodes_by_id.values()} == {"127.0.0.1"}

@@ -39,7 +39,7 @@ class HFCausalLM(LanguageModel):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self.chat = chat and getattr(tokenizer, "chat_template", None) is not None
+        self.chat = chat
         self.batch_size = batch_size
 
     @classmethod
@@ -56,14 +56,18 @@ class HFCausalLM(LanguageModel):
         kwargs.setdefault("name", path.name)
         return cls(model, tokenizer, **kwargs)
 
+    @property
+    def uses_chat_template(self) -> bool:
+        return self.chat and getattr(self.tokenizer, "chat_template", None) is not None
+
     def _render(self, prompt: Prompt) -> str:
-        if self.chat:
+        if self.uses_chat_template:
             return self.tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
         return as_text(prompt)
 
     def _encode(self, text: str) -> list[int]:
         # A chat template already writes its special tokens; plain text gets the tokenizer's own.
-        return self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"]
+        return self.tokenizer(text, add_special_tokens=not self.uses_chat_template)["input_ids"]
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self._encode(self._render(prompt)))

@@ -7,6 +7,7 @@ executemany (SQLite) or one COPY (PostgreSQL) inside the same transaction.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -108,7 +109,7 @@ class SqlStore(Store):
     def update_model_metrics(self, model_id, metrics):
         with self._session(write=True) as s:
             row = self._get(s, orm.ModelRow, model_id, "model")
-            row.metrics = {**row.metrics, **metrics}
+            row.metrics = _json_safe({**row.metrics, **metrics})
             return _model(row)
 
     def lineage_edges(self, model_id=None):
@@ -140,7 +141,7 @@ class SqlStore(Store):
                                            (orm.ModelRow, model_id, "model")):
                 if row_id is not None:
                     self._get(s, row_type, row_id, what)
-            row = orm.RunRow(kind=kind, name=name, params=dict(params or {}), metrics={},
+            row = orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})), metrics={},
                              workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id)
             s.add(row)
             s.flush()
@@ -152,7 +153,7 @@ class SqlStore(Store):
         with self._session(write=True) as s:
             row = self._get(s, orm.RunRow, run_id, "run")
             row.status = status
-            row.metrics = {**row.metrics, **(metrics or {})}
+            row.metrics = _json_safe({**row.metrics, **(metrics or {})})
             row.error = error
             row.finished_at = orm.utcnow()
             return _run(row)
@@ -160,7 +161,7 @@ class SqlStore(Store):
     def log_metrics(self, run_id, metrics):
         with self._session(write=True) as s:
             row = self._get(s, orm.RunRow, run_id, "run")
-            row.metrics = {**row.metrics, **metrics}
+            row.metrics = _json_safe({**row.metrics, **metrics})
             return _run(row)
 
     def get_run(self, run_id):
@@ -357,7 +358,8 @@ class SqlStore(Store):
     def add_trial(self, run_id, number, config, metrics=None, cost=None, seconds=None, status="done"):
         with self._session(write=True) as s:
             self._get(s, orm.RunRow, run_id, "run")
-            row = orm.TrialRow(run_id=run_id, number=int(number), config=config, metrics=dict(metrics or {}),
+            row = orm.TrialRow(run_id=run_id, number=int(number), config=_json_safe(config),
+                               metrics=_json_safe(dict(metrics or {})),
                                cost=cost, seconds=seconds, status=status)
             s.add(row)
             s.flush()
@@ -470,6 +472,17 @@ class SqlStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+def _json_safe(value):
+    """NaN and inf have no JSON form (PostgreSQL rejects them): store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _k(k) -> int:
     if not isinstance(k, int | np.integer) or k < 0:
         raise InvalidInputError(f"k={k!r} must be a non-negative integer")

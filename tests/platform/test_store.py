@@ -215,3 +215,12 @@ def test_store_never_returns_orm_rows(platform):
     run = platform.store.start_run("train")
     assert type(run).__module__ == "alloyml.platform.entities"
     assert isinstance(platform.store, SqlStore)
+
+
+def test_non_finite_metrics_are_stored_as_null(platform):
+    run = platform.store.start_run("tune", params={"lr": float("nan")})
+    platform.store.log_metrics(run.id, {"loss": float("inf"), "curve": [1.0, float("nan")]})
+    trial = platform.store.add_trial(run.id, 0, {"t": 1.0}, {"utility": float("nan")})
+    stored = platform.store.get_run(run.id)
+    assert stored.params == {"lr": None} and stored.metrics == {"loss": None, "curve": [1.0, None]}
+    assert platform.store.list_trials(run.id)[0].metrics == {"utility": None} and trial.number == 0

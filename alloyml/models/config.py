@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from alloyml.errors import ConfigError
 
@@ -98,17 +99,20 @@ class ModelConfig:
         return NAMED_CONFIGS[name](**overrides)
 
 
-NAMED_CONFIGS: dict[str, Callable[..., ModelConfig]] = {}
+def register_in(table: dict, name: str):
+    """A decorator that stores its target in `table` under `name` (and, for a class, sets `cls.name`)."""
 
-
-def named_config(name: str):
-    """Register `fn(**overrides) -> ModelConfig` under `name`."""
-
-    def register(fn):
-        NAMED_CONFIGS[name] = fn
-        return fn
+    def register(obj):
+        table[name] = obj
+        if isinstance(obj, type):
+            obj.name = name
+        return obj
 
     return register
+
+
+NAMED_CONFIGS: dict[str, Callable[..., ModelConfig]] = {}
+named_config = partial(register_in, NAMED_CONFIGS)  # @named_config(name): fn(**overrides) -> ModelConfig
 
 
 def _named(name: str, **fields):

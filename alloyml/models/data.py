@@ -10,23 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from alloyml.errors import InvalidInputError, NotFoundError
+from alloyml.models.config import register_in
 from alloyml.models.model import IGNORE_INDEX
 
 TASKS: dict[str, type] = {}
-
-
-def register_task(name: str):
-    def register(cls):
-        TASKS[name] = cls
-        cls.name = name
-        return cls
-
-    return register
+register_task = partial(register_in, TASKS)
 
 
 def make_task(name: str, **kwargs):

@@ -16,23 +16,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alloyml.models.config import ModelConfig
+from alloyml.models.config import ModelConfig, register_in
 
 MIXERS: dict[str, type[Mixer]] = {}
-
-
-def register_mixer(name: str):
-    def register(cls):
-        MIXERS[name] = cls
-        cls.name = name
-        return cls
-
-    return register
+register_mixer = partial(register_in, MIXERS)
 
 
 class Mixer(nn.Module):

@@ -12,6 +12,7 @@ included), checks that the two outputs agree, and deletes everything afterwards.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -112,16 +113,12 @@ def max_abs_diff(dir_a: Path, dir_b: Path) -> float:
     return max((a.read(n) - b.read(n)).abs().max().item() for n in a.infos)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="~20M-parameter checkpoints")
-    parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temp dir in /tmp)")
-    args = parser.parse_args()
-
-    root = Path(tempfile.mkdtemp(prefix="alloyml-merge-bench-", dir=args.workdir))
+def speed_rows(quick: bool, workdir: str | None) -> tuple[list[dict], dict]:
+    """Task arithmetic and TIES through `alloyml merge` and `mergekit-yaml` on the same checkpoints."""
+    root = Path(tempfile.mkdtemp(prefix="alloyml-merge-bench-", dir=workdir))
     rows, extra = [], {}
     try:
-        paths, n_params = write_checkpoints(root, QUICK if args.quick else FULL)
+        paths, n_params = write_checkpoints(root, QUICK if quick else FULL)
         size = f"{n_params / 1e6:.0f}M fp32 x3"
         extra["parameters"] = n_params
         targets = {"task_arithmetic": 10.0, "ties": 30.0}
@@ -140,10 +137,11 @@ def main() -> None:
                 note = f"max |alloyml - mergekit| = {diff:.2e}"
             except RuntimeError as err:
                 theirs, note = (None, None, None), f"mergekit failed: {str(err)[-300:]}"
-            note += f"; mergekit reported in the issue: {mergekit_reported[method]}"
             note += (
+                f"; mergekit reported in the issue: {mergekit_reported[method]}"
                 f"; CPU s (user+sys) alloyml {ours[2]:.1f}, mergekit {theirs[2] or float('nan'):.1f}"
-                "; one run each on a shared 2-core machine (other jobs running), imports included"
+                "; one run each on a shared 2-core machine (other jobs running), imports included;"
+                " `alloyml merge` sets OMP_WAIT_POLICY=PASSIVE, mergekit runs with its defaults"
             )
             rows.append(
                 row(
@@ -155,6 +153,7 @@ def main() -> None:
                     f"<= {targets[method]:.0f} s; ratio vs mergekit",
                     ours[0] <= targets[method],
                     note,
+                    part="speed",
                 )
             )
             rows.append(
@@ -167,6 +166,7 @@ def main() -> None:
                     "<= 1024 MB; ratio vs mergekit",
                     ours[1] <= 1024,
                     "peak resident set of the whole process (/usr/bin/time %M)",
+                    part="speed",
                 )
             )
             extra.setdefault("cpu_seconds", {})[method] = {"alloyml": ours[2], "mergekit": theirs[2]}
@@ -174,6 +174,178 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return rows, extra
+
+
+QUALITY_MODEL = dict(vocab_size=256, d_model=64, n_layers=2, n_heads=4, mixer="gla", ffn="mlp", ffn_mult=4)
+MERGES = {  # one standard setting per method; the searched row tunes task arithmetic on validation data
+    "linear": {"merge_method": "linear", "weight": 0.5},
+    "task_arithmetic": {"merge_method": "task_arithmetic", "weight": 1.0},
+    "ties": {"merge_method": "ties", "weight": 1.0, "density": 0.5},
+    "dare_linear": {"merge_method": "dare_linear", "weight": 1.0, "density": 0.5},
+    "dare_ties": {"merge_method": "dare_ties", "weight": 1.0, "density": 0.5},
+    "slerp": {"merge_method": "slerp", "t": 0.5},
+}
+
+
+def _tasks():
+    from alloyml.models.data import make_task
+
+    return {
+        "arithmetic": make_task("arithmetic", digits=1),
+        "selective_copy": make_task("selective_copy", length=12, n_tokens=3, n_symbols=6),
+    }
+
+
+@torch.no_grad()
+def accuracy(model, task, seed: int, n: int = 256) -> float:
+    """Next-token accuracy on the task's scored positions of `n` fresh examples."""
+    from alloyml.models.data import batches
+    from alloyml.models.model import IGNORE_INDEX
+
+    model.eval()
+    inputs, targets = batches(task, n, seed=seed)(0)
+    scored = targets != IGNORE_INDEX
+    return float(((model(inputs).logits.argmax(-1) == targets) & scored).sum() / scored.sum())
+
+
+def _merge_config(spec: dict) -> dict:
+    spec = dict(spec)
+    method = spec.pop("merge_method")
+    if method == "slerp":  # between the two specialists
+        return {
+            "merge_method": "slerp",
+            "base_model": "arithmetic",
+            "models": [{"model": "selective_copy"}],
+            "parameters": spec,
+        }
+    models = [{"model": t, "parameters": spec} for t in ("arithmetic", "selective_copy")]
+    return {"merge_method": method, "models": models, **({"base_model": "base"} if method != "linear" else {})}
+
+
+def quality_rows(quick: bool) -> tuple[list[dict], dict]:
+    """Fine-tune one base on two tasks, merge the specialists every way (and into an MoE), score both tasks."""
+    from alloyml.merging import merge
+    from alloyml.merging.moe import mixture_batches, moe_from_experts
+    from alloyml.merging.search import search_merge
+    from alloyml.models.config import ModelConfig
+    from alloyml.models.data import batches
+    from alloyml.models.model import LinearLM
+    from alloyml.models.trainer import Trainer
+
+    steps = 60 if quick else 150
+    tasks = _tasks()
+    cfg = ModelConfig(**QUALITY_MODEL)
+    torch.manual_seed(0)
+    base = LinearLM(cfg)
+    Trainer(steps=steps, lr=3e-3, precision="fp32").fit(
+        base, mixture_batches([batches(t, 16, 7) for t in tasks.values()])
+    )
+    states = {"base": {k: v.detach().clone() for k, v in base.state_dict().items()}}
+    specialists = {}
+    for name, task in tasks.items():
+        model = LinearLM(cfg)
+        model.load_state_dict(states["base"])
+        Trainer(steps=steps, lr=2e-3, warmup_steps=10, precision="fp32").fit(model, batches(task, 32, seed=1))
+        specialists[name] = model
+        states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def scores(model, seed=1234):
+        return {name: accuracy(model, task, seed) for name, task in tasks.items()}
+
+    reference = {name: scores(m)[name] for name, m in specialists.items()}
+
+    def fraction(acc):
+        return {name: acc[name] / reference[name] for name in tasks}
+
+    def as_model(state):
+        model = LinearLM(cfg)
+        model.load_state_dict(state)
+        return model
+
+    rows, results = [], {"specialists": {n: scores(m) for n, m in specialists.items()}, "base": scores(base)}
+
+    def add(case, acc, notes=""):
+        frac = fraction(acc)
+        results[case] = {"accuracy": acc, "fraction_of_specialist": frac}
+        detail = ", ".join(f"{n}: acc {acc[n]:.3f} ({frac[n]:.2f} of specialist)" for n in tasks)
+        rows.append(
+            row(
+                case,
+                "fraction of specialist accuracy, mean of 2 tasks",
+                round(sum(frac.values()) / 2, 3),
+                {"mergekit": None},
+                None,
+                "report (no target)",
+                None,
+                f"{detail}. {notes}".strip(),
+                part="quality",
+            )
+        )
+
+    no_peer = "mergekit has no architecture definition for alloyml's LinearLM, so it cannot merge these"
+    for name, model in specialists.items():
+        add(f"specialist {name} alone", scores(model), "the single-expert baseline")
+    for method, spec in MERGES.items():
+        add(f"merge {method}", scores(as_model(merge(_merge_config(spec), sources=states).state_dict)), no_peer)
+
+    def validation_metric(state):  # validation examples (seed 77) differ from the reported test set
+        model = as_model(state)
+        return sum(accuracy(model, t, 77, 128) / reference[n] for n, t in tasks.items()) / 2
+
+    found = search_merge(
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": "base",
+            "models": [{"model": "arithmetic"}, {"model": "selective_copy"}],
+        },
+        validation_metric,
+        layer_groups=2,
+        n_trials=12 if quick else 30,
+        sources=states,
+        parallel=False,
+        seed=0,
+        bounds={"weight": (0.0, 1.5)},
+    )
+    add(
+        "merge task_arithmetic, CMA-ES searched weights",
+        scores(as_model(merge(found.best_config, sources=states).state_dict)),
+        f"{len(found.trials)} trials on validation data, 2 layer groups; {no_peer}",
+    )
+
+    data = [batches(t, 16, seed=5) for t in tasks.values()]
+    hidden = moe_from_experts(list(specialists.values()), data, top_k=1, router_steps=0)
+    add("MoE top-1, hidden-state router (untrained)", scores(hidden.model), "mergekit-moe-style gate initialisation")
+    trained = moe_from_experts(list(specialists.values()), data, top_k=1, router_steps=steps // 2, router_lr=1e-2)
+    add(
+        f"MoE top-1, router trained {steps // 2} steps",
+        scores(trained.model),
+        f"only the routers train, on a mixture of both tasks; {trained.seconds:.0f} s",
+    )
+    return rows, {"quality": {"model": QUALITY_MODEL, "steps": steps, "results": results}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller checkpoints, fewer training steps")
+    parser.add_argument("--part", choices=["speed", "quality", "all"], default="all")
+    parser.add_argument("--workdir", default=None, help="where checkpoints go (default: a temp dir in /tmp)")
+    args = parser.parse_args()
+
+    parts = ["speed", "quality"] if args.part == "all" else [args.part]
+    rows, extra = [], {}
+    for part in parts:
+        new_rows, new_extra = speed_rows(args.quick, args.workdir) if part == "speed" else quality_rows(args.quick)
+        rows += new_rows
+        extra.update(new_extra)
+    # Keep the other part's rows from the last run (read now, not at start: runs of the parts may overlap).
+    results_path = Path(__file__).resolve().parent / "results" / "merging.json"
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows += [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    for key, value in previous.items():
+        if key not in ("topic", "when", "machine", "command", "rows"):
+            extra.setdefault(key, value)
+    rows.sort(key=lambda r: r.get("part") != "speed")
     write_results("merging", rows, **extra)
 
 

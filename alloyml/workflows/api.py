@@ -24,11 +24,12 @@ class WorkflowHandle:
     """A submitted workflow: `status()`, `steps()`, `wait(timeout)`, `result(timeout)`, `cancel()`."""
 
     def __init__(self, platform, workflow_id: int, driver: Driver | None = None,
-                 thread: threading.Thread | None = None):
+                 thread: threading.Thread | None = None, process: subprocess.Popen | None = None):
         self.platform = platform
         self.id = workflow_id
         self._driver = driver
         self._thread = thread
+        self._process = process  # a detached driver started by this process
 
     def __repr__(self) -> str:
         return f"WorkflowHandle(id={self.id}, status={self.status()!r})"
@@ -54,6 +55,12 @@ class WorkflowHandle:
             if self._thread is not None and self._thread.is_alive():
                 self._thread.join(0.5 if left is None else min(left, 0.5))
                 continue
+            if self._process is not None and self._process.poll() is not None:
+                workflow = self.platform.store.get_workflow(self.id)
+                if workflow.status in TERMINAL:
+                    continue
+                raise WorkflowError(f"the detached driver of workflow {self.id} exited with code "
+                                    f"{self._process.returncode} (log: {driver_log(self.platform, self.id)})")
             lease = self.platform.store.workflow_lease(self.id)
             if workflow.status != "pending" and not lease_is_live(lease):
                 raise WorkflowError(f"workflow {self.id} is {workflow.status} but no driver is running it; "
@@ -99,8 +106,7 @@ def submit(platform, workflow: Workflow, inputs: dict, *, detach: bool = False) 
     encoded = {name: encode(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
     record = platform.store.create_workflow(workflow.name, encoded, spec, workflow.step_rows())
     if detach:
-        _spawn_resume(platform, record.id)
-        return WorkflowHandle(platform, record.id)
+        return WorkflowHandle(platform, record.id, process=_spawn_resume(platform, record.id))
     return _drive_in_thread(platform, record.id, workflow)
 
 
@@ -152,11 +158,20 @@ def _drive_in_thread(platform, workflow_id: int, workflow: Workflow) -> Workflow
     return WorkflowHandle(platform, workflow_id, driver, thread)
 
 
-def _spawn_resume(platform, workflow_id: int) -> None:
+def driver_log(platform, workflow_id: int):
+    """Where a detached driver writes its output."""
+    return platform.settings.home / "logs" / f"workflow-{workflow_id}.log"
+
+
+def _spawn_resume(platform, workflow_id: int) -> subprocess.Popen:
     env = dict(os.environ, ALLOYML_HOME=str(platform.settings.home), ALLOYML_DB_URL=platform.settings.db_url)
-    subprocess.Popen([sys.executable, "-m", "alloyml.cli", "workflow", "resume", str(workflow_id), "--quiet"],
-                     env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    log = driver_log(platform, workflow_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "alloyml.cli", "workflow", "resume", str(workflow_id), "--quiet"],
+            env=env, cwd=os.getcwd(), stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+            start_new_session=True)
 
 
 def _default_platform():

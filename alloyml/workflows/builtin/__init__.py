@@ -18,6 +18,7 @@ from alloyml.errors import NotFoundError
 BUILTIN_MODULES = (
     "alloyml.workflows.builtin.sklearn_train_score",
     "alloyml.workflows.builtin.demo",
+    "alloyml.workflows.builtin.valuation",
 )
 
 

@@ -29,7 +29,7 @@ for name in {names!r}:
     case = OPS[name]
     inputs, h0 = make_case(case, B=2, T=13, H=2, K=20, V=12, scale=10.0, seed=1)
     assert_matches_naive(case, inputs, h0, backend="triton")
-    if name == "gla":  # packed sequences and float16 inputs through the kernels
+    if name == "gla":  # packed sequences, an unused final state and float16 inputs through the kernels
         lengths = [5, 1, 7]
         cu = torch.tensor([0, 5, 6, 13])
         packed = {{n: (x[:1] if n in case.time_args else x).float() for n, x in inputs.items()}}
@@ -37,6 +37,12 @@ for name in {names!r}:
         o, s = case(packed, initial_state=h, cu_seqlens=cu, backend="triton")
         want_o, want_s = case(packed, initial_state=h, cu_seqlens=cu, backend="naive")
         assert rel_rms(o, want_o) <= 1e-5 and rel_rms(s, want_s) <= 1e-5
+        grads = []
+        for backend in ("triton", "naive"):
+            leaves = {{n: x.float().requires_grad_() for n, x in inputs.items()}}
+            o, _ = case(leaves, backend=backend)
+            grads.append(torch.autograd.grad(o.square().sum(), list(leaves.values())))
+        assert all(rel_rms(a, b) <= 1e-5 for a, b in zip(*grads))
         half = {{n: x.half() for n, x in inputs.items()}}
         o, s = case(half, initial_state=h0.float(), backend="triton")
         want_o, _ = case({{n: x.double() for n, x in half.items()}}, initial_state=h0, backend="naive")

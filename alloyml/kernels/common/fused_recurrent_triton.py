@@ -200,21 +200,24 @@ def fused_recurrent_bwd(q, k, v, g, scale: float, initial_state, final_state, do
     BK, BV, NV = _blocks(K, V)
     gate = _gate_kind(g)
     g_arg = q if g is None else g
-    parts = q.new_zeros(4, NV, B, T, H, K, dtype=torch.float32)  # dq, dk, dk_final, dg_final
+    use_dht = dht is not None
+    # dq, dk and, with a final-state gradient, dk_final and dg_final
+    parts = q.new_zeros(4 if use_dht else 2, NV, B, T, H, K, dtype=torch.float32)
     dv = torch.empty_like(v, dtype=torch.float32)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
     grid = (NV, B * H)
-    use_dht = dht is not None
     fused_recurrent_fwd_kernel[grid](
         q, k, v, g_arg, initial_state if initial_state is not None else q, q, q, parts[0], do,
-        dht if use_dht else q, parts[3], scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate,
+        dht if use_dht else q, parts[-1], scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate,
         USE_H0=initial_state is not None, COMPUTE_DQ=True, USE_DHT=use_dht,
     )
     fused_recurrent_bwd_kernel[grid](
-        q, k, v, g_arg, do, dht if use_dht else q, parts[1], parts[2], dv, dh0 if dh0 is not None else q,
+        q, k, v, g_arg, do, dht if use_dht else q, parts[1], parts[2 if use_dht else 1], dv,
+        dh0 if dh0 is not None else q,
         scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate, USE_DHT=use_dht, STORE_DH0=dh0 is not None,
     )
-    dq_past, dk_future, dk_final, dg_final = parts.sum(1)  # each [B, T, H, K]
+    dq_past, dk_future, *final_parts = parts.sum(1)  # each [B, T, H, K]
+    dk_final, dg_final = final_parts if use_dht else (0.0, None)
     same_step = scale * (v.float() * do.float()).sum(-1, keepdim=True)  # [B, T, H, 1]: scale v_t . do_t
     dq = dq_past + same_step * k.float()
     dk = dk_future + dk_final + same_step * q.float()
@@ -237,6 +240,7 @@ def _autograd_function():
     class FusedRecurrentGated(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, g, scale, initial_state):
+            ctx.set_materialize_grads(False)  # an unused final state skips its gradient's work
             o, ht = fused_recurrent_fwd(q, k, v, g, scale, initial_state)
             ctx.save_for_backward(q, k, v, g, initial_state, ht)
             ctx.scale = scale
@@ -245,6 +249,7 @@ def _autograd_function():
         @staticmethod
         def backward(ctx, do, dht):
             q, k, v, g, initial_state, ht = ctx.saved_tensors
+            do = torch.zeros_like(v) if do is None else do
             dq, dk, dv, dg, dh0 = fused_recurrent_bwd(
                 q, k, v, g, ctx.scale, initial_state, ht, do.contiguous(),
                 None if dht is None else dht.contiguous(),

@@ -106,10 +106,13 @@ def _run(args) -> int:
     from alloyml.platform.client import Platform
     from alloyml.workflows import submit
     from alloyml.workflows.builtin import get_builtin
+    from alloyml.workflows.recording import store_location
 
     workflow = get_builtin(args.name).build()
     inputs = dict(_parse_input(item) for item in args.input)
     with Platform() as platform:
+        if "store" in workflow.inputs and "store" not in inputs:
+            inputs["store"] = store_location(platform)  # steps that record open this store
         handle = submit(platform, workflow, inputs, detach=args.detach)
         print(f"workflow {handle.id} submitted")
         return 0 if args.detach else _follow(platform, handle, quiet=False)

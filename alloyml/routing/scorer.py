@@ -62,11 +62,13 @@ class TextScorer:
         correct = np.asarray(correct, dtype=bool)
         if len(correct) != len(queries):
             raise InvalidInputError(f"correct has {len(correct)} labels for {len(queries)} queries")
-        if correct.all() or not correct.any():
-            raise InvalidInputError("scorer training data must contain both correct and wrong answers")
         base = self.classifier if self.classifier is not None else LogisticRegression(C=1.0, solver="liblinear")
         if not hasattr(base, "predict_proba"):
             raise InvalidInputError(f"classifier {base!r} has no predict_proba")
+        if correct.all() or not correct.any():
+            self.classifier_ = _constant_logistic(bool(correct[0]) if len(correct) else False, len(correct),
+                                                  self.n_features)
+            return self
         self.classifier_ = clone(base).fit(self._features(queries, answers, models), correct)
         return self
 
@@ -93,6 +95,21 @@ class TextScorer:
             "weight": coef[nz].tolist(),
             "intercept": float(sign * clf.intercept_[0]),
         }
+
+
+def _constant_logistic(label: bool, n: int, n_features: int):
+    """Every training answer was right (or every one wrong): nothing to tell apart, so every answer gets
+    the same probability, Laplace's (n + 1) / (n + 2) of being `label`. Kept as a logistic regression with
+    zero weights so the plan saves and serves like any other."""
+    from sklearn.linear_model import LogisticRegression
+
+    p = (n + 1) / (n + 2) if label else 1 / (n + 2)
+    model = LogisticRegression()
+    model.classes_ = np.array([False, True])
+    model.coef_ = np.zeros((1, n_features))
+    model.intercept_ = np.array([np.log(p / (1 - p))])
+    model.n_features_in_ = n_features
+    return model
 
 
 class HashedLinearScorer(TextScorer):

@@ -113,3 +113,14 @@ def test_scorer_fast_path_equals_vectorizer():
     batch = scorer.predict_proba(q, a, m)  # HashingVectorizer path
     one_by_one = np.concatenate([scorer.predict_proba(q[i : i + 1], a[i : i + 1], m[i : i + 1]) for i in range(len(q))])
     np.testing.assert_allclose(one_by_one, batch, rtol=1e-12)
+
+
+def test_scorer_on_all_correct_answers_is_constant_laplace():
+    from alloyml.routing.scorer import TextScorer, scorer_from_dict
+
+    scorer = TextScorer().fit(["q1", "q2", "q3"], ["a", "b", "c"], ["m", "m", "m"], [True, True, True])
+    np.testing.assert_allclose(scorer.predict_proba(["x", "y"], ["z", "w"], ["m", "n"]), [0.8, 0.8])
+    restored = scorer_from_dict(scorer.to_dict())
+    np.testing.assert_allclose(restored.predict_proba(["x"], ["z"], ["m"]), [0.8])
+    wrong = TextScorer().fit(["q"] * 4, ["a"] * 4, ["m"] * 4, [False] * 4)
+    np.testing.assert_allclose(wrong.predict_proba(["q"], ["a"], ["m"]), [1 / 6])

@@ -35,9 +35,9 @@ _COMMON = {
 }
 DEMO_CONFIGS = {
     "full": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 600, "tracin_epochs": 30,
-             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 250},
+             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 150},
                           "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4}, "steps": 500}},
-             "finetune_steps": 250, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
+             "finetune_steps": 200, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
              "tune_budget_tokens": 16.0, "serve_requests": 40},
     "quick": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 60, "tracin_epochs": 5,
               "lm_sizes": {"small": {"config": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "steps": 30},

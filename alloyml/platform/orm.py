@@ -109,7 +109,8 @@ class DataValueRow(Base):
 
 
 class DataValueRankRow(Base):
-    """The same run's points in value order (rank 0 = lowest), clustered by rank.
+    """The lowest and highest points of a run in value order (rank 0 = lowest; the 10,000 at each end),
+    clustered by rank.
 
     "Lowest/highest k" reads the first or last k ranks. An index on (run_id, value) would serve the same
     queries, but filling it takes a million random B-tree inserts per run; ranks computed by one numpy

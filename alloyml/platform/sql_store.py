@@ -22,6 +22,7 @@ from alloyml.platform import orm, schema
 from alloyml.platform.store import Store, WorkflowLease
 
 SUMMARY_BINS = 50
+RANKED_EXTREMES = 10_000  # lowest and highest ranks stored per run
 _WORKFLOW_FIELDS = {"status", "error", "result_artifact"}
 _STEP_FIELDS = {"state", "error", "output_artifact", "started_at", "finished_at", "attempts"}
 
@@ -200,7 +201,12 @@ class SqlStore(Store):
             s.flush()
             point_rows = (np.full(len(values), run_id), indices[by_point], values[by_point], stderr[by_point],
                           counts[by_point])
-            rank_rows = (np.full(len(values), run_id), np.arange(len(values)), indices[by_value])
+            # Only the extremes are ranked: "lowest/highest k" asks for a handful of rows, and ranking all n
+            # would double the write.
+            n = len(values)
+            ranks = np.arange(n) if n <= 2 * RANKED_EXTREMES else np.concatenate(
+                [np.arange(RANKED_EXTREMES), np.arange(n - RANKED_EXTREMES, n)])
+            rank_rows = (np.full(len(ranks), run_id), ranks, indices[by_value[ranks]])
             _bulk_insert(s.connection(), "data_value", ("run_id", "point_index", "value", "stderr", "count"),
                          point_rows)
             _bulk_insert(s.connection(), "data_value_rank", ("run_id", "rank", "point_index"), rank_rows)
@@ -220,10 +226,14 @@ class SqlStore(Store):
 
     def _ranked(self, run_id, k, descending: bool):
         v, r = orm.DataValueRow, orm.DataValueRankRow
+        k = _k(k)
+        if k > RANKED_EXTREMES:  # beyond the ranked extremes: sort in the database
+            order = v.value.desc() if descending else v.value.asc()
+            return self._values_query(run_id, self._select_values(run_id).order_by(order, v.point_index).limit(k))
         order = r.rank.desc() if descending else r.rank.asc()
         query = (self._select_values(run_id)
                  .join(r, (r.run_id == v.run_id) & (r.point_index == v.point_index))
-                 .where(r.run_id == run_id).order_by(order).limit(_k(k)))
+                 .where(r.run_id == run_id).order_by(order).limit(k))
         return self._values_query(run_id, query)
 
     def lowest_values(self, run_id, k):
@@ -525,10 +535,11 @@ def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
 def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> None:
     """Append rows given as aligned numpy columns: COPY on PostgreSQL, one executemany elsewhere."""
     if connection.dialect.name == "postgresql":
+        # One text block for COPY: repr() of a float parses back to the same double.
+        lines = "\n".join("\t".join(map(repr, row)) for row in zip(*(a.tolist() for a in arrays), strict=True))
         cursor = connection.connection.driver_connection.cursor()
         with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-            for record in zip(*(a.tolist() for a in arrays), strict=True):
-                copy.write_row(record)
+            copy.write(lines + "\n")
         return
     placeholders = ", ".join("?" for _ in columns)
     connection.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",

@@ -94,6 +94,19 @@ def test_data_values_queries_match_numpy(platform):
         platform.store.values_at(run.id, [5])
 
 
+def test_lowest_and_highest_beyond_the_ranked_extremes(platform, monkeypatch):
+    from alloyml.platform import sql_store
+
+    monkeypatch.setattr(sql_store, "RANKED_EXTREMES", 30)  # only 30 ranks at each end are stored
+    values = np.random.default_rng(2).normal(size=500)
+    run = platform.store.start_run("valuation")
+    platform.store.write_data_values(run.id, values)
+    order = np.argsort(values)
+    for k in (10, 30, 31, 200):
+        np.testing.assert_array_equal(platform.store.lowest_values(run.id, k).indices, order[:k])
+        np.testing.assert_array_equal(platform.store.highest_values(run.id, k).indices, order[::-1][:k])
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

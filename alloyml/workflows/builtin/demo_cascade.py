@@ -43,7 +43,7 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
     rows = []
     for name in STAGES:
         generations = RecurrentLM(models[name]).generate([q for q, _ in queries], max_tokens=MAX_ANSWER, stop=["\n"])
-        rows += [{"query_id": i, "query": " ".join(q), "model": name, "answer": g.text.strip(),
+        rows += [{"query_id": i, "query": q, "model": name, "answer": g.text.strip(),
                   "correct": g.text.strip() == a, "cost": _price(models[name]) * g.total_tokens}
                  for i, ((q, a), g) in enumerate(zip(queries, generations, strict=True))]
     responses = load_responses(pd.DataFrame(rows))
@@ -109,7 +109,7 @@ def serve_cascade(store: dict, cascade: dict, small: dict, merged: dict, large: 
     try:
         handle = service.deploy(CascadePlan.from_dict(cascade["plan"]), cascade["version"], stages=stages)
         queries = _queries(config["serve_requests"], seed=40_000)
-        replies = [handle.route.remote(" ".join(q)) for q, _ in queries]
+        replies = [handle.route.remote(q) for q, _ in queries]
         answers = [r.result() for r in replies]
         status = service.status()
     finally:

@@ -16,7 +16,7 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class PromptTask:
-    """Byte-level prompt → answer pairs ("7+8=" → "15", "abcd|" → "dcba"); the answer and its newline
+    """Byte-level prompt → answer pairs ("7+8=" → "15", "abc|" → "cba"); the answer and its newline
     are scored, like `alloyml.models.data.Arithmetic`."""
 
     name: str
@@ -25,7 +25,7 @@ class PromptTask:
         if self.name == "add":
             a, b = torch.randint(10, (2,), generator=generator).tolist()
             return f"{a}+{b}=", str(a + b)
-        letters = "".join(chr(97 + i) for i in torch.randint(10, (4,), generator=generator).tolist())
+        letters = "".join(chr(97 + i) for i in torch.randint(10, (3,), generator=generator).tolist())
         return f"{letters}|", letters[::-1]
 
     def examples(self, n: int, seed: int) -> list[tuple[str, str]]:
@@ -33,7 +33,7 @@ class PromptTask:
         return [self.pair(generator) for _ in range(n)]
 
     def sample(self, n: int, generator: torch.Generator):
-        width = 10  # the longest text, "abcd|dcba\n"
+        width = 8  # the longest text, "abc|cba\n"
         inputs = torch.full((n, width), ord(" "), dtype=torch.long)
         targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         for i in range(n):
@@ -45,7 +45,7 @@ class PromptTask:
 
 
 TASKS = ("add", "reverse")
-MAX_ANSWER = 5  # tokens: four letters and the newline
+MAX_ANSWER = 4  # tokens: three letters (or digits) and the newline
 
 
 def _mixed_batches(task_names, batch_size: int, seed: int):

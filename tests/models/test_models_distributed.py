@@ -19,9 +19,9 @@ def test_two_workers_take_the_same_steps_as_one_process(tmp_path, ray_session):
                                  output_dir=tmp_path / "model", num_workers=2, seed=0, **kw)
     torch.manual_seed(0)
     single = LinearLM(cfg)
-    reference = Trainer(**kw).fit(single, batches(task, 8, seed=0))
+    Trainer(**kw).fit(single, batches(task, 8, seed=0))
     # the mean of two half-batch gradients is the full-batch gradient: same updates up to rounding
     distributed = load_model(tmp_path / "model")
     for (name, a), b in zip(single.state_dict().items(), distributed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
-    assert len(result.losses) == 4 and result.losses[-1] < result.losses[0] + 1.0
+    assert len(result.losses) == 4  # rank 0's half-batch losses, one per step

@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "alloyml.workflows.builtin.sklearn_train_score",
     "alloyml.workflows.builtin.demo",
     "alloyml.workflows.builtin.valuation",
+    "alloyml.workflows.builtin.merge",
 )
 
 

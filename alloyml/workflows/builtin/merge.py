@@ -1,0 +1,48 @@
+"""Built-in `merge`: run a mergekit-style merge config into `out_dir` and record it — the merge entity
+(method, full config, inputs with weights), the output model, and lineage edges from every input.
+
+Inputs: store, config (the YAML's content as a dict), out_dir. Models named in the config are matched to
+registered models by their artifact (the checkpoint path); unregistered ones are registered first.
+Result: {"merge_id", "model_id", "output_path", "method"}.
+"""
+
+from __future__ import annotations
+
+from alloyml.workflows.builtin import register_builtin
+from alloyml.workflows.graph import Input, Workflow
+from alloyml.workflows.recording import open_platform
+from alloyml.workflows.steps import step
+
+
+def _model_id(platform, path: str, architecture: str) -> int:
+    for model in platform.store.list_models():
+        if model.artifact == path:
+            return model.id
+    return platform.register_model(path.rstrip("/").rsplit("/", 1)[-1], architecture, artifact=path).id
+
+
+@step(num_cpus=1)
+def merge_and_record(store: dict, config: dict, out_dir: str) -> dict:
+    from alloyml.merging import merge
+    from alloyml.platform import entities as e
+
+    result = merge(config, out_dir)
+    with open_platform(store) as platform, platform.run("merge", name=f"merge ({result.method})",
+                                                        params={"config": result.config}) as run:
+        architecture = f"merged:{result.method}"
+        inputs = [e.MergeInput(_model_id(platform, item.model, architecture), item.parameters.get("weight"))
+                  for item in result.inputs if item.role == "merged"]
+        output = platform.register_model(f"merged-{result.method}", architecture, artifact=result.output_path,
+                                         n_params=result.num_parameters,
+                                         parents=[(i.model_id, "merge input", i.weight) for i in inputs])
+        record = platform.store.record_merge(result.method, result.config, inputs, output.id, run.id)
+        run.log_metrics(seconds=sum(result.timings.values()), tensors=result.num_tensors)
+    return {"merge_id": record.id, "model_id": output.id, "output_path": result.output_path,
+            "method": result.method}
+
+
+@register_builtin("merge", "merge checkpoints from a mergekit-style config and record the merge and its lineage")
+def build() -> Workflow:
+    wf = Workflow("merge")
+    wf.add(merge_and_record, store=Input("store"), config=Input("config"), out_dir=Input("out_dir"))
+    return wf

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,17 +51,18 @@ class TensorInfo:
         return self.numel * self.dtype.itemsize
 
 
-class Checkpoint:
+class Checkpoint(ABC):
     """Tensor names, shapes and dtypes of a checkpoint, and one-tensor-at-a-time reads."""
 
     label: str
     directory: Path | None = None  # where config/tokenizer files live, if on disk
     infos: dict[str, TensorInfo]
 
+    @abstractmethod
     def read(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """One tensor, read from the source."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op by default: in-memory sources hold no files)
         """Release open files; reading again reopens them."""
 
 

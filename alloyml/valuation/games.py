@@ -6,6 +6,7 @@ checked against exact answers without training a model (the idea of pyDVL's `gam
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from math import comb
 
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from alloyml.errors import InvalidInputError
 
 
-class Game:
+class Game(ABC):
     """Base: counts evaluations like `Utility.fits` so methods report utility_evaluations uniformly."""
 
     n: int
@@ -22,8 +23,9 @@ class Game:
         self.fits += 1
         return float(self.value(np.asarray(subset, dtype=np.int64)))
 
+    @abstractmethod
     def value(self, subset: np.ndarray) -> float:
-        raise NotImplementedError
+        """The game's value of `subset`."""
 
 
 class AdditiveGame(Game):

@@ -7,6 +7,7 @@ the mean of the samples it records for a point is an unbiased estimate of that p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,16 +17,17 @@ from alloyml.valuation.semivalues import Banzhaf, Semivalue
 from alloyml.valuation.stats import PointStats
 
 
-class Sampler:
+class Sampler(ABC):
     two_groups = False
     default_batch_size = 1
 
     def prepare(self, utility, semivalue: Semivalue) -> dict:
         return {}
 
+    @abstractmethod
     def batch(self, utility, semivalue: Semivalue, rng: np.random.Generator, n_samples: int,
               context: dict) -> PointStats:
-        raise NotImplementedError
+        """Marginal contributions of `n_samples` samples."""
 
     def params(self) -> dict:
         return {"sampler": type(self).__name__}

@@ -9,6 +9,7 @@ Register a new one with `@register_semivalue("name")`.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,12 +40,12 @@ def _log_comb(n, k):
     return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
 
 
-class Semivalue:
+class Semivalue(ABC):
     name: str
 
+    @abstractmethod
     def log_weight(self, n: int, k: np.ndarray) -> np.ndarray:
         """log w(n, k) for subset sizes k in 0..n-1 (logs keep large n finite)."""
-        raise NotImplementedError
 
     def size_probabilities(self, n: int) -> np.ndarray:
         """[n] P(k) = C(n-1, k) w(n, k): the distribution of the size of S in a marginal."""

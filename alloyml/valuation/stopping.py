@@ -7,15 +7,18 @@ criterion that does not look at the clock stops at the same batch whatever the n
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from alloyml.errors import ConfigError
 from alloyml.valuation.stats import PointStats
 
 
-class Stopping:
+class Stopping(ABC):
+    @abstractmethod
     def __call__(self, stats: PointStats, elapsed_s: float) -> bool:
-        raise NotImplementedError
+        """True when sampling should stop."""
 
     def reset(self) -> Stopping:
         """A fresh copy for a new run (criteria with memory, like RankStability, keep state)."""
@@ -53,8 +56,9 @@ class _AtLeast(Stopping):
             raise ConfigError(f"{type(self).__name__} needs a positive limit, got {n}")
         self.n = n
 
+    @abstractmethod
     def measure(self, stats: PointStats, elapsed_s: float):
-        raise NotImplementedError
+        """The count (or seconds) compared against `n`."""
 
     def __call__(self, stats, elapsed_s):
         return bool(self.measure(stats, elapsed_s) >= self.n)

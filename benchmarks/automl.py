@@ -87,15 +87,8 @@ def tuning_rows(lm, name, seed, max_configs):
     utility = majority_vote(task.metric)
 
     def run(cfg, examples):
-        gens = lm.generate(
-            [cfg.template.format(instruction=task.instruction, input=ex.input) for ex in examples],
-            n=cfg.n,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_tokens,
-            stop=cfg.stop,
-            seed=seed,
-        )
+        gens = lm.generate([cfg.template.format(instruction=task.instruction, input=ex.input) for ex in examples],
+                           **cfg.sampling(), seed=seed)
         acc = sum(utility(g.texts, ex.output) for g, ex in zip(gens, examples, strict=True)) / len(examples)
         return acc, sum(g.total_tokens for g in gens) / len(examples)
 

@@ -70,6 +70,11 @@ class InferenceConfig(BaseModel):
     stop: tuple[str, ...] = ()
     template: str = "{input}"
 
+    def sampling(self) -> dict:
+        """The keyword arguments of `LanguageModel.generate` this configuration sets."""
+        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
+                "max_tokens": self.max_tokens, "stop": self.stop}
+
 
 class InferenceSpace(BaseModel):
     """Candidate values per setting; the space is their cartesian product."""
@@ -216,15 +221,7 @@ def tune_inference(
         for cand in (c for c in cands if c.status == "running"):
             start = time.perf_counter()
             cfg, lo = cand.config, cand.done
-            gens = lm.generate(
-                prompts[cfg.template][lo:target],
-                n=cfg.n,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_tokens=cfg.max_tokens,
-                stop=cfg.stop,
-                seed=seed,
-            )
+            gens = lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
             for gen, ex in zip(gens, examples[lo:target], strict=True):
                 cand.utilities.append(float(utility(gen.texts, ex.output)))
                 cand.costs.append(price.prompt * gen.prompt_tokens + price.completion * gen.completion_tokens)

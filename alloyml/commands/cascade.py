@@ -57,11 +57,10 @@ def _fit(args: argparse.Namespace) -> int:
     console.print(f"plan written to {path}")
     if args.save:
         from alloyml.platform.client import Platform
+        from alloyml.workflows.recording import save_cascade_plan
 
-        costs = [float(responses.cost[:, responses.model_index(m)].mean()) for m in point.models]
         with Platform() as platform:
-            stored = platform.store.save_cascade(args.save, point.models, point.thresholds, costs, args.budget,
-                                                 plan=plan.model_dump())
+            stored = save_cascade_plan(platform, args.save, plan, responses, args.budget)
         console.print(f"stored as cascade {stored.name!r} version {stored.version}")
     return 0
 

@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from alloyml.workflows.builtin.valuation import scaled_logistic_pipeline
 from alloyml.workflows.recording import open_platform, record_valuation
 from alloyml.workflows.steps import step
-
-
-def _pipeline():
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
 
 
 @step(num_cpus=1)
@@ -56,7 +49,8 @@ def _record(store, data, result, utility=None) -> dict:
 def _utility(data):
     from alloyml.valuation import pipeline_utility
 
-    return pipeline_utility(_pipeline(), data["x_train"], data["y_train"], data["x_test"], data["y_test"])
+    return pipeline_utility(scaled_logistic_pipeline(), data["x_train"], data["y_train"], data["x_test"],
+                            data["y_test"])
 
 
 @step(num_cpus=1)
@@ -64,7 +58,7 @@ def value_knn(store: dict, data: dict, config: dict) -> dict:
     """KNN-Shapley of the source rows through the pipeline's scaler (the DataScope idea)."""
     from alloyml.valuation import pipeline_knn_shapley
 
-    fitted = _pipeline().fit(data["x_train"], data["y_train"])
+    fitted = scaled_logistic_pipeline().fit(data["x_train"], data["y_train"])
     result = pipeline_knn_shapley(fitted, data["x_train"], data["y_train"], data["x_test"], data["y_test"],
                                   k=config["knn_k"])
     return _record(store, data, result, _utility(data))
@@ -110,8 +104,8 @@ def clean_and_retrain(store: dict, data: dict, knn: dict, banzhaf: dict, tracin:
     """Drop the lowest-valued rows (by the pipeline-aware KNN-Shapley values, which need no labels of
     the noise) and retrain; report the gain over the model trained on the noisy rows."""
     keep = np.argsort(knn["values"])[int(round(config["remove_fraction"] * len(knn["values"]))):]
-    noisy_model = _pipeline().fit(data["x_train"], data["y_train"])
-    clean_model = _pipeline().fit(data["x_train"][keep], data["y_train"][keep])
+    noisy_model = scaled_logistic_pipeline().fit(data["x_train"], data["y_train"])
+    clean_model = scaled_logistic_pipeline().fit(data["x_train"][keep], data["y_train"][keep])
     noisy_acc = float(noisy_model.score(data["x_test"], data["y_test"]))
     clean_acc = float(clean_model.score(data["x_test"], data["y_test"]))
     removed = np.setdiff1d(np.arange(len(knn["values"])), keep)

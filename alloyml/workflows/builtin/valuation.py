@@ -20,7 +20,8 @@ from alloyml.workflows.steps import step
 METHODS = ("knn_shapley", "data_oob", "tmc_shapley", "msr_banzhaf")
 
 
-def _pipeline():
+def scaled_logistic_pipeline():
+    """StandardScaler + LogisticRegression: the pipeline whose training rows the built-ins value."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -32,14 +33,14 @@ def compute_values(method: str, x_train, y_train, x_test, y_test, samples: int, 
     from alloyml import valuation as v
 
     if method == "knn_shapley":
-        fitted = _pipeline().fit(x_train, y_train)
+        fitted = scaled_logistic_pipeline().fit(x_train, y_train)
         return v.pipeline_knn_shapley(fitted, x_train, y_train, x_test, y_test, k=5)
     if method == "data_oob":
         from sklearn.tree import DecisionTreeClassifier
 
         utility = v.Utility(DecisionTreeClassifier(random_state=seed), x_train, y_train, x_test, y_test)
         return v.data_oob(utility, v.MaxSamples(samples), seed=seed)
-    utility = v.pipeline_utility(_pipeline(), x_train, y_train, x_test, y_test)
+    utility = v.pipeline_utility(scaled_logistic_pipeline(), x_train, y_train, x_test, y_test)
     sampler = v.tmc_shapley if method == "tmc_shapley" else v.msr_banzhaf
     return sampler(utility, v.MaxSamples(samples), seed=seed)
 

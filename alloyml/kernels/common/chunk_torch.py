@@ -1,0 +1,285 @@
+"""The chunkwise-parallel form of a gated linear recurrence, in PyTorch (the CPU fast path).
+
+All three ops reduce to one recurrence over a state S: [K, V] per (batch, head):
+
+    S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,        o_t = scale * q_t^T S_t
+
+with log-space gates g_t <= 0 that are per key channel ([B, T, H, K], GLA), one scalar per head and step
+([B, T, H], Mamba-2 SSD, RetNet) or absent (plain linear attention). Within a chunk of C steps the outputs
+come from a causal C x C attention matrix; across chunks the state carries the rest.
+
+Numerical safety: with g summed over runs of steps inside a chunk, every exponent formed is a sum of
+gates, so <= 0: over steps j < s <= i for the causal matrix (the mask is applied before exp), over the
+steps from a block's start to i for the state read by q_i and over j+1 to the block's end for k_j's write
+to the outgoing state. Nothing like exp(-G_j) is ever formed, so gate scales of 10 and beyond neither
+overflow nor lose small terms. Each such sum is built directly (a masked cumulative sum, or a product
+with a 0/1 matrix), never as a difference of two cumulative sums: a difference like G_i - G_i is 0 in
+value but not in autograd, where its two gradient paths cancel only to rounding, and that rounding,
+divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
+through these same safe ops.
+
+Scalar gates (and none) use one level: chunks of 64 with the full 64 x 64 decayed attention matrix.
+Vector gates need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
+chunks of 64 split into 4 sub-chunks of 16. Only pairs inside one sub-chunk get decays of their own (the
+lower triangle, built one diagonal at a time as running products of exp(g) <= 1, with a hand-written
+backward); pairs in different sub-chunks factor at the sub-chunk boundaries into a matrix product; pairs
+in different chunks go through the state, carried from chunk to chunk (T / 64 steps of a Python loop).
+Every tensor stays at the size of the inputs, never [C, C, K].
+"""
+
+from __future__ import annotations
+
+import math
+
+SCALAR_GATE_CHUNK = 64
+VECTOR_GATE_CHUNK = 64
+VECTOR_GATE_SUBCHUNK = 16
+
+
+def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
+    """q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [B, T, H, K] | None, initial_state:
+    [B, H, K, V] | None -> (o: [B, T, H, V], final_state: [B, H, K, V]), both float32 (float64 in)."""
+    if g is not None and g.dim() == 4:
+        return _vector_gated(q, k, v, g, scale, initial_state)
+    return _scalar_gated(q, k, v, g, scale, initial_state)
+
+
+def _blocks(x, sizes: tuple[int, ...], compute):
+    """[B, T, H, D] -> [B, H, *sizes, D] with T zero-padded to prod(sizes); padded steps (k = v = 0,
+    g = 0) leave the state unchanged."""
+    import torch.nn.functional as F
+
+    B, T, H = x.shape[:3]
+    x = x.to(compute)
+    if math.prod(sizes) > T:
+        x = F.pad(x, (0, 0, 0, 0, 0, math.prod(sizes) - T))
+    x = x.view(B, *sizes, H, -1)
+    return x.movedim(-2, 1).contiguous()
+
+
+def _unblock(o, T: int):
+    """[B, H, *blocks, V] -> [B, T, H, V]; o's gradient arrives in o's own (contiguous) layout."""
+    B, H, V = o.shape[0], o.shape[1], o.shape[-1]
+    return _contiguous_grad(o).reshape(B, H, -1, V).transpose(1, 2)[:, :T]
+
+
+def _contiguous_grad(x):
+    """x itself, with its gradient made contiguous on the way back: a gradient permuted back from the
+    [B, T, H, V] output would otherwise send every batched matrix product of the backward down a slow
+    per-matrix path."""
+    global _CONTIGUOUS_GRAD
+    if _CONTIGUOUS_GRAD is None:
+        import torch
+
+        class ContiguousGrad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.view_as(x)
+
+            @staticmethod
+            def backward(ctx, grad):
+                return grad.contiguous()
+
+        _CONTIGUOUS_GRAD = ContiguousGrad
+    return _CONTIGUOUS_GRAD.apply(x)
+
+
+_CONTIGUOUS_GRAD = None
+
+
+def _carry(delta, decay, initial_state):
+    """The state entering each chunk: S_{n+1} = decay_n * S_n + delta_n, from S_0 = initial_state.
+
+    delta: [B, H, N, K, V]; decay: [B, H, N, K | 1, 1] or None. Returns (starts [B, H, N, K, V], S_N)."""
+    import torch
+
+    B, H, N, K, V = delta.shape
+    state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
+    starts = []
+    decays = [None] * N if decay is None else decay.unbind(2)  # unbind: one backward for all n
+    for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
+        starts.append(state)
+        state = (state if decay_n is None else state * decay_n) + delta_n
+    return torch.stack(starts, dim=2), state
+
+
+def _causal(C: int, device):
+    import torch
+
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril()  # [C, C], i >= j
+
+
+def _scalar_gated(q, k, v, g, scale: float, initial_state):
+    import torch
+    import torch.nn.functional as F
+
+    T = q.shape[1]
+    C = SCALAR_GATE_CHUNK
+    N = math.ceil(T / C)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    q, k, v = _blocks(q, (N, C), compute) * scale, _blocks(k, (N, C), compute), _blocks(v, (N, C), compute)
+    causal = _causal(C, q.device)
+    attn = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, N, C, C]
+    q_inter, k_state, chunk_decay = q, k, None
+    if g is not None:
+        g = _blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1)  # [B, H, N, C]
+        G = g.cumsum(-1)  # sum over steps 0..i of the chunk
+        to_end = F.pad(g.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # sum over steps j+1..C-1
+        after_j = g[..., :, None] * causal.tril(-1).to(g.dtype)  # [B, H, N, C(s), C(j)]
+        between = after_j.cumsum(-2).masked_fill(~causal, -math.inf)  # sum over j < s <= i
+        attn = attn * between.exp()
+        q_inter = q * G.exp()[..., None]  # decay from the chunk start to step i
+        k_state = k * to_end.exp()[..., None]  # decay from step j to the chunk end
+        chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+    delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's addition to the state
+    starts, state = _carry(delta, chunk_decay, initial_state)
+    o = attn @ v + q_inter @ starts  # [B, H, N, C, V]
+    return _unblock(o, T), state
+
+
+def _vector_gated(q, k, v, g, scale: float, initial_state):
+    import torch
+    import torch.nn.functional as F
+
+    T = q.shape[1]
+    C, c = VECTOR_GATE_CHUNK, VECTOR_GATE_SUBCHUNK
+    S, N = C // c, math.ceil(T / C)
+    compute = torch.promote_types(q.dtype, torch.float32)
+    q, k, v, g = (_blocks(x, (N, S, c), compute) for x in (q, k, v, g))  # [B, H, N, S, c, D]
+    q = q * scale
+    B, H, _, _, _, K = q.shape
+
+    # Every decay from step j to step i splits at the sub-chunk boundaries into (j + 1 .. end of j's
+    # sub-chunk) + (whole sub-chunks between) + (start of i's sub-chunk .. i): the first on k's side,
+    # the last on q's, the middle a [K] vector per pair of sub-chunks; each a direct sum of gates <= 0.
+    to_i, after_j = _run_sums(g)  # [B, H, N, S, c, K]
+    sub_total = to_i[..., -1, :]  # [B, H, N, S, K]
+    q_sub, k_sub = q * to_i.exp(), k * after_j.exp()
+    between, before, after, total = _sub_chunk_sums(sub_total)
+
+    # The chunk's C x C attention, row block by row block: sub-chunk b's queries see the keys of each
+    # sub-chunk a < b through `between`, and the pairs inside b through per-pair decays.
+    diagonal = _decayed_attention(q, k, g).unbind(3)  # S x [B, H, N, c, c]
+    q_rows, k_subs = q_sub.unbind(3), k_sub.unbind(3)
+    between = between.exp()
+    rows = [F.pad(diagonal[0], (0, C - c))]
+    for b in range(1, S):
+        k_seen = torch.cat([k_subs[a] * between[:, :, :, b, a, None, :] for a in range(b)], dim=-2)  # [.., b c, K]
+        row = torch.cat([q_rows[b] @ k_seen.transpose(-1, -2), diagonal[b]], dim=-1)  # [B, H, N, c, (b + 1) c]
+        rows.append(F.pad(row, (0, C - (b + 1) * c)))
+    attn = torch.cat(rows, dim=-2)  # [B, H, N, C, C]
+
+    # Across chunks, through the state: decays from the chunk start to i and from j + 1 to the chunk end.
+    q_inter = (q_sub * before.exp()[..., None, :]).view(B, H, N, C, K)
+    k_state = (k_sub * after.exp()[..., None, :]).view(B, H, N, C, K)
+    v = v.view(B, H, N, C, -1)
+    delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]
+    starts, state = _carry(delta, total.exp()[..., None], initial_state)
+    o = attn @ v + q_inter @ starts
+    return _unblock(o, T), state
+
+
+def _sub_chunk_sums(sub_total):
+    """Sums over whole sub-chunks from their totals [.., S, K]: (between [.., S(b), S(a), K], the sum over
+    sub-chunks a < m < b (used where a < b); before [.., S, K], over m < b; after, over m > a; total
+    [.., K]), each a direct sum (a product with a 0/1 mask)."""
+    import torch
+
+    S = sub_total.shape[-2]
+    m = torch.arange(S, device=sub_total.device)
+    b, a = m[:, None, None], m[None, :, None]
+    inside = ((a < m) & (m < b)).to(sub_total.dtype)  # [S(b), S(a), S(m)]
+    between = torch.einsum("bam,...mk->...bak", inside, sub_total)
+    before = torch.einsum("bm,...mk->...bk", (m[None, :] < m[:, None]).to(sub_total.dtype), sub_total)
+    after = torch.einsum("am,...mk->...ak", (m[None, :] > m[:, None]).to(sub_total.dtype), sub_total)
+    return between, before, after, sub_total.sum(-2)
+
+
+def _run_sums(g):
+    """g: [.., L, K] -> (sum over steps 0..i, sum over steps j+1..L-1), each [.., L, K], both cumulative
+    sums in their own direction: each entry a direct sum of exactly its gates, never a difference of two
+    long sums."""
+    import torch.nn.functional as F
+
+    return g.cumsum(-2), F.pad(g.flip(-2).cumsum(-2).flip(-2)[..., 1:, :], (0, 0, 0, 1))
+
+
+def _decayed_attention(q, k, g):
+    """The causal attention matrix inside each chunk with per-channel decays, one diagonal at a time.
+
+    attn[i, i - d] = sum_k q_ik k_(i-d)k exp(w_ik), w = g_(i-d+1) + ... + g_i: a sum built by adding one
+    gate per diagonal, nearest first. Working diagonal by diagonal keeps every tensor at [.., C - d, K]
+    (no [C, C, K] tensor, no masked upper triangle) so the passes stay in cache; the backward is written
+    out (`_DecayedAttention`) because autograd through C slices would zero-fill a full-size gradient
+    per slice. q, k, g: [B, H, N, C, K] -> [B, H, N, C, C]."""
+    global _DECAYED_ATTENTION
+    if _DECAYED_ATTENTION is None:
+        _DECAYED_ATTENTION = _decayed_attention_function()
+    return _DECAYED_ATTENTION.apply(q, k, g)
+
+
+_DECAYED_ATTENTION = None
+
+
+def _diagonal_index(C: int, device):
+    """Flat indices i * C + (i - d) of the lower triangle, diagonal d = 0, 1, .. after another."""
+    import torch
+
+    rows = torch.cat([torch.arange(d, C, device=device) for d in range(C)])
+    offsets = torch.cat([torch.full((C - d,), d, device=device) for d in range(C)])
+    return rows * C + rows - offsets
+
+
+def _window_decays(g):
+    """exp(w_d) for d = 1..C-1, w_d[i] = g_(i-d+1) + ... + g_i for i = d..C-1: [.., C - d, K] each.
+
+    Built as products of the per-step decays exp(g) <= 1, one more factor per diagonal: a multiply is a
+    quarter of an exp here, nothing can overflow, and the rounding stays that of d products."""
+    C = g.shape[-2]
+    step = g.exp()
+    decay = None
+    for d in range(1, C):
+        decay = step[..., 1:, :] if decay is None else decay[..., 1:, :] * step[..., 1 : C - d + 1, :]
+        yield decay
+
+
+def _decayed_attention_function():
+    import torch
+
+    class DecayedAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, g):
+            C = q.shape[-2]
+            diagonals = [torch.linalg.vecdot(q, k)]
+            step = g.exp()
+            decayed_q = q  # q_i * exp(w_d[i]), one more decay factor per diagonal
+            for d in range(1, C):
+                decayed_q = decayed_q[..., 1:, :] * step[..., 1 : C - d + 1, :]  # [.., C - d, K]
+                diagonals.append(torch.linalg.vecdot(decayed_q, k[..., : C - d, :]))
+            values = torch.cat(diagonals, dim=-1)  # [.., C (C + 1) / 2]
+            attn = values.new_zeros(*values.shape[:-1], C * C)
+            attn.index_copy_(-1, _diagonal_index(C, q.device), values)
+            ctx.save_for_backward(q, k, g)
+            return attn.unflatten(-1, (C, C))
+
+        @staticmethod
+        def backward(ctx, d_attn):
+            q, k, g = ctx.saved_tensors
+            C = q.shape[-2]
+            dq, dk = torch.zeros_like(q), torch.zeros_like(k)  # the decayed pairs' parts (d >= 1)
+            for d, decay in enumerate(_window_decays(g), start=1):
+                da = torch.diagonal(d_attn, -d, -2, -1)[..., None] * decay  # [.., C - d, K]
+                dq[..., d:, :].addcmul_(da, k[..., : C - d, :])
+                dk[..., : C - d, :].addcmul_(da, q[..., d:, :])
+            # d g_s sums the pairs j < s <= i whose decay holds g_s. Each decayed pair (d >= 1) adds its
+            # d attn * attn to q_i dq_i and to k_j dk_j, so those pairs are -(sum over t < s of
+            # q_t dq_t - k_t dk_t): pairs with both ends before s cancel. The undecayed pairs (d = 0) are
+            # left out of dq and dk until the end, rather than left to cancel to a rounding error the size
+            # of q.k, which would swamp the gradient of a strong decay.
+            flow = (q * dq).addcmul_(k, dk, value=-1.0).cumsum(-2)
+            dg = torch.zeros_like(g)
+            dg[..., 1:, :] = flow[..., :-1, :].neg()  # g_0 decays no pair inside the block
+            d0 = torch.diagonal(d_attn, 0, -2, -1)[..., None]  # [.., C, 1]
+            return dq.addcmul_(d0, k), dk.addcmul_(d0, q), dg
+
+    return DecayedAttention

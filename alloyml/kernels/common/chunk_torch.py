@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import math
 
+from alloyml.kernels.common.decayed_attention import decayed_attention
+
 SCALAR_GATE_CHUNK = 64
 VECTOR_GATE_CHUNK = 64
 VECTOR_GATE_SUBCHUNK = 16
@@ -159,7 +161,7 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
 
     # The chunk's C x C attention, row block by row block: sub-chunk b's queries see the keys of each
     # sub-chunk a < b through `between`, and the pairs inside b through per-pair decays.
-    diagonal = _decayed_attention(q, k, g).unbind(3)  # S x [B, H, N, c, c]
+    diagonal = decayed_attention(q, k, g).unbind(3)  # S x [B, H, N, c, c]
     q_rows, k_subs = q_sub.unbind(3), k_sub.unbind(3)
     between = between.exp()
     rows = [F.pad(diagonal[0], (0, C - c))]
@@ -202,84 +204,3 @@ def _run_sums(g):
     import torch.nn.functional as F
 
     return g.cumsum(-2), F.pad(g.flip(-2).cumsum(-2).flip(-2)[..., 1:, :], (0, 0, 0, 1))
-
-
-def _decayed_attention(q, k, g):
-    """The causal attention matrix inside each chunk with per-channel decays, one diagonal at a time.
-
-    attn[i, i - d] = sum_k q_ik k_(i-d)k exp(w_ik), w = g_(i-d+1) + ... + g_i: a sum built by adding one
-    gate per diagonal, nearest first. Working diagonal by diagonal keeps every tensor at [.., C - d, K]
-    (no [C, C, K] tensor, no masked upper triangle) so the passes stay in cache; the backward is written
-    out (`_DecayedAttention`) because autograd through C slices would zero-fill a full-size gradient
-    per slice. q, k, g: [B, H, N, C, K] -> [B, H, N, C, C]."""
-    global _DECAYED_ATTENTION
-    if _DECAYED_ATTENTION is None:
-        _DECAYED_ATTENTION = _decayed_attention_function()
-    return _DECAYED_ATTENTION.apply(q, k, g)
-
-
-_DECAYED_ATTENTION = None
-
-
-def _diagonal_index(C: int, device):
-    """Flat indices i * C + (i - d) of the lower triangle, diagonal d = 0, 1, .. after another."""
-    import torch
-
-    rows = torch.cat([torch.arange(d, C, device=device) for d in range(C)])
-    offsets = torch.cat([torch.full((C - d,), d, device=device) for d in range(C)])
-    return rows * C + rows - offsets
-
-
-def _window_decays(g):
-    """exp(w_d) for d = 1..C-1, w_d[i] = g_(i-d+1) + ... + g_i for i = d..C-1: [.., C - d, K] each.
-
-    Built as products of the per-step decays exp(g) <= 1, one more factor per diagonal: a multiply is a
-    quarter of an exp here, nothing can overflow, and the rounding stays that of d products."""
-    C = g.shape[-2]
-    step = g.exp()
-    decay = None
-    for d in range(1, C):
-        decay = step[..., 1:, :] if decay is None else decay[..., 1:, :] * step[..., 1 : C - d + 1, :]
-        yield decay
-
-
-def _decayed_attention_function():
-    import torch
-
-    class DecayedAttention(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, g):
-            C = q.shape[-2]
-            diagonals = [torch.linalg.vecdot(q, k)]
-            step = g.exp()
-            decayed_q = q  # q_i * exp(w_d[i]), one more decay factor per diagonal
-            for d in range(1, C):
-                decayed_q = decayed_q[..., 1:, :] * step[..., 1 : C - d + 1, :]  # [.., C - d, K]
-                diagonals.append(torch.linalg.vecdot(decayed_q, k[..., : C - d, :]))
-            values = torch.cat(diagonals, dim=-1)  # [.., C (C + 1) / 2]
-            attn = values.new_zeros(*values.shape[:-1], C * C)
-            attn.index_copy_(-1, _diagonal_index(C, q.device), values)
-            ctx.save_for_backward(q, k, g)
-            return attn.unflatten(-1, (C, C))
-
-        @staticmethod
-        def backward(ctx, d_attn):
-            q, k, g = ctx.saved_tensors
-            C = q.shape[-2]
-            dq, dk = torch.zeros_like(q), torch.zeros_like(k)  # the decayed pairs' parts (d >= 1)
-            for d, decay in enumerate(_window_decays(g), start=1):
-                da = torch.diagonal(d_attn, -d, -2, -1)[..., None] * decay  # [.., C - d, K]
-                dq[..., d:, :].addcmul_(da, k[..., : C - d, :])
-                dk[..., : C - d, :].addcmul_(da, q[..., d:, :])
-            # d g_s sums the pairs j < s <= i whose decay holds g_s. Each decayed pair (d >= 1) adds its
-            # d attn * attn to q_i dq_i and to k_j dk_j, so those pairs are -(sum over t < s of
-            # q_t dq_t - k_t dk_t): pairs with both ends before s cancel. The undecayed pairs (d = 0) are
-            # left out of dq and dk until the end, rather than left to cancel to a rounding error the size
-            # of q.k, which would swamp the gradient of a strong decay.
-            flow = (q * dq).addcmul_(k, dk, value=-1.0).cumsum(-2)
-            dg = torch.zeros_like(g)
-            dg[..., 1:, :] = flow[..., :-1, :].neg()  # g_0 decays no pair inside the block
-            d0 = torch.diagonal(d_attn, 0, -2, -1)[..., None]  # [.., C, 1]
-            return dq.addcmul_(d0, k), dk.addcmul_(d0, q), dg
-
-    return DecayedAttention

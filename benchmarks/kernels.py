@@ -2,9 +2,10 @@
 
 CPU (always): the chunked PyTorch path against the naive recurrence (naive.py), B=2, H=4, D=64,
 T in {1k, 2k, 4k, 8k}; target >= 20x at T=4096. Writes benchmarks/results/kernels.json.
-GPU (when CUDA is there): the Triton path against flash-linear-attention's chunked kernels (the same op
-and inputs), B=8, H=16, T=4096, D=128, bf16, and the fraction of the memory-bandwidth lower bound (the
-bytes each pass must move at the device's measured copy bandwidth). Writes kernels.gpu.json.
+GPU (when CUDA is there): both Triton paths, the chunked kernels ("triton") and the step-by-step ones
+("triton_recurrent"), against flash-linear-attention's chunked kernels (the same op and inputs), B=8,
+H=16, T=4096, D=128, bf16, and the fraction of the memory-bandwidth lower bound (the bytes each pass must
+move at the device's measured copy bandwidth). Writes kernels.gpu.json.
 
     python benchmarks/kernels.py [--quick] [--gpu-only]
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ratio, row, write_results  # noqa: E402
 
 OPS = ("linear_attn", "gla", "selective_scan")
+GPU_BACKENDS = ("triton", "triton_recurrent")  # chunked, step by step
 
 
 def make_inputs(op: str, B: int, T: int, H: int, D: int, device="cpu", dtype=None):
@@ -182,7 +184,6 @@ def gpu_rows(ops) -> list[dict]:
         ours = getattr(K, op)
         peer = fla_call(op)
         for label, fwd_only in (("fwd", True), ("fwd+bwd", False)):
-            ms = do_bench(one_pass(partial(ours, backend="triton"), args, fwd_only), warmup=5, rep=50)
             peer_ms, note = None, ""
             if peer is None:
                 note = "flash-linear-attention is not installed"
@@ -192,19 +193,21 @@ def gpu_rows(ops) -> list[dict]:
                 except Exception as exc:  # a peer failure is reported, not fatal
                     note = f"fla failed: {type(exc).__name__}: {exc}"[:300]
             bound_ms = bytes_moved(args, fwd_only) / bandwidth * 1e3
-            r = ratio(ms, peer_ms)
-            rows.append(row(
-                f"{op} {label} B={B} H={H} T={T} D={D} bf16 (GPU)", "milliseconds", round(ms, 3),
-                peers={"flash-linear-attention": None if peer_ms is None else round(peer_ms, 3)}, ratio=r,
-                target=">= 1x flash-linear-attention (aim 1.3x)", met=None if r is None else r >= 1.0,
-                notes=(note + " " if note else "")
-                + f"memory-bandwidth bound {bound_ms:.3f} ms at {bandwidth / 1e12:.2f} TB/s measured copy "
-                f"bandwidth: ours reaches {bound_ms / ms:.1%} of it"
-                + ("" if peer_ms is None else f", fla {bound_ms / peer_ms:.1%}"),
-                bandwidth_bound_ms=round(bound_ms, 4), fraction_of_bound=round(bound_ms / ms, 4),
-            ))
-            print(rows[-1]["case"], ms, peer_ms, flush=True)
-            write_results("kernels", rows, suffix=".gpu")  # after every row: a cut-short run keeps them
+            for backend in GPU_BACKENDS:
+                ms = do_bench(one_pass(partial(ours, backend=backend), args, fwd_only), warmup=5, rep=50)
+                r = ratio(ms, peer_ms)
+                rows.append(row(
+                    f"{op} {label} B={B} H={H} T={T} D={D} bf16 (GPU, {backend})", "milliseconds", round(ms, 3),
+                    peers={"flash-linear-attention": None if peer_ms is None else round(peer_ms, 3)}, ratio=r,
+                    target=">= 1x flash-linear-attention (aim 1.3x)", met=None if r is None else r >= 1.0,
+                    notes=(note + " " if note else "")
+                    + f"memory-bandwidth bound {bound_ms:.3f} ms at {bandwidth / 1e12:.2f} TB/s measured copy "
+                    f"bandwidth: ours reaches {bound_ms / ms:.1%} of it"
+                    + ("" if peer_ms is None else f", fla {bound_ms / peer_ms:.1%}"),
+                    bandwidth_bound_ms=round(bound_ms, 4), fraction_of_bound=round(bound_ms / ms, 4),
+                ))
+                print(rows[-1]["case"], ms, peer_ms, flush=True)
+                write_results("kernels", rows, suffix=".gpu")  # after every row: a cut-short run keeps them
     return rows
 
 

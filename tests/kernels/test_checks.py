@@ -22,6 +22,8 @@ def qkv(B=1, T=5, H=2, K=4, V=3):
         (lambda q, k, v: linear_attn(q, k, v, torch.ones(3)), "decay must have shape [2]"),
         (lambda q, k, v: linear_attn(q, k, v, backend="fast"), "backend must be one of"),
         (lambda q, k, v: linear_attn(q, k, v, backend="triton"), "backend='triton' needs CUDA"),
+        (lambda q, k, v: gla(q, k, v, torch.zeros(1, 5, 2, 4), backend="triton_recurrent"),
+         "backend='triton_recurrent' needs CUDA"),
         (lambda q, k, v: linear_attn(q, k, v, normalize=True, initial_state=torch.zeros(1, 2, 4, 3)),
          "initial_state must have shape [1, 2, 4, 4]"),
         (lambda q, k, v: gla(q, k, v, torch.zeros(1, 5, 2, 3)), "g must have shape [1, 5, 2, 4]"),

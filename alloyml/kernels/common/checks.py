@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from alloyml.errors import InvalidInputError
 
-BACKENDS = ("auto", "naive", "chunk", "triton")
+BACKENDS = ("auto", "naive", "chunk", "triton", "triton_recurrent")
+TRITON_BACKENDS = ("triton", "triton_recurrent")  # chunked and step-by-step GPU kernels
 
 
 def resolve_backend(backend: str, ref) -> str:
-    """"auto" -> "triton" for CUDA tensors, "chunk" (PyTorch) otherwise; checks an explicit choice."""
+    """"auto" -> "triton" (chunked kernels) for CUDA tensors, "chunk" (PyTorch) otherwise; checks an explicit
+    choice: the Triton backends need CUDA tensors, or Triton's CPU interpreter."""
     import os
 
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         return "triton" if ref.is_cuda else "chunk"
-    if backend == "triton" and not ref.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise InvalidInputError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    if backend in TRITON_BACKENDS and not ref.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise InvalidInputError(f"backend={backend!r} needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
     return backend
 
 

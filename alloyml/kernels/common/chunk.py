@@ -1,6 +1,7 @@
 """Dispatch of the gated recurrence shared by every op to an engine, and packed sequences around it.
 
-Engines: "chunk" (PyTorch, chunk_torch.py: the CPU fast path) and "triton" (GPU kernels). Each takes
+Engines: "chunk" (PyTorch, chunk_torch.py: the CPU fast path), "triton" (chunked GPU kernels,
+chunk_triton.py) and "triton_recurrent" (step-by-step GPU kernels, fused_recurrent_triton.py). Each takes
 (q, k, v, g, scale, initial_state) on a padded batch and returns (o, final_state); see chunk_torch.py for
 the recurrence and its shapes.
 """
@@ -15,17 +16,23 @@ def _chunk_engine(*args):
 
 
 def _triton_engine(*args):
+    from alloyml.kernels.common.chunk_triton import chunk_gated_triton
+
+    return chunk_gated_triton(*args)
+
+
+def _triton_recurrent_engine(*args):
     from alloyml.kernels.common.fused_recurrent_triton import fused_recurrent_gated_triton
 
     return fused_recurrent_gated_triton(*args)
 
 
-ENGINES = {"chunk": _chunk_engine, "triton": _triton_engine}
+ENGINES = {"chunk": _chunk_engine, "triton": _triton_engine, "triton_recurrent": _triton_recurrent_engine}
 
 
 def chunk_gated(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens, engine):
-    """The gated recurrence above on `engine` ("chunk": PyTorch, "triton": GPU kernels), with packed
-    sequences handled by padding (see varlen.py). Returns (o in q's dtype, final_state float32 or None)."""
+    """The gated recurrence above on `engine` (a key of ENGINES), with packed sequences handled by padding
+    (see varlen.py). Returns (o in q's dtype, final_state float32 or None)."""
     from alloyml.kernels.common.varlen import pad_sequences, padding_index, unpad_sequences
 
     dtype = q.dtype

@@ -1,4 +1,5 @@
-"""Triton kernels (GPU) for the gated recurrence of common/chunk.py, forward and backward:
+"""Step-by-step Triton kernels (GPU; the "triton_recurrent" engine) for the gated recurrence of
+common/chunk.py, forward and backward:
 
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,        o_t = scale * q_t^T S_t
 
@@ -168,7 +169,8 @@ def _blocks(K: int, V: int) -> tuple[int, int, int]:
     return BK, BV, triton.cdiv(V, BV)
 
 
-def _gate_kind(g) -> int:
+def gate_kind(g) -> int:
+    """NO_GATE, SCALAR_GATE ([B, T, H]) or VECTOR_GATE ([B, T, H, K]): the kernels' GATE constant."""
     return NO_GATE if g is None else (VECTOR_GATE if g.dim() == 4 else SCALAR_GATE)
 
 
@@ -181,7 +183,7 @@ def fused_recurrent_fwd(q, k, v, g, scale: float, initial_state):
     BK, BV, NV = _blocks(K, V)
     o = torch.empty_like(v)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32)
-    gate = _gate_kind(g)
+    gate = gate_kind(g)
     fused_recurrent_fwd_kernel[(NV, B * H)](
         q, k, v, q if g is None else g, initial_state if initial_state is not None else ht, o, ht, q, v,
         q, q, scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate, USE_H0=initial_state is not None,
@@ -198,7 +200,7 @@ def fused_recurrent_bwd(q, k, v, g, scale: float, initial_state, final_state, do
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, NV = _blocks(K, V)
-    gate = _gate_kind(g)
+    gate = gate_kind(g)
     g_arg = q if g is None else g
     use_dht = dht is not None
     # dq, dk and, with a final-state gradient, dk_final and dg_final
@@ -235,28 +237,16 @@ def fused_recurrent_bwd(q, k, v, g, scale: float, initial_state, final_state, do
 
 
 def _autograd_function():
-    import torch
+    from alloyml.kernels.common.triton_autograd import gated_function
 
-    class FusedRecurrentGated(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v, g, scale, initial_state):
-            ctx.set_materialize_grads(False)  # an unused final state skips its gradient's work
-            o, ht = fused_recurrent_fwd(q, k, v, g, scale, initial_state)
-            ctx.save_for_backward(q, k, v, g, initial_state, ht)
-            ctx.scale = scale
-            return o, ht
+    def forward(q, k, v, g, scale, initial_state):
+        o, ht = fused_recurrent_fwd(q, k, v, g, scale, initial_state)
+        return o, ht, ht
 
-        @staticmethod
-        def backward(ctx, do, dht):
-            q, k, v, g, initial_state, ht = ctx.saved_tensors
-            do = torch.zeros_like(v) if do is None else do
-            dq, dk, dv, dg, dh0 = fused_recurrent_bwd(
-                q, k, v, g, ctx.scale, initial_state, ht, do.contiguous(),
-                None if dht is None else dht.contiguous(),
-            )
-            return dq, dk, dv, dg, None, dh0
+    def backward(q, k, v, g, scale, initial_state, ht, do, dht):
+        return fused_recurrent_bwd(q, k, v, g, scale, initial_state, ht, do, dht)
 
-    return FusedRecurrentGated
+    return gated_function("FusedRecurrentGated", forward, backward)
 
 
 _FUNCTION = None
@@ -266,12 +256,13 @@ def fused_recurrent_gated_triton(q, k, v, g, scale: float, initial_state):
     """The gated recurrence on Triton: q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [B, T, H, K] |
     None, initial_state: [B, H, K, V] | None -> (o: [B, T, H, V] in v's dtype, final state float32)."""
     from alloyml.errors import InvalidInputError
+    from alloyml.kernels.common.triton_autograd import apply_contiguous
 
     global _FUNCTION
     if q.shape[-1] > MAX_KEY_DIM:
-        raise InvalidInputError(f"backend='triton' supports key dims up to {MAX_KEY_DIM}, got K = {q.shape[-1]}")
+        raise InvalidInputError(
+            f"backend='triton_recurrent' supports key dims up to {MAX_KEY_DIM}, got K = {q.shape[-1]}"
+        )
     if _FUNCTION is None:
         _FUNCTION = _autograd_function()
-    contiguous = [None if x is None else x.contiguous() for x in (q, k, v, g, initial_state)]
-    q, k, v, g, initial_state = contiguous
-    return _FUNCTION.apply(q, k, v, g, scale, initial_state)
+    return apply_contiguous(_FUNCTION, q, k, v, g, scale, initial_state)

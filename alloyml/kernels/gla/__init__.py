@@ -12,6 +12,7 @@ IMPLEMENTATIONS = {
     "naive": naive_gla,
     "chunk": partial(chunk_gla, engine="chunk"),
     "triton": partial(chunk_gla, engine="triton"),
+    "triton_recurrent": partial(chunk_gla, engine="triton_recurrent"),
 }
 
 
@@ -23,7 +24,9 @@ def gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=True, 
     q, k: [B, T, H, K]; v: [B, T, H, V]; g: [B, T, H, K] log-space forget gates (<= 0, e.g.
     logsigmoid(x) / 16); scale: default K ** -0.5; initial_state: [N, H, K, V] (N = B, or the number of
     packed sequences); cu_seqlens: int64 offsets [N + 1] of packed sequences in a batch of one;
-    backend: "auto" (CUDA -> "triton", else "chunk"), "naive", "chunk" or "triton".
+    backend: "auto" (CUDA -> "triton", else "chunk"), "naive" (the float32 recurrence), "chunk"
+    (chunked PyTorch), "triton" (chunked Triton kernels) or "triton_recurrent" (step-by-step Triton kernels,
+    slower on long sequences).
     Returns (o: [B, T, H, V] in q's dtype, final_state: [N, H, K, V] float32, or None when
     `output_final_state` is False)."""
     from alloyml.kernels.common import checks

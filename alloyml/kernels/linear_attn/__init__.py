@@ -13,6 +13,7 @@ IMPLEMENTATIONS = {
     "naive": naive_linear_attn,
     "chunk": partial(chunk_linear_attn, engine="chunk"),
     "triton": partial(chunk_linear_attn, engine="triton"),
+    "triton_recurrent": partial(chunk_linear_attn, engine="triton_recurrent"),
 }
 
 
@@ -26,8 +27,10 @@ def linear_attn(q, k, v, decay=None, *, scale=None, normalize=False, initial_sta
     with z_t = gamma z_{t-1} + k_t and eps = NORMALIZER_EPS (1e-6); z then travels in the state as one
     more value column, so initial_state and final_state are [N, H, K, V + 1];
     initial_state: [N, H, K, V] (N = B, or the number of packed sequences); cu_seqlens: int64 offsets
-    [N + 1] of packed sequences in a batch of one; backend: "auto" (CUDA -> "triton", else "chunk"),
-    "naive", "chunk" or "triton".
+    [N + 1] of packed sequences in a batch of one;
+    backend: "auto" (CUDA -> "triton", else "chunk"), "naive" (the float32 recurrence), "chunk"
+    (chunked PyTorch), "triton" (chunked Triton kernels) or "triton_recurrent" (step-by-step Triton kernels,
+    slower on long sequences).
     Returns (o: [B, T, H, V] in q's dtype, final_state float32, or None when `output_final_state` is
     False)."""
     from alloyml.kernels.common import checks

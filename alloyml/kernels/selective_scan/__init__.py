@@ -20,6 +20,7 @@ IMPLEMENTATIONS = {
     "naive": naive_selective_scan,
     "chunk": partial(chunk_selective_scan, engine="chunk"),
     "triton": partial(chunk_selective_scan, engine="triton"),
+    "triton_recurrent": partial(chunk_selective_scan, engine="triton_recurrent"),
 }
 
 
@@ -31,7 +32,10 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_s
     A: [H] negative decay rates; B, C: [b, T, H, K] input and output projections (K = state size N of
     Mamba-2; share them across heads with `expand`); D: [H] skip or None; initial_state: [n, H, K, V]
     (n = b, or the number of packed sequences); cu_seqlens: int64 offsets [n + 1] of packed sequences in
-    a batch of one; backend: "auto" (CUDA -> "triton", else "chunk"), "naive", "chunk" or "triton".
+    a batch of one;
+    backend: "auto" (CUDA -> "triton", else "chunk"), "naive" (the float32 recurrence), "chunk"
+    (chunked PyTorch), "triton" (chunked Triton kernels) or "triton_recurrent" (step-by-step Triton kernels,
+    slower on long sequences).
     Returns (y: [b, T, H, V] in x's dtype, final_state: [n, H, K, V] float32, or None when
     `output_final_state` is False)."""
     from alloyml.kernels.common import checks

@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge models from a mergekit-style YAML config",
         description="Merge models described by a mergekit-style YAML config into OUT_DIR (safetensors shards).",
     )
-    parser.add_argument("config", nargs="?", help="YAML config: merge_method, base_model, models, parameters, dtype")
+    parser.add_argument("config", nargs="?", help="YAML config: merge_method, base_model, models or slices, parameters")
     parser.add_argument("out_dir", nargs="?", help="output directory (written atomically)")
     parser.add_argument("--backend", choices=["alloyml", "mergekit"], help="override the config's backend")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")

@@ -1,5 +1,6 @@
-"""Model merging on state dicts: linear/soup, task arithmetic, TIES, DARE, SLERP, a streaming engine over
-safetensors, mergekit interop, merge search and MoE-from-experts. A library; never touches the store.
+"""Model merging on state dicts: linear/soup, task arithmetic, TIES, DARE, SLERP, layer-range stacking
+(`slices`, passthrough), a streaming engine over safetensors, mergekit interop, merge search and
+MoE-from-experts. A library; never touches the store.
 
 ```python
 from alloyml.merging import merge

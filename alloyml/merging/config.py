@@ -1,5 +1,7 @@
 """mergekit-style merge configs as pydantic models, validated before any tensor is read.
 
+Whole models (`models:`), merged tensor by tensor:
+
 ```yaml
 merge_method: ties
 base_model: ./base
@@ -12,6 +14,21 @@ parameters:
   lambda: 1.0
 dtype: float32
 ```
+
+Or layer ranges (`slices:`, exactly one of the two): each output slice merges its sources' layers
+`[start, end)` position by position, and the slices are stacked in order. A slice with one source copies
+its layers, which is how `passthrough` frankenmerges stack ranges of different models:
+
+```yaml
+merge_method: passthrough
+slices:
+  - sources: [{model: ./chat, layer_range: [0, 24]}]
+  - sources: [{model: ./code, layer_range: [8, 32]}]
+```
+
+Gradients run over each slice's own layers; a slice may set its own `parameters` and `base_model`, and a
+source its own `parameters` (most specific first: source, slice, top level). `layer_pattern` (alloyml only)
+names the layer tensors when they are not named like a known architecture (see `layers.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +41,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from alloyml.errors import ConfigError
-from alloyml.merging.registry import get_method
+from alloyml.merging.layers import LayerNaming
+from alloyml.merging.registry import MergeMethod, get_method
 
 Scalar = bool | int | float | str
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
@@ -47,13 +65,50 @@ class ModelSpec(BaseModel):
     parameters: dict[str, ParameterSetting] = {}
 
 
+class SliceSource(BaseModel):
+    """Layers `layer_range` = [start, end) of `model`, and the parameters they are merged with."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, ParameterSetting] = {}
+
+    @model_validator(mode="after")
+    def _check_range(self) -> SliceSource:
+        start, end = self.layer_range
+        if not 0 <= start < end:
+            raise ValueError(
+                f"layer_range {list(self.layer_range)} of model {self.model!r} is empty or reversed; "
+                "give [start, end) with 0 <= start < end"
+            )
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_range[1] - self.layer_range[0]
+
+
+class OutputSlice(BaseModel):
+    """Output layers made by merging the sources' layers position by position (one source: copied)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[SliceSource]
+    base_model: str | None = None
+    parameters: dict[str, ParameterSetting] = {}
+
+    @property
+    def num_layers(self) -> int:
+        return self.sources[0].num_layers
+
+
 class MergeConfig(BaseModel):
-    """One merge: method, inputs, parameters, dtypes and which backend runs it."""
+    """One merge: method, inputs (`models` or `slices`), parameters, dtypes and which backend runs it."""
 
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     base_model: str | None = None
-    models: list[ModelSpec]
+    models: list[ModelSpec] | None = None
+    slices: list[OutputSlice] | None = None
     parameters: dict[str, ParameterSetting] = {}
     dtype: DTypeName | None = None
     out_dtype: DTypeName | None = None
@@ -61,59 +116,134 @@ class MergeConfig(BaseModel):
     seed: int = 0
     # Passed to mergekit only (alloyml copies the base model's tokenizer files).
     tokenizer_source: str | None = None
+    # alloyml only (mergekit knows layer names from its architecture definitions): the prefix of layer
+    # tensors, e.g. "model.layers.{layer}.", for `slices` over checkpoints of an unknown naming.
+    layer_pattern: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> MergeConfig:
         method = get_method(self.merge_method)
-        names = [m.model for m in self.models]
-        if not names:
-            raise ValueError("`models` is empty; list the models to merge")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"models listed more than once: {duplicates}")
-        if method.uses_base and not self.base_model:
-            raise ValueError(f"merge method {method.name!r} needs `base_model`")
-        if not method.uses_base and self.base_model and self.base_model not in names:
-            raise ValueError(
-                f"merge method {method.name!r} does not use a base model; list {self.base_model!r} "
-                "under `models` with a weight, or drop `base_model`"
-            )
-        merged = self.merged_models()
-        if len(merged) < method.min_models or (method.max_models and len(merged) > method.max_models):
-            wanted = (
-                f"exactly {method.min_models}"
-                if method.min_models == method.max_models
-                else f"at least {method.min_models}"
-            )
-            raise ValueError(
-                f"merge method {method.name!r} merges {wanted} model(s) besides the base; got {len(merged)}"
-            )
+        if self.models is not None and self.slices is not None:
+            raise ValueError("give either `models` (whole models) or `slices` (layer ranges), not both")
+        if self.models is None and self.slices is None:
+            raise ValueError("list the models to merge under `models`, or their layer ranges under `slices`")
+        if self.layer_pattern is not None:
+            LayerNaming(self.layer_pattern)  # raises for a malformed pattern
         for name in self.parameters:
             method.parameter(name)  # raises for unknown names
-        for spec in self.models:
-            if spec.parameters and spec.model == self.base_model and method.uses_base:
-                raise ValueError(f"parameters given for base model {spec.model!r} are not used by {method.name}")
-            for name in spec.parameters:
-                if method.parameter(name).scope == "shared":
+        if self.models is not None:
+            if method.uses_base and not self.base_model:
+                raise ValueError(f"merge method {method.name!r} needs `base_model`")
+            names = [m.model for m in self.models]
+            if not method.uses_base and self.base_model and names and self.base_model not in names:
+                raise ValueError(
+                    f"merge method {method.name!r} does not use a base model; list {self.base_model!r} "
+                    "under `models` with a weight, or drop `base_model`"
+                )
+            _check_inputs(method, "`models`", self.models, self.base_model, [self.parameters])
+            return self
+        if not self.slices:
+            raise ValueError("`slices` is empty; list the output slices and their sources")
+        for i, out_slice in enumerate(self.slices):
+            label = f"`slices[{i}]`"
+            for name in out_slice.parameters:
+                method.parameter(name)
+            lengths = {s.num_layers for s in out_slice.sources}
+            if len(lengths) > 1:
+                ranges = ", ".join(f"{s.model!r} {list(s.layer_range)}" for s in out_slice.sources)
+                raise ValueError(
+                    f"{label}: every source must give the same number of layers, since layers are merged "
+                    f"position by position; got {ranges}"
+                )
+            base = self.slice_base(out_slice)
+            if method.uses_base:
+                if not base:
+                    raise ValueError(f"merge method {method.name!r} needs `base_model` (top level or in {label})")
+                if base not in [s.model for s in out_slice.sources]:
                     raise ValueError(
-                        f"parameter {name!r} of {method.name} is shared by all models; set it under the "
-                        f"top-level `parameters`, not under model {spec.model!r}"
+                        f"{label}: base model {base!r} is not among its sources; {method.name} merges each "
+                        f"layer against the base's layer in the same slice, so add a source for {base!r}"
                     )
-        for p in method.parameters:
-            missing = [s.model for s in merged if p.name not in s.parameters and p.name not in self.parameters]
-            if p.default is None and (missing if p.scope == "per_model" else p.name not in self.parameters):
-                where = f" for models {missing}" if p.scope == "per_model" else ""
-                raise ValueError(f"merge method {method.name!r} needs parameter {p.name!r}{where}")
+            _check_inputs(
+                method, f"`slices[{i}].sources`", out_slice.sources, base, [out_slice.parameters, self.parameters]
+            )
         return self
 
     def merged_models(self) -> list[ModelSpec]:
-        """The models that are combined (the base model excluded for methods that use one)."""
-        if get_method(self.merge_method).uses_base:
-            return [m for m in self.models if m.model != self.base_model]
-        return list(self.models)
+        """With `models`: the models that are combined (the base model excluded for methods that use one)."""
+        return _merged(get_method(self.merge_method), self.models, self.base_model)
+
+    def slice_base(self, out_slice: OutputSlice) -> str | None:
+        """The base model of a slice, for methods that use one: its own, else the top-level one."""
+        return (out_slice.base_model or self.base_model) if get_method(self.merge_method).uses_base else None
+
+    def merged_sources(self, out_slice: OutputSlice) -> list[SliceSource]:
+        """The sources of a slice that are combined (its base excluded for methods that use one)."""
+        return _merged(get_method(self.merge_method), out_slice.sources, self.slice_base(out_slice))
+
+    def referenced_models(self) -> list[str]:
+        """Every model the config names, each once, the reference model first."""
+        names = [self.reference_model(), self.base_model]
+        if self.models is not None:
+            names += [m.model for m in self.models]
+        else:
+            names += [n for s in self.slices for n in (s.base_model, *(src.model for src in s.sources))]
+        return [n for n in dict.fromkeys(names) if n]
+
+    def reference_model(self) -> str:
+        """The model whose config and tokenizer files the output gets: the base, else the first input."""
+        return self.base_model or (self.models[0].model if self.models is not None else self.slices[0].sources[0].model)
+
+    def output_layers(self) -> int | None:
+        """With `slices`: the number of layers of the merged model (None with `models`: unchanged)."""
+        return sum(s.num_layers for s in self.slices) if self.slices is not None else None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def _merged(method: MergeMethod, specs: list[ModelSpec] | list[SliceSource], base: str | None) -> list:
+    return [s for s in specs if not (method.uses_base and s.model == base)]
+
+
+def _check_inputs(
+    method: MergeMethod, label: str, specs: list[ModelSpec] | list[SliceSource], base: str | None, shared: list[dict]
+) -> None:
+    """Rules shared by `models` and each slice's `sources`: names, counts and where parameters are set.
+    `shared` holds the enclosing parameter scopes (the slice's, then the top level's)."""
+    names = [s.model for s in specs]
+    if not names:
+        raise ValueError(f"{label} is empty; list the models to merge")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{label}: models listed more than once: {duplicates}")
+    merged = _merged(method, specs, base)
+    if len(merged) < method.min_models or (method.max_models and len(merged) > method.max_models):
+        wanted = (
+            f"exactly {method.min_models}"
+            if method.min_models == method.max_models
+            else f"at least {method.min_models}"
+        )
+        besides = " besides the base" if method.uses_base else ""
+        raise ValueError(
+            f"merge method {method.name!r} merges {wanted} model(s){besides}; {label} gives {len(merged)} "
+            f"({', '.join(repr(s.model) for s in merged)})"
+        )
+    for spec in specs:
+        if spec.parameters and method.uses_base and spec.model == base:
+            raise ValueError(f"parameters given for base model {spec.model!r} are not used by {method.name}")
+        for name in spec.parameters:
+            if method.parameter(name).scope == "shared":
+                raise ValueError(
+                    f"parameter {name!r} of {method.name} is shared by all models; set it under the "
+                    f"top-level `parameters`, not under model {spec.model!r}"
+                )
+    for p in method.parameters:
+        given = any(p.name in scope for scope in shared)
+        missing = [s.model for s in merged if p.name not in s.parameters and not given]
+        if p.default is None and (missing if p.scope == "per_model" else not given):
+            where = f" for models {missing}" if p.scope == "per_model" else ""
+            raise ValueError(f"merge method {method.name!r} needs parameter {p.name!r}{where}")
 
 
 def load_config(source: MergeConfig | dict | str | os.PathLike) -> MergeConfig:

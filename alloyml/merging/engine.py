@@ -1,30 +1,28 @@
-"""The streaming merge engine: plan every tensor up front, then read, merge and write one tensor at a time.
+"""The streaming merge engine: plan every tensor up front (`plan.py`), then read, merge and write one
+tensor at a time.
 
 Planning opens only checkpoint headers and fails before anything is written when tensor names, shapes
-or dtypes disagree, or a parameter cannot be resolved for some tensor. Execution holds one tensor per
-input plus the method's working memory; the output goes to a staging directory that is renamed into
-place at the end.
+or dtypes disagree, a layer range or a parameter cannot be resolved, or config.json cannot take the new
+layer count. Execution holds one tensor per input plus the method's working memory; the output goes to a
+staging directory that is renamed into place at the end.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from alloyml.errors import InvalidInputError
-from alloyml.merging.checkpoints import WEIGHT_INDEXES, WEIGHT_SUFFIXES, Checkpoint, TensorInfo, open_checkpoint
+from alloyml.merging.checkpoints import Checkpoint, open_checkpoint
 from alloyml.merging.config import MergeConfig, load_config
-from alloyml.merging.parameters import layer_positions, resolve
-from alloyml.merging.registry import MergeMethod, Parameter, get_method
+from alloyml.merging.model_files import copy_model_files, output_model_config
+from alloyml.merging.plan import TensorSource, TensorTask, plan_merge, torch_dtype
+from alloyml.merging.registry import get_method
 from alloyml.merging.writer import ShardedWriter, staged_directory
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -32,11 +30,13 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 @dataclass
 class MergeInput:
-    """One input model: its name in the config, its role and the parameters given for it."""
+    """One input model: its name in the config, its role and the parameters given for it (with `slices`,
+    in the first slice that takes it), and the layer ranges taken from it (`slices` only)."""
 
     model: str
     role: str  # "base" or "merged"
     parameters: dict[str, Any]
+    layer_ranges: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,87 +54,6 @@ class MergeResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class TensorTask:
-    """How one output tensor is produced: merged with `parameters`, or copied from the reference model."""
-
-    name: str
-    out: TensorInfo
-    merge: bool
-    parameters: dict[str, Any]
-
-
-def _torch_dtype(name: str | None) -> torch.dtype | None:
-    return getattr(torch, name) if name else None
-
-
-def _check_same_tensors(checkpoints: Mapping[str, Checkpoint], reference: str, casts: bool) -> None:
-    ref = checkpoints[reference].infos
-    for model, ckpt in checkpoints.items():
-        if model == reference:
-            continue
-        missing = sorted(set(ref) - set(ckpt.infos))
-        extra = sorted(set(ckpt.infos) - set(ref))
-        if missing or extra:
-            raise InvalidInputError(
-                f"model {model!r} does not have the same tensors as {reference!r}: "
-                f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
-                f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''} ({len(extra)})"
-            )
-        for name, info in ref.items():
-            other = ckpt.infos[name]
-            if other.shape != info.shape:
-                raise InvalidInputError(
-                    f"tensor {name!r} has shape {other.shape} in {model!r} but {info.shape} in {reference!r}"
-                )
-            both_float = other.dtype.is_floating_point and info.dtype.is_floating_point
-            if other.dtype != info.dtype and not (casts and both_float):
-                raise InvalidInputError(
-                    f"tensor {name!r} is {other.dtype} in {model!r} but {info.dtype} in {reference!r}; "
-                    "set `dtype:` in the config to merge floating tensors of different dtypes"
-                )
-
-
-def _resolve_parameters(config: MergeConfig, method: MergeMethod, name: str, t: float) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for p in method.parameters:
-        if p.scope == "shared":
-            values[p.name] = _checked(p, resolve(p.name, [config.parameters], name, t), name, None)
-        else:
-            values[p.name] = [
-                _checked(p, resolve(p.name, [spec.parameters, config.parameters], name, t), name, spec.model)
-                for spec in config.merged_models()
-            ]
-    return values
-
-
-def _checked(p: Parameter, value: Any, tensor: str, model: str | None) -> Any:
-    if value is not None:
-        return p.kind(value)
-    if p.default is None:
-        who = f" of model {model!r}" if model else ""
-        raise InvalidInputError(f"parameter {p.name!r}{who} has no value for tensor {tensor!r} (no filter matched)")
-    return p.default
-
-
-def plan_merge(config: MergeConfig, checkpoints: Mapping[str, Checkpoint]) -> list[TensorTask]:
-    """One task per output tensor, in output order; raises before any I/O if the inputs don't line up."""
-    method = get_method(config.merge_method)
-    reference = config.base_model or config.models[0].model
-    _check_same_tensors(checkpoints, reference, casts=config.dtype is not None)
-    ref_infos = checkpoints[reference].infos
-    positions = layer_positions(ref_infos)
-    out_dtype = _torch_dtype(config.out_dtype or config.dtype)
-    tasks = []
-    for name, info in ref_infos.items():
-        if info.dtype.is_floating_point:
-            out = TensorInfo(info.shape, out_dtype or info.dtype)
-            tasks.append(TensorTask(name, out, True, _resolve_parameters(config, method, name, positions[name])))
-        else:  # integer and boolean buffers (position ids, step counters, masks) pass through unchanged
-            tasks.append(TensorTask(name, info, False, {}))
-    return tasks
-
-
 def _tensor_seed(seed: int, name: str) -> int:
     # Derived from the name, so a tensor's random mask is the same whatever order tensors are merged in.
     return zlib.crc32(f"{seed}:{name}".encode())
@@ -149,23 +68,25 @@ def run_tasks(
 ) -> dict[str, float]:
     """Merge tensor by tensor, handing each result to `sink`; returns read/compute seconds."""
     method = get_method(config.merge_method)
-    reference = config.base_model or config.models[0].model
-    merged = [spec.model for spec in config.merged_models()]
-    compute_dtype = _torch_dtype(config.dtype)
+    compute_dtype = torch_dtype(config.dtype)
     timings = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     iterator = tasks
     if progress:
         from rich.progress import track
 
         iterator = track(tasks, description=f"{method.name} merge")
+
+    def read(source: TensorSource) -> torch.Tensor:
+        return checkpoints[source.model].read(source.name)
+
     for task in iterator:
         start = time.perf_counter()
         if not task.merge:
-            tensor = checkpoints[reference].read(task.name)
+            tensor = read(task.inputs[0])
             timings["read_s"] += time.perf_counter() - start
         else:
-            base = checkpoints[config.base_model].read(task.name) if method.uses_base else None
-            tensors = [checkpoints[m].read(task.name) for m in merged]
+            base = read(task.base) if task.base else None
+            tensors = [read(source) for source in task.inputs]
             if compute_dtype is not None:
                 base = base.to(compute_dtype) if base is not None else None
                 tensors = [t.to(compute_dtype) for t in tensors]
@@ -183,32 +104,22 @@ def run_tasks(
     return timings
 
 
-def _copy_model_files(source: Path | None, target: Path, out_dtype: str | None) -> None:
-    """Copy config/tokenizer files (everything but weights) from the reference model's directory."""
-    if source is None:
-        return
-    for path in source.iterdir():
-        if path.is_file() and not path.name.startswith(".") and path.suffix not in WEIGHT_SUFFIXES:
-            if path.name not in WEIGHT_INDEXES:
-                shutil.copy2(path, target / path.name)
-    config_json = target / "config.json"
-    if out_dtype and config_json.exists():
-        hf_config = json.loads(config_json.read_text())
-        hf_config["torch_dtype"] = out_dtype
-        if "dtype" in hf_config:
-            hf_config["dtype"] = out_dtype
-        config_json.write_text(json.dumps(hf_config, indent=2))
+def _plain(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in parameters.items()}
 
 
 def merge_inputs(config: MergeConfig) -> list[MergeInput]:
-    method = get_method(config.merge_method)
-    inputs = []
-    if method.uses_base:
-        inputs.append(MergeInput(config.base_model, "base", {}))
-    inputs += [MergeInput(spec.model, "merged", dict(spec.parameters)) for spec in config.merged_models()]
-    for item in inputs:
-        item.parameters = {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in item.parameters.items()}
-    return inputs
+    """The input models, each once, for the result and the lineage the merge workflow records."""
+    if config.models is not None:
+        inputs = [MergeInput(config.base_model, "base", {})] if get_method(config.merge_method).uses_base else []
+        return inputs + [MergeInput(spec.model, "merged", _plain(spec.parameters)) for spec in config.merged_models()]
+    by_model: dict[str, MergeInput] = {}
+    for out_slice in config.slices:
+        for src in out_slice.sources:
+            item = by_model.setdefault(src.model, MergeInput(src.model, "merged", _plain(src.parameters)))
+            item.role = "base" if src.model == config.slice_base(out_slice) else item.role
+            item.layer_ranges.append(src.layer_range)
+    return list(by_model.values())
 
 
 def merge(
@@ -223,8 +134,9 @@ def merge(
     """Run a merge described by `config` (a `MergeConfig`, dict, YAML path or YAML text).
 
     Models are located by their name in the config, or through `sources` (`{name: path or state dict}`).
-    With `out_dir` the result is written as safetensors shards (plus the base model's config and
-    tokenizer files); without it the merged state dict is returned in `MergeResult.state_dict`.
+    With `out_dir` the result is written as safetensors shards (plus the reference model's config and
+    tokenizer files: the base model's, else the first input's); without it the merged state dict is
+    returned in `MergeResult.state_dict`.
     """
     total_start = time.perf_counter()
     config = load_config(config)
@@ -233,11 +145,15 @@ def merge(
 
         return run_mergekit(config, out_dir, overwrite=overwrite)
     sources = sources or {}
-    names = ([config.base_model] if config.base_model else []) + [m.model for m in config.models]
-    checkpoints = {n: open_checkpoint(sources.get(n, n), label=n) for n in dict.fromkeys(names)}
+    checkpoints = {n: open_checkpoint(sources.get(n, n), label=n) for n in config.referenced_models()}
     try:
         start = time.perf_counter()
         tasks = plan_merge(config, checkpoints)
+        reference = checkpoints[config.reference_model()].directory
+        out_dtype = config.out_dtype or config.dtype
+        model_config = (
+            output_model_config(reference, out_dtype, config.output_layers()) if out_dir is not None else None
+        )
         timings = {"plan_s": time.perf_counter() - start}
         state_dict = None
         if out_dir is None:
@@ -248,8 +164,7 @@ def merge(
                 writer = ShardedWriter(staging, {t.name: t.out for t in tasks}, max_shard_bytes)
                 timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress))
                 writer.close()
-                reference = config.base_model or config.models[0].model
-                _copy_model_files(checkpoints[reference].directory, staging, config.out_dtype or config.dtype)
+                copy_model_files(reference, staging, model_config)
                 (staging / "merge_config.yaml").write_text(config.to_yaml())
     finally:
         for ckpt in checkpoints.values():

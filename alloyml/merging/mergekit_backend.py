@@ -15,22 +15,36 @@ from alloyml.errors import InvalidInputError
 from alloyml.merging.checkpoints import open_checkpoint
 from alloyml.merging.config import MergeConfig
 from alloyml.merging.engine import MergeResult, merge_inputs
+from alloyml.merging.plan import plan_merge
 from alloyml.merging.writer import staged_directory
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
+def _expected_tensors(config: MergeConfig) -> set[str]:
+    """The tensors mergekit must write: the reference model's, or with `slices` the ones alloyml's own
+    plan of the merge names (which also checks the layer ranges against the models first)."""
+    if config.slices is None:
+        return set(open_checkpoint(config.reference_model()).infos)
+    checkpoints = {name: open_checkpoint(name) for name in config.referenced_models()}
+    try:
+        return {task.name for task in plan_merge(config, checkpoints)}
+    finally:
+        for ckpt in checkpoints.values():
+            ckpt.close()
+
+
 def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwrite: bool = False) -> MergeResult:
-    """Merge with mergekit into `out_dir`; raises if mergekit's output lacks any input tensor."""
+    """Merge with mergekit into `out_dir`; raises if mergekit's output lacks any tensor it should have."""
     if out_dir is None:
         raise InvalidInputError("backend 'mergekit' writes to disk; pass an output directory")
-    reference = Path(config.base_model or config.models[0].model)
-    for name in {config.base_model, *(m.model for m in config.models)} - {None}:
+    reference = Path(config.reference_model())
+    for name in config.referenced_models():
         if not (Path(name) / "config.json").exists():
             raise InvalidInputError(
                 f"backend 'mergekit' needs Hugging Face model directories; {name} has no config.json"
             )
-    expected = open_checkpoint(reference).infos
+    expected = _expected_tensors(config)
 
     start = time.perf_counter()
     from mergekit.config import MergeConfiguration
@@ -39,7 +53,7 @@ def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwri
 
     timings = {"import_s": time.perf_counter() - start}
     mk_config = MergeConfiguration.model_validate(
-        config.model_dump(mode="json", exclude={"backend", "seed"}, exclude_none=True)
+        config.model_dump(mode="json", exclude={"backend", "seed", "layer_pattern"}, exclude_none=True)
     )
     options = MergeOptions(
         copy_tokenizer=any((reference / f).exists() for f in _TOKENIZER_FILES),

@@ -226,3 +226,17 @@ def slerp_tensors(
 def slerp(base, tensors, *, t):
     """SLERP between the base model and the one other model; `t` may follow a per-layer schedule."""
     return slerp_tensors(t, base, tensors[0])
+
+
+@merge_method(
+    "passthrough",
+    reference="https://github.com/arcee-ai/mergekit/blob/main/docs/merge_methods.md#passthrough-passthrough",
+    parameters=(Parameter("scale", "per_model", 1.0, "factor the copied tensor is multiplied by"),),
+    uses_base=False,
+    min_models=1,
+    max_models=1,
+)
+def passthrough(base, tensors, *, scale):
+    """The one input, unchanged (or times `scale`): with `slices`, this stacks layer ranges of different
+    models into one (a "frankenmerge")."""
+    return tensors[0] if scale[0] == 1 else tensors[0] * scale[0]

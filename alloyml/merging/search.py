@@ -107,6 +107,8 @@ def search_merge(
         template = template.model_dump(mode="json", exclude_defaults=True)
     elif not isinstance(template, dict):
         template = load_config(template).model_dump(mode="json", exclude_defaults=True)
+    if "models" not in template:
+        raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
     if layer_groups < 1 or n_trials < 1:
         raise InvalidInputError(f"layer_groups and n_trials must be >= 1, got {layer_groups} and {n_trials}")
     bounds = {**DEFAULT_BOUNDS, **(bounds or {})}

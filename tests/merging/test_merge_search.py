@@ -81,3 +81,6 @@ def test_failed_trials_are_recorded_and_bad_searches_rejected(problem):
         search_merge(TEMPLATE, flaky, search=("wieght",), sources=states, parallel=False)
     with pytest.raises(InvalidInputError, match="layer_groups and n_trials must be >= 1"):
         search_merge(TEMPLATE, flaky, layer_groups=0, sources=states, parallel=False)
+    sliced = {"merge_method": "linear", "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]}]}]}
+    with pytest.raises(InvalidInputError, match="`slices` templates are not supported"):
+        search_merge(sliced, flaky, sources=states, parallel=False)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 H100 = ("cuda", 90, 32)  # backend, compute capability, warp size
+H100_SHARED_MEMORY = 227 * 1024  # bytes one block may use (the opt-in maximum on sm_90)
 
 _POINTER_TYPES = {
     torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",

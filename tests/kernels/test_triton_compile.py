@@ -8,7 +8,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from gpu_compile import jit_functions, recording
+from gpu_compile import H100_SHARED_MEMORY, jit_functions, recording
 
 from alloyml.kernels.common import chunk_triton, fused_recurrent_triton
 
@@ -61,6 +61,8 @@ def assert_all_compile(launches) -> None:
     for launch in launches:
         compiled = launch.compile()
         assert compiled.asm["cubin"], launch.kernel.__name__
+        # a block that asks for more shared memory than an SM has compiles but fails at launch
+        assert compiled.metadata.shared <= H100_SHARED_MEMORY, (launch.kernel.__name__, compiled.metadata.shared)
 
 
 @pytest.mark.triton

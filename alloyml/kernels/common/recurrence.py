@@ -26,7 +26,9 @@ def scan_steps(step, sequences: tuple, initial_state, output_final_state: bool, 
 
     state = initial_state
     outs = []
-    for t in range(sequences[0].shape[1]):
-        o, state = step(*(x[:, t] for x in sequences), state)
+    # unbind, not x[:, t]: each x[:, t] would give the backward a zero-filled [B, T, ...] gradient per step,
+    # a cost quadratic in T that would make this reference look slower than a recurrence is.
+    for steps in zip(*(x.unbind(1) for x in sequences), strict=True):
+        o, state = step(*steps, state)
         outs.append(o)
     return torch.stack(outs, dim=1), (state if output_final_state else None)

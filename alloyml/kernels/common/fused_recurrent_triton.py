@@ -16,6 +16,12 @@ For that sum the kernels keep apart what cancels exactly in it: dq and dk withou
 parts (scale k_t (v_t . do_t), scale q_t (v_t . do_t)) and dk without the final state's path. Left in,
 their rounding, of the size of the outputs, would swamp a gate gradient that carries a factor exp(g)
 (d/d gamma of a strong decay). The parts are added back for dq and dk in PyTorch.
+
+Limit: the pairs that do cancel in that sum (both ends at or after t) span the whole rest of the sequence,
+so the gate gradient's rounding grows with T: measured against the float64 reference at T=70, 1.5e-5
+relative at gate scale 1 and up to 6e-4 at gate scale 10 with one head, where the chunked kernels
+(chunk_triton.py, which sum only the pairs that straddle t) stay below 1e-6. Train with "triton"; this
+engine suits short sequences and decoding.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Engines: "chunk" (PyTorch, chunk_torch.py: the CPU fast path), "triton" (chunked GPU kernels,
 chunk_triton.py) and "triton_recurrent" (step-by-step GPU kernels, fused_recurrent_triton.py). Each takes
-(q, k, v, g, scale, initial_state) on a padded batch and returns (o, final_state); see chunk_torch.py for
+(q, k, v, g, scale, initial_state) on a padded batch (g: None, per-step gates, or for "chunk" a constant
+log-decay per head, [H]) and returns (o, final_state); see chunk_torch.py for
 the recurrence and its shapes.
 """
 
@@ -36,6 +37,9 @@ def chunk_gated(q, k, v, g, *, scale, initial_state, output_final_state, cu_seql
     from alloyml.kernels.common.varlen import pad_sequences, padding_index, unpad_sequences
 
     dtype = q.dtype
+    if g is not None and g.dim() == 1 and (engine != "chunk" or cu_seqlens is not None):
+        # a constant log-decay per head: the kernels and the padding of packed sequences take it per step
+        g = g.expand(q.shape[0], q.shape[1], q.shape[2])
     if cu_seqlens is not None:
         index, valid = padding_index(cu_seqlens)
         q, k, v = (pad_sequences(x, index) for x in (q, k, v))

@@ -99,6 +99,7 @@ def _carry(delta, decay, initial_state):
     state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
     starts = []
     decays = [None] * N if decay is None else decay.unbind(2)  # unbind: one backward for all n
+    # decay: [B | 1, H, N, K | 1, 1] (broadcast over the batch for a constant per-head decay)
     for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
         starts.append(state)
         state = (state if decay_n is None else state * decay_n) + delta_n
@@ -113,7 +114,6 @@ def _causal(C: int, device):
 
 def _scalar_gated(q, k, v, g, scale: float, initial_state):
     import torch
-    import torch.nn.functional as F
 
     T = q.shape[1]
     C = SCALAR_GATE_CHUNK
@@ -124,19 +124,49 @@ def _scalar_gated(q, k, v, g, scale: float, initial_state):
     attn = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, N, C, C]
     q_inter, k_state, chunk_decay = q, k, None
     if g is not None:
-        g = _blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1)  # [B, H, N, C]
-        G = g.cumsum(-1)  # sum over steps 0..i of the chunk
-        to_end = F.pad(g.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # sum over steps j+1..C-1
-        after_j = g[..., :, None] * causal.tril(-1).to(g.dtype)  # [B, H, N, C(s), C(j)]
-        between = after_j.cumsum(-2).masked_fill(~causal, -math.inf)  # sum over j < s <= i
-        attn = attn * between.exp()
-        q_inter = q * G.exp()[..., None]  # decay from the chunk start to step i
-        k_state = k * to_end.exp()[..., None]  # decay from step j to the chunk end
-        chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, N, 1, 1]
+        if g.dim() == 1:
+            pair, to_i, after_j, total = _constant_decays(g.to(compute), N, C, T)
+        else:
+            pair, to_i, after_j, total = _step_decays(_blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1))
+        attn = attn * pair.exp()
+        q_inter = q * to_i.exp()[..., None]  # decay from the chunk start to step i
+        k_state = k * after_j.exp()[..., None]  # decay from step j to the chunk end
+        chunk_decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
     delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's addition to the state
     starts, state = _carry(delta, chunk_decay, initial_state)
     o = attn @ v + q_inter @ starts  # [B, H, N, C, V]
     return _unblock(o, T), state
+
+
+def _step_decays(g):
+    """Per-step scalar gates g: [B, H, N, C] -> the sums of gates over (j < s <= i: [B, H, N, C, C], -inf
+    for j > i; 0..i; j+1..C-1: [B, H, N, C]; the whole chunk: [B, H, N]), each a direct sum."""
+    import torch.nn.functional as F
+
+    C = g.shape[-1]
+    causal = _causal(C, g.device)
+    to_i = g.cumsum(-1)
+    after_j = F.pad(g.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))
+    between = (g[..., :, None] * causal.tril(-1).to(g.dtype)).cumsum(-2)  # [B, H, N, C(i), C(j)]
+    return between.masked_fill(~causal, -math.inf), to_i, after_j, to_i[..., -1]
+
+
+def _constant_decays(log_gamma, N: int, C: int, T: int):
+    """A constant log-decay per head (RetNet's gamma), log_gamma: [H] -> the same sums as `_step_decays`
+    in closed form, a whole number of steps times log gamma, shaped to broadcast over [B, H, N, ...]. The
+    last chunk ends at step T - 1, not at its padding: the padded steps must not decay the final state."""
+    import torch
+
+    steps = torch.arange(C, device=log_gamma.device)
+    ends = torch.full((N,), C - 1, device=log_gamma.device)
+    ends[-1] = T - 1 - (N - 1) * C  # the last real step of the last chunk
+    span = (steps[:, None] - steps[None, :]).to(log_gamma.dtype)  # i - j
+    between = (span * log_gamma[:, None, None]).masked_fill(span < 0, -math.inf)  # [H, C, C]
+    to_i = (steps + 1).to(log_gamma.dtype) * log_gamma[:, None]  # [H, C]
+    after = (ends[:, None] - steps[None, :]).clamp_min(0).to(log_gamma.dtype)  # [N, C]; padding: 0 steps
+    after_j = after * log_gamma[:, None, None]  # [H, N, C]
+    total = (ends + 1).to(log_gamma.dtype) * log_gamma[:, None]  # [H, N]
+    return between[None, :, None], to_i[None, :, None], after_j[None], total[None]
 
 
 def _vector_gated(q, k, v, g, scale: float, initial_state):

@@ -15,10 +15,9 @@ def chunk_linear_attn(q, k, v, decay=None, *, scale=None, normalize=False, initi
     from alloyml.kernels.common.chunk import chunk_gated
     from alloyml.kernels.linear_attn.recurrent import NORMALIZER_EPS
 
-    B, T, H, _ = q.shape
     g = None
-    if decay is not None:  # log(gamma) at every step: [B, T, H]
-        g = decay.to(torch.promote_types(decay.dtype, torch.float32)).log().expand(B, T, H)
+    if decay is not None:  # log(gamma), the same at every step: [H]
+        g = decay.to(torch.promote_types(decay.dtype, torch.float32)).log()
     if normalize:
         v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, T, H, V + 1]
     o, state = chunk_gated(q, k, v, g, scale=default_scale(scale, q.shape[-1]), initial_state=initial_state,

@@ -5,15 +5,17 @@ All three ops reduce to one recurrence over a state S: [K, V] per (batch, head):
     S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,        o_t = scale * q_t^T S_t
 
 with log-space gates g_t <= 0 that are per key channel ([B, T, H, K], GLA), one scalar per head and step
-([B, T, H], Mamba-2 SSD, RetNet) or absent (plain linear attention). Within a chunk of C steps the outputs
+([B, T, H], Mamba-2 SSD), one constant per head ([H], RetNet's log gamma) or absent (plain linear
+attention). Within a chunk of C steps the outputs
 come from a causal C x C attention matrix; across chunks the state carries the rest.
 
 Numerical safety: with g summed over runs of steps inside a chunk, every exponent formed is a sum of
 gates, so <= 0: over steps j < s <= i for the causal matrix (the mask is applied before exp), over the
 steps from a block's start to i for the state read by q_i and over j+1 to the block's end for k_j's write
 to the outgoing state. Nothing like exp(-G_j) is ever formed, so gate scales of 10 and beyond neither
-overflow nor lose small terms. Each such sum is built directly (a masked cumulative sum, or a product
-with a 0/1 matrix), never as a difference of two cumulative sums: a difference like G_i - G_i is 0 in
+overflow nor lose small terms. Each such sum is built directly (a masked cumulative sum, a running
+product of exp(g), or for a constant gate a whole number of steps times it), never as a difference of two
+cumulative sums: a difference like G_i - G_i is 0 in
 value but not in autograd, where its two gradient paths cancel only to rounding, and that rounding,
 divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
 through these same safe ops.
@@ -39,7 +41,7 @@ VECTOR_GATE_SUBCHUNK = 16
 
 
 def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
-    """q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [B, T, H, K] | None, initial_state:
+    """q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [H] | [B, T, H, K] | None, initial_state:
     [B, H, K, V] | None -> (o: [B, T, H, V], final_state: [B, H, K, V]), both float32 (float64 in)."""
     if g is not None and g.dim() == 4:
         return _vector_gated(q, k, v, g, scale, initial_state)
@@ -92,14 +94,14 @@ _CONTIGUOUS_GRAD = None
 def _carry(delta, decay, initial_state):
     """The state entering each chunk: S_{n+1} = decay_n * S_n + delta_n, from S_0 = initial_state.
 
-    delta: [B, H, N, K, V]; decay: [B, H, N, K | 1, 1] or None. Returns (starts [B, H, N, K, V], S_N)."""
+    delta: [B, H, N, K, V]; decay: [B | 1, H, N, K | 1, 1] (1: the same for the whole batch) or None.
+    Returns (starts [B, H, N, K, V], S_N)."""
     import torch
 
     B, H, N, K, V = delta.shape
     state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
     starts = []
     decays = [None] * N if decay is None else decay.unbind(2)  # unbind: one backward for all n
-    # decay: [B | 1, H, N, K | 1, 1] (broadcast over the batch for a constant per-head decay)
     for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
         starts.append(state)
         state = (state if decay_n is None else state * decay_n) + delta_n

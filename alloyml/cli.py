@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "alloyml.commands.cascade",
     "alloyml.commands.serve",
     "alloyml.commands.merge",
+    "alloyml.commands.tune",
 )
 
 

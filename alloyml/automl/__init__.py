@@ -19,7 +19,7 @@ from alloyml.automl.inference import (
     tune_inference,
 )
 from alloyml.automl.metrics import METRICS, get_metric
-from alloyml.automl.objectives import LMTrainingObjective, SklearnObjective
+from alloyml.automl.objectives import CrossValObjective, LMTrainingObjective, SklearnObjective
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, PromptScore, evaluate_prompt
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, sample_prior
 from alloyml.automl.tasks import TASKS, Task, get_task
@@ -29,6 +29,7 @@ __all__ = [
     "APEResult",
     "AlloyEngine",
     "Choice",
+    "CrossValObjective",
     "DEFAULT_TEMPLATE",
     "DSPyRunResult",
     "Example",

@@ -101,6 +101,11 @@ def _record_callback(on_trial: TrialCallback | None, records: list[TrialRecord],
         def on_trial_error(self, iteration, trials, trial, **info):
             self._finish(trial, "error")
 
+        def __reduce__(self):
+            # Tune pickles its run config, callbacks included, into the experiment folder. `on_trial` may hold
+            # what only this driver can use (a store connection, a console): the saved copy records nothing.
+            return Callback, ()
+
     return _Recorder()
 
 

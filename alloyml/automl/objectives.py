@@ -2,6 +2,7 @@
 `report(metrics)` after each step, with a cumulative `cost`; ASHA stops trials whose early steps look bad.
 
 - `SklearnObjective`: a scikit-learn estimator or pipeline on a growing share of the training split.
+- `CrossValObjective`: a scikit-learn estimator scored by k-fold cross-validation, one fold per step.
 - `LMTrainingObjective`: an alloyml `LinearLM` trained with `alloyml.models.Trainer` on one of the
   models' offline tasks, scored by held-out loss.
 """
@@ -48,15 +49,58 @@ class SklearnObjective:
         return [math.ceil(n_train * k / self.steps) for k in range(1, self.steps + 1)]
 
     def __call__(self, config: dict[str, Any], report) -> None:
-        from sklearn.base import clone
-        from sklearn.metrics import check_scoring
-
         X_tr, y_tr, X_val, y_val = self.split()
         cost = 0
         for rows in self.step_rows(len(X_tr)):
-            model = clone(self.estimator).set_params(**config).fit(X_tr[:rows], y_tr[:rows])
             cost += rows
-            report({"score": float(check_scoring(model, self.scoring)(model, X_val, y_val)), "cost": float(cost)})
+            score = _fit_score(self.estimator, config, self.scoring, X_tr[:rows], y_tr[:rows], X_val, y_val)
+            report({"score": score, "cost": float(cost)})
+
+
+class CrossValObjective:
+    """Score `estimator.set_params(**config)` by k-fold cross-validation, one fold per step.
+
+    `X: [N, D]`, `y: [N]`. The folds are `cross_val_score`'s for `cv=k` (stratified for classifiers, not
+    shuffled); step i fits fold i and reports the mean score of folds 1..i, so the last report equals
+    `cross_val_score(estimator.set_params(**config), X, y, cv=k, scoring=scoring).mean()` and ASHA can stop a
+    trial after its first folds. `cost` is the number of training rows fitted so far.
+    """
+
+    def __init__(self, estimator, X, y, *, scoring=None, cv: int = 5):
+        self.estimator = estimator
+        self.X = X
+        self.y = y
+        self.scoring = scoring
+        self.cv = cv
+
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(train indices, test indices) per fold."""
+        from sklearn.base import is_classifier
+        from sklearn.model_selection import check_cv
+
+        X, y = np.asarray(self.X), np.asarray(self.y)
+        if X.ndim != 2 or len(X) != len(y):
+            raise InvalidInputError(f"X must be [N, D] and y [N], got {X.shape} and {y.shape}")
+        if not isinstance(self.cv, int) or self.cv < 2:
+            raise InvalidInputError(f"cv must be an integer >= 2 (the number of folds), got {self.cv!r}")
+        return list(check_cv(self.cv, y, classifier=is_classifier(self.estimator)).split(X, y))
+
+    def __call__(self, config: dict[str, Any], report) -> None:
+        X, y = np.asarray(self.X), np.asarray(self.y)
+        scores, cost = [], 0
+        for train, test in self.folds():
+            cost += len(train)
+            scores.append(_fit_score(self.estimator, config, self.scoring, X[train], y[train], X[test], y[test]))
+            report({"score": float(np.mean(scores)), "cost": float(cost)})
+
+
+def _fit_score(estimator, config, scoring, X_train, y_train, X_test, y_test) -> float:
+    """A fresh clone of `estimator` with `config`, fitted on the training rows and scored on the test rows."""
+    from sklearn.base import clone
+    from sklearn.metrics import check_scoring
+
+    model = clone(estimator).set_params(**config).fit(X_train, y_train)
+    return float(check_scoring(model, scoring)(model, X_test, y_test))
 
 
 class LMTrainingObjective:

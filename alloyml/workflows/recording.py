@@ -49,6 +49,18 @@ def register_model_dir(platform, name: str, directory: str | Path, *, metrics: d
     return model.id
 
 
+def trial_recorder(platform, run_id: int):
+    """An automl `on_trial` callback that adds each trial to run `run_id`, numbered in the order they arrive."""
+    count = 0
+
+    def record(trial) -> None:
+        nonlocal count
+        platform.store.add_trial(run_id, count, trial.config, trial.metrics, trial.cost, trial.seconds, trial.status)
+        count += 1
+
+    return record
+
+
 def save_cascade_plan(platform, name: str, plan, responses, budget: float):
     """Store a fitted cascade plan as the next version of `name`, with each stage's mean cost per query."""
     point = plan.point

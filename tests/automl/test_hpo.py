@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alloyml.automl.hpo import hyperparameter_search
-from alloyml.automl.objectives import LMTrainingObjective, SklearnObjective
+from alloyml.automl.objectives import CrossValObjective, LMTrainingObjective, SklearnObjective
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, parse_space, sample_prior
 from alloyml.errors import InvalidInputError
 
@@ -35,6 +35,29 @@ def test_sklearn_objective_matches_manual_learning_curve():
         cost += rows
         expected.append({"score": float((model.predict(X[val]) == y[val]).mean()), "cost": float(cost)})
     assert reports == expected
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_cross_val_objective_reports_running_means_of_cross_val_score(task):
+    from sklearn.datasets import make_classification, make_regression
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import cross_val_score
+
+    if task == "classification":  # sorted labels: only stratified folds keep both classes in every fold
+        X, y = make_classification(90, 5, random_state=1)
+        order = np.argsort(y, kind="stable")
+        X, y, estimator, config = X[order], y[order], LogisticRegression(), {"C": 0.3}
+    else:
+        X, y = make_regression(90, 5, noise=5.0, random_state=1)
+        estimator, config = Ridge(), {"alpha": 2.0}
+    reports = []
+    CrossValObjective(estimator, X, y, scoring=None, cv=4)(config, reports.append)
+    folds = cross_val_score(estimator.set_params(**config), X, y, cv=4)
+    assert [r["score"] for r in reports] == pytest.approx([folds[: k + 1].mean() for k in range(4)], rel=1e-12)
+    test_rows = [23, 23, 22, 22]  # 90 rows in 4 folds
+    assert [r["cost"] for r in reports] == np.cumsum([90 - n for n in test_rows]).tolist()  # rows fitted so far
+    with pytest.raises(InvalidInputError, match="cv"):
+        CrossValObjective(estimator, X, y, cv=1)(config, reports.append)
 
 
 def test_prior_samples_follow_the_prior():

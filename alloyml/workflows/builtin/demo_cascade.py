@@ -5,7 +5,7 @@ deployment whose requests are logged to the store."""
 from __future__ import annotations
 
 from alloyml.workflows.builtin.demo_models import MAX_ANSWER, TASKS, PromptTask
-from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan
+from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan, trial_recorder
 from alloyml.workflows.steps import step
 
 CASCADE_NAME = "demo-cascade"
@@ -78,15 +78,8 @@ def tune_merged(store: dict, merged: dict, config: dict) -> dict:
     budget = config["tune_budget_tokens"]
     with open_platform(store) as platform, platform.run("tune", name="tune merged model's inference",
                                                         params={"budget_tokens": budget}) as run:
-        trials = []
-
-        def record(trial):
-            trials.append(trial)
-            platform.store.add_trial(run.id, len(trials) - 1, trial.config, trial.metrics, trial.cost,
-                                     trial.seconds, trial.status)
-
-        result = tune_inference(RecurrentLM(model), examples, space, budget=budget, on_trial=record,
-                                seed=config["seed"])
+        result = tune_inference(RecurrentLM(model), examples, space, budget=budget,
+                                on_trial=trial_recorder(platform, run.id), seed=config["seed"])
         run.log_metrics(best_utility=result.best_utility, best_cost=result.best_cost,
                         tuning_cost=result.tuning_cost)
     return {"best": result.best.model_dump(), "best_utility": result.best_utility, "best_cost": result.best_cost}

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.alloyml-installed
 
-.PHONY: install test test-all demo bench-peers browser-deps lint clean
+.PHONY: install test test-all gpu-check demo bench-peers browser-deps lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: install browser-deps
 
 test-all: install browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# On a CUDA machine: the kernels' GPU tests, then their GPU benchmark against flash-linear-attention
+# (`make bench-peers` installs it); writes benchmarks/results/kernels.gpu.json.
+gpu-check: install
+	$(BIN)/python -m pytest -q -m gpu tests/kernels $(PYTEST_ARGS)
+	$(BIN)/python benchmarks/kernels.py --gpu-only
 
 demo: install
 	$(BIN)/alloyml demo

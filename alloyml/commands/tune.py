@@ -206,16 +206,14 @@ def _checked_out(out: str | None) -> Path | None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    """Write next to `path`, then rename over it: readers never see a half-written file."""
+    """Write `payload` as JSON, whole or not at all."""
     import json
-    import os
+
+    from alloyml.platform.atomic import write_atomic
 
     def plain(value):
         if hasattr(value, "item"):  # numpy scalars that Ray Tune's samplers return
             return value.item()
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    text = json.dumps(payload, indent=2, default=plain) + "\n"
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
+    write_atomic(path, (json.dumps(payload, indent=2, default=plain) + "\n").encode())

@@ -31,6 +31,7 @@ Every tensor stays at the size of the inputs, never [C, C, K].
 
 from __future__ import annotations
 
+import functools
 import math
 
 from alloyml.kernels.common.decayed_attention import decayed_attention
@@ -71,24 +72,23 @@ def _contiguous_grad(x):
     """x itself, with its gradient made contiguous on the way back: a gradient permuted back from the
     [B, T, H, V] output would otherwise send every batched matrix product of the backward down a slow
     per-matrix path."""
-    global _CONTIGUOUS_GRAD
-    if _CONTIGUOUS_GRAD is None:
-        import torch
-
-        class ContiguousGrad(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                return x.view_as(x)
-
-            @staticmethod
-            def backward(ctx, grad):
-                return grad.contiguous()
-
-        _CONTIGUOUS_GRAD = ContiguousGrad
-    return _CONTIGUOUS_GRAD.apply(x)
+    return _contiguous_grad_function().apply(x)
 
 
-_CONTIGUOUS_GRAD = None
+@functools.cache
+def _contiguous_grad_function():
+    import torch
+
+    class ContiguousGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad.contiguous()
+
+    return ContiguousGrad
 
 
 def _carry(delta, decay, initial_state):

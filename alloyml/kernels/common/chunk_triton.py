@@ -46,6 +46,8 @@ state's path, as the fused-recurrent kernels keep that path apart.
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -115,6 +117,16 @@ def _state_block(x0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.c
     if LOAD:
         b += tl.load(_state_ptrs(x0, i_bh, o_k, o_v, K, V), mask=m_h, other=0.0).to(tl.float32)
     return i_bh, i_bh // H, i_bh % H, o_k, o_v, m_k, m_v, m_h, b
+
+
+@triton.jit
+def _chunk_block(T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """The rows and feature block of a (feature block, chunk, batch * head) program: (feature block, chunk,
+    batch * head, batch, head, step offsets and mask, feature offsets and mask for a feature dimension D)."""
+    i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    return i_d, i_t, i_bh, i_bh // H, i_bh % H, o_t, o_t < T, o_d, o_d < D
 
 
 @triton.jit
@@ -202,12 +214,7 @@ def chunk_fwd_o_kernel(q, v, g, h, A, o, scale, T, NT, H: tl.constexpr, K: tl.co
                        DOT: tl.constexpr):
     """Outputs, one program per (value block, chunk, batch * head):
     o = scale (q exp(G(0..i))) h + A v."""
-    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
+    i_v, i_t, i_bh, i_b, i_h, o_t, m_t, o_v, m_v = _chunk_block(T, H, V, BT, BV)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
@@ -284,13 +291,8 @@ def chunk_bwd_dv_kernel(k, g, A, do, dh, dv, T, NT, H: tl.constexpr, K: tl.const
                         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
                         DOT: tl.constexpr):
     """dv = A^T do + (k exp(G(j+1..BT-1))) dh, one program per (value block, chunk, batch * head)."""
-    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_v, i_t, i_bh, i_b, i_h, o_t, m_t, o_v, m_v = _chunk_block(T, H, V, BT, BV)
     o_j = tl.arange(0, BT)
-    o_t = i_t * BT + o_j
-    m_t = o_t < T
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
     b_A = _rows(A, i_b, i_h, o_t, m_t, o_j, i_t * BT + o_j < T, T, H, BT)
     b_do = _rows(do, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
     b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=DOT)
@@ -370,12 +372,7 @@ def chunk_bwd_inter_kernel(q, k, v, g, h, dh, do, dA, dq_intra, dk_intra, dq, dk
     """dq, dk (inter-chunk parts added to dq', dk' and the same-step part) and the gate gradient (see the
     module docstring), one program per (key block, chunk, batch * head). dg: [B, T, H, K] for vector
     gates, this key block's part [NK, B, T, H] for scalar gates."""
-    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    o_t = i_t * BT + tl.arange(0, BT)
-    m_t = o_t < T
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
+    i_k, i_t, i_bh, i_b, i_h, o_t, m_t, o_k, m_k = _chunk_block(T, H, K, BT, BK)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # do h^T
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # v dh^T
     b_hdh = tl.zeros([BK], dtype=tl.float32)  # <h, dh> per key channel
@@ -521,13 +518,12 @@ def chunk_bwd(q, k, v, g, scale: float, initial_state, A, do, dht):
     return dq, dk, dv, dg, dh0
 
 
+@functools.cache
 def _autograd_function():
     from alloyml.kernels.common.triton_autograd import gated_function
 
     return gated_function("ChunkGated", chunk_fwd, chunk_bwd)
 
-
-_FUNCTION = None
 
 
 def chunk_gated_triton(q, k, v, g, scale: float, initial_state):
@@ -536,7 +532,4 @@ def chunk_gated_triton(q, k, v, g, scale: float, initial_state):
     dtype, final state [B, H, K, V] float32)."""
     from alloyml.kernels.common.triton_autograd import apply_contiguous
 
-    global _FUNCTION
-    if _FUNCTION is None:
-        _FUNCTION = _autograd_function()
-    return apply_contiguous(_FUNCTION, q, k, v, g, scale, initial_state)
+    return apply_contiguous(_autograd_function(), q, k, v, g, scale, initial_state)

@@ -8,6 +8,8 @@ product. It runs one diagonal (fixed i - j) at a time, with a written-out backwa
 
 from __future__ import annotations
 
+import functools
+
 
 def decayed_attention(q, k, g):
     """q, k, g: [B, H, N, C, K] -> the blocks' causal attention [B, H, N, C, C] (zeros above the diagonal).
@@ -16,13 +18,7 @@ def decayed_attention(q, k, g):
     running product of exp(g) <= 1, one factor more per diagonal: nothing overflows whatever the gates,
     and every tensor is at most [.., C, K] (never [C, C, K]), so the passes stay in cache. The backward is
     written out because autograd through C slices would zero-fill a full-size gradient per slice."""
-    global _DECAYED_ATTENTION
-    if _DECAYED_ATTENTION is None:
-        _DECAYED_ATTENTION = _decayed_attention_function()
-    return _DECAYED_ATTENTION.apply(q, k, g)
-
-
-_DECAYED_ATTENTION = None
+    return _decayed_attention_function().apply(q, k, g)
 
 
 def _diagonal_index(C: int, device):
@@ -47,6 +43,7 @@ def _window_decays(g):
         yield decay
 
 
+@functools.cache
 def _decayed_attention_function():
     import torch
 

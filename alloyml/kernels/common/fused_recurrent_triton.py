@@ -26,6 +26,8 @@ engine suits short sequences and decoding.
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -242,6 +244,7 @@ def fused_recurrent_bwd(q, k, v, g, scale: float, initial_state, final_state, do
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0
 
 
+@functools.cache
 def _autograd_function():
     from alloyml.kernels.common.triton_autograd import gated_function
 
@@ -255,8 +258,6 @@ def _autograd_function():
     return gated_function("FusedRecurrentGated", forward, backward)
 
 
-_FUNCTION = None
-
 
 def fused_recurrent_gated_triton(q, k, v, g, scale: float, initial_state):
     """The gated recurrence on Triton: q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [B, T, H, K] |
@@ -264,11 +265,8 @@ def fused_recurrent_gated_triton(q, k, v, g, scale: float, initial_state):
     from alloyml.errors import InvalidInputError
     from alloyml.kernels.common.triton_autograd import apply_contiguous
 
-    global _FUNCTION
     if q.shape[-1] > MAX_KEY_DIM:
         raise InvalidInputError(
             f"backend='triton_recurrent' supports key dims up to {MAX_KEY_DIM}, got K = {q.shape[-1]}"
         )
-    if _FUNCTION is None:
-        _FUNCTION = _autograd_function()
-    return apply_contiguous(_FUNCTION, q, k, v, g, scale, initial_state)
+    return apply_contiguous(_autograd_function(), q, k, v, g, scale, initial_state)

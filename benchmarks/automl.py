@@ -202,7 +202,7 @@ def main() -> None:
 
     import torch
 
-    from alloyml.models.lm import load_smollm2
+    from alloyml.lm import load_smollm2
 
     # One thread: on a shared 2-core machine, two torch threads per process thrash (measured 20x slower).
     torch.set_num_threads(1)

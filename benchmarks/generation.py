@@ -42,10 +42,8 @@ def measure(model, context: int, batch: int, tokens: int, device) -> dict:
     import torch
 
     from alloyml.models.generate import decode, prefill
-    from alloyml.models.lm.base import SamplingParams
 
     prompt = torch.randint(0, 256, (context,), generator=torch.Generator().manual_seed(context)).tolist()
-    params = SamplingParams(max_tokens=tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -53,9 +51,9 @@ def measure(model, context: int, batch: int, tokens: int, device) -> dict:
         logits, states = prefill(model, [prompt], n=batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-    decode(model, logits, states, SamplingParams(max_tokens=2))  # warm-up (allocator, caches)
+    decode(model, logits, states, max_tokens=2)  # warm-up (allocator, caches)
     with timer() as decode_time:
-        decode(model, logits, states, params)
+        decode(model, logits, states, max_tokens=tokens)
         if device.type == "cuda":
             torch.cuda.synchronize()
     out = {

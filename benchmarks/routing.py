@@ -109,8 +109,9 @@ def serving_rows(quick: bool) -> list[dict]:
     import ray
     from ray import serve
 
+    from alloyml.lm import ConstantLM, Price
     from alloyml.raycluster import ensure_ray
-    from alloyml.routing.adapters import ConstantModel, Stage
+    from alloyml.routing.adapters import Stage
     from alloyml.routing.cascade import FrugalCascade
     from alloyml.routing.serve import CascadeService, StageServer
     from alloyml.routing.synthetic import make_logged_responses
@@ -119,7 +120,7 @@ def serving_rows(quick: bool) -> list[dict]:
     logs = make_logged_responses(400, 3, seed=3)
     plan = FrugalCascade(budget=float(logs.cost[:, 1].mean()), n_thresholds=8, folds=3).fit(logs).plan_
     # The cheapest stub sounds unsure, so some requests go on to a second stage.
-    stages = {m: Stage(m, ConstantModel(f"{'sure' if i else 'maybe'} a{i}"), cost_per_call=1.0)
+    stages = {m: Stage(m, ConstantLM(f"{'sure' if i else 'maybe'} a{i}"), Price(per_call=1.0))
               for i, m in enumerate(logs.models)}
     service = CascadeService("bench-cascade", port=8765, log_callback=len)
     handle = service.deploy(plan, 1, stages)

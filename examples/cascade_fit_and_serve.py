@@ -4,7 +4,8 @@ router, then serve it on Ray Serve (stub models stand in for real ones) and roll
     .venv/bin/python examples/cascade_fit_and_serve.py
 """
 
-from alloyml.routing import ConstantModel, FrugalCascade, LearnedRouter, Stage, make_logged_responses
+from alloyml.lm import ConstantLM, Price
+from alloyml.routing import FrugalCascade, LearnedRouter, Stage, make_logged_responses
 
 logs = make_logged_responses(4000, 5, seed=0)  # or load_responses("responses.csv")
 train, test = logs.split(0.5)
@@ -21,7 +22,7 @@ cascade.plan_.save("plan.json")
 
 from alloyml.routing.serve import CascadeService  # noqa: E402  (imports Ray Serve)
 
-stages = {m: Stage(m, ConstantModel(f"sure a{i}"), cost_per_call=float(c))
+stages = {m: Stage(m, ConstantLM(f"sure a{i}"), Price(per_call=float(c)))
           for i, (m, c) in enumerate(zip(train.models, train.cost.mean(0), strict=True))}
 service = CascadeService("demo", budget=budget, log_callback=print, log_batch_size=4)
 handle = service.deploy(cascade.plan_, version=1, stages=stages)

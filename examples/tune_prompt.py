@@ -8,7 +8,7 @@
 """
 
 from alloyml.automl import InferenceSpace, ape, evaluate_prompt, get_task, majority_vote, tune_inference
-from alloyml.models.lm import load_smollm2
+from alloyml.lm import load_smollm2
 
 lm = load_smollm2()  # any alloyml LanguageModel works: HFCausalLM, LiteLLMChat, ScriptedLM, ...
 task = get_task("plural")

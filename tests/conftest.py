@@ -8,6 +8,9 @@ import uuid
 
 import pytest
 
+# litellm fetches a price map from GitHub at import unless told to use its bundled copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 PG_ADMIN_URL = os.environ.get("ALLOYML_TEST_PG", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 

@@ -20,7 +20,7 @@ from alloyml.automl.metrics import Metric, normalize
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, check_template, evaluate_prompt
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import LanguageModel
+from alloyml.lm import ModelLike, as_lm
 
 PROPOSE_TEMPLATE = (
     "I gave a friend an instruction and some inputs. The friend read the instruction and wrote an "
@@ -67,8 +67,8 @@ def clean_instruction(text: str) -> str:
 
 
 def ape(
-    proposer: LanguageModel,
-    target: LanguageModel,
+    proposer: ModelLike,
+    target: ModelLike,
     demos: Sequence[Example],
     dev: Sequence[Example],
     *,
@@ -86,12 +86,15 @@ def ape(
     seed: int = 0,
     on_trial: TrialCallback | None = None,
 ) -> APEResult:
-    """Propose, score on `dev`, resample the best `n_rounds` times. `seed_instructions` are scored too."""
+    """Propose, score on `dev`, resample the best `n_rounds` times. `seed_instructions` are scored too.
+
+    `proposer` and `target` are language models or `alloyml.lm` specs of them."""
     if not demos or not dev:
         raise InvalidInputError("demos and dev must be non-empty lists of Example")
     if n_proposals < 1 or n_keep < 1 or n_rounds < 0 or n_variations < 0 or demos_per_proposal < 1:
         raise InvalidInputError("n_proposals, n_keep, demos_per_proposal must be >= 1 and n_rounds, n_variations >= 0")
     check_template(template)
+    proposer, target = as_lm(proposer, "proposer"), as_lm(target, "target")
     rng = np.random.default_rng(seed)
     table: list[InstructionScore] = []
     seen: set[str] = set()

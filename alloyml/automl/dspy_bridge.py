@@ -1,8 +1,8 @@
 """alloyml language models inside DSPy, and DSPy optimisers as tracked runs.
 
 `AlloyEngine` implements DSPy 3.4's canonical engine contract (`complete(Request) -> Response`,
-`stream`, `close`), so any `LanguageModel` becomes a DSPy LM with `dspy_lm(lm)` — the
-`dspy.LM(..., engine=...)` route; subclassing `BaseLM` is deprecated in 3.4. The engine counts the
+`stream`, `close`), so any `LanguageModel`, or an `alloyml.lm` spec of one, becomes a DSPy LM with
+`dspy_lm(lm)` — the `dspy.LM(..., engine=...)` route; subclassing `BaseLM` is deprecated in 3.4. The engine counts the
 tokens it serves, which is how optimiser runs report their cost.
 
 `run_dspy_optimizer` compiles a program with a registered optimiser (`bootstrap_fewshot`, `copro`,
@@ -19,7 +19,7 @@ from typing import Any
 
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import LanguageModel
+from alloyml.lm import ModelLike, as_lm
 
 
 class AlloyEngine:
@@ -29,8 +29,8 @@ class AlloyEngine:
     decoding with `default_max_tokens`.
     """
 
-    def __init__(self, lm: LanguageModel, default_max_tokens: int = 256):
-        self.lm = lm
+    def __init__(self, lm: ModelLike, default_max_tokens: int = 256):
+        self.lm = as_lm(lm)
         self.default_max_tokens = default_max_tokens
         self.prompt_tokens = 0
         self.completion_tokens = 0
@@ -82,12 +82,13 @@ class AlloyEngine:
         return self.prompt_tokens + self.completion_tokens
 
 
-def dspy_lm(lm: LanguageModel, *, default_max_tokens: int = 256, **kwargs):
+def dspy_lm(lm: ModelLike, *, default_max_tokens: int = 256, **kwargs):
     """A `dspy.LM` backed by `lm` (DSPy's response cache off unless `cache=True` is passed)."""
     import dspy
 
     kwargs.setdefault("cache", False)
-    return dspy.LM(f"alloyml/{lm.name}", engine=AlloyEngine(lm, default_max_tokens), **kwargs)
+    engine = AlloyEngine(lm, default_max_tokens)
+    return dspy.LM(f"alloyml/{engine.lm.name}", engine=engine, **kwargs)
 
 
 DSPyMetric = Callable[..., float]
@@ -171,7 +172,7 @@ def run_dspy_optimizer(
     trainset: Sequence,
     devset: Sequence,
     metric: DSPyMetric,
-    lm: LanguageModel,
+    lm: ModelLike,
     *,
     optimizer: str = "bootstrap_fewshot",
     seed: int = 0,

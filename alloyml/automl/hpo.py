@@ -25,7 +25,7 @@ import numpy as np
 from alloyml.automl.space import Prior, parse_space, sample_prior, to_tune
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm.hf import alloyml_home
+from alloyml.home import alloyml_home
 
 Objective = Callable[[dict[str, Any], Callable[[dict[str, float]], None]], None]
 SEARCHERS = ("optuna", "random")

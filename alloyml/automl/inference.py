@@ -34,7 +34,7 @@ from alloyml.automl.metrics import Metric, get_metric, normalize
 from alloyml.automl.prompting import Example, check_template
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import LanguageModel
+from alloyml.lm import TOKEN_COUNT, ModelLike, Price, as_lm
 
 Utility = Callable[[list[str], str], float]
 
@@ -112,19 +112,11 @@ class InferenceSpace(BaseModel):
         ]
 
 
-@dataclass(frozen=True)
-class TokenPrice:
-    """Cost per prompt token and per completion token (1 and 1: cost is the token count)."""
-
-    prompt: float = 1.0
-    completion: float = 1.0
-
-
 @dataclass
 class _Candidate:
     index: int
     config: InferenceConfig
-    prompt_costs: np.ndarray  # [N] exact prompt cost of each example under this template
+    prompt_costs: np.ndarray  # [N] exact cost of each example's call before any completion token
     utilities: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     status: str = "running"
@@ -134,12 +126,12 @@ class _Candidate:
     def done(self) -> int:
         return len(self.costs)
 
-    def cost_bounds(self, price: TokenPrice) -> tuple[float, float]:
+    def cost_bounds(self, price: Price) -> tuple[float, float]:
         """(lower, upper) bound on the mean cost over all N examples."""
         n_total, rest = len(self.prompt_costs), self.prompt_costs[self.done :]
         spent = sum(self.costs)
         low = (spent + rest.sum()) / n_total
-        worst_completion = price.completion * self.config.n * self.config.max_tokens
+        worst_completion = price.per_completion_token * self.config.n * self.config.max_tokens
         high = (spent + rest.sum() + worst_completion * len(rest)) / n_total
         return low, high
 
@@ -165,14 +157,14 @@ class InferenceTuningResult:
 
 
 def tune_inference(
-    lm: LanguageModel,
+    lm: ModelLike,
     examples: Sequence[Example],
     space: InferenceSpace,
     *,
     budget: float,
     instruction: str = "",
     utility: Utility | None = None,
-    price: TokenPrice = TokenPrice(),
+    price: Price = TOKEN_COUNT,
     initial_examples: int = 2,
     max_configs: int | None = None,
     eta: float | None = None,
@@ -182,8 +174,10 @@ def tune_inference(
     """Search `space` for the highest mean `utility` on `examples` with mean cost per example <= `budget`.
 
     `utility(texts, target) -> [0, 1]` scores the n completions of one example (default: majority vote,
-    exact match). Templates may use `{instruction}`, filled with `instruction`.
+    exact match). Templates may use `{instruction}`, filled with `instruction`. `lm` is a model or an
+    `alloyml.lm` spec of one; `price` says what a call costs (default: one unit per token).
     """
+    lm = as_lm(lm)
     if not examples:
         raise InvalidInputError("examples must be a non-empty list of Example")
     if budget <= 0:
@@ -205,7 +199,7 @@ def tune_inference(
         for tpl in {c.template for c in configs}
     }
     prompt_costs = {
-        tpl: np.array([price.prompt * lm.count_tokens(p) for p in ps], dtype=float) for tpl, ps in prompts.items()
+        tpl: np.array([price.cost(lm.count_tokens(p), 0) for p in ps], dtype=float) for tpl, ps in prompts.items()
     }
     cands = [_Candidate(i, c, prompt_costs[c.template]) for i, c in enumerate(configs)]
     n_total, tuning_cost, target = len(examples), 0.0, initial_examples
@@ -224,7 +218,7 @@ def tune_inference(
             gens = lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
             for gen, ex in zip(gens, examples[lo:target], strict=True):
                 cand.utilities.append(float(utility(gen.texts, ex.output)))
-                cand.costs.append(price.prompt * gen.prompt_tokens + price.completion * gen.completion_tokens)
+                cand.costs.append(price.cost(gen.prompt_tokens, gen.completion_tokens))
             tuning_cost += sum(cand.costs[lo:])
             cand.seconds += time.perf_counter() - start
             prune(cand)
@@ -251,7 +245,7 @@ def tune_inference(
     )
 
 
-def _prune_dominated(cands: list[_Candidate], price: TokenPrice, budget: float) -> None:
+def _prune_dominated(cands: list[_Candidate], price: Price, budget: float) -> None:
     alive = [c for c in cands if c.status in ("running", "completed")]
     sure = [c.utility_bounds()[0] for c in alive if c.cost_bounds(price)[1] <= budget]
     if not sure:

@@ -14,7 +14,7 @@ import numpy as np
 
 from alloyml.automl.metrics import Metric, get_metric
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import LanguageModel
+from alloyml.lm import LanguageModel
 
 DEFAULT_TEMPLATE = "{instruction}\n\nInput: {input}\nOutput:"
 

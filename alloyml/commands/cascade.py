@@ -18,7 +18,8 @@ def register(subparsers) -> None:
     fit.add_argument("--folds", type=int, default=5, help="folds for out-of-fold scorer training (default 5)")
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--models", default=None,
-                     help='JSON file of model specs for serving, e.g. {"m0": {"kind": "smollm2", "cost_per_token": 1}}')
+                     help='JSON file of model specs for serving, e.g. '
+                          '{"m0": {"kind": "smollm2", "price": {"per_prompt_token": 1, "per_completion_token": 1}}}')
     fit.add_argument("--save", metavar="NAME", default=None,
                      help="also store the plan as a new version of cascade NAME (for `alloyml serve cascade`)")
     fit.set_defaults(func=_fit)
@@ -70,13 +71,19 @@ def _read_specs(path: str) -> dict:
     from pathlib import Path
 
     from alloyml.errors import ConfigError
+    from alloyml.routing.adapters import parse_stage_spec
 
     try:
         specs = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"--models {path!r}: cannot read JSON model specs: {err}") from err
-    if not isinstance(specs, dict) or not all(isinstance(v, dict) and "kind" in v for v in specs.values()):
+    if not isinstance(specs, dict):
         raise ConfigError(f'--models {path!r} must map model names to specs like {{"kind": "constant"}}')
+    for name, spec in specs.items():
+        try:
+            parse_stage_spec(name, spec)  # checked whole now, built when served
+        except ConfigError as err:
+            raise ConfigError(f"--models {path!r}: {err}") from None
     return specs
 
 

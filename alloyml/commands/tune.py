@@ -18,7 +18,7 @@ example (see README, "AutoML"):
 
 _INFERENCE_EXAMPLE = """\
 example (see README, "AutoML"):
-  model: {kind: smollm2}  # or {kind: alloyml, path: CHECKPOINT_DIR}, {kind: hf, path: DIR}
+  model: {kind: smollm2}  # or {kind: alloyml, path: DIR}, {kind: hf, path: DIR}, {kind: litellm, model: P/NAME}
   task: plural            # a built-in task, or data: FILE.jsonl of {"input": ..., "target": ...} rows
   space: {n: [1, 3], temperature: [0.0, 0.8], max_tokens: [8, 16], templates: ["{instruction} {input}"]}
   budget: 60              # mean tokens per example
@@ -97,13 +97,14 @@ def _inference(args: argparse.Namespace) -> int:
 
     from alloyml.automl import tune_inference
     from alloyml.automl.config import InferenceTuningConfig, load_tune_config
+    from alloyml.lm import build_lm
     from alloyml.platform.client import Platform
     from alloyml.workflows.recording import trial_recorder
 
     out = _checked_out(args.out)
     config = load_tune_config(args.config, InferenceTuningConfig)
     examples = config.examples()
-    lm = config.model.load()
+    lm = build_lm(config.model)
     console = Console()
     name = config.name or f"inference {Path(args.config).name}"
     params = {"search": "inference", "metric": "utility", "mode": "max", "budget": config.budget,

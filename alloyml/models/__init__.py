@@ -1,7 +1,7 @@
 """Linear-architecture language models (linear attention, RetNet, GLA, Mamba, RWKV-style, MoE-Mamba and a
 softmax baseline): config, blocks, trainer, recurrent generation, save/load."""
 
-# Names load on first use (PEP 562), so `import alloyml.models.lm` does not pull in torch.
+# Names load on first use (PEP 562), so importing the package does not pull in torch.
 _EXPORTS = {
     "ModelConfig": "config", "NAMED_CONFIGS": "config", "named_config": "config",
     "LinearLM": "model", "LMOutput": "model", "IGNORE_INDEX": "model",
@@ -10,7 +10,7 @@ _EXPORTS = {
     "ByteTokenizer": "tokenizer",
     "TASKS": "data", "MQAR": "data", "SelectiveCopy": "data", "Arithmetic": "data", "TextFile": "data",
     "batches": "data", "make_task": "data",
-    "RecurrentLM": "generate", "prefill": "generate", "decode": "generate", "sample_next": "generate",
+    "prefill": "generate", "decode": "generate", "sample_next": "generate",
     "Trainer": "trainer", "StepMetrics": "trainer", "CheckpointInfo": "trainer", "list_checkpoints": "trainer",
     "tracin_checkpoints": "trainer", "lr_at": "trainer",
     "train_data_parallel": "distributed", "DistributedResult": "distributed",

@@ -5,10 +5,7 @@ The linear mixers carry a fixed-size state per sequence, so each decoding step c
 stays flat however long the context; the softmax baseline reads and grows its KV cache instead.
 Finished sequences leave the batch (`select_states`), so stragglers do not pay for them.
 
-`RecurrentLM` wraps a model and the byte tokenizer behind the shared `LanguageModel` interface
-(`alloyml.models.lm`): `generate(prompts, n=, temperature=, top_p=, max_tokens=, stop=, seed=)` returns one
-`Generation` per prompt with `prompt_tokens` and `completion_tokens` (every token decoded, stop string
-included: what the call cost).
+The `LanguageModel` over these functions (prompts in, texts and token counts out) is `alloyml.lm.RecurrentLM`.
 """
 
 from __future__ import annotations
@@ -18,8 +15,6 @@ from collections.abc import Callable
 import torch
 
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm.base import Generation, LanguageModel, Prompt, SamplingParams, as_text, cut_at_stop
-from alloyml.models.tokenizer import ByteTokenizer
 
 
 def sample_next(logits, temperature: float, top_p: float, generator: torch.Generator | None):
@@ -53,21 +48,22 @@ def prefill(model, prompts: list[list[int]], n: int = 1):
 
 
 @torch.no_grad()
-def decode(model, logits, states, params: SamplingParams, done: Callable[[int, list[int]], bool] | None = None):
-    """Sample up to `params.max_tokens` tokens for every row of `logits` [B, V], continuing `states`.
+def decode(model, logits, states, *, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+           seed: int | None = None, done: Callable[[int, list[int]], bool] | None = None):
+    """Sample up to `max_tokens` tokens for every row of `logits` [B, V], continuing `states`.
 
     done(row, tokens) says a row has finished (e.g. it produced a stop string). Returns the token lists."""
-    generator = None if params.seed is None else torch.Generator().manual_seed(params.seed)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
     tokens: list[list[int]] = [[] for _ in range(logits.shape[0])]
     active = list(range(logits.shape[0]))
-    for _ in range(params.max_tokens):
-        chosen = sample_next(logits, params.temperature, params.top_p, generator)  # [len(active)]
+    for _ in range(max_tokens):
+        chosen = sample_next(logits, temperature, top_p, generator)  # [len(active)]
         keep = []
         for i, (row, token) in enumerate(zip(active, chosen.tolist(), strict=True)):
             tokens[row].append(token)
             if not (done and done(row, tokens[row])):
                 keep.append(i)
-        if len(tokens[active[0]]) == params.max_tokens or not keep:
+        if len(tokens[active[0]]) == max_tokens or not keep:
             break
         if len(keep) < len(active):
             index = torch.tensor(keep, device=logits.device)
@@ -75,40 +71,3 @@ def decode(model, logits, states, params: SamplingParams, done: Callable[[int, l
             active = [active[i] for i in keep]
         logits, states = model.step(chosen, states)
     return tokens
-
-
-class RecurrentLM(LanguageModel):
-    """A LinearLM with the byte tokenizer, as a `LanguageModel`."""
-
-    def __init__(self, model, name: str = "linear-lm"):
-        self.model = model
-        self.name = name
-        self.tokenizer = ByteTokenizer()
-
-    def count_tokens(self, prompt: Prompt) -> int:
-        return len(self.tokenizer.encode(as_text(prompt)))
-
-    def _stopper(self, stop):
-        if not stop:
-            return None
-        return lambda row, tokens: cut_at_stop(self.tokenizer.decode(tokens), stop)[1]
-
-    def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
-        ids = [self.tokenizer.encode(as_text(p)) for p in prompts]
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            logits, states = prefill(self.model, ids, params.n)
-            tokens = decode(self.model, logits, states, params, self._stopper(params.stop))
-        finally:
-            self.model.train(was_training)
-        results = []
-        for p, prompt_ids in enumerate(ids):
-            rows = tokens[p * params.n : (p + 1) * params.n]
-            texts, reasons = [], []
-            for row in rows:
-                text, hit = cut_at_stop(self.tokenizer.decode(row), params.stop)
-                texts.append(text)
-                reasons.append("stop" if hit else "length")
-            results.append(Generation(texts, len(prompt_ids), sum(len(r) for r in rows), reasons))
-        return results

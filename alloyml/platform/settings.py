@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alloyml.errors import ConfigError
+from alloyml.home import alloyml_home
 
 _KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
 
@@ -34,7 +35,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, *, home: str | Path | None = None, db_url: str | None = None) -> Settings:
-        home_path = Path(home or os.environ.get("ALLOYML_HOME") or Path.home() / ".alloyml").expanduser()
+        home_path = alloyml_home(home)
         url = db_url or os.environ.get("ALLOYML_DB_URL") or default_sqlite_url(home_path)
         validate_db_url(url)
         return cls(home=home_path, db_url=url, ray_address=os.environ.get("ALLOYML_RAY_ADDRESS") or None)

@@ -4,7 +4,7 @@ Ray Serve deployment. A library; side effects (request logs) go through callback
 The Serve deployment lives in `alloyml.routing.serve` (it imports Ray); everything here is light.
 """
 
-from alloyml.routing.adapters import ConstantModel, Stage, as_answerer, build_stage
+from alloyml.routing.adapters import Stage, as_answerer, build_stage, parse_stage_spec
 from alloyml.routing.cascade import CascadeEvaluation, FrugalCascade, evaluate_plan
 from alloyml.routing.guard import BudgetGuard
 from alloyml.routing.optimizer import Frontier, grid_search_frontier, optimize_cascade, simulate_cascade
@@ -19,7 +19,6 @@ __all__ = [
     "CallableScorer",
     "CascadeEvaluation",
     "CascadePlan",
-    "ConstantModel",
     "Frontier",
     "FrugalCascade",
     "LearnedRouter",
@@ -33,5 +32,6 @@ __all__ = [
     "load_responses",
     "make_logged_responses",
     "optimize_cascade",
+    "parse_stage_spec",
     "simulate_cascade",
 ]

@@ -1,59 +1,49 @@
 """Stages: a model that answers queries, and what each call costs.
 
-Any model becomes an `Answerer` (`answer(queries) -> [(text, tokens)]`) through an adapter chosen by
-the first registered predicate that accepts it: language models of `alloyml.models.lm` (alloyml's own,
-Hugging Face causal LMs such as SmolLM2, litellm chat endpoints, scripted LMs), fitted scikit-learn
-estimators, plain functions. For serving from a stored plan, `build_answerer(spec)` builds one from a
-JSON spec whose `kind` is registered with `@model_kind`.
+Any model becomes an `Answerer` (`answer(queries) -> [(text, prompt_tokens, completion_tokens)]`) through
+an adapter chosen by the first registered predicate that accepts it: language models of `alloyml.lm`
+(alloyml's own, Hugging Face causal LMs such as SmolLM2, litellm chat endpoints, scripted and constant
+LMs), fitted scikit-learn estimators, plain functions. A `Stage` prices each call with an `alloyml.lm.Price`.
+For serving from a stored plan, `build_stage(name, spec)` builds one from a JSON spec: an `alloyml.lm`
+model spec plus the stage's own keys (`price`, `max_tokens`, `stop`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from alloyml.errors import ConfigError, InvalidInputError
+from alloyml.lm import Price, build_lm, parse_lm_spec
+from alloyml.lm.specs import problems
 
 
 class Answerer(Protocol):
-    def answer(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        """One (answer text, tokens used) per query."""
+    def answer(self, queries: Sequence[str]) -> list[tuple[str, int, int]]:
+        """One (answer text, prompt tokens, completion tokens) per query."""
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A model and its price: a call costs `cost_per_call + cost_per_token * tokens`."""
+    """A model (anything `as_answerer` accepts) and its price: a call costs
+    `price.cost(prompt_tokens, completion_tokens)`."""
 
     name: str
-    model: Answerer
-    cost_per_call: float = 0.0
-    cost_per_token: float = 0.0
+    model: Any
+    price: Price = field(default_factory=Price)
 
     def __post_init__(self):
-        if self.cost_per_call < 0 or self.cost_per_token < 0:
-            raise InvalidInputError(f"stage {self.name!r}: costs must be >= 0")
+        if not isinstance(self.price, Price):
+            raise InvalidInputError(f"stage {self.name!r}: price must be an alloyml.lm.Price, "
+                                    f"got {type(self.price).__name__}")
+        object.__setattr__(self, "model", as_answerer(self.model))
 
     def answer(self, queries: Sequence[str]) -> list[tuple[str, float]]:
         """One (answer text, cost) per query."""
-        answers = self.model.answer(queries)
-        return [(text, self.cost_per_call + self.cost_per_token * tokens) for text, tokens in answers]
-
-
-class ConstantModel:
-    """A stub that returns `text` after `delay_s` seconds, using `tokens` tokens: for benchmarks of the
-    routing machinery alone."""
-
-    def __init__(self, text: str = "", delay_s: float = 0.0, tokens: int = 0):
-        self.text = text
-        self.delay_s = delay_s
-        self.tokens = tokens
-
-    def answer(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        if self.delay_s > 0:
-            time.sleep(self.delay_s)
-        return [(self.text, self.tokens)] * len(queries)
+        return [(text, self.price.cost(prompt, completion)) for text, prompt, completion in self.model.answer(queries)]
 
 
 class LMAnswerer:
@@ -64,9 +54,9 @@ class LMAnswerer:
         self.max_tokens = max_tokens
         self.stop = tuple(stop)
 
-    def answer(self, queries: Sequence[str]) -> list[tuple[str, int]]:
+    def answer(self, queries: Sequence[str]) -> list[tuple[str, int, int]]:
         generations = self.lm.generate(list(queries), max_tokens=self.max_tokens, stop=list(self.stop) or None)
-        return [(g.text, g.total_tokens) for g in generations]
+        return [(g.text, g.prompt_tokens, g.completion_tokens) for g in generations]
 
 
 class SklearnAnswerer:
@@ -75,8 +65,8 @@ class SklearnAnswerer:
     def __init__(self, estimator):
         self.estimator = estimator
 
-    def answer(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        return [(str(label), 0) for label in self.estimator.predict(list(queries))]
+    def answer(self, queries: Sequence[str]) -> list[tuple[str, int, int]]:
+        return [(str(label), 0, 0) for label in self.estimator.predict(list(queries))]
 
 
 class FunctionAnswerer:
@@ -85,8 +75,8 @@ class FunctionAnswerer:
     def __init__(self, fn: Callable[[str], str]):
         self.fn = fn
 
-    def answer(self, queries: Sequence[str]) -> list[tuple[str, int]]:
-        return [(str(self.fn(q)), 0) for q in queries]
+    def answer(self, queries: Sequence[str]) -> list[tuple[str, int, int]]:
+        return [(str(self.fn(q)), 0, 0) for q in queries]
 
 
 _ADAPTERS: list[tuple[Callable[[object], bool], Callable[[object], Answerer]]] = []
@@ -119,55 +109,48 @@ def as_answerer(model) -> Answerer:
     )
 
 
-_KINDS: dict[str, Callable[..., Answerer]] = {}
+class StageOptions(BaseModel):
+    """The keys of a stage spec that are not the model's: its price and how it is asked.
+
+    Plans written before `Price` name the rates `cost_per_call` / `cost_per_token` beside the model keys;
+    they are read as `price`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    price: Price = Field(default_factory=Price)
+    max_tokens: int = Field(64, ge=1)
+    stop: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_price_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and _OLD_PRICE_KEYS & set(data):
+            if "price" in data:
+                raise ValueError(f"give the price once: either price or {sorted(_OLD_PRICE_KEYS)}")
+            old = {k: v for k, v in data.items() if k in _OLD_PRICE_KEYS}
+            data = {k: v for k, v in data.items() if k not in _OLD_PRICE_KEYS} | {"price": Price(**old)}
+        return data
 
 
-def model_kind(kind: str):
-    """Register a builder of answerers from JSON specs `{"kind": kind, ...params}`."""
-
-    def register(build):
-        _KINDS[kind] = build
-        return build
-
-    return register
+_OLD_PRICE_KEYS = {"cost_per_call", "cost_per_token"}
+_STAGE_KEYS = set(StageOptions.model_fields) | _OLD_PRICE_KEYS
 
 
-@model_kind("constant")
-def _constant(text: str = "", delay_s: float = 0.0, tokens: int = 0) -> Answerer:
-    return ConstantModel(text, delay_s, tokens)
-
-
-@model_kind("hf")
-def _hf(path: str, max_tokens: int = 64) -> Answerer:
-    from alloyml.models.lm import HFCausalLM
-
-    return LMAnswerer(HFCausalLM.from_pretrained(path), max_tokens)
-
-
-@model_kind("smollm2")
-def _smollm2(max_tokens: int = 64) -> Answerer:
-    from alloyml.models.lm import load_smollm2
-
-    return LMAnswerer(load_smollm2(), max_tokens)
-
-
-@model_kind("litellm")
-def _litellm(max_tokens: int = 64, **config) -> Answerer:
-    from alloyml.models.lm import LiteLLMChat
-
-    return LMAnswerer(LiteLLMChat(config), max_tokens)
+def parse_stage_spec(name: str, spec: dict) -> tuple[StageOptions, BaseModel]:
+    """(stage options, validated model spec) of `{"kind": ..., **model fields, "price": ..., "max_tokens": ...}`;
+    ConfigError naming the model and each bad key."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"model {name!r}: expected a JSON object spec, got {type(spec).__name__}")
+    try:
+        options = StageOptions.model_validate({k: v for k, v in spec.items() if k in _STAGE_KEYS})
+    except (ValidationError, InvalidInputError) as err:
+        detail = problems(err) if isinstance(err, ValidationError) else str(err)
+        raise ConfigError(f"model {name!r}: {detail}") from None
+    model = parse_lm_spec({k: v for k, v in spec.items() if k not in _STAGE_KEYS}, what=f"model {name!r}")
+    return options, model
 
 
 def build_stage(name: str, spec: dict) -> Stage:
-    """A stage from `{"kind": ..., "cost_per_call": ..., "cost_per_token": ..., **model params}`."""
-    params = dict(spec)
-    kind = params.pop("kind", None)
-    if kind not in _KINDS:
-        raise ConfigError(f"model {name!r}: unknown kind {kind!r}; known: {sorted(_KINDS)}")
-    cost_per_call = float(params.pop("cost_per_call", 0.0))
-    cost_per_token = float(params.pop("cost_per_token", 0.0))
-    try:
-        model = _KINDS[kind](**params)
-    except TypeError as err:
-        raise ConfigError(f"model {name!r} of kind {kind!r}: {err}") from err
-    return Stage(name, model, cost_per_call, cost_per_token)
+    """The stage a spec describes (see `parse_stage_spec`), its model built with `alloyml.lm.build_lm`."""
+    options, model = parse_stage_spec(name, spec)
+    return Stage(name, LMAnswerer(build_lm(model), options.max_tokens, options.stop), options.price)

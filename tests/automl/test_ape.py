@@ -8,7 +8,7 @@ import pytest
 from alloyml.automl.ape import PROPOSE_TEMPLATE, ape, clean_instruction
 from alloyml.automl.prompting import Example
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import ScriptedLM
+from alloyml.lm import ScriptedLM
 
 WORDS = ["stone", "river", "cloud", "apple", "banana", "tiger", "orange", "lemon"]
 DEMOS = [Example(w, w[::-1]) for w in WORDS[:5]]

@@ -14,7 +14,7 @@ dspy = pytest.importorskip("dspy")
 
 from alloyml.automl.dspy_bridge import AlloyEngine, dspy_lm, evaluate_program, run_dspy_optimizer  # noqa: E402
 from alloyml.errors import InvalidInputError  # noqa: E402
-from alloyml.models.lm import ScriptedLM, word_tokens  # noqa: E402
+from alloyml.lm import ScriptedLM, word_tokens  # noqa: E402
 
 WORDS = ["stone", "river", "cloud", "apple", "tiger", "piano", "lemon", "chair"]
 EXAMPLES = [dspy.Example(word=w, reversed=w[::-1]).with_inputs("word") for w in WORDS]

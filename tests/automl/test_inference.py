@@ -9,14 +9,13 @@ from hypothesis import strategies as st
 
 from alloyml.automl.inference import (
     InferenceSpace,
-    TokenPrice,
     any_correct,
     majority_vote,
     tune_inference,
 )
 from alloyml.automl.prompting import Example
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import ScriptedLM
+from alloyml.lm import TOKEN_COUNT, Price, ScriptedLM
 
 
 def _noisy_echo_lm(noise_words: int):
@@ -47,7 +46,8 @@ def _brute_force(lm, examples, space, budget, utility, price, seed=0):
             seed=seed,
         )
         utils = [float(utility(g.texts, ex.output)) for g, ex in zip(gens, examples, strict=True)]
-        costs = [price.prompt * g.prompt_tokens + price.completion * g.completion_tokens for g in gens]
+        costs = [price.per_prompt_token * g.prompt_tokens + price.per_completion_token * g.completion_tokens
+                 for g in gens]
         out.append((np.mean(utils), np.mean(costs)))
     return out
 
@@ -74,7 +74,7 @@ def test_pruning_never_discards_a_config_within_budget(budget, noise, prompt_pri
         stop=[(), ("\n",)],
         templates=["{input}", "context " * long_prefix + "{input}"],
     )
-    price = TokenPrice(prompt=prompt_price, completion=1.0)
+    price = Price(per_prompt_token=prompt_price, per_completion_token=1.0)
     utility = majority_vote("exact")
     result = tune_inference(lm, examples, space, budget=budget, utility=utility, price=price, initial_examples=initial)
     truth = _brute_force(lm, examples, space, budget, utility, price)
@@ -101,7 +101,7 @@ def test_cost_pruning_saves_tokens_against_exhaustive_search():
     space = InferenceSpace(n=[1, 5], temperature=[0.0, 0.7], max_tokens=[4, 40], stop=[(), ("\n",)])
     examples = EXAMPLES * 3
     result = tune_inference(lm, examples, space, budget=8.0, initial_examples=1)
-    exhaustive = _brute_force(lm, examples, space, 8.0, majority_vote(), TokenPrice())
+    exhaustive = _brute_force(lm, examples, space, 8.0, majority_vote(), TOKEN_COUNT)
     spent_exhaustive = sum(c for _, c in exhaustive) * len(examples)
     assert result.status_counts.get("pruned_cost", 0) > 0
     assert result.tuning_cost < 0.5 * spent_exhaustive
@@ -143,7 +143,7 @@ def test_bad_arguments_fail_early():
 def test_pruning_is_safe_on_smollm2():
     """The same guarantee on a real chat model: its `count_tokens` must equal what `generate` charges."""
     from alloyml.automl.tasks import get_task
-    from alloyml.models.lm import load_smollm2
+    from alloyml.lm import load_smollm2
 
     lm = load_smollm2()
     task = get_task("plural")
@@ -168,7 +168,8 @@ def test_tuning_an_alloyml_recurrent_lm_matches_brute_force():
     """The same search over a tiny alloyml LinearLM (byte tokens) through its `RecurrentLM` adapter."""
     import torch
 
-    from alloyml.models import LinearLM, ModelConfig, RecurrentLM
+    from alloyml.lm import RecurrentLM
+    from alloyml.models import LinearLM, ModelConfig
 
     torch.manual_seed(0)
     model = LinearLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, mixer="linear_attn", ffn="none"))
@@ -176,7 +177,7 @@ def test_tuning_an_alloyml_recurrent_lm_matches_brute_force():
     examples = EXAMPLES[:4]
     space = InferenceSpace(max_tokens=[2, 9], stop=[(), ("e",)], templates=["{input}", "Q: {input} A:"])
     utility = lambda texts, target: float(len(texts[0]) % 2)  # any [0, 1] utility will do
-    truth = _brute_force(lm, examples, space, 0, utility, TokenPrice())
+    truth = _brute_force(lm, examples, space, 0, utility, TOKEN_COUNT)
     budget = float(np.median([c for _, c in truth]))
     result = tune_inference(lm, examples, space, budget=budget, utility=utility, initial_examples=1)
     for trial, (_, cost) in zip(result.trials, truth, strict=True):

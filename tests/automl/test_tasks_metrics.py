@@ -8,7 +8,7 @@ from alloyml.automl.metrics import exact_match, final_word_match, get_metric, no
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, check_template, evaluate_prompt
 from alloyml.automl.tasks import TASKS, get_task
 from alloyml.errors import InvalidInputError
-from alloyml.models.lm import ScriptedLM
+from alloyml.lm import ScriptedLM
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_hpo_best_score_is_the_cross_validated_score_and_every_trial_is_recorded
 
 def _brute_force(space: InferenceSpace, examples: list[Example], instruction: str, budget: float):
     """Every configuration on every example: the index, utility and mean cost of the best within budget."""
-    from alloyml.models.lm import ScriptedLM
+    from alloyml.lm import ScriptedLM
     from tests.automl._scripted import noisy_echo
 
     lm, utility = ScriptedLM(noisy_echo), majority_vote("exact")
@@ -156,7 +156,8 @@ def test_inference_on_an_alloyml_checkpoint_matches_the_library_call(alloy_home,
     import torch
 
     from alloyml.automl import tune_inference
-    from alloyml.models import LinearLM, ModelConfig, RecurrentLM
+    from alloyml.lm import RecurrentLM
+    from alloyml.models import LinearLM, ModelConfig
     from alloyml.models.saving import load_model, save_model
 
     torch.manual_seed(0)

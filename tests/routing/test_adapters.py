@@ -9,7 +9,7 @@ from sklearn.naive_bayes import MultinomialNB
 from sklearn.pipeline import make_pipeline
 
 from alloyml.errors import ConfigError, InvalidInputError
-from alloyml.models.lm import ScriptedLM, word_tokens
+from alloyml.lm import Price, ScriptedLM, word_tokens
 from alloyml.routing.adapters import Stage, as_answerer, build_stage
 from alloyml.routing.guard import BudgetGuard
 from alloyml.routing.request_log import BatchLogger
@@ -17,19 +17,20 @@ from alloyml.routing.request_log import BatchLogger
 
 def test_lm_stage_charges_per_token():
     lm = ScriptedLM(lambda prompt, sample: prompt.upper() + " !")
-    stage = Stage("shout", as_answerer(lm), cost_per_call=0.5, cost_per_token=0.01)
+    stage = Stage("shout", lm, Price(per_call=0.5, per_prompt_token=0.01, per_completion_token=0.03))
     (text, cost), = stage.answer(["two words"])
     assert text == "TWO WORDS !"
-    tokens = len(word_tokens("two words")) + len(word_tokens("TWO WORDS !"))
-    assert cost == pytest.approx(0.5 + 0.01 * tokens)
+    prompt, completion = len(word_tokens("two words")), len(word_tokens("TWO WORDS !"))
+    assert (prompt, completion) == (2, 3)
+    assert cost == pytest.approx(0.5 + 0.01 * 2 + 0.03 * 3)
 
 
 def test_sklearn_and_function_adapters():
     texts, labels = ["good movie", "bad movie", "great film", "awful film"], ["pos", "neg", "pos", "neg"]
     pipe = make_pipeline(CountVectorizer(), MultinomialNB()).fit(texts, labels)
     answers = as_answerer(pipe).answer(["good film", "awful movie"])
-    assert answers == [(p, 0) for p in pipe.predict(["good film", "awful movie"])]
-    assert as_answerer(len).answer(["abc"]) == [("3", 0)]
+    assert answers == [(p, 0, 0) for p in pipe.predict(["good film", "awful movie"])]
+    assert as_answerer(len).answer(["abc"]) == [("3", 0, 0)]
     with pytest.raises(InvalidInputError, match="cannot use int"):
         as_answerer(3)
 
@@ -37,6 +38,9 @@ def test_sklearn_and_function_adapters():
 def test_stage_from_json_spec():
     stage = build_stage("stub", {"kind": "constant", "text": "42", "tokens": 7, "cost_per_token": 2.0})
     assert stage.answer(["a", "b"]) == [("42", 14.0), ("42", 14.0)]
+    priced = build_stage("stub", {"kind": "constant", "text": "42", "tokens": 7,
+                                  "price": {"per_call": 1.0, "per_completion_token": 0.5}})
+    assert priced.answer(["a"]) == [("42", 1.0 + 0.5 * 7)]
     llm = build_stage("remote", {"kind": "litellm", "model": "openai/gpt-4o-mini", "mock_response": "hi"})
     assert llm.model.lm.config.model == "openai/gpt-4o-mini"  # configuration only: nothing is sent
     with pytest.raises(ConfigError, match="unknown kind 'onnx'"):

@@ -11,7 +11,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from alloyml.routing.adapters import ConstantModel, Stage
+from alloyml.lm import ConstantLM, Price
+from alloyml.routing.adapters import Stage
 from alloyml.routing.cascade import FrugalCascade
 from alloyml.routing.scorer import scorer_from_dict
 from alloyml.routing.synthetic import make_logged_responses
@@ -36,7 +37,7 @@ def setup(ray_session):
     logs = make_logged_responses(400, 3, seed=3)
     plan = FrugalCascade(budget=8.0, n_thresholds=8, folds=3).fit(logs).plan_
     # Stub models answer like a model that is sure of itself for some, unsure for others.
-    stages = {m: Stage(m, ConstantModel(f"{'sure' if i % 2 else 'maybe'} a{i}"), cost_per_call=float(c))
+    stages = {m: Stage(m, ConstantLM(f"{'sure' if i % 2 else 'maybe'} a{i}"), Price(per_call=float(c)))
               for i, (m, c) in enumerate(zip(logs.models, logs.cost.mean(axis=0), strict=True))}
 
     @ray_session.remote(num_cpus=0)

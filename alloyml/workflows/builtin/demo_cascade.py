@@ -18,9 +18,12 @@ def _load(infos: dict) -> dict:
     return {name: load_model(info["dir"]) for name, info in infos.items()}
 
 
-def _price(model) -> float:
+def _price(model):
     """Cost per token, proportional to the parameters that process it (per 100k parameters)."""
-    return model.num_params() / 1e5
+    from alloyml.lm import Price
+
+    rate = model.num_params() / 1e5
+    return Price(per_prompt_token=rate, per_completion_token=rate)
 
 
 def _queries(n: int, seed: int) -> list[tuple[str, str]]:
@@ -35,16 +38,17 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
     with each model alone."""
     import pandas as pd
 
-    from alloyml.models.generate import RecurrentLM
+    from alloyml.lm import RecurrentLM
     from alloyml.routing import FrugalCascade, load_responses
 
     models = _load({"small": small, "merged": merged, "large": large})
     queries = _queries(config["cascade_queries"], seed=20_000)
     rows = []
     for name in STAGES:
+        price = _price(models[name])
         generations = RecurrentLM(models[name]).generate([q for q, _ in queries], max_tokens=MAX_ANSWER, stop=["\n"])
         rows += [{"query_id": i, "query": q, "model": name, "answer": g.text.strip(),
-                  "correct": g.text.strip() == a, "cost": _price(models[name]) * g.total_tokens}
+                  "correct": g.text.strip() == a, "cost": price.cost(g.prompt_tokens, g.completion_tokens)}
                  for i, ((q, a), g) in enumerate(zip(queries, generations, strict=True))]
     responses = load_responses(pd.DataFrame(rows))
     train, test = responses.split(0.5, seed=config["seed"])
@@ -69,7 +73,7 @@ def tune_merged(store: dict, merged: dict, config: dict) -> dict:
     token budget per query; every trial is recorded."""
     from alloyml.automl import InferenceSpace, tune_inference
     from alloyml.automl.prompting import Example
-    from alloyml.models.generate import RecurrentLM
+    from alloyml.lm import RecurrentLM
 
     [model] = _load({"merged": merged}).values()
     examples = [Example(q, a) for q, a in _queries(config["tune_examples"], seed=30_000)]
@@ -88,14 +92,14 @@ def tune_merged(store: dict, merged: dict, config: dict) -> dict:
 @step(num_cpus=1)
 def serve_cascade(store: dict, cascade: dict, small: dict, merged: dict, large: dict, config: dict) -> dict:
     """Deploy the stored cascade on Ray Serve (127.0.0.1) for a few requests, logged to the store."""
-    from alloyml.models.generate import RecurrentLM
+    from alloyml.lm import RecurrentLM
     from alloyml.routing.adapters import LMAnswerer, Stage
     from alloyml.routing.plan import CascadePlan
     from alloyml.routing.serve import CascadeService
 
     models = _load({"small": small, "merged": merged, "large": large})
     stages = {name: Stage(name, LMAnswerer(RecurrentLM(model), max_tokens=MAX_ANSWER, stop=["\n"]),
-                          cost_per_token=_price(model)) for name, model in models.items()}
+                          _price(model)) for name, model in models.items()}
     log = StoreRequestLog(cascade["cascade_id"], store["db_url"], store["home"])
     service = CascadeService(CASCADE_NAME, budget=cascade["budget"], log_callback=log, log_batch_size=8,
                              port=config["serve_port"])

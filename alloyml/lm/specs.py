@@ -156,6 +156,8 @@ def parse_lm_spec(spec: Any, *, base_dir: str | Path | None = None, what: str = 
     if not isinstance(spec, dict):
         raise ConfigError(f"{what}: expected a mapping with a 'kind', got {type(spec).__name__}")
     kind = spec.get("kind")
+    if "kind" not in spec:
+        raise ConfigError(f"{what}: missing the key 'kind' that says which model it is; one of {list(KINDS)}")
     if kind not in KINDS:
         raise ConfigError(f"{what}: unknown kind {kind!r}; known: {list(KINDS)}")
     try:

@@ -10,7 +10,7 @@
 from alloyml.automl import InferenceSpace, ape, evaluate_prompt, get_task, majority_vote, tune_inference
 from alloyml.lm import load_smollm2
 
-lm = load_smollm2()  # any alloyml LanguageModel works: HFCausalLM, LiteLLMChat, ScriptedLM, ...
+lm = load_smollm2()  # any alloyml.lm model or spec works: HFCausalLM, LiteLLMChat, {"kind": "hf", ...}
 task = get_task("plural")
 demos, rest = task.split(n_demos=5)
 dev, test = rest[:6], rest[6:]

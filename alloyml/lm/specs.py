@@ -67,23 +67,37 @@ class ScriptedSpec(_Spec):
         return ScriptedLM(import_object(self.respond), name=self.respond)
 
 
-class AlloySpec(_Spec):
-    """An alloyml `LinearLM` checkpoint folder, with its byte tokenizer (`RecurrentLM`)."""
+class _FolderSpec(_Spec):
+    """A model saved in a local folder, checked by `check_folder` when the spec is validated."""
 
-    kind: Literal["alloyml"] = "alloyml"
     path: Path
 
     @field_validator("path")
     @classmethod
-    def _checkpoint(cls, value: Path, info: ValidationInfo) -> Path:
+    def _holds_a_model(cls, value: Path, info: ValidationInfo) -> Path:
+        value = resolve_path(value, info)
+        cls.check_folder(value)
+        return value
+
+    @classmethod
+    def check_folder(cls, path: Path) -> None:
+        """ValueError saying why `path` holds no model of this kind."""
+        raise NotImplementedError
+
+
+class AlloySpec(_FolderSpec):
+    """An alloyml `LinearLM` checkpoint folder, with its byte tokenizer (`RecurrentLM`)."""
+
+    kind: Literal["alloyml"] = "alloyml"
+
+    @classmethod
+    def check_folder(cls, path: Path) -> None:
         from alloyml.models.saving import load_config
 
-        value = resolve_path(value, info)
         try:
-            load_config(value)
+            load_config(path)
         except AlloyError as err:
             raise ValueError(str(err)) from None
-        return value
 
     def build(self) -> LanguageModel:
         from alloyml.lm.alloy import RecurrentLM
@@ -92,19 +106,15 @@ class AlloySpec(_Spec):
         return RecurrentLM(load_model(self.path), name=self.path.name)
 
 
-class HFSpec(_Spec):
+class HFSpec(_FolderSpec):
     """A local Hugging Face causal LM folder (config.json, safetensors, tokenizer)."""
 
     kind: Literal["hf"] = "hf"
-    path: Path
 
-    @field_validator("path")
     @classmethod
-    def _model_folder(cls, value: Path, info: ValidationInfo) -> Path:
-        value = resolve_path(value, info)
-        if not (value / "config.json").is_file():
-            raise ValueError(f"{value} is not a model folder with a config.json")
-        return value
+    def check_folder(cls, path: Path) -> None:
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a model folder with a config.json")
 
     def build(self) -> LanguageModel:
         from alloyml.lm.hf import HFCausalLM

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
@@ -133,10 +133,8 @@ class SmolLM2Spec(_Spec):
         return load_smollm2()
 
 
-LMSpec = Annotated[
-    ConstantSpec | ScriptedSpec | AlloySpec | HFSpec | SmolLM2Spec | LiteLLMSpec, Field(discriminator="kind")
-]
-_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, LiteLLMSpec)
+_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, LiteLLMSpec)  # a new kind: one class here
+LMSpec = Annotated[Union[_SPECS], Field(discriminator="kind")]  # noqa: UP007 (X | Y cannot spread a tuple)
 ModelLike = LanguageModel | BaseModel | dict | str  # a model, or a spec `as_lm` builds one from
 KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default for cls in _SPECS)
 _ADAPTER: TypeAdapter = TypeAdapter(LMSpec)

@@ -27,6 +27,7 @@ from alloyml.lm import (
     parse_lm_spec,
 )
 
+from ._tiny_alloy import greedy_by_hand, save_tiny_linear_lm
 from ._tiny_hf import tiny_llama
 
 RESPOND = "tests.automl._scripted:noisy_echo"
@@ -35,15 +36,8 @@ RESPOND = "tests.automl._scripted:noisy_echo"
 @pytest.fixture(scope="module")
 def alloy_checkpoint(tmp_path_factory):
     """A tiny saved LinearLM and the in-memory model it was saved from."""
-    import torch
-
-    from alloyml.models import LinearLM, ModelConfig, save_model
-
-    torch.manual_seed(0)
-    model = LinearLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, mixer="linear_attn", ffn="none")).eval()
     path = tmp_path_factory.mktemp("alloy") / "tiny"
-    save_model(model, path)
-    return path, model
+    return path, save_tiny_linear_lm(path)
 
 
 @pytest.fixture(scope="module")
@@ -96,19 +90,11 @@ def test_constant_and_scripted_build_their_models():
 
 
 def test_alloyml_spec_loads_the_checkpoint_and_decodes_like_the_saved_model(alloy_checkpoint):
-    import torch
-
-    from alloyml.models.tokenizer import ByteTokenizer
-
     path, model = alloy_checkpoint
     lm = build_lm({"kind": "alloyml", "path": str(path)})
     assert isinstance(lm, RecurrentLM) and lm.name == "tiny"
-    ids, out = ByteTokenizer().encode("2+3="), []
-    with torch.no_grad():  # greedy by full recomputation on the in-memory model: no states, no loading
-        for _ in range(5):
-            out.append(int(model(torch.tensor([ids + out])).logits[0, -1].argmax()))
     [gen] = lm.generate(["2+3="], max_tokens=5)
-    assert gen.texts == [ByteTokenizer().decode(out)]
+    assert gen.texts == [greedy_by_hand(model, "2+3=", 5)]
     assert (gen.prompt_tokens, gen.completion_tokens) == (4, 5)
 
 

@@ -13,31 +13,13 @@ from alloyml.lm import Price
 from alloyml.routing.adapters import build_stage, parse_stage_spec
 from alloyml.routing.plan import CascadePlan
 from alloyml.routing.synthetic import make_logged_responses
+from tests.lm._tiny_alloy import greedy_by_hand, save_tiny_linear_lm
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    import torch
-
-    from alloyml.models import LinearLM, ModelConfig, save_model
-
-    torch.manual_seed(1)
-    model = LinearLM(ModelConfig(d_model=32, n_layers=1, n_heads=2, mixer="gla", ffn="none")).eval()
     path = tmp_path_factory.mktemp("stage") / "tiny-gla"
-    save_model(model, path)
-    return path, model
-
-
-def _greedy_by_hand(model, text: str, steps: int) -> str:
-    import torch
-
-    from alloyml.models.tokenizer import ByteTokenizer
-
-    ids, out = ByteTokenizer().encode(text), []
-    with torch.no_grad():
-        for _ in range(steps):
-            out.append(int(model(torch.tensor([ids + out])).logits[0, -1].argmax()))
-    return ByteTokenizer().decode(out)
+    return path, save_tiny_linear_lm(path, mixer="gla", seed=1)
 
 
 def test_the_serve_replica_builds_an_alloyml_model_from_its_spec(checkpoint):
@@ -48,7 +30,7 @@ def test_the_serve_replica_builds_an_alloyml_model_from_its_spec(checkpoint):
             "price": {"per_call": 1.0, "per_prompt_token": 0.1, "per_completion_token": 0.2}}
     replica = StageServer.func_or_class("tiny", spec=spec)  # what each Serve replica runs
     text, cost = replica.answer("7*6=")
-    assert text == _greedy_by_hand(model, "7*6=", 5)
+    assert text == greedy_by_hand(model, "7*6=", 5)
     assert cost == pytest.approx(1.0 + 0.1 * 4 + 0.2 * 5)  # 4 prompt bytes, 5 decoded tokens
 
 
@@ -80,7 +62,7 @@ def test_fit_with_alloyml_model_specs_writes_a_servable_plan(checkpoint, alloy_h
     assert main(args) == 0
     plan = CascadePlan.load(tmp_path / "p.json")
     assert plan.model_specs == specs
-    expected = _greedy_by_hand(model, "q", 3)
+    expected = greedy_by_hand(model, "q", 3)
     for i, m in enumerate(logs.models):
         assert build_stage(m, plan.model_specs[m]).answer(["q"]) == [(expected, (i + 1) * 3.0)]
 

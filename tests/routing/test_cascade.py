@@ -1,6 +1,7 @@
 """FrugalCascade end to end on synthetic logs, plan JSON, the CLI, and the learned router."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,49 @@ def test_fit_save_stores_plan_with_model_specs(logs, alloy_home, tmp_path):
     (tmp_path / "bad.json").write_text('{"m0": {"text": "no kind"}}')
     args[-3] = str(tmp_path / "bad.json")
     assert main(args) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--thresholds", "-3"], "--thresholds must be >= 1"),
+    (["--budget", "nan"], "--budget must be a positive"),
+    (["--folds", "1"], "--folds must be >= 2"),
+    (["--cost-z", "-1"], "--cost-z must be >= 0"),
+])
+def test_cli_fit_refuses_bad_numbers(logs, tmp_path, capsys, extra, message):
+    train, _ = logs
+    train.save(tmp_path / "train.csv")
+    args = ["cascade", "fit", str(tmp_path / "train.csv"), "--budget", "6", "--out", str(tmp_path / "p.json"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_fit_refuses_unwritable_out_and_empty_file(logs, tmp_path, capsys):
+    train, _ = logs
+    train.save(tmp_path / "train.csv")
+    (tmp_path / "a-file").write_text("")
+    cases = [(tmp_path / "no" / "p.json", "does not exist"), (tmp_path, "is a folder"),
+             (tmp_path / "a-file" / "p.json", "does not exist")]
+    if Path("/proc/self").is_dir():  # procfs takes no new files, even from root
+        cases.append((Path("/proc/alloyml-plan.json"), "not writable"))
+    for out, message in cases:
+        assert main(["cascade", "fit", str(tmp_path / "train.csv"), "--budget", "6", "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("")
+    out = str(tmp_path / "p.json")
+    assert main(["cascade", "fit", str(tmp_path / "empty.csv"), "--budget", "6", "--out", out]) == 2
+    assert "is empty" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_cli_fit_models_spec_that_cannot_be_built_names_the_stage(logs, tmp_path, capsys):
+    train, _ = logs
+    train.save(tmp_path / "train.csv")
+    specs = {m: {"kind": "constant", "text": "x"} for m in train.models}
+    specs["m2"] = {"kind": "hf", "path": str(tmp_path / "no-such-model")}
+    (tmp_path / "models.json").write_text(json.dumps(specs))
+    assert main(["cascade", "fit", str(tmp_path / "train.csv"), "--budget", "6", "--out", str(tmp_path / "p.json"),
+                 "--models", str(tmp_path / "models.json")]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'm2'" in err and "no-such-model" in err
+    assert not (tmp_path / "p.json").exists()  # refused before any work

@@ -35,6 +35,7 @@ from alloyml.routing.failures import (
     describe,
 )
 from alloyml.routing.guard import BudgetGuard
+from alloyml.routing.loopback import bind_replica_grpc_to_loopback
 from alloyml.routing.plan import CascadePlan
 from alloyml.routing.request_log import BatchLogger
 from alloyml.routing.scorer import scorer_from_dict
@@ -56,6 +57,7 @@ class StageServer:
     """One stage: a model (built here from its JSON spec, or shipped as a `Stage`) and its price."""
 
     def __init__(self, name: str, stage: Stage | None = None, spec: dict | None = None):
+        bind_replica_grpc_to_loopback()
         self.stage = stage if stage is not None else build_stage(name, spec)
 
     def answer(self, query: str) -> tuple[str, float]:
@@ -90,6 +92,7 @@ class CascadeIngress:
     def __init__(self, name: str, version: str, plan: dict, stage_apps: dict[str, str], guard: dict | None,
                  log_callback: Callable[[list[dict]], object] | None, log_batch_size: int, log_flush_s: float,
                  failure_policy: dict | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+        bind_replica_grpc_to_loopback()
         self.name = name
         self.version = version
         self.plan = CascadePlan.from_dict(plan)

@@ -63,7 +63,11 @@ def _post(url, body, raw=None):
         response = urllib.request.urlopen(request, timeout=60)
         return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+        text = err.read()
+        try:
+            return err.code, json.loads(text or b"null")
+        except json.JSONDecodeError:  # Serve's own 404/503 pages are plain text
+            return err.code, {"text": text.decode(errors="replace")}
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +203,102 @@ def test_http_validation_and_openai_routes(serve_port):
     status, _ = _post(f"{url}/v1/completions", {"model": "oai", "prompt": {"a": 1}})
     assert status == 422
     service.delete()
+
+
+def _ray_listeners():
+    """(process name, address) of every listening TCP socket of this Ray: GCS, raylet, and every process
+    the raylet started (workers, Serve controller, proxy, replicas)."""
+    import psutil
+    import ray
+
+    node = ray._private.worker._global_node
+    roots = [p.process.pid for procs in node.all_processes.values() for p in procs]
+    pids = set(roots)
+    for pid in roots:
+        try:
+            pids |= {c.pid for c in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((" ".join(proc.cmdline())[:80], conn.laddr.ip, conn.laddr.port))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+def test_every_listener_is_on_loopback(serve_port):
+    from alloyml.routing.serve import CascadeService
+
+    service = CascadeService("loop", port=serve_port)
+    handle = service.deploy(_plan(["good", "backup"], [0.4]), 1, GOOD)
+    assert handle.route.remote("q").result(timeout_s=60)["answer"] == "sure a1"
+    listeners = _ray_listeners()
+    replicas = [entry for entry in listeners if "ServeReplica" in entry[0]]
+    assert len({e[0] for e in replicas}) >= 3  # the ingress and both stages have their gRPC servers
+    assert any(port == serve_port for _, _, port in listeners)  # the HTTP proxy is among them
+    wide = [entry for entry in listeners if entry[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")]
+    assert wide == [], listeners
+    service.delete()
+
+
+def test_cli_sigterm_drains_and_exits_0_and_a_broken_version_keeps_the_old_one(serve_port, alloy_home, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    import ray
+    from ray import serve
+
+    from alloyml.cli import main
+    from alloyml.platform.client import Platform
+    from alloyml.routing.synthetic import make_logged_responses
+
+    logs = make_logged_responses(120, 2, seed=1)
+    logs.save(tmp_path / "logs.csv")
+    (tmp_path / "models.json").write_text(json.dumps(
+        {m: {"kind": "constant", "text": f"sure a{i}", "cost_per_call": i + 1} for i, m in enumerate(logs.models)}))
+    assert main(["cascade", "fit", str(tmp_path / "logs.csv"), "--budget", "100", "--out", str(tmp_path / "p.json"),
+                 "--thresholds", "4", "--folds", "2", "--models", str(tmp_path / "models.json"),
+                 "--save", "sig"]) == 0
+    env = {**os.environ, "ALLOYML_RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-m", "alloyml.cli", "serve", "cascade", "sig", "--port", str(serve_port),
+                             "--no-guard", "--poll-s", "0.3"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{serve_port}/sig"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if _post(url, {"query": "w1"})[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert _post(url, {"query": "w1"})[1]["version"] == "1"
+        # A broken version 2 is stored: the service reports it and version 1 goes on answering.
+        with Platform() as platform:
+            v1 = platform.store.get_cascade("sig")
+            plan = {**v1.plan, "model_specs": {m: {"kind": "constant", "bogus": 1} for m in logs.models}}
+            platform.store.save_cascade("sig", v1.stages, v1.thresholds, v1.costs, v1.budget, plan=plan)
+        answers = []
+        while time.monotonic() < deadline:
+            status, body = _post(url, {"query": "w2"})
+            answers.append((status, body.get("version")))
+            if not [a for a in serve.status().applications if a.startswith("sig--v2--")] and len(answers) > 40:
+                break
+            time.sleep(0.1)
+        assert set(answers) == {(200, "1")}
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "version 2" in err and "version 1 keeps serving" in err
+    assert "stopped serving" in out
+    assert not [a for a in serve.status().applications if a == "sig" or a.startswith("sig--")]

@@ -145,11 +145,15 @@ class CascadeIngress:
             cost, scores, errors = 0.0, [], []
             answered = []  # (score, stage index, answer) of stages that answered
             final = None
+            stage_ms = []  # wall time of each stage call, so the ingress's own share is measured
             for j, stage in enumerate(point.stages):
+                called = time.perf_counter()
                 try:
                     answer, stage_cost = await self._call_stage(stage.model, query, errors)
                 except StageFailedError:
                     continue  # fall through to the next stage
+                finally:
+                    stage_ms.append((time.perf_counter() - called) * 1e3)
                 cost += stage_cost
                 if stage.threshold is None:
                     final = (j, answer)
@@ -177,6 +181,7 @@ class CascadeIngress:
                 "score": next((sc for sc, j, _ in answered if j == reached), None),
                 "cost": cost,
                 "latency_ms": (time.perf_counter() - start) * 1e3,
+                "stage_ms": stage_ms,
                 "frontier_point": self.points[slot],
                 "version": self.version,
                 "errors": errors,

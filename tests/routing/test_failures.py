@@ -74,3 +74,36 @@ def test_timeout_counts_as_failure_and_opens_breaker():
 def test_bad_policy_is_refused():
     with pytest.raises(InvalidInputError, match="failure policy"):
         FailurePolicy(timeout_s=0)
+
+
+def test_long_texts_are_scored_off_the_event_loop():
+    """18.6: while a long query is scored, the ingress's event loop keeps running other requests."""
+    pytest.importorskip("ray.serve")
+    from alloyml.routing.serve import INLINE_SCORE_MAX_CHARS, CascadeIngress
+
+    class SlowScorer:
+        def predict_proba(self, queries, answers, models):
+            time.sleep(0.5)  # stands in for tokenising megabytes; a blocked loop could not tick meanwhile
+            return [0.5]
+
+    ingress = object.__new__(CascadeIngress.func_or_class)
+    ingress.scorer = SlowScorer()
+
+    async def scenario(query):
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        score = await ingress._score(query, "answer", "m")
+        task.cancel()
+        return score, len(ticks)
+
+    score, ticks = asyncio.run(scenario("x" * (INLINE_SCORE_MAX_CHARS + 1)))
+    assert score == 0.5 and ticks >= 20  # ~50 ticks in 0.5 s when the loop is free
+    _, ticks_inline = asyncio.run(scenario("short"))
+    assert ticks_inline <= 2  # a short text is scored inline: the loop waits (microseconds for real scorers)

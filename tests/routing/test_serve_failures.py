@@ -172,7 +172,7 @@ def test_broken_version_under_load_keeps_old_version_serving(serve_port):
 
 
 def test_http_validation_and_openai_routes(serve_port):
-    import openai
+    openai = pytest.importorskip("openai")  # the peer client; installed with litellm
 
     from alloyml.routing.serve import CascadeService
 
@@ -208,7 +208,7 @@ def test_http_validation_and_openai_routes(serve_port):
 def _ray_listeners():
     """(process name, address) of every listening TCP socket of this Ray: GCS, raylet, and every process
     the raylet started (workers, Serve controller, proxy, replicas)."""
-    import psutil
+    psutil = pytest.importorskip("psutil")
     import ray
 
     node = ray._private.worker._global_node

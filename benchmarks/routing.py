@@ -102,7 +102,53 @@ def quality_rows(quick: bool) -> list[dict]:
                   f"router mean cost {router.mean_cost:.2f}; singles (acc @ cost): {singles}",
             cascade_mean_cost=round(result.mean_cost, 3), router_mean_cost=round(router.mean_cost, 3),
         ))
+        router_best = best_single_affordable_on_train(train, test, budget)
+        se = float(np.sqrt(router.accuracy * (1 - router.accuracy) / test.n_queries))
+        rows.append(row(
+            f"learned router held-out accuracy at budget {budget:.1f} (cost of {logs.models[model_index]})",
+            "accuracy", round(router.accuracy, 4), peers={"best_affordable_single_model": round(router_best, 4)},
+            ratio=ratio(router.accuracy, router_best, higher_is_better=True),
+            target=">= best affordable single model - 1 SE", met=router.accuracy >= router_best - se,
+            notes=f"SE {se:.4f}; router mean cost {router.mean_cost:.2f}; PGR {router.pgr:.3f}, APGR "
+                  f"{router.apgr:.3f}, CPT(50%) {router.cpt:.3f} (weak = cheapest, strong = dearest model); "
+                  "affordable = training mean cost <= budget",
+        ))
+    rows += budget_split_rows(logs, quick)
     return rows
+
+
+def best_single_affordable_on_train(train, test, budget: float) -> float:
+    affordable = train.cost.mean(axis=0) <= budget * (1 + 1e-9)
+    return float(test.correct.mean(axis=0)[affordable].max())
+
+
+def budget_split_rows(logs, quick: bool) -> list[dict]:
+    """Held-out spend against the budget on 5 random splits, for the cascade as fitted now and as it
+    was (scorer refitted on all data, no margin), and the scorer's held-out AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.scorer import TextScorer, fit_scorer, score_responses
+
+    ratios, aucs, refit_aucs = [], [], []
+    for split in range(5):
+        train, test = logs.split(0.5, seed=split)
+        budget = 0.3 * float(train.cost[:, -1].mean())
+        cascade = FrugalCascade(budget=budget, n_thresholds=16 if quick else 32).fit(train)
+        ratios.append(cascade.evaluate(test).mean_cost / budget)
+        aucs.append(roc_auc_score(test.correct.reshape(-1), score_responses(cascade.scorer_, test).reshape(-1)))
+        refit = fit_scorer(TextScorer(), train)
+        refit_aucs.append(roc_auc_score(test.correct.reshape(-1), score_responses(refit, test).reshape(-1)))
+    worst = max(ratios)
+    return [
+        row(f"cascade held-out spend / budget, 5 random splits, budget 30% of {logs.models[-1]}", "ratio (worst)",
+            round(worst, 4), target="<= 1.05 on 5 of 5", met=bool(sum(r <= 1.05 for r in ratios) == 5),
+            notes="per split: " + ", ".join(f"{r:.3f}" for r in ratios) + f"; {logs.n_queries} queries, "
+                  f"{len(logs.models)} models, half held out"),
+        row("cascade scorer held-out AUC (served fold ensemble, hashed words + logistic regression)", "AUC",
+            round(float(np.mean(aucs)), 4), peers={"refit_on_all_data": round(float(np.mean(refit_aucs)), 4)},
+            notes="mean over the 5 splits; AUC of P(correct) for every (query, model) answer of the held-out half"),
+    ]
 
 
 def serving_rows(quick: bool) -> list[dict]:
@@ -113,20 +159,28 @@ def serving_rows(quick: bool) -> list[dict]:
     from alloyml.raycluster import ensure_ray
     from alloyml.routing.adapters import Stage
     from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.scorer import scorer_from_dict
     from alloyml.routing.serve import CascadeService, StageServer
     from alloyml.routing.synthetic import make_logged_responses
 
     ensure_ray(num_cpus=2)
     logs = make_logged_responses(400, 3, seed=3)
     plan = FrugalCascade(budget=float(logs.cost[:, 1].mean()), n_thresholds=8, folds=3).fit(logs).plan_
-    # The cheapest stub sounds unsure, so some requests go on to a second stage.
+    # Serve a point of two or more stages whose first threshold lets some queries stop and sends others on.
+    scorer = scorer_from_dict(plan.scorer)
+    queries = [" ".join(f"w{(i * 7 + j) % 200}" for j in range(6)) for i in range(2000)]
+    multi = [i for i, p in enumerate(plan.frontier) if len(p.stages) >= 2]
+    first = {i: scorer.predict_proba(queries[:200], ["maybe a0"] * 200, [plan.frontier[i].models[0]] * 200)
+             >= plan.frontier[i].thresholds[0] for i in multi}
+    chosen = min(multi, key=lambda i: abs(first[i].mean() - 0.5))  # about half stop at stage 1
+    plan = plan.model_copy(update={"chosen": chosen})
     stages = {m: Stage(m, ConstantLM(f"{'sure' if i else 'maybe'} a{i}"), Price(per_call=1.0))
               for i, m in enumerate(logs.models)}
     service = CascadeService("bench-cascade", port=8765, log_callback=len)
     handle = service.deploy(plan, 1, stages)
     bare = serve.run(StageServer.bind("bare", stages[logs.models[0]]), name="bench-bare", route_prefix=None)
     n_requests = 300 if quick else 1500
-    queries = [" ".join(f"w{(i * 7 + j) % 200}" for j in range(6)) for i in range(n_requests)]
+    queries = queries[:n_requests]
     for q in queries[:50]:  # warm-up
         handle.route.remote(q).result()
         bare.answer.remote(q).result()
@@ -139,10 +193,13 @@ def serving_rows(quick: bool) -> list[dict]:
             out.append(time.perf_counter() - start)
         return np.array(out) * 1e3
 
-    cascade_ms = latencies(lambda q: handle.route.remote(q).result())
+    records = []
+    cascade_ms = latencies(lambda q: records.append(handle.route.remote(q).result()))
     bare_ms = latencies(lambda q: bare.answer.remote(q).result())
     status = service.status()
-    stage_calls = np.mean([r["stage_reached"] + 1 for r in [handle.route.remote(q).result() for q in queries[:200]]])
+    stage_calls = np.mean([len(r["stage_ms"]) for r in records])
+    # The ingress's own time per request, measured inside it: its latency minus its stage calls.
+    own_ms = np.array([r["latency_ms"] - sum(r["stage_ms"]) for r in records])
 
     def throughput(clients: int) -> float:
         per_client = n_requests // clients
@@ -172,11 +229,12 @@ def serving_rows(quick: bool) -> list[dict]:
             notes=f"p90 {np.percentile(cascade_ms, 90):.2f} ms; {stage_calls:.2f} stage calls per request on "
                   f"average, each a Serve hop like the bare call; {n_requests} sequential requests; "
                   f"served {status['served']}, 2 shared CPUs under load from other jobs"),
-        row("cascade's own overhead per request beyond its Serve hops (derived)", "ms",
-            round(p50 - (1 + stage_calls) * p50_bare, 3), target="< 2 ms",
-            met=bool(p50 - (1 + stage_calls) * p50_bare < 2.0),
-            notes=f"p50 cascade - (1 + {stage_calls:.2f} stage calls) x p50 bare Serve call; an estimate from "
-                  "medians, not a measured distribution"),
+        row("cascade ingress's own time per request (score, guard, log, routing), measured in the ingress",
+            "ms", round(float(np.percentile(own_ms, 50)), 3), target="p50 <= 2 ms",
+            met=bool(np.percentile(own_ms, 50) <= 2.0),
+            notes=f"p50 over {len(own_ms)} requests of latency_ms - sum(stage_ms) recorded per request; p90 "
+                  f"{np.percentile(own_ms, 90):.3f} ms; {stage_calls:.2f} stage calls per request (the served "
+                  f"point {' -> '.join(plan.point.models)} really cascades)"),
         row("serving throughput, 8 concurrent clients", "requests/s", round(rps8, 1),
             peers={"1_client": round(rps1, 1)}, ratio=ratio(rps8, rps1, higher_is_better=True),
             target="> 1 client", met=rps8 > rps1, notes="handle calls from 8 threads, stub models"),

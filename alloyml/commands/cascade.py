@@ -12,11 +12,16 @@ def register(subparsers) -> None:
     fit = sub.add_parser("fit", help="find the cost-accuracy frontier and the best cascade under a budget")
     fit.add_argument("responses", help="logged responses: CSV/Parquet with query_id,query,model,answer,correct,cost")
     fit.add_argument("--budget", type=float, required=True, help="max mean cost per query")
+    fit.add_argument("--missing", choices=["error", "drop"], default="error",
+                     help="queries some model did not answer: refuse the log (default) or drop those queries")
     fit.add_argument("--out", required=True, help="where to write the plan (JSON)")
     fit.add_argument("--max-length", type=int, default=3, help="longest chain of models (default 3)")
     fit.add_argument("--thresholds", type=int, default=32, help="candidate thresholds per stage (default 32)")
     fit.add_argument("--folds", type=int, default=5, help="folds for out-of-fold scorer training (default 5)")
     fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--cost-z", type=float, default=None,
+                     help="keep the plan's training mean cost this many standard errors below the budget, so "
+                          "the budget holds on new traffic (default: alloyml.routing.cascade.COST_Z)")
     fit.add_argument("--models", default=None,
                      help='JSON file of model specs for serving, e.g. '
                           '{"m0": {"kind": "smollm2", "price": {"per_prompt_token": 1, "per_completion_token": 1}}}')
@@ -27,6 +32,8 @@ def register(subparsers) -> None:
     ev = sub.add_parser("eval", help="accuracy and cost of a plan on (held-out) logged responses")
     ev.add_argument("plan", help="plan JSON written by `alloyml cascade fit`")
     ev.add_argument("responses", help="logged responses (CSV/Parquet)")
+    ev.add_argument("--missing", choices=["error", "drop"], default="error",
+                    help="queries some model did not answer: refuse the log (default) or drop those queries")
     ev.add_argument("--point", type=int, default=None, help="frontier point to evaluate (default: the chosen)")
     ev.add_argument("--json", action="store_true", help="end with one JSON line of the results")
     ev.set_defaults(func=_eval)
@@ -35,24 +42,33 @@ def register(subparsers) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.cascade import COST_Z, FrugalCascade
     from alloyml.routing.responses import load_responses
 
-    responses = load_responses(args.responses)
+    args.cost_z = COST_Z if args.cost_z is None else args.cost_z
+    _check_fit_args(args)
+    specs = None
+    if args.models:
+        from alloyml.routing.specs import check_model_specs
+
+        specs = _read_specs(args.models)
+        check_model_specs(specs)  # build each once: a spec that cannot be built fails here, not at deploy
+    responses = load_responses(args.responses, missing=args.missing)
     cascade = FrugalCascade(
         budget=args.budget, max_length=args.max_length, n_thresholds=args.thresholds, folds=args.folds,
-        seed=args.seed,
+        seed=args.seed, cost_z=args.cost_z,
     ).fit(responses)
     console = Console()
     console.print(_frontier_table(cascade.plan_))
     point = cascade.plan_.point
     console.print(
         f"chosen point {cascade.plan_.chosen}: {_chain_text(point)}  "
-        f"accuracy {point.accuracy:.4f}  mean cost {point.mean_cost:.4g} (budget {args.budget:g})"
+        f"accuracy {point.accuracy:.4f}  mean cost {point.mean_cost:.4g} +- {point.cost_se or 0:.2g} "
+        f"(budget {args.budget:g}, kept {args.cost_z:g} standard errors below it)"
     )
     plan = cascade.plan_
-    if args.models:
-        plan = plan.model_copy(update={"model_specs": _read_specs(args.models)})
+    if specs is not None:
+        plan = plan.model_copy(update={"model_specs": specs})
         plan = type(plan).from_dict(plan.model_dump())  # validate the specs' model names
     path = plan.save(args.out)
     console.print(f"plan written to {path}")
@@ -64,6 +80,40 @@ def _fit(args: argparse.Namespace) -> int:
             stored = save_cascade_plan(platform, args.save, plan, responses, args.budget)
         console.print(f"stored as cascade {stored.name!r} version {stored.version}")
     return 0
+
+
+def _check_fit_args(args: argparse.Namespace) -> None:
+    """Refuse bad numbers and an unwritable --out before any work starts."""
+    import math
+    from pathlib import Path
+
+    from alloyml.errors import InvalidInputError
+
+    if not math.isfinite(args.budget) or args.budget <= 0:
+        raise InvalidInputError(f"--budget must be a positive mean cost per query, got {args.budget}")
+    if args.thresholds < 1:
+        raise InvalidInputError(f"--thresholds must be >= 1 candidate thresholds per stage, got {args.thresholds}")
+    if args.max_length < 1:
+        raise InvalidInputError(f"--max-length must be >= 1, got {args.max_length}")
+    if args.folds < 2:
+        raise InvalidInputError(f"--folds must be >= 2, got {args.folds}")
+    if not math.isfinite(args.cost_z) or args.cost_z < 0:
+        raise InvalidInputError(f"--cost-z must be >= 0, got {args.cost_z}")
+    out = Path(args.out)
+    folder = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise InvalidInputError(f"--out {args.out!r} is a folder; give a file path for the plan JSON")
+    if not folder.is_dir():
+        raise InvalidInputError(f"--out {args.out!r}: folder {str(folder)!r} does not exist")
+
+    existed = out.exists()
+    try:  # really open it: permission bits do not tell (root, read-only mounts)
+        with open(out, "a"):
+            pass
+    except OSError as err:
+        raise InvalidInputError(f"--out {args.out!r} is not writable: {err.strerror}") from err
+    if not existed:
+        out.unlink()
 
 
 def _read_specs(path: str) -> dict:
@@ -100,7 +150,7 @@ def _eval(args: argparse.Namespace) -> int:
     plan = CascadePlan.load(args.plan)
     if args.point is not None and not 0 <= args.point < len(plan.frontier):
         raise InvalidInputError(f"--point must be in [0, {len(plan.frontier)}), got {args.point}")
-    result = evaluate_plan(plan, load_responses(args.responses), point=args.point)
+    result = evaluate_plan(plan, load_responses(args.responses, missing=args.missing), point=args.point)
     point = plan.frontier[plan.chosen if args.point is None else args.point]
     summary = {
         "accuracy": result.accuracy,
@@ -111,12 +161,19 @@ def _eval(args: argparse.Namespace) -> int:
         "stage_share": result.stage_share.tolist(),
         "train_accuracy": point.accuracy,
         "train_mean_cost": point.mean_cost,
+        "train_mean_cost_se": point.cost_se,
+        "budget": plan.budget,
+        "spend_over_budget": result.mean_cost / plan.budget if plan.budget else None,
     }
     console = Console()
     console.print(
         f"{_chain_text(point)}: accuracy {result.accuracy:.4f}, mean cost {result.mean_cost:.4g} on "
-        f"{len(result.stage)} queries (training: {point.accuracy:.4f}, {point.mean_cost:.4g})"
+        f"{len(result.stage)} queries (planned on training: {point.accuracy:.4f}, {point.mean_cost:.4g})"
     )
+    if plan.budget:
+        verdict = "within" if result.mean_cost <= plan.budget else "OVER"
+        console.print(f"spend {result.mean_cost:.4g} vs budget {plan.budget:.4g}: "
+                      f"{result.mean_cost / plan.budget:.1%} of it, {verdict} budget")
     if args.json:
         print(json.dumps(summary))
     return 0

@@ -25,40 +25,70 @@ def register(subparsers) -> None:
 
 
 def _serve_cascade(args: argparse.Namespace) -> int:
+    import sys
+    import threading
     import time
 
+    import ray
     from rich.console import Console
 
     from alloyml.platform.client import Platform
     from alloyml.routing.plan import CascadePlan
-    from alloyml.routing.serve import CascadeService
+    from alloyml.routing.serve import CascadeService, DeployError
     from alloyml.workflows.recording import StoreRequestLog
 
     console = Console()
+    stop = _stop_on_signals(threading.Event())
+    started_ray = not ray.is_initialized()  # then this command owns Ray and shuts it down at the end
     platform = Platform()
     stored = platform.store.get_cascade(args.name, args.version)
     budget = None if args.no_guard else (args.budget or stored.budget)
-    current = None
-    service = None
-    started = None
+    current, service, started, failed = None, None, None, set()
     try:
-        while True:
-            if current is None or (args.version is None and stored.version != current.version):
+        while not stop.is_set():
+            if current is None or (args.version is None and stored.version not in (current.version, *failed)):
                 log = StoreRequestLog(stored.id, str(platform.settings.db_url), str(platform.settings.home))
                 if service is None:
                     service = CascadeService(args.name, budget=budget, window_s=args.window_s,
                                              min_requests=args.min_requests, log_callback=log, port=args.port)
+                previous = service.log_callback
                 service.log_callback = log  # requests are logged against the version that served them
-                service.deploy(CascadePlan.from_dict(stored.plan), stored.version)
-                current = stored
-                started = started or time.monotonic()
-                console.print(f"serving cascade {args.name!r} version {stored.version} at {service.url} "
-                              f"(status: GET {service.url}/status)")
+                try:
+                    service.deploy(CascadePlan.from_dict(stored.plan), stored.version)
+                except DeployError as err:
+                    if current is None:
+                        raise  # nothing was serving: the command fails
+                    service.log_callback = previous
+                    failed.add(stored.version)
+                    print(f"alloyml: error: {err}", file=sys.stderr)  # and the old version goes on serving
+                else:
+                    _stop_on_signals(stop)  # again: starting Ray installed its own SIGTERM handler (abort)
+                    current = stored
+                    started = started or time.monotonic()
+                    console.print(f"serving cascade {args.name!r} version {stored.version} at {service.url} "
+                                  f"(status: GET {service.url}/status)")
             if args.duration is not None and time.monotonic() - started >= args.duration:
-                return 0
-            time.sleep(args.poll_s if args.duration is None else min(args.poll_s, args.duration))
+                break
+            stop.wait(args.poll_s if args.duration is None else min(args.poll_s, args.duration))
             stored = platform.store.get_cascade(args.name) if args.version is None else stored
     finally:
         if service is not None:
-            service.delete()
+            service.delete()  # Serve lets each replica finish its in-flight requests first
         platform.close()
+        if started_ray:
+            ray.shutdown()  # stops the local Ray this command started: no agent outlives it
+    if stop.is_set():
+        console.print(f"stopped serving cascade {args.name!r}")
+    return 0
+
+
+def _stop_on_signals(stop):
+    """SIGTERM and SIGINT set `stop`, so the serving loop ends, drains and exits 0 (only the main thread
+    can install handlers; elsewhere, e.g. under a test's thread, the caller's handlers stay)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    return stop

@@ -26,6 +26,22 @@ import numpy as np
 
 from alloyml.errors import InvalidInputError
 
+# Relative and absolute slack of a budget comparison: a budget computed as one model's mean cost must
+# admit that model alone, whatever order the sums were taken in.
+BUDGET_RTOL = 1e-9
+BUDGET_ATOL = 1e-12
+# Above this many points, `pareto` first prefilters with the frontier of a strided sample.
+PARETO_PREFILTER_MIN_POINTS = 20_000
+# The sample's stride: a prime, so the sample does not line up with the grid's regular layout.
+PARETO_SAMPLE_STRIDE = 97
+# Largest histogram the optimiser builds per prefix (cells x 2M weights, float64: 400 MB).
+MAX_GRID_ENTRIES = 50_000_000
+
+
+def within_budget(cost, budget: float):
+    """cost <= budget up to BUDGET_RTOL / BUDGET_ATOL (elementwise for arrays)."""
+    return np.asarray(cost) <= budget * (1 + BUDGET_RTOL) + BUDGET_ATOL
+
 
 @dataclass(frozen=True)
 class CascadePoint:
@@ -51,7 +67,7 @@ class Frontier:
     def best_under(self, budget: float) -> int:
         """Index of the most accurate point with mean cost <= budget (up to rounding: a budget computed as
         one model's mean cost must admit that model alone, whatever order the sums were taken in)."""
-        k = int(np.searchsorted(self.cost, budget * (1 + 1e-9) + 1e-12, side="right")) - 1
+        k = int(np.searchsorted(self.cost, budget * (1 + BUDGET_RTOL) + BUDGET_ATOL, side="right")) - 1
         if k < 0:
             raise InvalidInputError(
                 f"budget {budget!r} is below the cheapest cascade's mean cost {self.cost[0]:.6g}"
@@ -91,10 +107,10 @@ def candidate_thresholds(scores: np.ndarray, n_thresholds: int | None) -> np.nda
 
 def pareto(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     """Indices of the Pareto frontier of points, by increasing cost (ties: the more accurate first)."""
-    if len(cost) > 20_000:
+    if len(cost) > PARETO_PREFILTER_MIN_POINTS:
         # Sorting millions of points dominates the optimiser; first drop every point that the frontier
         # of a strided sample already (weakly) dominates, which no frontier point is, bar exact ties.
-        sample = _pareto_sorted(cost, accuracy, np.arange(0, len(cost), 97))
+        sample = _pareto_sorted(cost, accuracy, np.arange(0, len(cost), PARETO_SAMPLE_STRIDE))
         pos = np.searchsorted(cost[sample], cost, side="right") - 1
         best = np.where(pos >= 0, accuracy[sample][np.maximum(pos, 0)], -np.inf)
         return _pareto_sorted(cost, accuracy, np.union1d(np.flatnonzero(accuracy > best), sample))
@@ -128,7 +144,7 @@ def optimize_cascade(
     weights = np.concatenate([correct.astype(np.float64), cost], axis=1)  # [Q, 2M]
     dims = length - 1
     cells = bins**dims
-    if cells * 2 * m > 50_000_000:
+    if cells * 2 * m > MAX_GRID_ENTRIES:
         raise InvalidInputError(
             f"{bins - 1} candidate thresholds per stage and chains of length {length} need a grid of "
             f"{cells} cells per prefix; lower n_thresholds or max_length"

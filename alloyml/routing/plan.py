@@ -27,6 +27,7 @@ class PointPlan(BaseModel):
     stages: list[StagePlan] = Field(min_length=1)
     accuracy: float
     mean_cost: float
+    cost_se: float | None = None  # standard error of mean_cost over the training queries
 
     @model_validator(mode="after")
     def _thresholds(self):
@@ -49,7 +50,7 @@ class PointPlan(BaseModel):
 
 class CascadePlan(BaseModel):
     """A fitted cascade: frontier points by increasing cost, the index of the chosen one, the scorer's
-    JSON form (`TextScorer.to_dict`), and optional model specs (`adapters.build_model`) for serving."""
+    JSON form (`TextScorer.to_dict`), and optional model specs (`adapters.build_stage`) for serving."""
 
     format: Literal["alloyml.cascade/1"] = PLAN_FORMAT
     models: list[str] = Field(min_length=1)

@@ -1,8 +1,12 @@
 """Logged responses: every candidate model's answer to every training query (the FrugalGPT setting).
 
 The long table has one row per (query, model) with columns `query_id, query, model, answer, correct,
-cost`; `LoggedResponses` holds it as dense `[n_queries, n_models]` matrices so the optimiser can work on
-arrays. Loading validates the table before anything is computed.
+cost`; the wide table has one row per query with columns `query_id, query` and, per model M,
+`M|correct`, `M|cost` and optionally `M|answer`. `LoggedResponses` holds either as dense
+`[n_queries, n_models]` matrices so the optimiser can work on arrays. Loading validates the table
+before anything is computed. A sparse log (not every model answered every query: absent rows, or
+empty wide cells) is refused by default, naming a query that lacks answers; `missing="drop"` keeps the
+queries every model answered.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 from alloyml.errors import InvalidInputError
 
 COLUMNS = ("query_id", "query", "model", "answer", "correct", "cost")
+WIDE_SEPARATOR = "|"  # wide columns are f"{model}|correct", f"{model}|cost", f"{model}|answer"
+MISSING = ("error", "drop")
 _TRUE = {"1", "true", "t", "yes", "y", "1.0"}
 _FALSE = {"0", "false", "f", "no", "n", "0.0"}
 
@@ -84,15 +90,18 @@ class LoggedResponses:
         return path
 
 
-def load_responses(source) -> LoggedResponses:
-    """Logged responses from a CSV or Parquet path, or a pandas DataFrame, validated.
+def load_responses(source, missing: str = "error") -> LoggedResponses:
+    """Logged responses from a CSV or Parquet path, or a pandas DataFrame (long or wide), validated.
 
-    Raises InvalidInputError naming the problem: missing columns, empty table, non-numeric or negative
-    or missing cost, unreadable `correct`, duplicate (query_id, model) rows, a query whose text differs
-    between rows, or queries that lack some models' answers.
+    missing: "error" (default) or "drop" (keep only the queries every model answered).
+    Raises InvalidInputError naming the problem: an empty or unreadable file, missing columns, empty
+    table, non-numeric or negative or missing cost, unreadable `correct`, duplicate (query_id, model)
+    rows, a query whose text differs between rows, or queries that lack some models' answers.
     """
     import pandas as pd
 
+    if missing not in MISSING:
+        raise InvalidInputError(f"missing must be one of {list(MISSING)}, got {missing!r}")
     if isinstance(source, pd.DataFrame):
         frame, where = source, "responses DataFrame"
     else:
@@ -102,16 +111,55 @@ def load_responses(source) -> LoggedResponses:
         readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
         if path.suffix not in readers:
             raise InvalidInputError(f"responses file {str(path)!r} must end in .csv or .parquet")
-        frame, where = readers[path.suffix](path), f"responses file {str(path)!r}"
-    return _from_frame(frame, where)
+        where = f"responses file {str(path)!r}"
+        if path.stat().st_size == 0:
+            raise InvalidInputError(f"{where} is empty; expected a header row and one row per response")
+        try:
+            frame = readers[path.suffix](path)
+        except Exception as err:  # noqa: BLE001  pandas/pyarrow raise many types for a malformed file
+            raise InvalidInputError(
+                f"{where} cannot be read as {path.suffix[1:]}: {type(err).__name__}: {err}"
+            ) from err
+    return _from_frame(frame, where, missing)
 
 
-def _from_frame(frame, where: str) -> LoggedResponses:
+def _is_wide(frame) -> bool:
+    return "model" not in frame.columns and any(str(c).endswith(f"{WIDE_SEPARATOR}correct") for c in frame.columns)
+
+
+def _wide_to_long(frame, where: str):
+    """The long table of a wide one; an empty `M|correct` cell is a response M did not give."""
     import pandas as pd
 
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise InvalidInputError(f"{where} lacks columns {missing}; expected {list(COLUMNS)}")
+    for column in ("query_id", "query"):
+        if column not in frame.columns:
+            raise InvalidInputError(f"{where} (wide format) lacks column {column!r}")
+    models = [str(c)[: -len("|correct")] for c in frame.columns if str(c).endswith(f"{WIDE_SEPARATOR}correct")]
+    lacking = [f"{m}{WIDE_SEPARATOR}cost" for m in models if f"{m}{WIDE_SEPARATOR}cost" not in frame.columns]
+    if lacking:
+        raise InvalidInputError(f"{where} (wide format) lacks cost columns {lacking}")
+    parts = []
+    for m in models:
+        answer = frame[f"{m}|answer"] if f"{m}|answer" in frame.columns else ""
+        part = pd.DataFrame({"query_id": frame["query_id"], "query": frame["query"], "model": m, "answer": answer,
+                             "correct": frame[f"{m}|correct"], "cost": frame[f"{m}|cost"]})
+        parts.append(part[part["correct"].notna()])
+    return pd.concat(parts, ignore_index=True) if parts else frame.iloc[:0]
+
+
+def _from_frame(frame, where: str, missing: str = "error") -> LoggedResponses:
+    import pandas as pd
+
+    if _is_wide(frame):
+        if len(frame) == 0:
+            raise InvalidInputError(f"{where} has no rows")
+        frame = _wide_to_long(frame, where)
+    absent = [c for c in COLUMNS if c not in frame.columns]
+    if absent:
+        raise InvalidInputError(
+            f"{where} lacks columns {absent}; expected {list(COLUMNS)} (long format) or query_id, query and "
+            f"per model M the columns M|correct, M|cost, M|answer (wide format)"
+        )
     if len(frame) == 0:
         raise InvalidInputError(f"{where} has no rows")
     frame = frame[list(COLUMNS)].copy()
@@ -150,12 +198,18 @@ def _from_frame(frame, where: str) -> LoggedResponses:
     query_ids = np.asarray(list(dict.fromkeys(frame["query_id"])), dtype=object)
     per_query = frame.groupby("query_id", sort=False)["model"].agg(set)
     incomplete = per_query[per_query.map(len) < len(models)]
-    if len(incomplete):
+    if len(incomplete) and missing == "drop":
+        if len(incomplete) == len(per_query):
+            raise InvalidInputError(f"{where}: no query has answers from all {len(models)} models {list(models)}")
+        frame = frame[~frame["query_id"].isin(set(incomplete.index))]
+        query_ids = np.asarray(list(dict.fromkeys(frame["query_id"])), dtype=object)
+    elif len(incomplete):
         qid = incomplete.index[0]
         lacking = sorted(set(models) - incomplete.iloc[0])
         raise InvalidInputError(
             f"{where}: {len(incomplete)} quer(ies) lack answers from some models, e.g. query_id {qid!r} "
-            f"lacks {lacking}; every query needs every model's answer"
+            f"lacks {lacking}; every query needs every model's answer (or load with missing='drop' to keep "
+            "the queries every model answered)"
         )
 
     q_pos = pd.Index(query_ids).get_indexer(frame["query_id"])

@@ -6,7 +6,13 @@ default is logistic regression, which can be saved as JSON (no pickle). `Callabl
 function, e.g. an alloyml model used as a judge.
 
 The optimiser must see scores the scorer produced on queries it was not trained on, otherwise it
-trusts the scorer too much and picks thresholds that fail on new queries: `out_of_fold_scores`.
+trusts the scorer too much and picks thresholds that fail on new queries (`out_of_fold_scores`). And
+the scorer that is served must produce scores distributed like those the thresholds were chosen on:
+a scorer refitted on all queries is more confident than its fold copies, so thresholds chosen on
+out-of-fold scores let more queries stop early, or fewer, than planned. So the served scorer is the
+fold ensemble itself (`FoldScorer`): a query's fold is a hash of its text, and it is scored by the
+copy fitted without that fold. On a training query this is exactly its out-of-fold score; on a new
+query it is a score from a copy that never saw it, drawn like the out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from alloyml.errors import InvalidInputError
+from alloyml.routing.estimator import BaseEstimator, require_fitted
 from alloyml.routing.responses import LoggedResponses
 
 
@@ -37,7 +44,7 @@ def _analyze(triple) -> list[str]:
     return text_tokens(*triple)
 
 
-class TextScorer:
+class TextScorer(BaseEstimator):
     """Any sklearn classifier over hashed text features of (query, answer, model).
 
     classifier: an unfitted sklearn classifier with `predict_proba` (default: liblinear LogisticRegression(C=1)).
@@ -74,6 +81,7 @@ class TextScorer:
 
     def predict_proba(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str]) -> np.ndarray:
         """[N] estimated P(correct)."""
+        require_fitted(self, "classifier_")
         proba = self.classifier_.predict_proba(self._features(queries, answers, models))
         return proba[:, list(self.classifier_.classes_).index(True)]
 
@@ -117,6 +125,7 @@ class HashedLinearScorer(TextScorer):
 
     def __init__(self, n_features: int, index: list[int], weight: list[float], intercept: float):
         super().__init__(n_features=n_features)
+        self.index, self.weight, self.intercept = index, weight, intercept  # the parameters, for get_params
         self.coef_ = np.zeros(n_features)
         self.coef_[np.asarray(index, dtype=np.int64)] = weight
         self.intercept_ = float(intercept)
@@ -152,19 +161,28 @@ class HashedLinearScorer(TextScorer):
 
 def scorer_to_dict(scorer) -> dict | None:
     """The scorer's JSON form, or None when it has none (a non-linear classifier, a callable)."""
+    if isinstance(scorer, FoldScorer):
+        parts = [scorer_to_dict(s) for s in scorer.scorers]
+        if any(p is None for p in parts):
+            return None
+        return {"kind": "fold_hashed", "seed": scorer.seed, "folds": parts}
     linear = isinstance(scorer, HashedLinearScorer) or (
         isinstance(scorer, TextScorer) and type(getattr(scorer, "classifier_", None)).__name__ == "LogisticRegression"
     )
     return scorer.to_dict() if linear else None
 
 
-def scorer_from_dict(data: dict) -> HashedLinearScorer:
+def scorer_from_dict(data: dict):
+    if data.get("kind") == "fold_hashed":
+        return FoldScorer([scorer_from_dict(part) for part in data["folds"]], data["seed"])
     if data.get("kind") != "hashed_logistic":
-        raise InvalidInputError(f"unknown scorer kind {data.get('kind')!r}; known: ['hashed_logistic']")
+        raise InvalidInputError(
+            f"unknown scorer kind {data.get('kind')!r}; known: ['fold_hashed', 'hashed_logistic']"
+        )
     return HashedLinearScorer(data["n_features"], data["index"], data["weight"], data["intercept"])
 
 
-class CallableScorer:
+class CallableScorer(BaseEstimator):
     """A scorer from a function `fn(queries, answers, models) -> [N] P(correct)`, e.g. an alloyml
     model's judge; it is already trained, so `fit` only returns self."""
 
@@ -198,16 +216,57 @@ def fit_scorer(scorer, responses: LoggedResponses):
     return scorer.fit(*_flat(responses, rows), responses.correct.reshape(-1))
 
 
-def out_of_fold_scores(scorer, responses: LoggedResponses, folds: int = 5, seed: int = 0) -> np.ndarray:
-    """[Q, M] scores, each from a copy of `scorer` fitted on the other folds of queries."""
+def query_folds(queries, folds: int, seed: int) -> np.ndarray:
+    """[N] fold of each query, from a hash of its text: the same text always lands in the same fold, in
+    training and in serving alike."""
+    from sklearn.utils import murmurhash3_32
+
+    return np.array([murmurhash3_32(str(q), seed=seed, positive=True) % folds for q in queries], dtype=np.int64)
+
+
+class FoldScorer(BaseEstimator):
+    """The served form of a cross-fitted scorer: query q is scored by `scorers[query_folds(q)]`, the copy
+    fitted without q's fold (see the module docstring). scorers: fitted scorers, one per fold."""
+
+    def __init__(self, scorers: list, seed: int = 0):
+        self.scorers = scorers
+        self.seed = seed
+
+    def fit(self, *args, **kwargs):
+        raise InvalidInputError("a FoldScorer is built already fitted; use fit_fold_scorer")
+
+    def predict_proba(self, queries, answers, models) -> np.ndarray:
+        queries, answers, models = (np.asarray(list(x), dtype=object) for x in (queries, answers, models))
+        fold = query_folds(queries, len(self.scorers), self.seed)
+        out = np.empty(len(queries))
+        for k in np.unique(fold):
+            rows = np.flatnonzero(fold == k)
+            out[rows] = self.scorers[k].predict_proba(queries[rows], answers[rows], models[rows])
+        return out
+
+
+def fit_fold_scorer(scorer, responses: LoggedResponses, folds: int = 5, seed: int = 0
+                    ) -> tuple[np.ndarray, FoldScorer]:
+    """Cross-fit `scorer`: ([Q, M] out-of-fold scores, the `FoldScorer` that reproduces them on these
+    queries and scores new ones alike). Folds are `query_folds` of the query texts."""
     from sklearn.base import clone
 
     if folds < 2 or folds > responses.n_queries:
         raise InvalidInputError(f"folds must be in [2, n_queries={responses.n_queries}], got {folds}")
-    fold_of = np.random.default_rng(seed).permutation(responses.n_queries) % folds
+    fold_of = query_folds(responses.queries, folds, seed)
+    if len(np.unique(fold_of)) < 2:
+        raise InvalidInputError(f"all {responses.n_queries} query texts hash into one fold; need more queries")
     scores = np.empty(responses.correct.shape)
+    parts = []
     for k in range(folds):
         train, held = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
         part = clone(scorer, safe=False).fit(*_flat(responses, train), responses.correct[train].reshape(-1))
-        scores[held] = part.predict_proba(*_flat(responses, held)).reshape(len(held), -1)
-    return scores
+        if len(held):
+            scores[held] = part.predict_proba(*_flat(responses, held)).reshape(len(held), -1)
+        parts.append(part)
+    return scores, FoldScorer(parts, seed)
+
+
+def out_of_fold_scores(scorer, responses: LoggedResponses, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """[Q, M] scores, each from a copy of `scorer` fitted on the other folds of queries."""
+    return fit_fold_scorer(scorer, responses, folds, seed)[0]

@@ -73,3 +73,47 @@ def test_synthetic_models_trade_cost_for_accuracy():
     # Shared difficulty: the cheapest and dearest models are right together more often than chance.
     both = (r.correct[:, 0] & r.correct[:, -1]).mean()
     assert both > accuracy[0] * accuracy[-1] + 0.02
+
+
+def test_wide_format_equals_long_format():
+    original = make_logged_responses(20, 3, seed=6)
+    long = original.to_frame()
+    wide = long.pivot(index=["query_id", "query"], columns="model", values=["correct", "cost", "answer"])
+    wide.columns = [f"{model}|{field}" for field, model in wide.columns]
+    wide = wide.reset_index()
+    back = load_responses(wide)
+    assert set(back.models) == set(original.models)
+    order = [back.model_index(m) for m in original.models]
+    rows = [list(back.query_ids).index(q) for q in original.query_ids]
+    np.testing.assert_array_equal(back.correct[np.ix_(rows, order)], original.correct)
+    np.testing.assert_allclose(back.cost[np.ix_(rows, order)], original.cost)
+    assert back.answers[np.ix_(rows, order)].tolist() == original.answers.tolist()
+
+
+def test_sparse_logs_refused_by_default_or_dropped():
+    frame = pd.concat([_frame(), pd.DataFrame({"query_id": ["c"], "query": ["3+3?"], "model": ["small"],
+                                               "answer": ["6"], "correct": [True], "cost": [1.0]})])
+    with pytest.raises(InvalidInputError, match="query_id 'c' lacks \\['big'\\].*missing='drop'"):
+        load_responses(frame)
+    kept = load_responses(frame, missing="drop")
+    assert list(kept.query_ids) == ["a", "b"] and kept.correct.tolist() == [[False, True], [True, True]]
+    # the same sparse log in wide format: an empty cell is a response that was not given
+    wide = pd.DataFrame({"query_id": ["a", "c"], "query": ["2+2?", "3+3?"], "small|correct": [0, 1],
+                         "small|cost": [1, 1], "big|correct": [1, None], "big|cost": [10, None]})
+    assert list(load_responses(wide, missing="drop").query_ids) == ["a"]
+    with pytest.raises(InvalidInputError, match="no query has answers from all"):
+        load_responses(frame[(frame["query_id"] == "c") | (frame["model"] == "big")].iloc[[0, 2]], missing="drop")
+    with pytest.raises(InvalidInputError, match="missing must be one of"):
+        load_responses(frame, missing="ignore")
+
+
+def test_empty_and_malformed_files_are_clear_errors(tmp_path):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(InvalidInputError, match="is empty"):
+        load_responses(tmp_path / "empty.csv")
+    (tmp_path / "header.csv").write_text("query_id,query,model,answer,correct,cost\n")
+    with pytest.raises(InvalidInputError, match="has no rows"):
+        load_responses(tmp_path / "header.csv")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InvalidInputError, match="cannot be read as parquet"):
+        load_responses(tmp_path / "bad.parquet")

@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alloyml.automl.inference import InferenceSpace, TokenPrice, any_correct, majority_vote
@@ -25,6 +24,7 @@ from alloyml.automl.prompting import Example
 from alloyml.automl.space import Param, Prior, sample_prior
 from alloyml.automl.tasks import TASKS
 from alloyml.errors import AlloyError, ConfigError
+from alloyml.yaml_config import describe_error, load_yaml_model
 
 # Datasets that ship inside scikit-learn, loaded by `sklearn.datasets.load_<name>` (nothing is downloaded).
 SklearnDataset = Literal["breast_cancer", "diabetes", "digits", "iris", "wine"]
@@ -429,7 +429,7 @@ def _read_examples(path: Path) -> list[Example]:
             row = _Row.model_validate(json.loads(line))
         except (json.JSONDecodeError, ValidationError) as err:
             raise ConfigError(f'{path} line {number}: expected a JSON object {{"input": str, "target": str}}: '
-                              f"{_describe(err)}") from None
+                              f"{describe_error(err)}") from None
         examples.append(Example(row.input, row.target))
     if not examples:
         raise ConfigError(f"{path} has no examples")
@@ -441,36 +441,5 @@ Config = TypeVar("Config", HPOConfig, InferenceTuningConfig)
 
 
 def load_tune_config(path: str | Path, schema: type[Config]) -> Config:
-    """Read and validate a YAML config; ConfigError naming the file, each bad key and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tune config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"tune config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"tune config {path}: expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return schema.model_validate(data, context={"base_dir": path.parent})
-    except ValidationError as err:
-        raise ConfigError(f"tune config {path} is invalid: {_problems(err)}") from None
-
-
-def _problems(err: ValidationError) -> str:
-    """`key.path: what was expected` per error; rules over several keys name their keys themselves."""
-
-    def message(e) -> str:
-        if e["type"] == "extra_forbidden":
-            return "unknown key"
-        if e["type"] == "union_tag_not_found":
-            return f"missing the key {e['ctx']['discriminator']} that says which form this is"
-        return e["msg"].removeprefix("Value error, ")
-
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {message(e)}" if e["loc"] else message(e) for e in err.errors()
-    )
-
-
-def _describe(err: Exception) -> str:
-    return _problems(err) if isinstance(err, ValidationError) else str(err)
+    """Read and validate a YAML config file; ConfigError naming the file, each bad key and what was expected."""
+    return load_yaml_model(Path(path), schema, what="tune config")

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
+from alloyml.atomic import atomic_directory
 from alloyml.merging.checkpoints import Checkpoint, open_checkpoint
-from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.config import MergeConfig, load_merge_config
 from alloyml.merging.model_files import copy_model_files, output_model_config
 from alloyml.merging.plan import TensorSource, TensorTask, plan_merge, torch_dtype
 from alloyml.merging.registry import get_method
-from alloyml.merging.writer import ShardedWriter, staged_directory
+from alloyml.merging.writer import ShardedWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
@@ -139,7 +140,7 @@ def merge(
     returned in `MergeResult.state_dict`.
     """
     total_start = time.perf_counter()
-    config = load_config(config)
+    config = load_merge_config(config)
     if config.backend == "mergekit":
         from alloyml.merging.mergekit_backend import run_mergekit
 
@@ -160,7 +161,7 @@ def merge(
             state_dict = {}
             timings.update(run_tasks(config, checkpoints, tasks, state_dict.__setitem__, progress))
         else:
-            with staged_directory(out_dir, overwrite) as staging:
+            with atomic_directory(out_dir, overwrite=overwrite) as staging:
                 writer = ShardedWriter(staging, {t.name: t.out for t in tasks}, max_shard_bytes)
                 timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress))
                 writer.close()

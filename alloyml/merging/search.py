@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from alloyml.errors import InvalidInputError
-from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.config import MergeConfig, load_merge_config
 from alloyml.merging.registry import get_method
 
 DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "t": (0.0, 1.0), "lambda": (0.0, 2.0)}
@@ -106,7 +106,7 @@ def search_merge(
     if isinstance(template, MergeConfig):
         template = template.model_dump(mode="json", exclude_defaults=True)
     elif not isinstance(template, dict):
-        template = load_config(template).model_dump(mode="json", exclude_defaults=True)
+        template = load_merge_config(template).model_dump(mode="json", exclude_defaults=True)
     if "models" not in template:
         raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
     if layer_groups < 1 or n_trials < 1:
@@ -118,7 +118,7 @@ def search_merge(
         raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
     dims = len(slots) * layer_groups
     x0 = [0.5] * dims
-    load_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
+    load_merge_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
 
     options = {"bounds": [0, 1], "seed": seed + 1, "verbose": -9}  # cma treats seed 0 as "random"
     if popsize:
@@ -143,7 +143,7 @@ def search_merge(
     if not scored:
         raise InvalidInputError(f"every merge-search trial failed; first error: {trials[0].error}")
     best = max(scored, key=lambda t: t.score)
-    best_config = load_config(best.config)
+    best_config = load_merge_config(best.config)
     return SearchResult(best_config, best_config.to_yaml(), best.score, trials, time.perf_counter() - start)
 
 

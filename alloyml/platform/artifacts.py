@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alloyml.atomic import write_atomic
 from alloyml.errors import InvalidInputError, NotFoundError
-from alloyml.platform.atomic import write_atomic
 
 _KEY_PATTERN = re.compile(r"^[a-z0-9_\-]+/[0-9a-f]{64}\.(npy|json|safetensors|bin)$")
 

@@ -22,7 +22,7 @@ from alloyml.automl.metrics import METRICS, get_metric
 from alloyml.automl.objectives import CrossValObjective, LMTrainingObjective, SklearnObjective
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, PromptScore, evaluate_prompt
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, sample_prior
-from alloyml.automl.tasks import TASKS, Task, get_task
+from alloyml.automl.tasks import PROMPT_TASKS, Task, get_task
 from alloyml.trials import SearchResult, TrialCallback, TrialRecord
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
     "PromptScore",
     "SearchResult",
     "SklearnObjective",
-    "TASKS",
+    "PROMPT_TASKS",
     "Task",
     "TokenPrice",
     "TrialCallback",

@@ -22,7 +22,7 @@ from alloyml.automl.inference import InferenceSpace, TokenPrice, any_correct, ma
 from alloyml.automl.metrics import METRICS
 from alloyml.automl.prompting import Example
 from alloyml.automl.space import Param, Prior, sample_prior
-from alloyml.automl.tasks import TASKS
+from alloyml.automl.tasks import PROMPT_TASKS
 from alloyml.errors import AlloyError, ConfigError
 from alloyml.yaml_config import describe_error, load_yaml_model
 
@@ -368,8 +368,8 @@ class InferenceTuningConfig(BaseModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str | None) -> str | None:
-        if value is not None and value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; known: {sorted(TASKS)}")
+        if value is not None and value not in PROMPT_TASKS:
+            raise ValueError(f"unknown task {value!r}; known: {sorted(PROMPT_TASKS)}")
         return value
 
     @field_validator("data")
@@ -393,7 +393,7 @@ class InferenceTuningConfig(BaseModel):
     def _one_source(self):
         if (self.task is None) == (self.data is None):
             raise ValueError("give exactly one of task (a built-in task) or data (a JSONL file)")
-        builtin = TASKS.get(self.task)
+        builtin = PROMPT_TASKS.get(self.task)
         self.instruction = self.instruction if self.instruction is not None else builtin.instruction if builtin else ""
         self.metric = self.metric or (builtin.metric if builtin else "exact")
         return self
@@ -401,7 +401,7 @@ class InferenceTuningConfig(BaseModel):
     def examples(self) -> list[Example]:
         """The task's examples or the file's rows (each `{"input": str, "target": str}`), first `max_examples`."""
         if self.task is not None:
-            rows = list(TASKS[self.task].examples)
+            rows = list(PROMPT_TASKS[self.task].examples)
         else:
             rows = _read_examples(self.data)
         return rows[: self.max_examples]

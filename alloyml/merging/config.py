@@ -58,7 +58,9 @@ class ConditionalValue(BaseModel):
 ParameterSetting = Scalar | list[Scalar] | ConditionalValue | list[ConditionalValue]
 
 
-class ModelSpec(BaseModel):
+class MergeModelEntry(BaseModel):
+    """One entry of a merge config's `models:` list: a model and the parameters it is merged with."""
+
     model_config = ConfigDict(extra="forbid")
     model: str
     parameters: dict[str, ParameterSetting] = {}
@@ -106,7 +108,7 @@ class MergeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     base_model: str | None = None
-    models: list[ModelSpec] | None = None
+    models: list[MergeModelEntry] | None = None
     slices: list[OutputSlice] | None = None
     parameters: dict[str, ParameterSetting] = {}
     dtype: DTypeName | None = None
@@ -168,7 +170,7 @@ class MergeConfig(BaseModel):
             )
         return self
 
-    def merged_models(self) -> list[ModelSpec]:
+    def merged_models(self) -> list[MergeModelEntry]:
         """With `models`: the models that are combined (the base model excluded for methods that use one)."""
         return _merged(get_method(self.merge_method), self.models, self.base_model)
 
@@ -201,12 +203,16 @@ class MergeConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
 
-def _merged(method: MergeMethod, specs: list[ModelSpec] | list[SliceSource], base: str | None) -> list:
+def _merged(method: MergeMethod, specs: list[MergeModelEntry] | list[SliceSource], base: str | None) -> list:
     return [s for s in specs if not (method.uses_base and s.model == base)]
 
 
 def _check_inputs(
-    method: MergeMethod, label: str, specs: list[ModelSpec] | list[SliceSource], base: str | None, shared: list[dict]
+    method: MergeMethod,
+    label: str,
+    specs: list[MergeModelEntry] | list[SliceSource],
+    base: str | None,
+    shared: list[dict],
 ) -> None:
     """Rules shared by `models` and each slice's `sources`: names, counts and where parameters are set.
     `shared` holds the enclosing parameter scopes (the slice's, then the top level's)."""

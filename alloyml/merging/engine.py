@@ -30,7 +30,7 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 
 @dataclass
-class MergeInput:
+class InputModel:
     """One input model: its name in the config, its role and the parameters given for it (with `slices`,
     in the first slice that takes it), and the layer ranges taken from it (`slices` only)."""
 
@@ -47,7 +47,7 @@ class MergeResult:
     method: str
     backend: str
     config: dict[str, Any]
-    inputs: list[MergeInput]
+    inputs: list[InputModel]
     output_path: str | None
     state_dict: dict[str, torch.Tensor] | None
     num_tensors: int
@@ -109,15 +109,15 @@ def _plain(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in parameters.items()}
 
 
-def merge_inputs(config: MergeConfig) -> list[MergeInput]:
+def merge_inputs(config: MergeConfig) -> list[InputModel]:
     """The input models, each once, for the result and the lineage the merge workflow records."""
     if config.models is not None:
-        inputs = [MergeInput(config.base_model, "base", {})] if get_method(config.merge_method).uses_base else []
-        return inputs + [MergeInput(spec.model, "merged", _plain(spec.parameters)) for spec in config.merged_models()]
-    by_model: dict[str, MergeInput] = {}
+        inputs = [InputModel(config.base_model, "base", {})] if get_method(config.merge_method).uses_base else []
+        return inputs + [InputModel(spec.model, "merged", _plain(spec.parameters)) for spec in config.merged_models()]
+    by_model: dict[str, InputModel] = {}
     for out_slice in config.slices:
         for src in out_slice.sources:
-            item = by_model.setdefault(src.model, MergeInput(src.model, "merged", _plain(src.parameters)))
+            item = by_model.setdefault(src.model, InputModel(src.model, "merged", _plain(src.parameters)))
             item.role = "base" if src.model == config.slice_base(out_slice) else item.role
             item.layer_ranges.append(src.layer_range)
     return list(by_model.values())

@@ -43,3 +43,13 @@ def test_pickled_npy_is_never_loaded(tmp_path):
     key = store.put_bytes(buffer.getvalue(), kind="array", ext="npy")
     with pytest.raises(ValueError, match="allow_pickle"):
         store.get_array(key)
+
+
+def test_arrays_can_be_memory_mapped(tmp_path):
+    store = ArtifactStore(tmp_path)
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    mapped = store.get_array(store.put_array(array), mmap=True)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, array)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        store.get_array("array/" + "0" * 64 + ".npy", mmap=True)

@@ -1,4 +1,5 @@
-"""Drive the running dashboard in a real browser: the browser test and the README screenshot use this.
+"""Drive the running dashboard in a real browser: the browser test (tests/ui/test_browser.py) and the README
+screenshot (benchmarks/ui.py) use this; a test harness, so it lives with the tests, not in the package.
 
 The browser is Debian's headless Chromium (`apt-get install chromium`), driven by Playwright for Python;
 Playwright never downloads a browser of its own here.

@@ -49,7 +49,7 @@ class PointPlan(BaseModel):
 
 class CascadePlan(BaseModel):
     """A fitted cascade: frontier points by increasing cost, the index of the chosen one, the scorer's
-    JSON form (`TextScorer.to_dict`), and optional model specs (`adapters.build_model`) for serving."""
+    JSON form (`TextScorer.to_dict`), and optional model specs (`adapters.build_stage`) for serving."""
 
     format: Literal["alloyml.cascade/1"] = PLAN_FORMAT
     models: list[str] = Field(min_length=1)

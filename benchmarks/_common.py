@@ -1,5 +1,6 @@
-"""Shared plumbing for benchmark scripts: the machine description, timers and the results file in the
-format of shared/BENCHMARKS.md. Each `benchmarks/<topic>.py` builds rows with `row(...)` and calls
+"""Shared plumbing for benchmark scripts: the machine description, timers and the results file
+(`{"topic", "when", "machine", "command", "rows": [...]}`, one row per compared case, as `row(...)` builds
+it). Each `benchmarks/<topic>.py` builds rows with `row(...)` and calls
 `write_results(topic, rows)`; `python benchmarks/make_table.py` regenerates benchmarks/README.md."""
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from alloyml.atomic import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -61,7 +64,7 @@ def row(case, metric, alloyml, peers=None, ratio=None, target=None, met=None, no
 
 
 def write_results(topic: str, rows: list[dict], suffix: str = "", **extra) -> Path:
-    """Write benchmarks/results/<topic><suffix>.json (temp-then-rename) and return its path."""
+    """Write benchmarks/results/<topic><suffix>.json (whole or not at all) and return its path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     payload = {
         "topic": topic,
@@ -72,8 +75,6 @@ def write_results(topic: str, rows: list[dict], suffix: str = "", **extra) -> Pa
     }
     payload.update(extra)
     path = RESULTS_DIR / f"{topic}{suffix}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(payload, indent=2, default=float) + "\n").encode())
     print(f"wrote {path}")
     return path

@@ -184,7 +184,8 @@ def render_seconds(page: str) -> float:
 
 
 def screenshot(home: Path, path: Path) -> None:
-    from alloyml.ui import browser
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the browser harness lives with the tests
+    from tests.ui import browser
 
     with browser.running_dashboard({"ALLOYML_HOME": str(home)}) as base, browser.chromium_page(1400, 1700) as page:
         browser.open_page(page, f"{base}/data_values", "Methods side by side")

@@ -48,5 +48,5 @@ template = {"merge_method": "task_arithmetic", "base_model": config["base_model"
 for spec in template["models"]:
     spec.pop("parameters", None)
 found = search_merge(template, metric, layer_groups=2, n_trials=60, parallel=False, seed=0,
-                     on_trial=lambda t: print(f"trial {t.number:2d}: score {t.score:.4f} {t.values}"))  # fmt: skip
+                     on_trial=lambda t: print(f"trial {t.trial_id:>2}: {t.metrics} {t.extra['values']}"))  # fmt: skip
 print(f"best score {found.best_score:.4f} after {len(found.trials)} trials; best config:\n{found.best_yaml}")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from alloyml.demo import run_demo
+from alloyml.commands.demo import run_demo
 from alloyml.platform.client import Platform
 from alloyml.workflows.builtin.demo import DEMO_CONFIGS
 

@@ -8,7 +8,7 @@ cheap.
 
 from alloyml.automl.ape import APEResult, InstructionScore, ape
 from alloyml.automl.dspy_bridge import AlloyEngine, DSPyRunResult, dspy_lm, run_dspy_optimizer
-from alloyml.automl.hpo import SearchResult, hyperparameter_search
+from alloyml.automl.hpo import hyperparameter_search
 from alloyml.automl.inference import (
     InferenceConfig,
     InferenceSpace,
@@ -21,8 +21,8 @@ from alloyml.automl.metrics import METRICS, get_metric
 from alloyml.automl.objectives import CrossValObjective, LMTrainingObjective, SklearnObjective
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, PromptScore, evaluate_prompt
 from alloyml.automl.space import Choice, IntUniform, Prior, Uniform, sample_prior
-from alloyml.automl.tasks import TASKS, Task, get_task
-from alloyml.automl.trials import TrialCallback, TrialRecord
+from alloyml.automl.tasks import PROMPT_TASKS, Task, get_task
+from alloyml.trials import SearchResult, TrialCallback, TrialRecord
 
 __all__ = [
     "APEResult",
@@ -43,7 +43,7 @@ __all__ = [
     "PromptScore",
     "SearchResult",
     "SklearnObjective",
-    "TASKS",
+    "PROMPT_TASKS",
     "Task",
     "TrialCallback",
     "TrialRecord",

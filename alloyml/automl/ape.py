@@ -18,9 +18,9 @@ import numpy as np
 
 from alloyml.automl.metrics import Metric, normalize
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, check_template, evaluate_prompt
-from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
 from alloyml.lm import ModelLike, as_lm
+from alloyml.trials import TrialCallback, TrialRecord
 
 PROPOSE_TEMPLATE = (
     "I gave a friend an instruction and some inputs. The friend read the instruction and wrote an "

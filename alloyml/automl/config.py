@@ -15,17 +15,17 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from alloyml.automl.inference import InferenceSpace, any_correct, majority_vote
 from alloyml.automl.metrics import METRICS
 from alloyml.automl.prompting import Example
 from alloyml.automl.space import Param, Prior, sample_prior
-from alloyml.automl.tasks import TASKS
+from alloyml.automl.tasks import PROMPT_TASKS
 from alloyml.errors import AlloyError, ConfigError
 from alloyml.lm import TOKEN_COUNT, LMSpec, Price
 from alloyml.refs import import_object, resolve_path
+from alloyml.yaml_config import describe_error, load_yaml_model
 
 # Datasets that ship inside scikit-learn, loaded by `sklearn.datasets.load_<name>` (nothing is downloaded).
 SklearnDataset = Literal["breast_cancer", "diabetes", "digits", "iris", "wine"]
@@ -263,8 +263,8 @@ class InferenceTuningConfig(BaseModel):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str | None) -> str | None:
-        if value is not None and value not in TASKS:
-            raise ValueError(f"unknown task {value!r}; known: {sorted(TASKS)}")
+        if value is not None and value not in PROMPT_TASKS:
+            raise ValueError(f"unknown task {value!r}; known: {sorted(PROMPT_TASKS)}")
         return value
 
     @field_validator("data")
@@ -288,7 +288,7 @@ class InferenceTuningConfig(BaseModel):
     def _one_source(self):
         if (self.task is None) == (self.data is None):
             raise ValueError("give exactly one of task (a built-in task) or data (a JSONL file)")
-        builtin = TASKS.get(self.task)
+        builtin = PROMPT_TASKS.get(self.task)
         self.instruction = self.instruction if self.instruction is not None else builtin.instruction if builtin else ""
         self.metric = self.metric or (builtin.metric if builtin else "exact")
         return self
@@ -296,7 +296,7 @@ class InferenceTuningConfig(BaseModel):
     def examples(self) -> list[Example]:
         """The task's examples or the file's rows (each `{"input": str, "target": str}`), first `max_examples`."""
         if self.task is not None:
-            rows = list(TASKS[self.task].examples)
+            rows = list(PROMPT_TASKS[self.task].examples)
         else:
             rows = _read_examples(self.data)
         return rows[: self.max_examples]
@@ -324,7 +324,7 @@ def _read_examples(path: Path) -> list[Example]:
             row = _Row.model_validate(json.loads(line))
         except (json.JSONDecodeError, ValidationError) as err:
             raise ConfigError(f'{path} line {number}: expected a JSON object {{"input": str, "target": str}}: '
-                              f"{_describe(err)}") from None
+                              f"{describe_error(err)}") from None
         examples.append(Example(row.input, row.target))
     if not examples:
         raise ConfigError(f"{path} has no examples")
@@ -336,36 +336,5 @@ Config = TypeVar("Config", HPOConfig, InferenceTuningConfig)
 
 
 def load_tune_config(path: str | Path, schema: type[Config]) -> Config:
-    """Read and validate a YAML config; ConfigError naming the file, each bad key and what was expected."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"tune config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"tune config {path} is not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"tune config {path}: expected a mapping of keys, got {type(data).__name__}")
-    try:
-        return schema.model_validate(data, context={"base_dir": path.parent})
-    except ValidationError as err:
-        raise ConfigError(f"tune config {path} is invalid: {_problems(err)}") from None
-
-
-def _problems(err: ValidationError) -> str:
-    """`key.path: what was expected` per error; rules over several keys name their keys themselves."""
-
-    def message(e) -> str:
-        if e["type"] == "extra_forbidden":
-            return "unknown key"
-        if e["type"] == "union_tag_not_found":
-            return f"missing the key {e['ctx']['discriminator']} that says which form this is"
-        return e["msg"].removeprefix("Value error, ")
-
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {message(e)}" if e["loc"] else message(e) for e in err.errors()
-    )
-
-
-def _describe(err: Exception) -> str:
-    return _problems(err) if isinstance(err, ValidationError) else str(err)
+    """Read and validate a YAML config file; ConfigError naming the file, each bad key and what was expected."""
+    return load_yaml_model(Path(path), schema, what="tune config")

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
 from alloyml.lm import ModelLike, as_lm
+from alloyml.trials import TrialCallback, TrialRecord
 
 
 class AlloyEngine:

@@ -16,35 +16,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from alloyml.automl.space import Prior, parse_space, sample_prior, to_tune
-from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
 from alloyml.home import alloyml_home
+from alloyml.trials import SearchResult, TrialCallback, TrialRecord
 
 Objective = Callable[[dict[str, Any], Callable[[dict[str, float]], None]], None]
 SEARCHERS = ("optuna", "random")
-
-
-@dataclass
-class SearchResult:
-    """All trials in the order they finished; the best is taken among trials that ran every step."""
-
-    trials: list[TrialRecord]
-    best_config: dict[str, Any]
-    best_score: float
-    metric: str
-    mode: str
-    storage_path: str
-
-    @property
-    def scores(self) -> np.ndarray:
-        return np.array([t.metrics.get(self.metric, np.nan) for t in self.trials])
 
 
 def _run_trial(config, objective):
@@ -162,6 +143,7 @@ def hyperparameter_search(
         if asha
         else FIFOScheduler()
     )
+    start = time.perf_counter()
     root = Path(storage_path) if storage_path else alloyml_home() / "tune"
     root.mkdir(parents=True, exist_ok=True)
     name = f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -195,4 +177,5 @@ def hyperparameter_search(
         raise InvalidInputError(f"no trial reported metric {metric!r}; check the objective's report() calls")
     sign = 1.0 if mode == "max" else -1.0
     best = max(full, key=lambda t: sign * t.metrics[metric])
-    return SearchResult(records, best.config, best.metrics[metric], metric, mode, str(root / name))
+    return SearchResult(records, best.config, best.metrics[metric], metric=metric, mode=mode,
+                        seconds=time.perf_counter() - start, storage_path=str(root / name))

@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alloyml.automl.metrics import Metric, get_metric, normalize
 from alloyml.automl.prompting import Example, check_template
-from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import InvalidInputError
 from alloyml.lm import TOKEN_COUNT, ModelLike, Price, as_lm
+from alloyml.trials import TrialCallback, TrialRecord
 
 Utility = Callable[[list[str], str], float]
 

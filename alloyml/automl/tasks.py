@@ -33,18 +33,18 @@ class Task:
         return shuffled[:n_demos], dev
 
 
-TASKS: dict[str, Task] = {}
+PROMPT_TASKS: dict[str, Task] = {}
 
 
 def _task(name: str, instruction: str, pairs: str) -> None:
     examples = tuple(Example(*(s.strip() for s in line.split("|"))) for line in pairs.strip().splitlines())
-    TASKS[name] = Task(name, instruction, examples)
+    PROMPT_TASKS[name] = Task(name, instruction, examples)
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise InvalidInputError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name]
+    if name not in PROMPT_TASKS:
+        raise InvalidInputError(f"unknown task {name!r}; known: {sorted(PROMPT_TASKS)}")
+    return PROMPT_TASKS[name]
 
 
 _task(

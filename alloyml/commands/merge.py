@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     # Merging is memory-bound, so extra threads gain little; spinning OpenMP workers, though, burn the
     # CPU that other processes on a shared machine need (measured: 4x wall time under load).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from alloyml.merging import get_method, known_methods, load_config, merge
+    from alloyml.merging import get_method, known_methods, load_merge_config, merge
 
     if args.methods:
         for name in known_methods():
@@ -42,7 +42,7 @@ def _run(args: argparse.Namespace) -> int:
         from alloyml.errors import InvalidInputError
 
         raise InvalidInputError("usage: alloyml merge CONFIG.yaml OUT_DIR (or --methods)")
-    config = load_config(args.config)
+    config = load_merge_config(args.config)
     if args.backend:
         config = config.model_copy(update={"backend": args.backend})
     result = merge(

@@ -210,7 +210,7 @@ def _write_json(path: Path, payload: dict) -> None:
     """Write `payload` as JSON, whole or not at all."""
     import json
 
-    from alloyml.platform.atomic import write_atomic
+    from alloyml.atomic import write_atomic
 
     def plain(value):
         if hasattr(value, "item"):  # numpy scalars that Ray Tune's samplers return

@@ -9,17 +9,17 @@ result = merge("merge.yaml", "out/")          # or merge({...}, sources={"base":
 """
 
 from alloyml.merging.checkpoints import open_checkpoint
-from alloyml.merging.config import MergeConfig, load_config
-from alloyml.merging.engine import MergeInput, MergeResult, merge
+from alloyml.merging.config import MergeConfig, load_merge_config
+from alloyml.merging.engine import InputModel, MergeResult, merge
 from alloyml.merging.registry import get_method, known_methods, merge_method
 
 __all__ = [
     "MergeConfig",
-    "MergeInput",
+    "InputModel",
     "MergeResult",
     "get_method",
     "known_methods",
-    "load_config",
+    "load_merge_config",
     "merge",
     "merge_method",
     "open_checkpoint",

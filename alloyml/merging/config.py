@@ -34,15 +34,14 @@ names the layer tensors when they are not named like a known architecture (see `
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from alloyml.errors import ConfigError
 from alloyml.merging.layers import LayerNaming
 from alloyml.merging.registry import MergeMethod, get_method
+from alloyml.yaml_config import load_yaml_model
 
 Scalar = bool | int | float | str
 DTypeName = Literal["float32", "float16", "bfloat16", "float64"]
@@ -59,7 +58,9 @@ class ConditionalValue(BaseModel):
 ParameterSetting = Scalar | list[Scalar] | ConditionalValue | list[ConditionalValue]
 
 
-class ModelSpec(BaseModel):
+class MergeModelEntry(BaseModel):
+    """One entry of a merge config's `models:` list: a model and the parameters it is merged with."""
+
     model_config = ConfigDict(extra="forbid")
     model: str
     parameters: dict[str, ParameterSetting] = {}
@@ -107,7 +108,7 @@ class MergeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     merge_method: str
     base_model: str | None = None
-    models: list[ModelSpec] | None = None
+    models: list[MergeModelEntry] | None = None
     slices: list[OutputSlice] | None = None
     parameters: dict[str, ParameterSetting] = {}
     dtype: DTypeName | None = None
@@ -169,7 +170,7 @@ class MergeConfig(BaseModel):
             )
         return self
 
-    def merged_models(self) -> list[ModelSpec]:
+    def merged_models(self) -> list[MergeModelEntry]:
         """With `models`: the models that are combined (the base model excluded for methods that use one)."""
         return _merged(get_method(self.merge_method), self.models, self.base_model)
 
@@ -202,12 +203,16 @@ class MergeConfig(BaseModel):
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
 
-def _merged(method: MergeMethod, specs: list[ModelSpec] | list[SliceSource], base: str | None) -> list:
+def _merged(method: MergeMethod, specs: list[MergeModelEntry] | list[SliceSource], base: str | None) -> list:
     return [s for s in specs if not (method.uses_base and s.model == base)]
 
 
 def _check_inputs(
-    method: MergeMethod, label: str, specs: list[ModelSpec] | list[SliceSource], base: str | None, shared: list[dict]
+    method: MergeMethod,
+    label: str,
+    specs: list[MergeModelEntry] | list[SliceSource],
+    base: str | None,
+    shared: list[dict],
 ) -> None:
     """Rules shared by `models` and each slice's `sources`: names, counts and where parameters are set.
     `shared` holds the enclosing parameter scopes (the slice's, then the top level's)."""
@@ -246,27 +251,6 @@ def _check_inputs(
             raise ValueError(f"merge method {method.name!r} needs parameter {p.name!r}{where}")
 
 
-def load_config(source: MergeConfig | dict | str | os.PathLike) -> MergeConfig:
+def load_merge_config(source: MergeConfig | dict | str | os.PathLike) -> MergeConfig:
     """Validate a config given as a model, a dict, a YAML file path or YAML text."""
-    if isinstance(source, MergeConfig):
-        return source
-    if isinstance(source, str | os.PathLike) and not (isinstance(source, str) and "\n" in source):
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(f"merge config file {path} does not exist")
-        data: Any = yaml.safe_load(path.read_text())
-        label = str(path)
-    elif isinstance(source, str):
-        data, label = yaml.safe_load(source), "<yaml text>"
-    else:
-        data, label = source, "<dict>"
-    if not isinstance(data, dict):
-        raise ConfigError(f"merge config {label}: expected a mapping, got {type(data).__name__}")
-    try:
-        return MergeConfig.model_validate(data)
-    except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        )
-        raise ConfigError(f"merge config {label} is invalid: {problems}") from None
+    return load_yaml_model(source, MergeConfig, what="merge config")

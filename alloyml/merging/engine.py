@@ -18,18 +18,19 @@ from typing import Any
 
 import torch
 
+from alloyml.atomic import atomic_directory
 from alloyml.merging.checkpoints import Checkpoint, open_checkpoint
-from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.config import MergeConfig, load_merge_config
 from alloyml.merging.model_files import copy_model_files, output_model_config
 from alloyml.merging.plan import TensorSource, TensorTask, plan_merge, torch_dtype
 from alloyml.merging.registry import get_method
-from alloyml.merging.writer import ShardedWriter, staged_directory
+from alloyml.merging.writer import ShardedWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 
 @dataclass
-class MergeInput:
+class InputModel:
     """One input model: its name in the config, its role and the parameters given for it (with `slices`,
     in the first slice that takes it), and the layer ranges taken from it (`slices` only)."""
 
@@ -46,7 +47,7 @@ class MergeResult:
     method: str
     backend: str
     config: dict[str, Any]
-    inputs: list[MergeInput]
+    inputs: list[InputModel]
     output_path: str | None
     state_dict: dict[str, torch.Tensor] | None
     num_tensors: int
@@ -108,15 +109,15 @@ def _plain(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in parameters.items()}
 
 
-def merge_inputs(config: MergeConfig) -> list[MergeInput]:
+def merge_inputs(config: MergeConfig) -> list[InputModel]:
     """The input models, each once, for the result and the lineage the merge workflow records."""
     if config.models is not None:
-        inputs = [MergeInput(config.base_model, "base", {})] if get_method(config.merge_method).uses_base else []
-        return inputs + [MergeInput(spec.model, "merged", _plain(spec.parameters)) for spec in config.merged_models()]
-    by_model: dict[str, MergeInput] = {}
+        inputs = [InputModel(config.base_model, "base", {})] if get_method(config.merge_method).uses_base else []
+        return inputs + [InputModel(spec.model, "merged", _plain(spec.parameters)) for spec in config.merged_models()]
+    by_model: dict[str, InputModel] = {}
     for out_slice in config.slices:
         for src in out_slice.sources:
-            item = by_model.setdefault(src.model, MergeInput(src.model, "merged", _plain(src.parameters)))
+            item = by_model.setdefault(src.model, InputModel(src.model, "merged", _plain(src.parameters)))
             item.role = "base" if src.model == config.slice_base(out_slice) else item.role
             item.layer_ranges.append(src.layer_range)
     return list(by_model.values())
@@ -139,7 +140,7 @@ def merge(
     returned in `MergeResult.state_dict`.
     """
     total_start = time.perf_counter()
-    config = load_config(config)
+    config = load_merge_config(config)
     if config.backend == "mergekit":
         from alloyml.merging.mergekit_backend import run_mergekit
 
@@ -160,7 +161,7 @@ def merge(
             state_dict = {}
             timings.update(run_tasks(config, checkpoints, tasks, state_dict.__setitem__, progress))
         else:
-            with staged_directory(out_dir, overwrite) as staging:
+            with atomic_directory(out_dir, overwrite=overwrite) as staging:
                 writer = ShardedWriter(staging, {t.name: t.out for t in tasks}, max_shard_bytes)
                 timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress))
                 writer.close()

@@ -11,12 +11,12 @@ import os
 import time
 from pathlib import Path
 
+from alloyml.atomic import atomic_directory
 from alloyml.errors import InvalidInputError
 from alloyml.merging.checkpoints import open_checkpoint
 from alloyml.merging.config import MergeConfig
 from alloyml.merging.engine import MergeResult, merge_inputs
 from alloyml.merging.plan import plan_merge
-from alloyml.merging.writer import staged_directory
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
@@ -62,7 +62,7 @@ def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwri
         quiet=True,
     )
     start = time.perf_counter()
-    with staged_directory(out_dir, overwrite) as staging:
+    with atomic_directory(out_dir, overwrite=overwrite) as staging:
         run_merge(mk_config, str(staging), options)
         written = open_checkpoint(staging).infos
         missing = sorted(set(expected) - set(written))

@@ -12,37 +12,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from alloyml.errors import InvalidInputError
-from alloyml.merging.config import MergeConfig, load_config
+from alloyml.merging.config import MergeConfig, load_merge_config
 from alloyml.merging.registry import get_method
+from alloyml.trials import SearchResult, TrialCallback, TrialRecord
 
 DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "t": (0.0, 1.0), "lambda": (0.0, 2.0)}
 _FAILED = 1e12  # CMA-ES minimises; a failed trial scores worse than any real one
-
-
-@dataclass
-class TrialRecord:
-    """One evaluated merge: the searched values (`{"<model>.weight": [anchors]}`), its full config."""
-
-    number: int
-    generation: int
-    values: dict[str, list[float]]
-    config: dict[str, Any]
-    score: float | None
-    seconds: float
-    error: str | None = None
-
-
-@dataclass
-class SearchResult:
-    best_config: MergeConfig
-    best_yaml: str
-    best_score: float
-    trials: list[TrialRecord]
-    seconds: float
 
 
 def _slots(template: dict, search: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -92,7 +70,7 @@ def search_merge(
     seed: int = 0,
     sources: Mapping[str, Any] | None = None,
     parallel: bool = True,
-    on_trial: Callable[[TrialRecord], None] | None = None,
+    on_trial: TrialCallback | None = None,
 ) -> SearchResult:
     """Search merge parameters with CMA-ES to maximise `metric(state_dict)`.
 
@@ -106,7 +84,7 @@ def search_merge(
     if isinstance(template, MergeConfig):
         template = template.model_dump(mode="json", exclude_defaults=True)
     elif not isinstance(template, dict):
-        template = load_config(template).model_dump(mode="json", exclude_defaults=True)
+        template = load_merge_config(template).model_dump(mode="json", exclude_defaults=True)
     if "models" not in template:
         raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
     if layer_groups < 1 or n_trials < 1:
@@ -118,7 +96,7 @@ def search_merge(
         raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
     dims = len(slots) * layer_groups
     x0 = [0.5] * dims
-    load_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
+    load_merge_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
 
     options = {"bounds": [0, 1], "seed": seed + 1, "verbose": -9}  # cma treats seed 0 as "random"
     if popsize:
@@ -135,24 +113,36 @@ def search_merge(
             if parallel
             else _run_local(batch, generation, sources, metric, on_trial)
         )
-        records.sort(key=lambda r: r.number)
+        records.sort(key=lambda r: int(r.trial_id))
         trials += records
-        es.tell(xs, [_FAILED if r.score is None else -r.score for r in records])
+        es.tell(xs, [-r.metrics["score"] if "score" in r.metrics else _FAILED for r in records])
         generation += 1
-    scored = [t for t in trials if t.score is not None]
+    scored = [t for t in trials if "score" in t.metrics]
     if not scored:
         raise InvalidInputError(f"every merge-search trial failed; first error: {trials[0].error}")
-    best = max(scored, key=lambda t: t.score)
-    best_config = load_config(best.config)
-    return SearchResult(best_config, best_config.to_yaml(), best.score, trials, time.perf_counter() - start)
+    best = max(scored, key=lambda t: t.metrics["score"])
+    best_config = load_merge_config(best.config).model_dump(mode="json", exclude_defaults=True)
+    return SearchResult(trials, best_config, best.metrics["score"], seconds=time.perf_counter() - start)
 
 
 def _record(number, generation, config, values, outcome, seconds) -> TrialRecord:
+    """The trial as every search records it; a failed or non-finite score is an "error" with no metric."""
     if isinstance(outcome, BaseException):
-        return TrialRecord(number, generation, values, config, None, seconds, f"{type(outcome).__name__}: {outcome}")
-    if not math.isfinite(outcome):
-        return TrialRecord(number, generation, values, config, None, seconds, f"metric returned {outcome}")
-    return TrialRecord(number, generation, values, config, outcome, seconds)
+        error = f"{type(outcome).__name__}: {outcome}"
+    elif not math.isfinite(outcome):
+        error = f"metric returned {outcome}"
+    else:
+        error = None
+    return TrialRecord(
+        trial_id=str(number),
+        config=config,
+        metrics={} if error else {"score": float(outcome)},
+        cost=1.0,  # one merge evaluated
+        seconds=seconds,
+        status="error" if error else "completed",
+        extra={"generation": generation, "values": values},
+        error=error,
+    )
 
 
 def _run_local(batch, generation, sources, metric, on_trial) -> list[TrialRecord]:

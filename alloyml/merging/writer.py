@@ -9,9 +9,6 @@ its shard to fill. Shards follow Hugging Face naming (`model.safetensors`, or
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,26 +95,3 @@ class ShardedWriter:
             total = sum(info.nbytes for info in self.infos.values())
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-@contextmanager
-def staged_directory(out_dir: str | os.PathLike, overwrite: bool = False):
-    """Yield a temporary sibling of `out_dir`; on success it is renamed to `out_dir`, on error removed,
-    so a failed merge never leaves a half-written output."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InvalidInputError(f"output directory {out} exists and is not empty (pass overwrite=True)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    staging.rename(out)
-    shutil.rmtree(old, ignore_errors=True)

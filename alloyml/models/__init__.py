@@ -8,7 +8,7 @@ _EXPORTS = {
     "MIXERS": "mixers", "KVCache": "mixers", "MoE": "moe", "MLP": "moe", "RoutingStats": "moe",
     "save_model": "saving", "load_model": "saving", "load_config": "saving",
     "ByteTokenizer": "tokenizer",
-    "TASKS": "data", "MQAR": "data", "SelectiveCopy": "data", "Arithmetic": "data", "TextFile": "data",
+    "TRAINING_TASKS": "data", "MQAR": "data", "SelectiveCopy": "data", "Arithmetic": "data", "TextFile": "data",
     "batches": "data", "make_task": "data",
     "prefill": "generate", "decode": "generate", "sample_next": "generate",
     "Trainer": "trainer", "StepMetrics": "trainer", "CheckpointInfo": "trainer", "list_checkpoints": "trainer",

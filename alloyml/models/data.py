@@ -19,14 +19,14 @@ from alloyml.errors import InvalidInputError, NotFoundError
 from alloyml.models.config import register_in
 from alloyml.models.model import IGNORE_INDEX
 
-TASKS: dict[str, type] = {}
-register_task = partial(register_in, TASKS)
+TRAINING_TASKS: dict[str, type] = {}
+register_task = partial(register_in, TRAINING_TASKS)
 
 
 def make_task(name: str, **kwargs):
-    if name not in TASKS:
-        raise InvalidInputError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name](**kwargs)
+    if name not in TRAINING_TASKS:
+        raise InvalidInputError(f"unknown task {name!r}; known: {sorted(TRAINING_TASKS)}")
+    return TRAINING_TASKS[name](**kwargs)
 
 
 def batches(task, batch_size: int, seed: int = 0) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:

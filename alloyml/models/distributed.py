@@ -71,7 +71,7 @@ def _train_worker(config: dict) -> None:
 
 def train_data_parallel(model_config, task: str, task_kwargs: dict, batch_size: int, output_dir,
                         num_workers: int = 2, seed: int = 0, **trainer_kwargs) -> DistributedResult:
-    """Train a LinearLM of `model_config` on the task `task` (see data.TASKS) with `num_workers` CPU
+    """Train a LinearLM of `model_config` on the task `task` (see data.TRAINING_TASKS) with `num_workers` CPU
     workers; `trainer_kwargs` go to `Trainer` (steps, lr, checkpoint_every, checkpoint_dir, ...).
     `batch_size` is the global batch, split evenly over the workers."""
     from ray.train import RunConfig, ScalingConfig

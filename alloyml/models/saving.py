@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alloyml.atomic import atomic_directory
 from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
 
 ARCHITECTURE = "alloyml.LinearLM"
@@ -22,16 +23,16 @@ CONFIG_FILE = "config.json"
 
 
 def save_model(model, directory, metadata: dict | None = None) -> Path:
-    """Write `model` (a LinearLM) to `directory` (created if needed); returns the directory.
+    """Write `model` (a LinearLM) to `directory`, whole or not at all; returns the directory.
 
-    metadata: extra JSON-serialisable fields for config.json (e.g. the training step)."""
+    The directory holds one model: an existing one is replaced as a whole (alloyml.atomic), and a failure
+    (say, metadata that is not JSON) leaves it as it was. metadata: extra JSON-serialisable fields for
+    config.json (e.g. the training step)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     info = {
         "architecture": ARCHITECTURE,
         "mixer": cfg.mixer,
@@ -42,7 +43,10 @@ def save_model(model, directory, metadata: dict | None = None) -> Path:
         "config": cfg.to_dict(),
         **(metadata or {}),
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    config_json = json.dumps(info, indent=2) + "\n"  # a bad metadata value fails here, before any write
+    with atomic_directory(directory, overwrite=True) as staging:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / CONFIG_FILE).write_text(config_json)
     return directory
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from alloyml.atomic import write_atomic
 from alloyml.errors import InvalidInputError, NotFoundError
-from alloyml.platform.atomic import write_atomic
 
 _KEY_PATTERN = re.compile(r"^[a-z0-9_\-]+/[0-9a-f]{64}\.(npy|json|safetensors|bin)$")
 
@@ -72,8 +72,15 @@ class ArtifactStore:
         np.save(buffer, array, allow_pickle=False)
         return self.put_bytes(buffer.getvalue(), kind=kind, ext="npy")
 
-    def get_array(self, key: str) -> np.ndarray:
-        return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
+    def get_array(self, key: str, *, mmap: bool = False) -> np.ndarray:
+        """The stored array; `mmap=True` maps the file read-only instead of reading it (a page that shows a
+        few rows of a million-row dataset)."""
+        if not mmap:
+            return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
 
     def put_json(self, obj, kind: str = "json") -> str:
         data = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()

@@ -117,13 +117,14 @@ class Platform:
                        "dtype": str(x.dtype), "has_labels": y is not None}
         return self.store.add_dataset(name, version, len(x), schema_info, digest.hexdigest(), manifest)
 
-    def load_dataset(self, dataset_id: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def load_dataset(self, dataset_id: int, *, mmap: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(x, y or None) of a registered dataset; `mmap=True` maps the arrays read-only instead of reading them."""
         dataset = self.store.get_dataset(dataset_id)
         if dataset.artifact is None:
             raise NotFoundError(f"dataset {dataset_id} has no stored rows")
-        keys = self.artifacts.get_json(dataset.artifact)
-        y = self.artifacts.get_array(keys["y"]) if "y" in keys else None
-        return self.artifacts.get_array(keys["x"]), y
+        keys = self.artifacts.get_json(dataset.artifact)  # {"x": key, "y": key}, as register_dataset writes it
+        y = self.artifacts.get_array(keys["y"], mmap=mmap) if "y" in keys else None
+        return self.artifacts.get_array(keys["x"], mmap=mmap), y
 
     # -- models -------------------------------------------------------------------------------------------
     def register_model(self, name: str, architecture: str, *, tensors: dict | None = None,

@@ -31,6 +31,7 @@ NAMING_CONVENTION = {
 
 
 def utcnow() -> dt.datetime:
+    """The store's clock: naive UTC, as every timestamp column holds (the one definition; workflows use it)."""
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 

@@ -9,19 +9,18 @@ results live `TTL_SECONDS`, which keeps the dashboard fresh while runs are being
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from alloyml.errors import NotFoundError
 from alloyml.platform import entities as e
 from alloyml.platform.client import Platform
 from alloyml.platform.settings import Settings
 
 TTL_SECONDS = 30
-BENCHMARK_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 # Rank correlations and noisy-label detection of large runs read the values of a random sample of points
 # this large (by primary key), never every value of a million-point run.
 SAMPLE_POINTS = 2_000
@@ -114,28 +113,10 @@ def dataset(key: StoreKey, dataset_id: int) -> e.Dataset:
     return _store(key).get_dataset(dataset_id)
 
 
-def _dataset_arrays(key: StoreKey, dataset_id: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The dataset's x and y, memory-mapped: a page reads a few rows of a million without loading them."""
-    info = dataset(key, dataset_id)
-    if info.artifact is None:
-        raise NotFoundError(f"dataset {dataset_id} has no stored rows")
-    artifacts = platform(key).artifacts
-    parts = artifacts.get_json(info.artifact)  # {"x": key, "y": key} as `Platform.register_dataset` writes it
-
-    def mapped(name: str) -> np.ndarray | None:
-        if name not in parts:
-            return None
-        if not artifacts.exists(parts[name]):
-            raise NotFoundError(f"dataset {dataset_id}: artifact {parts[name]!r} is missing")
-        return np.load(artifacts.path_of(parts[name]), mmap_mode="r", allow_pickle=False)
-
-    return mapped("x"), mapped("y")
-
-
 def dataset_rows(key: StoreKey, dataset_id: int, indices: np.ndarray) -> pd.DataFrame:
     """The raw rows (features and label) of some points, indexed by point index."""
     info = dataset(key, dataset_id)
-    x, y = _dataset_arrays(key, dataset_id)
+    x, y = platform(key).load_dataset(dataset_id, mmap=True)  # a few rows of a million, without loading them
     columns = info.schema.get("columns") or [f"x{i}" for i in range(x.shape[1])]
     inside = indices[(indices >= 0) & (indices < len(x))]
     rows = pd.DataFrame(x[inside], columns=columns, index=pd.Index(inside, name="point"))
@@ -216,6 +197,20 @@ def trials(key: StoreKey, run_id: int) -> list[e.Trial]:
 
 
 # -- benchmark files --------------------------------------------------------------------------------------
+def benchmark_results_dir(argv: list[str] | None = None) -> Path | None:
+    """Where the benchmark scripts' JSON results are: `alloyml ui --benchmarks DIR` (handed to the app after
+    `--`), else `benchmarks/results` of the source checkout this package runs from. None when neither exists
+    (an installed package ships no benchmarks); the page then says where it looked."""
+    argv = sys.argv[1:] if argv is None else argv
+    if "--benchmarks" in argv[:-1]:
+        return Path(argv[argv.index("--benchmarks") + 1])
+    checkout = Path(__file__).resolve().parents[2] / "benchmarks"
+    return checkout / "results" if (checkout / "_common.py").is_file() else None
+
+
+BENCHMARK_RESULTS = benchmark_results_dir()
+
+
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def benchmark_rows(topic: str, results_dir: str) -> pd.DataFrame | None:
     """Rows of <results_dir>/<topic>.json, or None when that benchmark has not been run."""

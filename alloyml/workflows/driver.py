@@ -30,6 +30,7 @@ import traceback
 import uuid
 
 from alloyml.errors import WorkflowError
+from alloyml.platform.orm import utcnow
 from alloyml.platform.store import Store, WorkflowLease
 from alloyml.workflows.codec import UnsafeValueError, decode, encode
 from alloyml.workflows.graph import Input, StepRef, Workflow
@@ -284,10 +285,6 @@ def _remote_execute():
     import ray
 
     return ray.remote(_execute)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _from_timestamp(seconds: float) -> dt.datetime:

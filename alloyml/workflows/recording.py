@@ -6,7 +6,6 @@ dict that travels as a workflow input) and open their own client with `open_plat
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,10 +80,11 @@ class StoreRequestLog:
     def __call__(self, records: list[dict]) -> None:
         from alloyml.platform import entities as e
         from alloyml.platform.client import Platform
+        from alloyml.platform.orm import utcnow
 
         if self._platform is None:
             self._platform = Platform(self.db_url, self.home)
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        now = utcnow()
         self._platform.store.log_cascade_requests(self.cascade_id, [
             e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now)
             for r in records

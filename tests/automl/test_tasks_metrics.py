@@ -6,7 +6,7 @@ import pytest
 
 from alloyml.automl.metrics import exact_match, final_word_match, get_metric, normalize
 from alloyml.automl.prompting import DEFAULT_TEMPLATE, Example, check_template, evaluate_prompt
-from alloyml.automl.tasks import TASKS, get_task
+from alloyml.automl.tasks import PROMPT_TASKS, get_task
 from alloyml.errors import InvalidInputError
 from alloyml.lm import ScriptedLM
 
@@ -37,7 +37,7 @@ def test_normalize_and_unknown_metric():
 
 
 def test_task_splits_are_disjoint_and_seeded():
-    for task in TASKS.values():
+    for task in PROMPT_TASKS.values():
         assert len(task.examples) >= 20 and task.instruction
         demos, dev = task.split(5, n_dev=8, seed=3)
         assert len(demos) == 5 and len(dev) == 8

@@ -40,7 +40,7 @@ def test_search_recovers_per_layer_weights_locally(problem):
         TEMPLATE, metric, layer_groups=2, n_trials=150, sources=states, parallel=False, seed=0, on_trial=seen.append
     )
     assert seen == result.trials and len(result.trials) >= 150
-    assert result.best_score == max(t.score for t in result.trials)
+    assert result.best_score == max(t.metrics["score"] for t in result.trials)
     best = yaml.safe_load(result.best_yaml)
     wa, wb = (m["parameters"]["weight"] for m in best["models"])
     assert wa == pytest.approx([0.3, 0.9], abs=0.05)
@@ -56,11 +56,12 @@ def test_search_runs_trials_on_ray(problem, ray_session):
     result = search_merge(
         TEMPLATE, metric, layer_groups=1, n_trials=24, popsize=6, sources=states, seed=0, on_trial=seen.append
     )
-    assert len(result.trials) == 24 and sorted(t.number for t in seen) == list(range(24))
-    assert {t.generation for t in result.trials} == {0, 1, 2, 3}
+    assert len(result.trials) == 24 and sorted(int(t.trial_id) for t in seen) == list(range(24))
+    assert {t.extra["generation"] for t in result.trials} == {0, 1, 2, 3}
     for t in result.trials[:3]:  # each recorded score is the metric of the recorded config
-        assert metric(merge(t.config, sources=states).state_dict) == pytest.approx(t.score)
-    assert result.best_score > result.trials[0].score or result.best_score == max(t.score for t in result.trials)
+        assert metric(merge(t.config, sources=states).state_dict) == pytest.approx(t.metrics["score"])
+    scores = [t.metrics["score"] for t in result.trials]
+    assert result.best_score > scores[0] or result.best_score == max(scores)
 
 
 def test_failed_trials_are_recorded_and_bad_searches_rejected(problem):

@@ -59,3 +59,32 @@ def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="unknown model config"):
         ModelConfig.named("gpt5")
     assert ModelConfig.from_dict(ModelConfig.named("moe-mamba").to_dict()).ffn == "moe"
+
+
+def test_a_save_failing_half_way_leaves_the_previous_model(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    first = LinearLM(ModelConfig(mixer="linear_attn", vocab_size=30, d_model=32, n_layers=1, n_heads=2))
+    second = LinearLM(ModelConfig(mixer="linear_attn", vocab_size=30, d_model=32, n_layers=2, n_heads=2))
+    real_save = safetensors.torch.save_file
+
+    def save_then_fail(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as handle:  # the disk fills up part-way through the weights
+            handle.truncate(100)
+        raise OSError("no space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", save_then_fail)
+        with pytest.raises(OSError, match="no space"):
+            save_model(first, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []  # no folder, no partial weights, no temp
+    save_model(first, tmp_path / "m")
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", save_then_fail)
+        with pytest.raises(OSError):
+            save_model(second, tmp_path / "m")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    assert load_model(tmp_path / "m").config == first.config  # the old model, whole
+    save_model(second, tmp_path / "m")
+    assert load_model(tmp_path / "m").config == second.config

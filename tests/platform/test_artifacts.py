@@ -16,7 +16,7 @@ def test_round_trips_and_content_addressing(tmp_path):
     tensors = {"w": torch.randn(3, 3), "step": torch.tensor([7], dtype=torch.int64)}
     loaded = store.get_tensors(store.put_tensors(tensors))
     assert torch.equal(loaded["w"], tensors["w"]) and loaded["step"].dtype == torch.int64
-    assert not list((tmp_path / "artifacts").rglob(".tmp-*"))  # temp files renamed away
+    assert not list((tmp_path / "artifacts").rglob(".*"))  # no temp file left beside the artifacts
 
 
 @pytest.mark.parametrize("key", ["../../etc/passwd", "array/../../x.npy", "/abs/path.npy", "array/abc.npy",
@@ -43,3 +43,13 @@ def test_pickled_npy_is_never_loaded(tmp_path):
     key = store.put_bytes(buffer.getvalue(), kind="array", ext="npy")
     with pytest.raises(ValueError, match="allow_pickle"):
         store.get_array(key)
+
+
+def test_arrays_can_be_memory_mapped(tmp_path):
+    store = ArtifactStore(tmp_path)
+    array = np.arange(12, dtype=np.int32).reshape(3, 4)
+    mapped = store.get_array(store.put_array(array), mmap=True)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(mapped, array)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        store.get_array("array/" + "0" * 64 + ".npy", mmap=True)

@@ -4,7 +4,6 @@ logged in batches, and a version swap under concurrent load drops nothing. One S
 import json
 import socket
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -16,6 +15,7 @@ from alloyml.routing.adapters import Stage
 from alloyml.routing.cascade import FrugalCascade
 from alloyml.routing.scorer import scorer_from_dict
 from alloyml.routing.synthetic import make_logged_responses
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -110,12 +110,11 @@ def test_http_json_and_status(setup):
 
 def test_requests_are_logged_in_batches(setup, ray_session):
     service, _, _, collector = setup
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def all_logged():
         batches = ray_session.get(collector.get.remote())
-        if sum(map(len, batches)) >= service.status()["served"]:
-            break
-        time.sleep(0.2)
+        return batches if sum(map(len, batches)) >= service.status()["served"] else None
+
+    batches = wait_until(all_logged, 20, interval=0.2, message="every served request logged")
     records = [r for b in batches for r in b]
     assert len(records) == service.status()["served"] and max(map(len, batches)) <= 5
     assert {"stage_reached", "scores", "cost", "latency_ms", "frontier_point"} <= set(records[0])
@@ -148,9 +147,9 @@ def test_version_swap_under_concurrent_load_drops_nothing(setup):
     clients = [threading.Thread(target=f) for f in [by_handle] * 4 + [by_http] * 4]
     for c in clients:
         c.start()
-    time.sleep(1.0)
+    wait_until(lambda: versions.count("1") >= 8, 120, message="clients answered by version 1")
     service.deploy(plan, 2, stages)
-    time.sleep(1.0)
+    wait_until(lambda: versions[-8:] == ["2"] * 8, 120, message="clients answered by version 2")
     stop.set()
     for c in clients:
         c.join()
@@ -187,21 +186,20 @@ def test_cli_serves_stored_cascade_logs_to_store_and_follows_new_versions(setup,
                                          headers={"Content-Type": "application/json"})
         return json.loads(urllib.request.urlopen(request, timeout=60).read())
 
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
+    def first_answer():
         try:
-            first = ask("w1")
-            break
-        except Exception:
-            time.sleep(0.5)
-    answers = [first] + [ask(f"w{i} w2") for i in range(9)]
+            return ask("w1")
+        except Exception:  # the service is still starting
+            return None
+
+    answers = [wait_until(first_answer, 240, interval=0.5, message="the CLI service answering")]
+    answers += [ask(f"w{i} w2") for i in range(9)]
     assert {a["version"] for a in answers} == {"1"}
     with Platform() as platform:
         v1 = platform.store.get_cascade("cli-cascade")
         platform.store.save_cascade("cli-cascade", v1.stages, v1.thresholds, v1.costs, v1.budget, plan=v1.plan)
-    while time.monotonic() < deadline and answers[-1]["version"] != "2":
-        answers.append(ask("w3"))
-        time.sleep(0.2)
+    wait_until(lambda: answers.append(ask("w3")) or answers[-1]["version"] == "2", 240, interval=0.2,
+               message="the service following version 2")
     assert answers[-1]["version"] == "2"
     served.join(timeout=240)
     assert not served.is_alive()

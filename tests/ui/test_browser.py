@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from alloyml.ui import browser
+from tests.ui import browser
 
 pytestmark = [
     pytest.mark.browser,

@@ -4,6 +4,7 @@ are recomputed here from what the fixture wrote."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -180,3 +181,16 @@ def test_bad_store_url_is_reported_not_raised(monkeypatch, tmp_path):
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     assert not at.exception
     assert "Cannot open the store" in at.error[0].value and "oracle" in at.error[0].value
+
+
+def test_benchmark_folder_is_configurable_and_its_absence_is_explained(seeded_env, tmp_path, monkeypatch):
+    from alloyml.ui import queries
+
+    assert queries.benchmark_results_dir(["--benchmarks", str(tmp_path)]) == tmp_path
+    checkout = Path(queries.__file__).resolve().parents[2] / "benchmarks"
+    assert queries.benchmark_results_dir([]) == (checkout / "results" if (checkout / "_common.py").is_file() else None)
+    monkeypatch.setattr(queries, "BENCHMARK_RESULTS", None)  # an installed package: no benchmarks folder
+    at = render("models")
+    assert not at.exception
+    assert [i.value for i in at.info if "benchmark" in i.value][0].startswith("No kernels benchmark results yet")
+    assert any("--benchmarks DIR" in i.value for i in at.info)

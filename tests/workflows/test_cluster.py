@@ -12,10 +12,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -76,9 +77,7 @@ def test_steps_are_placed_by_their_resources_on_a_two_node_cluster(tmp_path):
     finally:
         for node in nodes:
             os.killpg(node.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while any(node.poll() is None for node in nodes) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: all(node.poll() is not None for node in nodes), 15, interval=0.2, required=False)
         for node in nodes:
             if node.poll() is None:
                 os.killpg(node.pid, signal.SIGKILL)

@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from alloyml.workflows import resume
+from tests.waiting import process_alive, wait_until
 from tests.workflows import steps_for_tests as steps
 
 pytestmark = pytest.mark.ray
@@ -28,14 +28,6 @@ handle = platform.submit(gated_diamond(sys.argv[3], sys.argv[4]), n=5)
 print(handle.id, flush=True)
 handle.wait()
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"  # a zombie has ended
 
 
 def gated_diamond(log: str, gate: str):
@@ -63,12 +55,14 @@ def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path
                                log, str(gate)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     try:
         workflow_id = int(driver.stdout.readline())
-        deadline = time.monotonic() + 90
-        while not ({s.name: s.state for s in platform.store.workflow_steps(workflow_id)}
-                   == {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}
-                   and Path(f"{gate}.pid").exists()):  # the gated task has started on a worker
-            assert time.monotonic() < deadline and driver.poll() is None, "driver never reached the gate"
-            time.sleep(0.05)
+        expected = {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}
+
+        def at_gate_or_dead():  # the gated task has started on a worker (or the driver died trying)
+            states = {s.name: s.state for s in platform.store.workflow_steps(workflow_id)}
+            return driver.poll() is not None or (states == expected and Path(f"{gate}.pid").exists())
+
+        wait_until(at_gate_or_dead, 90, message="driver reaching the gate")
+        assert driver.poll() is None, "driver never reached the gate"
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -76,10 +70,7 @@ def test_kill_driver_then_resume_never_reruns_done_steps(platform, log, tmp_path
     # Ray ends a dead driver's tasks asynchronously; open the gate only once the gated task's worker is gone,
     # or a surviving task could complete it a second time.
     orphan = int(Path(f"{gate}.pid").read_text())
-    deadline = time.monotonic() + 60
-    while _alive(orphan):
-        assert time.monotonic() < deadline, "Ray did not end the killed driver's task"
-        time.sleep(0.1)
+    wait_until(lambda: not process_alive(orphan), 60, interval=0.1, message="Ray ending the killed driver's task")
     gate.touch()
 
     if resume_with == "python":
@@ -117,9 +108,7 @@ def test_detached_driver_process_finishes_the_workflow(sqlite_platform, log, tmp
     x = np.arange(4.0)
     assert result["sum"] == float(5 * x.sum())
     assert sorted(tag for tag, _, _ in steps.log_lines(log)) == ["b", "c", "load", "total"]
-    deadline = time.monotonic() + 30
-    while sqlite_platform.store.workflow_lease(handle.id).driver is not None:  # its last write, after the status
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    # releasing the lease is the driver's last write, after the status
+    wait_until(lambda: sqlite_platform.store.workflow_lease(handle.id).driver is None, 30, message="lease released")
     runs = [r for r in sqlite_platform.store.list_runs(kind="workflow") if r.workflow_id == handle.id]
     assert [r.status for r in runs] == ["done"]

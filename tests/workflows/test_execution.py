@@ -10,6 +10,7 @@ import pytest
 
 from alloyml.errors import WorkflowError
 from alloyml.workflows import Input, Workflow
+from tests.waiting import process_alive, wait_until
 from tests.workflows import steps_for_tests as steps
 from tests.workflows.test_definition import diamond
 
@@ -105,17 +106,17 @@ def test_cancel_stops_running_steps(sqlite_platform, log, ray_session, tmp_path)
     blocked = wf.add(steps.scale, x=a, factor=1.0, log=log, tag="blocked", gate=str(tmp_path / "never"))
     wf.add(steps.total, a=blocked, b=blocked, log=log)
     handle = sqlite_platform.submit(wf)
-    deadline = time.monotonic() + 60
-    while {s.name: s.state for s in handle.steps()}["scale"] != "running":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: {s.name: s.state for s in handle.steps()}["scale"] == "running", 60, message="scale running")
+    wait_until((tmp_path / "never.pid").exists, 60, message="the gated task started on a worker")
     started = time.monotonic()
     assert handle.cancel(timeout=30) == "cancelled"
     assert time.monotonic() - started < 10
     states = {s.name: s.state for s in handle.steps()}
     assert states == {"load": "done", "scale": "cancelled", "total": "cancelled"}
-    (tmp_path / "never").touch()  # a task that survived cancellation would now complete and log
-    time.sleep(1.0)
+    # Cancelling kills the gated task's worker; one that survived would log once the gate opens.
+    worker = int((tmp_path / "never.pid").read_text())
+    wait_until(lambda: not process_alive(worker), 30, message="the cancelled task's worker to end")
+    (tmp_path / "never").touch()
     assert [t for t, _, _ in steps.log_lines(log)] == ["load"]
     with pytest.raises(WorkflowError, match="cancelled"):
         handle.result()
@@ -129,10 +130,7 @@ def test_resume_of_failed_workflow_keeps_done_steps(sqlite_platform, log, ray_se
     gate = tmp_path / "gate"
     wf.nodes["scale_2"].args["gate"] = str(gate)
     handle = sqlite_platform.submit(wf, n=3)
-    deadline = time.monotonic() + 60
-    while {s.name: s.state for s in handle.steps()}["scale"] != "done":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: {s.name: s.state for s in handle.steps()}["scale"] == "done", 60, message="scale done")
     handle.cancel(timeout=30)
     gate.touch()
     assert resume(handle.id, sqlite_platform).result(timeout=120)["sum"] == 2 * 3 + 3 * 3
@@ -147,11 +145,8 @@ def test_stop_driving_leaves_a_resumable_workflow(sqlite_platform, log, ray_sess
     wf = diamond(log)
     wf.nodes["scale_2"].args["gate"] = str(gate)
     handle = sqlite_platform.submit(wf, n=3)
-    deadline = time.monotonic() + 60
-    while {s.name: s.state for s in handle.steps()} != {"load": "done", "scale": "done", "scale_2": "running",
-                                                        "total": "pending"}:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    expected = {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}
+    wait_until(lambda: {s.name: s.state for s in handle.steps()} == expected, 60, message=f"states {expected}")
     handle.stop_driving()
     assert handle.status() == "running" and sqlite_platform.store.workflow_lease(handle.id).driver is None
     with pytest.raises(WorkflowError, match="no driver"):

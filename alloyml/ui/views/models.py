@@ -59,11 +59,16 @@ else:
 
 for topic, title in (("kernels", "Kernel benchmarks"), ("generation", "Generation benchmarks")):
     st.subheader(title)
+    if queries.BENCHMARK_RESULTS is None:
+        st.info(f"No {topic} benchmark results yet — no benchmarks folder was found (the benchmark scripts ship "
+                "with the source checkout); run them there, or start `alloyml ui --benchmarks DIR`.")
+        continue
     rows = queries.benchmark_rows(topic, str(queries.BENCHMARK_RESULTS))
     if rows is None or rows.empty:
-        st.info(f"No {topic} benchmark results yet — run `python benchmarks/{topic}.py --quick`.")
+        st.info(f"No {topic} benchmark results yet in {queries.BENCHMARK_RESULTS} — run "
+                f"`python benchmarks/{topic}.py --quick`.")
         continue
-    st.caption(f"benchmarks/results/{topic}.json, measured {rows.attrs.get('when')} on "
+    st.caption(f"{queries.BENCHMARK_RESULTS / (topic + '.json')}, measured {rows.attrs.get('when')} on "
                f"{(rows.attrs.get('machine') or {}).get('gpu') or 'CPU'}.")
     shown_columns = [c for c in ("case", "metric", "alloyml", "ratio", "target", "met", "notes") if c in rows]
     st.dataframe(rows[shown_columns], hide_index=True)

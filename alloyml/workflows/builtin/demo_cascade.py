@@ -4,7 +4,7 @@ deployment whose requests are logged to the store."""
 
 from __future__ import annotations
 
-from alloyml.workflows.builtin.demo_models import MAX_ANSWER, TASKS, PromptTask
+from alloyml.workflows.builtin.demo_models import DEMO_TASKS, MAX_ANSWER, PromptTask
 from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan, trial_recorder
 from alloyml.workflows.steps import step
 
@@ -27,8 +27,8 @@ def _price(model):
 
 
 def _queries(n: int, seed: int) -> list[tuple[str, str]]:
-    half = n // len(TASKS)
-    return [pair for i, task in enumerate(TASKS) for pair in PromptTask(task).examples(half, seed + i)]
+    half = n // len(DEMO_TASKS)
+    return [pair for i, task in enumerate(DEMO_TASKS) for pair in PromptTask(task).examples(half, seed + i)]
 
 
 @step(num_cpus=1)

@@ -44,7 +44,7 @@ class PromptTask:
         return inputs, targets
 
 
-TASKS = ("add", "reverse")
+DEMO_TASKS = ("add", "reverse")
 MAX_ANSWER = 4  # tokens: three letters (or digits) and the newline
 
 
@@ -69,7 +69,7 @@ def task_accuracy(model, task: str, n: int, seed: int = 10_000) -> float:
 
 
 def _scores(model, n: int) -> dict:
-    return {task: task_accuracy(model, task, n) for task in TASKS}
+    return {task: task_accuracy(model, task, n) for task in DEMO_TASKS}
 
 
 def _train(model, tasks, steps: int, lr: float, seed: int, checkpoint_dir=None):
@@ -96,8 +96,8 @@ def train_lm(store: dict, config: dict, size: str) -> dict:
     shape = config["lm_sizes"][size]
     torch.manual_seed(config["seed"])
     model = LinearLM(ModelConfig(vocab_size=256, mixer="gla", ffn="mlp", ffn_mult=2, **shape["config"]))
-    losses = _train(model, TASKS, shape["steps"], 3e-3, config["seed"])
-    directory = save_model(model, _model_dir(store, f"demo-{size}"), metadata={"tasks": list(TASKS)})
+    losses = _train(model, DEMO_TASKS, shape["steps"], 3e-3, config["seed"])
+    directory = save_model(model, _model_dir(store, f"demo-{size}"), metadata={"tasks": list(DEMO_TASKS)})
     scores = _scores(model, config["eval_n"])
     with open_platform(store) as platform, platform.run("train", name=f"train {size} LM",
                                                         params={"size": size, **shape}) as run:

@@ -1,4 +1,5 @@
-"""Drive the running dashboard in a real browser: the browser test and the README screenshot use this.
+"""Drive the running dashboard in a real browser: the browser test (tests/ui/test_browser.py) and the README
+screenshot (benchmarks/ui.py) use this; a test harness, so it lives with the tests, not in the package.
 
 The browser is Debian's headless Chromium (`apt-get install chromium`), driven by Playwright for Python;
 Playwright never downloads a browser of its own here.
@@ -11,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from alloyml.errors import AlloyError, NotFoundError
+from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -41,19 +42,16 @@ def running_dashboard(env: dict[str, str], port: int | None = None, timeout: flo
                               start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
+        def healthy() -> bool:
             if server.poll() is not None:
                 raise AlloyError(f"`alloyml ui` exited with {server.returncode}: {server.stdout.read().decode()}")
             try:
                 with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
+                    return answer.status == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AlloyError(f"the dashboard did not answer {base}/_stcore/health within {timeout:.0f} s")
-            time.sleep(0.25)
+                return False
+
+        wait_until(healthy, timeout, interval=0.25, message=f"the dashboard answering {base}/_stcore/health")
         yield base
     finally:
         _stop_group(server)

@@ -27,7 +27,7 @@ from alloyml.valuation.result import ValuationResult
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class TrainingCheckpoint:
     """Weights saved during training and the learning rate in force when they were saved."""
 
     state_dict: dict
@@ -51,10 +51,11 @@ class InfluenceScores:
                                counts=np.full(n_train, n_test), method=self.method, params=self.params)
 
 
-def _checkpoints(checkpoints) -> list[Checkpoint]:
-    out = [c if isinstance(c, Checkpoint) else Checkpoint(*c) for c in checkpoints]
+def _checkpoints(checkpoints) -> list[TrainingCheckpoint]:
+    out = [c if isinstance(c, TrainingCheckpoint) else TrainingCheckpoint(*c) for c in checkpoints]
     if not out:
-        raise InvalidInputError("checkpoints is empty; pass (state_dict, learning_rate) pairs or Checkpoint objects")
+        raise InvalidInputError("checkpoints is empty; pass (state_dict, learning_rate) pairs or "
+                                "TrainingCheckpoint objects")
     for i, c in enumerate(out):
         if not np.isfinite(c.learning_rate) or c.learning_rate <= 0:
             raise InvalidInputError(f"checkpoint {i} has learning rate {c.learning_rate!r}; expected a positive number")
@@ -121,7 +122,7 @@ def _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, probe):
                                               seed=seed, batch_size=batch_size))
 
 
-def _tracin_rows(gradients, checkpoints: list[Checkpoint], train, test, chunk_size: int) -> np.ndarray:
+def _tracin_rows(gradients, checkpoints: list[TrainingCheckpoint], train, test, chunk_size: int) -> np.ndarray:
     train_x, train_y = train
     scores = torch.zeros(len(train_x), len(test[0]), dtype=torch.float64)
     for checkpoint in checkpoints:
@@ -139,7 +140,7 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
     """TracInCP influence of every training example on every test example.
 
     model:        a module of the checkpoints' architecture (its weights are overwritten).
-    checkpoints:  `Checkpoint`s or (state_dict, learning_rate) pairs, e.g. from alloyml's trainer.
+    checkpoints:  `TrainingCheckpoint`s or (state_dict, learning_rate) pairs, e.g. from alloyml's trainer.
     train, test:  (inputs [n, ...], targets [n, ...]) tensors.
     loss_fn:      (outputs, targets) -> scalar, for a batch of one example.
     layers, projection_dim, seed, batch_size: see `GradientFeaturizer`.

@@ -1,8 +1,12 @@
 """Samplers: how a batch of random subsets becomes per-point samples of a semivalue.
 
-A sampler's `batch(utility, semivalue, rng, n_samples)` returns the PointStats of `n_samples` samples;
-the mean of the samples it records for a point is an unbiased estimate of that point's semivalue.
-`prepare(utility, semivalue)` runs once in the driver before any batch (checks, U(N) for truncation).
+A sampler's `batch(utility, semivalue, rngs, context)` returns one PointStats per generator (one sample
+each, drawn only from its own generator); the mean of the samples it records for a point is an unbiased
+estimate of that point's semivalue. `prepare(utility, semivalue)` runs once in the driver before any batch
+(checks, U(empty), U(N) for truncation).
+
+Evaluations are counted as the utility values a sample asks for, whether a fit or the cache answered, so
+budgets (`MaxEvaluations`) mean the same in every process.
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ from alloyml.valuation.semivalues import Banzhaf, Semivalue
 from alloyml.valuation.stats import PointStats
 
 
+def _failures(utility) -> int:
+    return getattr(utility, "fit_failures", 0)  # games never fail
+
+
 class Sampler(ABC):
     two_groups = False
     default_batch_size = 1
@@ -25,9 +33,9 @@ class Sampler(ABC):
         return {}
 
     @abstractmethod
-    def batch(self, utility, semivalue: Semivalue, rng: np.random.Generator, n_samples: int,
-              context: dict) -> PointStats:
-        """Marginal contributions of `n_samples` samples."""
+    def batch(self, utility, semivalue: Semivalue, rngs: list[np.random.Generator],
+              context: dict) -> list[PointStats]:
+        """Marginal contributions of one sample per generator."""
 
     def params(self) -> dict:
         return {"sampler": type(self).__name__}
@@ -48,29 +56,31 @@ class PermutationSampler(Sampler):
     def prepare(self, utility, semivalue):
         if self.truncation_rtol is not None and self.truncation_rtol < 0:
             raise ConfigError(f"truncation_rtol must be >= 0 or None, got {self.truncation_rtol}")
-        context = {"importance": utility.n * semivalue.size_probabilities(utility.n)}
+        context = {"importance": utility.n * semivalue.size_probabilities(utility.n),
+                   "empty": utility(np.zeros(0, np.int64))}
         if self.truncation_rtol is not None:
             context["total"] = utility(np.arange(utility.n))
         return context
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
+    def batch(self, utility, semivalue, rngs, context):
         n = utility.n
         importance = context["importance"]
-        fits_before = utility.fits
-        points = np.empty((n_samples, n), dtype=np.int64)
-        marginals = np.zeros((n_samples, n))
-        for s in range(n_samples):
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
             perm = rng.permutation(n)
-            points[s] = perm
-            previous = utility(perm[:0])
+            marginals = np.zeros(n)
+            previous, evaluations = context["empty"], 0
             for j in range(n):
                 current = utility(perm[: j + 1])
-                marginals[s, j] = (current - previous) * importance[j]
+                evaluations += 1
+                marginals[j] = (current - previous) * importance[j]
                 previous = current
                 if self._truncated(current, context):
                     break
-        return PointStats.from_samples(n, points.ravel(), marginals.ravel(), samples=n_samples,
-                                       evaluations=utility.fits - fits_before)
+            out.append(PointStats.from_samples(n, perm, marginals, samples=1, evaluations=evaluations,
+                                               failures=_failures(utility) - failures_before))
+        return out
 
     def _truncated(self, score, context) -> bool:
         if self.truncation_rtol is None:
@@ -90,19 +100,20 @@ class SizeSampler(Sampler):
     def prepare(self, utility, semivalue):
         return {"sizes": semivalue.size_probabilities(utility.n)}
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
+    def batch(self, utility, semivalue, rngs, context):
         n = utility.n
-        fits_before = utility.fits
-        marginals = np.empty((n_samples, n))
-        for s in range(n_samples):
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            marginals = np.empty(n)
             sizes = rng.choice(n, size=n, p=context["sizes"])
             for i in range(n):
                 others = np.delete(np.arange(n), i)
                 subset = rng.choice(others, size=sizes[i], replace=False)
-                marginals[s, i] = utility(np.append(subset, i)) - utility(subset)
-        points = np.tile(np.arange(n), n_samples)
-        return PointStats.from_samples(n, points, marginals.ravel(), samples=n_samples,
-                                       evaluations=utility.fits - fits_before)
+                marginals[i] = utility(np.append(subset, i)) - utility(subset)
+            out.append(PointStats.from_samples(n, np.arange(n), marginals, samples=1, evaluations=2 * n,
+                                               failures=_failures(utility) - failures_before))
+        return out
 
     def params(self):
         return {"sampler": "size"}
@@ -125,15 +136,18 @@ class MSRSampler(Sampler):
             )
         return {}
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
+    def batch(self, utility, semivalue, rngs, context):
         n = utility.n
-        fits_before = utility.fits
-        masks = rng.random((n_samples, n)) < 0.5
-        scores = np.array([utility(np.flatnonzero(mask)) for mask in masks])
-        in_rows, in_points = np.nonzero(masks)
-        out_rows, out_points = np.nonzero(~masks)
-        return PointStats.from_samples(n, in_points, scores[in_rows], out_points, scores[out_rows],
-                                       samples=n_samples, evaluations=utility.fits - fits_before)
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            mask = rng.random(n) < 0.5
+            inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+            score = utility(inside)
+            out.append(PointStats.from_samples(n, inside, np.full(inside.size, score), outside,
+                                               np.full(outside.size, score), samples=1, evaluations=1,
+                                               failures=_failures(utility) - failures_before))
+        return out
 
     def params(self):
         return {"sampler": "msr"}

@@ -98,9 +98,9 @@ def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping
     batch_fn = functools.partial(_sampler_batch, sampler, utility, semivalue, context)
     stats, info = run_batches(batch_fn, utility.n, stopping, two_groups=sampler.two_groups,
                               batch_size=batch_size or sampler.default_batch_size, n_jobs=n_jobs, entropy=entropy,
-                              progress=progress)
+                              evaluations_before=prepare_calls.calls, progress=progress)
     name = method or f"{semivalue.name}_{sampler.params()['sampler']}"
-    evaluations, failures = stats.evaluations + prepare_calls.calls, stats.failures + prepare_failures
+    evaluations, failures = stats.evaluations, stats.failures + prepare_failures
     report_failures(utility, failures, evaluations, name)
     params = {"semivalue": semivalue.name, **semivalue.params(), **sampler.params(), "seed": seed,
               "n_jobs": n_jobs, "samples": stats.samples, **info}

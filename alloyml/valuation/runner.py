@@ -39,7 +39,7 @@ def _run_one(batch_fn: BatchFn, entropy: int, batch: int, batch_size: int) -> li
 
 
 def run_batches(batch_fn: BatchFn, n_points: int, stopping: Stopping, *, two_groups: bool = False,
-                batch_size: int = 8, n_jobs: int = 1, entropy: int | None = None,
+                batch_size: int = 8, n_jobs: int = 1, entropy: int | None = None, evaluations_before: int = 0,
                 progress: Callable[[PointStats], None] | None = None) -> tuple[PointStats, dict]:
     """Merge samples until `stopping` fires. Returns (stats, info) where info has the seed entropy,
     number of batches computed and whether the run was interrupted (Ctrl-C returns what was merged).
@@ -47,6 +47,7 @@ def run_batches(batch_fn: BatchFn, n_points: int, stopping: Stopping, *, two_gro
     batch_fn(rngs) -> [PointStats of one sample per rng]; it must be picklable for n_jobs != 1.
     n_jobs: 1 runs in this process; k > 1 keeps k Ray tasks in flight; -1 uses every Ray CPU.
     progress: called with the merged statistics after each batch.
+    evaluations_before: utility values the method already asked for (counted against MaxEvaluations).
     """
     if not isinstance(stopping, Stopping):
         raise ConfigError(f"stopping must be a Stopping criterion (e.g. MaxSamples(100)), got {stopping!r}")
@@ -54,7 +55,9 @@ def run_batches(batch_fn: BatchFn, n_points: int, stopping: Stopping, *, two_gro
         raise ConfigError(f"need batch_size >= 1 and n_jobs >= 1 or -1, got {batch_size}, {n_jobs}")
     entropy = run_entropy(None) if entropy is None else entropy
     stopping = stopping.reset()
-    state = {"stats": PointStats.zeros(n_points, two_groups), "batches": 0, "interrupted": False}
+    stats = PointStats.zeros(n_points, two_groups)
+    stats.evaluations = evaluations_before
+    state = {"stats": stats, "batches": 0, "interrupted": False}
     start = time.perf_counter()
 
     def merge(samples: list[PointStats]) -> bool:

@@ -376,9 +376,8 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
             ours = av.data_oob(utility, av.MaxSamples(200), seed=0).values
         peer, peer_s, why = run_peer(pydvl_oob, xtr, noisy, 200)
         add("data_oob", ours, round(t(), 3), peer, peer_s, why, full, "200 bagged decision trees. ")
-    # sampled methods: a class-stratified subset (refits are the cost)
-    sub = np.sort(np.random.default_rng(1).choice(len(noisy), n_sampled, replace=False))
-    sub = np.union1d(sub, np.intersect1d(flipped, sub))
+    # sampled methods: a subset stratified by (noisy) class, so every class keeps its share (refits are the cost)
+    sub = np.sort(train_test_split(np.arange(len(noisy)), train_size=n_sampled, random_state=1, stratify=noisy)[0])
     xs, ys = xtr[sub], noisy[sub]
     utility = lambda: av.Utility(LogisticRegression(max_iter=200), xs, ys, xte, yte)
     # same budget for both: pyDVL runs first and alloyml gets as many utility evaluations as it used

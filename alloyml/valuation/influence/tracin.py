@@ -23,6 +23,7 @@ import torch
 from alloyml.errors import InvalidInputError
 from alloyml.valuation.influence.factored import factorable_layers, gram, linear_factors, squared_norms
 from alloyml.valuation.influence.gradients import GradientFeaturizer
+from alloyml.valuation.influence.reduction import detect_reduction
 from alloyml.valuation.result import ValuationResult
 
 
@@ -69,6 +70,10 @@ def _pair(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise InvalidInputError(f"{name}: inputs has {len(inputs)} rows and targets {len(targets)}; "
                                 "expected the same, non-zero number")
+    for part, tensor in (("inputs", inputs), ("targets", targets)):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InvalidInputError(f"{name} {part} hold {int((~torch.isfinite(tensor)).sum())} non-finite values; "
+                                    "gradient-based values need finite data")
     return inputs, targets
 
 
@@ -96,15 +101,17 @@ class _DenseGradients:
 class _FactoredGradients:
     """Linear layers' per-example gradients kept as (activation, output-gradient) factors."""
 
-    def __init__(self, model, modules, loss_fn, batch_size: int):
+    def __init__(self, model, modules, loss_fn, batch_size: int, reduction: str):
         self.model, self.modules, self.loss_fn, self.batch_size = model, modules, loss_fn, batch_size
+        self.reduction = reduction
 
     def load(self, state_dict):
         self.model.load_state_dict(state_dict)
 
     def features(self, inputs, targets):
         batches = [linear_factors(self.model, self.modules, self.loss_fn, inputs[i:i + self.batch_size],
-                                  targets[i:i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+                                  targets[i:i + self.batch_size], self.reduction)
+                   for i in range(0, len(inputs), self.batch_size)]
         return [(torch.cat([b[layer][0] for b in batches]), torch.cat([b[layer][1] for b in batches]))
                 for layer in range(len(self.modules))]
 
@@ -113,11 +120,13 @@ class _FactoredGradients:
 
 
 def _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, probe):
-    """The factored path when every selected parameter belongs to a linear layer fed one vector per example
-    (and no projection is asked for); the general vmap path otherwise."""
+    """The factored path when every selected parameter belongs to a linear layer fed one vector per example,
+    the loss's batch reduction is known (mean, sum or none) and no projection is asked for; the general
+    vmap path, which calls the loss one example at a time, otherwise."""
     modules = None if projection_dim is not None else factorable_layers(model, layers)
-    if modules and linear_factors(model, modules, loss_fn, probe[0][:2], probe[1][:2]) is not None:
-        return _FactoredGradients(model, modules, loss_fn, batch_size)
+    reduction = detect_reduction(model, loss_fn, *probe) if modules else None
+    if reduction and linear_factors(model, modules, loss_fn, probe[0][:2], probe[1][:2], reduction) is not None:
+        return _FactoredGradients(model, modules, loss_fn, batch_size, reduction)
     return _DenseGradients(GradientFeaturizer(model, loss_fn, layers=layers, projection_dim=projection_dim,
                                               seed=seed, batch_size=batch_size))
 
@@ -142,7 +151,8 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
     model:        a module of the checkpoints' architecture (its weights are overwritten).
     checkpoints:  `TrainingCheckpoint`s or (state_dict, learning_rate) pairs, e.g. from alloyml's trainer.
     train, test:  (inputs [n, ...], targets [n, ...]) tensors.
-    loss_fn:      (outputs, targets) -> scalar, for a batch of one example.
+    loss_fn:      (outputs, targets) -> loss reduced by mean or sum, or per example (reduction="none");
+                  scores do not depend on which, nor on batch_size.
     layers, projection_dim, seed, batch_size: see `GradientFeaturizer`.
     chunk_size:   training examples per block (memory: chunk_size × gradient dim).
     n_jobs:       > 1 splits the training set over that many Ray tasks.

@@ -64,23 +64,27 @@ class PermutationSampler(Sampler):
 
     def batch(self, utility, semivalue, rngs, context):
         n = utility.n
-        importance = context["importance"]
         out = []
         for rng in rngs:
             failures_before = _failures(utility)
             perm = rng.permutation(n)
-            marginals = np.zeros(n)
-            previous, evaluations = context["empty"], 0
-            for j in range(n):
-                current = utility(perm[: j + 1])
-                evaluations += 1
-                marginals[j] = (current - previous) * importance[j]
-                previous = current
-                if self._truncated(current, context):
-                    break
+            marginals, evaluations = self._walk(utility, perm, context)
             out.append(PointStats.from_samples(n, perm, marginals, samples=1, evaluations=evaluations,
                                                failures=_failures(utility) - failures_before))
         return out
+
+    def _walk(self, utility, order, context):
+        """Marginals [n] along one permutation (0 after truncation) and the evaluations they took."""
+        marginals = np.zeros(len(order))
+        previous, used = context["empty"], 0
+        for j in range(len(order)):
+            current = utility(order[: j + 1])
+            used += 1
+            marginals[j] = (current - previous) * context["importance"][j]
+            previous = current
+            if self._truncated(current, context):
+                break
+        return marginals, used
 
     def _truncated(self, score, context) -> bool:
         if self.truncation_rtol is None:
@@ -151,3 +155,69 @@ class MSRSampler(Sampler):
 
     def params(self):
         return {"sampler": "msr"}
+
+
+@dataclass
+class AntitheticPermutationSampler(PermutationSampler):
+    """One sample = a random permutation and its reverse; each point's sample is the mean of its two
+    marginals (antithetic variates: a point early in one is late in the other, so the pair varies less
+    than two independent permutations). 2n evaluations without truncation."""
+
+    def batch(self, utility, semivalue, rngs, context):
+        n = utility.n
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            perm = rng.permutation(n)
+            values, evaluations = np.zeros(n), 0
+            for order in (perm, perm[::-1]):
+                marginals, used = self._walk(utility, order, context)
+                values[order] += marginals / 2
+                evaluations += used
+            out.append(PointStats.from_samples(n, np.arange(n), values, samples=1, evaluations=evaluations,
+                                               failures=_failures(utility) - failures_before))
+        return out
+
+    def params(self):
+        return {"sampler": "antithetic_permutation", "truncation_rtol": self.truncation_rtol}
+
+
+@dataclass
+class OwenSampler(Sampler):
+    """Owen sampling (Okhrati & Lipani 2021): a semivalue is an average over the inclusion probability q
+    of E[U(S + i) - U(S)] with every other point in S independently with probability q. One sample takes
+    `n_q` strata of equal mass of q's distribution, one q drawn uniformly within each (so the average over
+    strata is unbiased), one random S per q, and gives every point its marginal against S without it:
+    n + 1 evaluations per q. A point's sample is the mean over the strata."""
+
+    n_q: int = 8
+
+    def prepare(self, utility, semivalue):
+        if self.n_q < 1:
+            raise ConfigError(f"OwenSampler needs n_q >= 1, got {self.n_q}")
+        semivalue.q_quantile(np.array([0.5]))  # raises for a semivalue without the q form
+        return {}
+
+    def batch(self, utility, semivalue, rngs, context):
+        n = utility.n
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            qs = semivalue.q_quantile((np.arange(self.n_q) + rng.random(self.n_q)) / self.n_q)
+            values = np.zeros(n)
+            for q in qs:
+                members = rng.random(n) < q
+                inside = np.flatnonzero(members)
+                score = utility(inside)
+                for i in range(n):
+                    if members[i]:
+                        values[i] += score - utility(inside[inside != i])
+                    else:
+                        values[i] += utility(np.append(inside, i)) - score
+            out.append(PointStats.from_samples(n, np.arange(n), values / self.n_q, samples=1,
+                                               evaluations=self.n_q * (n + 1),
+                                               failures=_failures(utility) - failures_before))
+        return out
+
+    def params(self):
+        return {"sampler": "owen", "n_q": self.n_q}

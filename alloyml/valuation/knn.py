@@ -25,6 +25,7 @@ blocks run on threads (numpy's sort and arithmetic release the GIL).
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,6 +36,7 @@ from alloyml.valuation.result import ValuationResult
 
 BLOCK_BYTES = 64 * 2**20  # distances held per block
 _UNIT_ROUNDOFF = 2.0**-53
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _check(x_train, y_train, x_test, y_test, k):
@@ -93,27 +95,32 @@ def _sort_by_distance(squared: np.ndarray, low_words: np.ndarray, low: int, low_
 def _resolve_near_ties(keys, low, low_mask, delta, x_train, point, match_train):
     """(order [n], match [n]) from the sorted keys, with every run of neighbours that rounding cannot
     separate re-sorted by the squared distance of direct float64 differences, then by index."""
-    order = ((keys & low_mask) >> np.uint64(1)).astype(np.intp)
-    match = (keys & np.uint64(1)).astype(np.float64)
+    low_word = keys.view(np.uint32)[0::2] if _LITTLE_ENDIAN else keys.view(np.uint32)[1::2]  # low <= 32 bits
+    low_word = low_word & np.uint32(int(low_mask))
+    order = (low_word >> np.uint32(1)).astype(np.intp)
+    match = (low_word & np.uint32(1)).astype(np.float64)
     lower = (keys & ~low_mask).view(np.float64)  # the distance truncated to its kept bits, sorted
-    width = lower * 2.0 ** (low - 52) + delta  # truncation (relative) + rounding of the product form, each side
-    close = np.diff(lower) <= width[1:] + delta  # consecutive positions whose true order is uncertain
+    # p and p + 1 are separated for sure when the gap exceeds truncation (relative) + rounding on each side
+    threshold = lower[1:] * 2.0 ** (low - 52)
+    threshold += 3 * delta
+    close = np.subtract(lower[1:], lower[:-1]) <= threshold
     if not close.any():
         return order, match
-    # runs of uncertain neighbours: position p joins p + 1 wherever close[p]
-    in_run = np.r_[close, False] | np.r_[False, close]
-    group = np.cumsum(np.r_[True, ~close])  # the same number along a run
+    # runs of uncertain neighbours (few): position p joins p + 1 wherever close[p]
+    joins = np.flatnonzero(close)
+    positions = np.union1d(joins, joins + 1)
+    group = np.cumsum(~np.isin(positions - 1, joins))  # run number of each position, from 1
+    first = np.flatnonzero(np.r_[True, np.diff(group) > 0])[group - 1]  # where each position's run starts
     # only runs whose match bits differ can change a value: equal bits give equal values in any order
-    positions = np.flatnonzero(in_run)
-    group_of = group[positions]
     mixed = np.zeros(group[-1] + 1, bool)
-    np.logical_or.at(mixed, group_of, match[positions] != match[positions[np.searchsorted(group_of, group_of)]])
-    positions = positions[mixed[group_of]]
+    np.logical_or.at(mixed, group, match[positions] != match[positions[first]])
+    keep = mixed[group]
+    positions, group = positions[keep], group[keep]
     if positions.size == 0:
         return order, match
     rows = order[positions]
     exact = ((x_train[rows] - point) ** 2).sum(1)
-    resorted = rows[np.lexsort((rows, exact, group[positions]))]
+    resorted = rows[np.lexsort((rows, exact, group))]
     order[positions] = resorted
     match[positions] = match_train[resorted]
     return order, match

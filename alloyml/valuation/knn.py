@@ -32,6 +32,7 @@ import numpy as np
 
 from alloyml.errors import InvalidInputError
 from alloyml.valuation.checks import check_features, check_labels, check_two_classes
+from alloyml.valuation.progress import counted_progress
 from alloyml.valuation.result import ValuationResult
 
 BLOCK_BYTES = 64 * 2**20  # distances held per block
@@ -151,7 +152,7 @@ def _block_values(x_train, xc_train, sq_train, codes_train, x_block, xc_block, c
 
 
 def knn_shapley(x_train, y_train, x_test, y_test, k: int = 5, *, block_size: int | None = None,
-                n_threads: int | None = None) -> ValuationResult:
+                n_threads: int | None = None, progress: bool = False) -> ValuationResult:
     """Exact Shapley values of the training rows for a K-nearest-neighbour classifier (Euclidean).
 
     x_train: [n, d], y_train: [n], x_test: [m, d], y_test: [m]. Returns values [n] (mean over the test
@@ -161,6 +162,7 @@ def knn_shapley(x_train, y_train, x_test, y_test, k: int = 5, *, block_size: int
     y_train.
     block_size: test points per block (default: as many as fit in 64 MiB of distances).
     n_threads: blocks computed at once (default: the CPUs available to this process).
+    progress: show a rich progress bar over the test blocks.
     """
     x_train, y_train, x_test, y_test = _check(x_train, y_train, x_test, y_test, k)
     n, m = x_train.shape[0], x_test.shape[0]
@@ -182,12 +184,15 @@ def knn_shapley(x_train, y_train, x_test, y_test, k: int = 5, *, block_size: int
                              codes_test[start:stop], coef, k)
 
     total = np.zeros(n)
-    if n_threads == 1 or len(starts) == 1:
-        for start in starts:
-            total += run(start)
-    else:
-        with ThreadPoolExecutor(n_threads) as pool:
-            for block_total in pool.map(run, starts):  # map keeps block order: deterministic sums
-                total += block_total
+    with counted_progress(progress, "knn_shapley", len(starts)) as advance:
+        if n_threads == 1 or len(starts) == 1:
+            for start in starts:
+                total += run(start)
+                advance()
+        else:
+            with ThreadPoolExecutor(n_threads) as pool:
+                for block_total in pool.map(run, starts):  # map keeps block order: deterministic sums
+                    total += block_total
+                    advance()
     return ValuationResult(total / m, np.zeros(n), np.full(n, m), "knn_shapley",
                            {"k": int(k), "n_test": int(m), "labels": labels.tolist()})

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from alloyml.errors import ConfigError, InvalidInputError
+from alloyml.valuation.progress import sampling_progress
 from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.runner import run_batches, run_entropy
 from alloyml.valuation.samplers import MSRSampler, PermutationSampler, Sampler, SizeSampler
@@ -72,11 +73,12 @@ def _sampler_batch(sampler, utility, semivalue, context, rngs) -> list[PointStat
 def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping: Stopping, *,
                        batch_size: int | None = None, n_jobs: int = 1, seed: int | None = None,
                        method: str | None = None,
-                       progress: Callable[[PointStats], None] | None = None) -> ValuationResult:
+                       progress: bool | Callable[[PointStats], None] = False) -> ValuationResult:
     """Estimate `semivalue` with `sampler` until `stopping` fires.
 
     batch_size: samples per Ray task (the stopping criterion is checked after every sample).
     n_jobs: 1 in this process, k > 1 Ray tasks in flight, -1 all Ray CPUs.
+    progress: True for a rich progress display, or a callable given the running PointStats per batch.
     The same seed gives bit-identical values for any n_jobs and batch_size (except with MaxTime): each
     sample has its own generator and a `Utility`'s randomised estimators are seeded from the seed and the
     subset (see `Utility`). utility_evaluations counts U(S) values asked for, cached or not: the batches'
@@ -96,10 +98,11 @@ def sampled_semivalues(utility, semivalue: Semivalue, sampler: Sampler, stopping
     context = sampler.prepare(prepare_calls, semivalue)
     prepare_failures = _failures(utility) - failures_before  # batches count their own (maybe elsewhere)
     batch_fn = functools.partial(_sampler_batch, sampler, utility, semivalue, context)
-    stats, info = run_batches(batch_fn, utility.n, stopping, two_groups=sampler.two_groups,
-                              batch_size=batch_size or sampler.default_batch_size, n_jobs=n_jobs, entropy=entropy,
-                              evaluations_before=prepare_calls.calls, progress=progress)
     name = method or f"{semivalue.name}_{sampler.params()['sampler']}"
+    with sampling_progress(progress, name) as on_batch:
+        stats, info = run_batches(batch_fn, utility.n, stopping, two_groups=sampler.two_groups,
+                                  batch_size=batch_size or sampler.default_batch_size, n_jobs=n_jobs,
+                                  entropy=entropy, evaluations_before=prepare_calls.calls, progress=on_batch)
     evaluations, failures = stats.evaluations, stats.failures + prepare_failures
     report_failures(utility, failures, evaluations, name)
     params = {"semivalue": semivalue.name, **semivalue.params(), **sampler.params(), "seed": seed,

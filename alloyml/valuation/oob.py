@@ -9,6 +9,7 @@ import functools
 import numpy as np
 
 from alloyml.errors import ConfigError
+from alloyml.valuation.progress import sampling_progress
 from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.runner import run_batches, run_entropy
 from alloyml.valuation.stats import PointStats
@@ -48,12 +49,13 @@ def _oob_batch(utility: Utility, model, max_samples: float, rngs: list[np.random
 
 
 def data_oob(utility: Utility, stopping: Stopping | None = None, *, model=None, max_samples: float = 1.0,
-             batch_size: int = 16, n_jobs: int = 1, seed: int | None = None) -> ValuationResult:
+             batch_size: int = 16, n_jobs: int = 1, seed: int | None = None, progress=False) -> ValuationResult:
     """Data-OOB values of the training rows of `utility` (its test set is not used).
 
     stopping: when to stop bagging (default MaxSamples(200) bags).
     model: the bagged estimator; default the utility's model (the paper bags decision trees).
     max_samples: bootstrap size as a fraction of n.
+    progress: True for a rich progress display, or a callable given the running PointStats per batch.
     Each bag and its fit's `random_state` (where the estimator leaves it unset) come from the bag's own
     generator, so a seed gives the same values for any n_jobs and batch_size. The model is first fitted on
     all rows: if that fails, FitFailureError is raised before any bag.
@@ -68,8 +70,9 @@ def data_oob(utility: Utility, stopping: Stopping | None = None, *, model=None, 
     except Exception as err:
         utility.record_failure(err, full=True)
     batch_fn = functools.partial(_oob_batch, utility, model, max_samples)
-    stats, info = run_batches(batch_fn, utility.n, stopping, batch_size=batch_size, n_jobs=n_jobs,
-                              entropy=run_entropy(seed))
+    with sampling_progress(progress, "data_oob") as on_batch:
+        stats, info = run_batches(batch_fn, utility.n, stopping, batch_size=batch_size, n_jobs=n_jobs,
+                                  entropy=run_entropy(seed), progress=on_batch)
     report_failures(utility, stats.failures, stats.evaluations, "data_oob")
     params = {"max_samples": max_samples, "seed": seed, "n_jobs": n_jobs, "bags": stats.samples,
               "model": type(model or utility.model).__name__, **info}

@@ -99,3 +99,29 @@ def test_owen_refuses_a_semivalue_without_a_q_form():
 
     with pytest.raises(ConfigError, match="OwenSampler"):
         sampled_semivalues(AIRPORT, Odd(), OwenSampler(), MaxSamples(1))
+
+
+def test_progress_reports_every_batch_and_the_bar_leaves_values_unchanged():
+    import torch
+    import torch.nn.functional as F
+
+    from alloyml.valuation import knn_shapley, msr_banzhaf
+    from alloyml.valuation.influence import TrainingCheckpoint, tracin
+
+    seen = []
+    plain = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8)
+    hooked = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8, progress=lambda s: seen.append(s.samples))
+    barred = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8, progress=True)
+    assert seen == [8, 16, 24, 32, 40]
+    np.testing.assert_array_equal(hooked.values, plain.values)
+    np.testing.assert_array_equal(barred.values, plain.values)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 2)), rng.integers(0, 2, 30)
+    np.testing.assert_array_equal(knn_shapley(x, y, x[:5], y[:5], progress=True, block_size=2).values,
+                                  knn_shapley(x, y, x[:5], y[:5]).values)
+    model = torch.nn.Linear(2, 2).double()
+    data = (torch.as_tensor(x), torch.as_tensor(y))
+    checkpoints = [TrainingCheckpoint(model.state_dict(), 0.1)]
+    np.testing.assert_array_equal(tracin(model, checkpoints, data, data, F.cross_entropy, progress=True,
+                                         chunk_size=7).scores,
+                                  tracin(model, checkpoints, data, data, F.cross_entropy, chunk_size=7).scores)

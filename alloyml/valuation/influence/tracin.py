@@ -24,6 +24,7 @@ from alloyml.errors import InvalidInputError
 from alloyml.valuation.influence.factored import factorable_layers, gram, linear_factors, squared_norms
 from alloyml.valuation.influence.gradients import GradientFeaturizer
 from alloyml.valuation.influence.reduction import detect_reduction
+from alloyml.valuation.progress import counted_progress
 from alloyml.valuation.result import ValuationResult
 
 
@@ -131,7 +132,8 @@ def _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, probe):
                                               seed=seed, batch_size=batch_size))
 
 
-def _tracin_rows(gradients, checkpoints: list[TrainingCheckpoint], train, test, chunk_size: int) -> np.ndarray:
+def _tracin_rows(gradients, checkpoints: list[TrainingCheckpoint], train, test, chunk_size: int,
+                 advance=lambda k=1: None) -> np.ndarray:
     train_x, train_y = train
     scores = torch.zeros(len(train_x), len(test[0]), dtype=torch.float64)
     for checkpoint in checkpoints:
@@ -140,12 +142,14 @@ def _tracin_rows(gradients, checkpoints: list[TrainingCheckpoint], train, test, 
         for start in range(0, len(train_x), chunk_size):
             chunk = gradients.features(train_x[start:start + chunk_size], train_y[start:start + chunk_size])
             scores[start:start + chunk_size] += checkpoint.learning_rate * gradients.inner(chunk, test_features)
+            advance()
     return scores.numpy()
 
 
 def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: Callable, *,
            layers: Sequence[str] | None = None, projection_dim: int | None = None, seed: int = 0,
-           chunk_size: int = 1024, batch_size: int = 256, n_jobs: int = 1) -> InfluenceScores:
+           chunk_size: int = 1024, batch_size: int = 256, n_jobs: int = 1,
+           progress: bool = False) -> InfluenceScores:
     """TracInCP influence of every training example on every test example.
 
     model:        a module of the checkpoints' architecture (its weights are overwritten).
@@ -156,6 +160,7 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
     layers, projection_dim, seed, batch_size: see `GradientFeaturizer`.
     chunk_size:   training examples per block (memory: chunk_size × gradient dim).
     n_jobs:       > 1 splits the training set over that many Ray tasks.
+    progress:     a rich progress bar over checkpoints x train chunks (in-process runs).
     Returns `InfluenceScores` with scores [n_train, n_test].
     """
     checkpoints = _checkpoints(checkpoints)
@@ -167,7 +172,10 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
         return _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, test)
 
     if n_jobs <= 1:
-        return InfluenceScores(_tracin_rows(gradients(), checkpoints, train, test, chunk_size), "tracin", params)
+        steps = len(checkpoints) * -(-len(train[0]) // chunk_size)
+        with counted_progress(progress, "tracin", steps) as advance:
+            rows = _tracin_rows(gradients(), checkpoints, train, test, chunk_size, advance)
+        return InfluenceScores(rows, "tracin", params)
     import ray
 
     from alloyml.raycluster import ensure_ray
@@ -188,7 +196,7 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
 
 def self_influence(model: torch.nn.Module, checkpoints: Sequence, train, loss_fn: Callable, *,
                    layers: Sequence[str] | None = None, projection_dim: int | None = None, seed: int = 0,
-                   batch_size: int = 512) -> ValuationResult:
+                   batch_size: int = 512, progress: bool = False) -> ValuationResult:
     """TracIn self-influence sum_c lr_c * ||grad loss(w_c, z)||^2 of each training example.
 
     Returned as a `ValuationResult` whose values are the *negated* self-influence, so that — as for every
@@ -197,11 +205,14 @@ def self_influence(model: torch.nn.Module, checkpoints: Sequence, train, loss_fn
     inputs, targets = _pair(train, "train")
     gradients = _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, (inputs, targets))
     total = torch.zeros(len(inputs), dtype=torch.float64)
-    for checkpoint in checkpoints:
-        gradients.load(checkpoint.state_dict)
-        for start in range(0, len(inputs), batch_size):
-            features = gradients.features(inputs[start:start + batch_size], targets[start:start + batch_size])
-            total[start:start + batch_size] += checkpoint.learning_rate * gradients.squared_norms(features)
+    steps = len(checkpoints) * -(-len(inputs) // batch_size)
+    with counted_progress(progress, "self_influence", steps) as advance:
+        for checkpoint in checkpoints:
+            gradients.load(checkpoint.state_dict)
+            for start in range(0, len(inputs), batch_size):
+                features = gradients.features(inputs[start:start + batch_size], targets[start:start + batch_size])
+                total[start:start + batch_size] += checkpoint.learning_rate * gradients.squared_norms(features)
+                advance()
     n = len(inputs)
     return ValuationResult(values=-total.numpy(), stderr=np.zeros(n), counts=np.full(n, len(checkpoints)),
                            method="tracin_self_influence",

@@ -1,9 +1,9 @@
 """Samplers: how a batch of random subsets becomes per-point samples of a semivalue.
 
-A sampler's `batch(utility, semivalue, rngs, context)` returns one PointStats per generator (one sample
-each, drawn only from its own generator); the mean of the samples it records for a point is an unbiased
-estimate of that point's semivalue. `prepare(utility, semivalue)` runs once in the driver before any batch
-(checks, U(empty), U(N) for truncation).
+A sampler's `sample(utility, semivalue, rng, context)` draws one sample from its own generator and
+`batch(..., rngs, ...)` turns one sample per generator into PointStats; the mean of the samples it
+records for a point is an unbiased estimate of that point's semivalue. `prepare(utility, semivalue)`
+runs once in the driver before any batch (checks, U(empty), U(N) for truncation).
 
 Evaluations are counted as the utility values a sample asks for, whether a fit or the cache answered, so
 budgets (`MaxEvaluations`) mean the same in every process.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +26,17 @@ def _failures(utility) -> int:
     return getattr(utility, "fit_failures", 0)  # games never fail
 
 
+class Sample(NamedTuple):
+    """One sample's per-point quantities: points [m] and values [m] (and, for two-group samplers, the
+    "without" group), and the utility values it asked for."""
+
+    points: np.ndarray
+    values: np.ndarray
+    evaluations: int
+    out_points: np.ndarray | None = None
+    out_values: np.ndarray | None = None
+
+
 class Sampler(ABC):
     two_groups = False
     default_batch_size = 1
@@ -32,10 +44,21 @@ class Sampler(ABC):
     def prepare(self, utility, semivalue: Semivalue) -> dict:
         return {}
 
-    @abstractmethod
     def batch(self, utility, semivalue: Semivalue, rngs: list[np.random.Generator],
               context: dict) -> list[PointStats]:
-        """Marginal contributions of one sample per generator."""
+        """One PointStats per generator, each from one `sample` drawn only from that generator."""
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            drawn = self.sample(utility, semivalue, rng, context)
+            out.append(PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
+                                               drawn.out_values, samples=1, evaluations=drawn.evaluations,
+                                               failures=_failures(utility) - failures_before))
+        return out
+
+    @abstractmethod
+    def sample(self, utility, semivalue: Semivalue, rng: np.random.Generator, context: dict) -> Sample:
+        """The marginal contributions (or scores) of one sample."""
 
     def params(self) -> dict:
         return {"sampler": type(self).__name__}
@@ -62,16 +85,10 @@ class PermutationSampler(Sampler):
             context["total"] = utility(np.arange(utility.n))
         return context
 
-    def batch(self, utility, semivalue, rngs, context):
-        n = utility.n
-        out = []
-        for rng in rngs:
-            failures_before = _failures(utility)
-            perm = rng.permutation(n)
-            marginals, evaluations = self._walk(utility, perm, context)
-            out.append(PointStats.from_samples(n, perm, marginals, samples=1, evaluations=evaluations,
-                                               failures=_failures(utility) - failures_before))
-        return out
+    def sample(self, utility, semivalue, rng, context):
+        perm = rng.permutation(utility.n)
+        marginals, evaluations = self._walk(utility, perm, context)
+        return Sample(perm, marginals, evaluations)
 
     def _walk(self, utility, order, context):
         """Marginals [n] along one permutation (0 after truncation) and the evaluations they took."""
@@ -104,20 +121,15 @@ class SizeSampler(Sampler):
     def prepare(self, utility, semivalue):
         return {"sizes": semivalue.size_probabilities(utility.n)}
 
-    def batch(self, utility, semivalue, rngs, context):
+    def sample(self, utility, semivalue, rng, context):
         n = utility.n
-        out = []
-        for rng in rngs:
-            failures_before = _failures(utility)
-            marginals = np.empty(n)
-            sizes = rng.choice(n, size=n, p=context["sizes"])
-            for i in range(n):
-                others = np.delete(np.arange(n), i)
-                subset = rng.choice(others, size=sizes[i], replace=False)
-                marginals[i] = utility(np.append(subset, i)) - utility(subset)
-            out.append(PointStats.from_samples(n, np.arange(n), marginals, samples=1, evaluations=2 * n,
-                                               failures=_failures(utility) - failures_before))
-        return out
+        marginals = np.empty(n)
+        sizes = rng.choice(n, size=n, p=context["sizes"])
+        for i in range(n):
+            others = np.delete(np.arange(n), i)
+            subset = rng.choice(others, size=sizes[i], replace=False)
+            marginals[i] = utility(np.append(subset, i)) - utility(subset)
+        return Sample(np.arange(n), marginals, 2 * n)
 
     def params(self):
         return {"sampler": "size"}
@@ -140,18 +152,11 @@ class MSRSampler(Sampler):
             )
         return {}
 
-    def batch(self, utility, semivalue, rngs, context):
-        n = utility.n
-        out = []
-        for rng in rngs:
-            failures_before = _failures(utility)
-            mask = rng.random(n) < 0.5
-            inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
-            score = utility(inside)
-            out.append(PointStats.from_samples(n, inside, np.full(inside.size, score), outside,
-                                               np.full(outside.size, score), samples=1, evaluations=1,
-                                               failures=_failures(utility) - failures_before))
-        return out
+    def sample(self, utility, semivalue, rng, context):
+        mask = rng.random(utility.n) < 0.5
+        inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+        score = utility(inside)
+        return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
 
     def params(self):
         return {"sampler": "msr"}
@@ -163,20 +168,14 @@ class AntitheticPermutationSampler(PermutationSampler):
     marginals (antithetic variates: a point early in one is late in the other, so the pair varies less
     than two independent permutations). 2n evaluations without truncation."""
 
-    def batch(self, utility, semivalue, rngs, context):
-        n = utility.n
-        out = []
-        for rng in rngs:
-            failures_before = _failures(utility)
-            perm = rng.permutation(n)
-            values, evaluations = np.zeros(n), 0
-            for order in (perm, perm[::-1]):
-                marginals, used = self._walk(utility, order, context)
-                values[order] += marginals / 2
-                evaluations += used
-            out.append(PointStats.from_samples(n, np.arange(n), values, samples=1, evaluations=evaluations,
-                                               failures=_failures(utility) - failures_before))
-        return out
+    def sample(self, utility, semivalue, rng, context):
+        perm = rng.permutation(utility.n)
+        values, evaluations = np.zeros(utility.n), 0
+        for order in (perm, perm[::-1]):
+            marginals, used = self._walk(utility, order, context)
+            values[order] += marginals / 2
+            evaluations += used
+        return Sample(np.arange(utility.n), values, evaluations)
 
     def params(self):
         return {"sampler": "antithetic_permutation", "truncation_rtol": self.truncation_rtol}
@@ -198,26 +197,20 @@ class OwenSampler(Sampler):
         semivalue.q_quantile(np.array([0.5]))  # raises for a semivalue without the q form
         return {}
 
-    def batch(self, utility, semivalue, rngs, context):
+    def sample(self, utility, semivalue, rng, context):
         n = utility.n
-        out = []
-        for rng in rngs:
-            failures_before = _failures(utility)
-            qs = semivalue.q_quantile((np.arange(self.n_q) + rng.random(self.n_q)) / self.n_q)
-            values = np.zeros(n)
-            for q in qs:
-                members = rng.random(n) < q
-                inside = np.flatnonzero(members)
-                score = utility(inside)
-                for i in range(n):
-                    if members[i]:
-                        values[i] += score - utility(inside[inside != i])
-                    else:
-                        values[i] += utility(np.append(inside, i)) - score
-            out.append(PointStats.from_samples(n, np.arange(n), values / self.n_q, samples=1,
-                                               evaluations=self.n_q * (n + 1),
-                                               failures=_failures(utility) - failures_before))
-        return out
+        qs = semivalue.q_quantile((np.arange(self.n_q) + rng.random(self.n_q)) / self.n_q)
+        values = np.zeros(n)
+        for q in qs:
+            members = rng.random(n) < q
+            inside = np.flatnonzero(members)
+            score = utility(inside)
+            for i in range(n):
+                if members[i]:
+                    values[i] += score - utility(inside[inside != i])
+                else:
+                    values[i] += utility(np.append(inside, i)) - score
+        return Sample(np.arange(n), values / self.n_q, self.n_q * (n + 1))
 
     def params(self):
         return {"sampler": "owen", "n_q": self.n_q}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ratio, row, write_results  # noqa: E402
 
 from alloyml.valuation import ValuationResult, flip_labels, noisy_label_detection  # noqa: E402
-from alloyml.valuation.influence import Checkpoint, self_influence, tracin  # noqa: E402
+from alloyml.valuation.influence import TrainingCheckpoint, self_influence, tracin  # noqa: E402
 
 
 def _mlp(d_in, d_out, hidden=32):
@@ -43,7 +43,7 @@ def train_with_checkpoints(x, y, n_classes, epochs=40, n_checkpoints=5, lr=0.05,
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
         if (epoch + 1) % (epochs // n_checkpoints) == 0:
-            checkpoints.append(Checkpoint({k: v.clone() for k, v in model.state_dict().items()}, lr))
+            checkpoints.append(TrainingCheckpoint({k: v.clone() for k, v in model.state_dict().items()}, lr))
     return model, checkpoints
 
 
@@ -168,7 +168,8 @@ def main() -> None:
     big_x = torch.randn(n_big, 64, generator=g)
     big_y = torch.randint(0, 10, (n_big,), generator=g)
     big_model = _mlp(64, 10)
-    big_ckpts = [Checkpoint({k: v + 0.01 * i for k, v in big_model.state_dict().items()}, 0.05) for i in range(5)]
+    big_ckpts = [TrainingCheckpoint({k: v + 0.01 * i for k, v in big_model.state_dict().items()}, 0.05)
+                 for i in range(5)]
     _, big_s = _timed(lambda: self_influence(big_model, big_ckpts, (big_x, big_y), F.cross_entropy,
                                              batch_size=4096), repeats=1)
     rows.append(row(f"self-influence {n_big:,} examples, MLP 64-32-10, 5 ckpts", "seconds", round(big_s, 2), {},

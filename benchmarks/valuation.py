@@ -248,11 +248,14 @@ def knn_scale(n_test: int, n_train: int = 1_000_000, d: int = 32) -> float:
     return round(t(), 3)
 
 
-def _first_reaching(reference, min_corr):
-    """A Stopping criterion that fires once the running values reach Spearman >= min_corr."""
+def _first_reaching(reference, min_corr, every=1):
+    """A Stopping criterion that fires once the running values reach Spearman >= min_corr, checked every
+    `every` samples (alloyml offers a check after each sample; pyDVL checks once per batch of 16)."""
 
     class Reaches(av.stopping.Stopping):
         def __call__(self, stats, elapsed_s):
+            if stats.samples % every:
+                return False
             return spearmanr(stats.values, reference).statistic >= min_corr
 
     return Reaches()
@@ -298,7 +301,8 @@ def convergence(rows, quick):
         reference = reference_fn().values
         cap = 2000 if name == "msr_banzhaf" else 100
         with timer() as t:
-            ours = ours_fn(_first_reaching(reference, 0.9) | av.MaxSamples(cap * (16 if name == "msr_banzhaf" else 1)))
+            every = 16 if name == "msr_banzhaf" else 1
+            ours = ours_fn(_first_reaching(reference, 0.9, every) | av.MaxSamples(cap * every))
         ours_s = round(t(), 3)
         ours_corr = spearmanr(ours.values, reference).statistic
         peer_cap = 10_000 if name == "msr_banzhaf" else cap
@@ -376,9 +380,8 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
             ours = av.data_oob(utility, av.MaxSamples(200), seed=0).values
         peer, peer_s, why = run_peer(pydvl_oob, xtr, noisy, 200)
         add("data_oob", ours, round(t(), 3), peer, peer_s, why, full, "200 bagged decision trees. ")
-    # sampled methods: a class-stratified subset (refits are the cost)
-    sub = np.sort(np.random.default_rng(1).choice(len(noisy), n_sampled, replace=False))
-    sub = np.union1d(sub, np.intersect1d(flipped, sub))
+    # sampled methods: a subset stratified by (noisy) class, so every class keeps its share (refits are the cost)
+    sub = np.sort(train_test_split(np.arange(len(noisy)), train_size=n_sampled, random_state=1, stratify=noisy)[0])
     xs, ys = xtr[sub], noisy[sub]
     utility = lambda: av.Utility(LogisticRegression(max_iter=200), xs, ys, xte, yte)
     # same budget for both: pyDVL runs first and alloyml gets as many utility evaluations as it used

@@ -9,6 +9,7 @@ Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine w
 from alloyml.valuation.evaluation import flip_labels, noisy_label_detection, point_removal_curve
 from alloyml.valuation.games import AdditiveGame, AirportGame, VotingGame
 from alloyml.valuation.knn import knn_shapley
+from alloyml.valuation.leastcore import least_core
 from alloyml.valuation.methods import (
     beta_shapley,
     exact_banzhaf,
@@ -22,7 +23,13 @@ from alloyml.valuation.methods import (
 from alloyml.valuation.oob import data_oob
 from alloyml.valuation.pipeline import check_rowwise, pipeline_knn_shapley, pipeline_utility
 from alloyml.valuation.result import ValuationResult
-from alloyml.valuation.samplers import MSRSampler, PermutationSampler, SizeSampler
+from alloyml.valuation.samplers import (
+    AntitheticPermutationSampler,
+    MSRSampler,
+    OwenSampler,
+    PermutationSampler,
+    SizeSampler,
+)
 from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
 from alloyml.valuation.stopping import (
     MaxEvaluations,
@@ -35,7 +42,8 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
-    "AdditiveGame", "AirportGame", "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
+    "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",
+    "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
     "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",
     "StandardErrorThreshold",
     "Utility", "ValuationResult", "VotingGame", "beta_shapley", "check_rowwise", "data_oob", "exact_banzhaf",

@@ -23,7 +23,9 @@ class ValuationResult:
     method:  short name of the method, e.g. "tmc_shapley".
     params:  JSON-able parameters of the run (k, seed, truncation, ...).
     indices: [n] int64, ids of the points (default 0..n-1), kept through sorting and subsetting.
-    utility_evaluations: how many times a model was fitted and scored (0 for closed-form methods).
+    utility_evaluations: how many utility values the method asked for (fitted or cached; 0 for
+             closed-form methods).
+    fit_failures: how many of those fits failed and scored the utility's default (see `Utility`).
     """
 
     values: np.ndarray
@@ -33,6 +35,7 @@ class ValuationResult:
     params: dict = field(default_factory=dict)
     indices: np.ndarray | None = None
     utility_evaluations: int = 0
+    fit_failures: int = 0
 
     def __post_init__(self):
         self.values = np.asarray(self.values, dtype=np.float64)
@@ -73,6 +76,7 @@ class ValuationResult:
             "method": self.method,
             "params": self.params,
             "utility_evaluations": self.utility_evaluations,
+            "fit_failures": self.fit_failures,
         }
 
     @classmethod

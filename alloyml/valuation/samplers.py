@@ -1,20 +1,40 @@
 """Samplers: how a batch of random subsets becomes per-point samples of a semivalue.
 
-A sampler's `batch(utility, semivalue, rng, n_samples)` returns the PointStats of `n_samples` samples;
-the mean of the samples it records for a point is an unbiased estimate of that point's semivalue.
-`prepare(utility, semivalue)` runs once in the driver before any batch (checks, U(N) for truncation).
+A sampler's `sample(utility, semivalue, rng, context)` draws one sample from its own generator and
+`batch(..., rngs, ...)` turns one sample per generator into PointStats; the mean of the samples it
+records for a point is an unbiased estimate of that point's semivalue. `prepare(utility, semivalue)`
+runs once in the driver before any batch (checks, U(empty), U(N) for truncation).
+
+Evaluations are counted as the utility values a sample asks for, whether a fit or the cache answered, so
+budgets (`MaxEvaluations`) mean the same in every process.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from alloyml.errors import ConfigError
 from alloyml.valuation.semivalues import Banzhaf, Semivalue
 from alloyml.valuation.stats import PointStats
+
+
+def _failures(utility) -> int:
+    return getattr(utility, "fit_failures", 0)  # games never fail
+
+
+class Sample(NamedTuple):
+    """One sample's per-point quantities: points [m] and values [m] (and, for two-group samplers, the
+    "without" group), and the utility values it asked for."""
+
+    points: np.ndarray
+    values: np.ndarray
+    evaluations: int
+    out_points: np.ndarray | None = None
+    out_values: np.ndarray | None = None
 
 
 class Sampler(ABC):
@@ -24,10 +44,21 @@ class Sampler(ABC):
     def prepare(self, utility, semivalue: Semivalue) -> dict:
         return {}
 
+    def batch(self, utility, semivalue: Semivalue, rngs: list[np.random.Generator],
+              context: dict) -> list[PointStats]:
+        """One PointStats per generator, each from one `sample` drawn only from that generator."""
+        out = []
+        for rng in rngs:
+            failures_before = _failures(utility)
+            drawn = self.sample(utility, semivalue, rng, context)
+            out.append(PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
+                                               drawn.out_values, samples=1, evaluations=drawn.evaluations,
+                                               failures=_failures(utility) - failures_before))
+        return out
+
     @abstractmethod
-    def batch(self, utility, semivalue: Semivalue, rng: np.random.Generator, n_samples: int,
-              context: dict) -> PointStats:
-        """Marginal contributions of `n_samples` samples."""
+    def sample(self, utility, semivalue: Semivalue, rng: np.random.Generator, context: dict) -> Sample:
+        """The marginal contributions (or scores) of one sample."""
 
     def params(self) -> dict:
         return {"sampler": type(self).__name__}
@@ -48,29 +79,29 @@ class PermutationSampler(Sampler):
     def prepare(self, utility, semivalue):
         if self.truncation_rtol is not None and self.truncation_rtol < 0:
             raise ConfigError(f"truncation_rtol must be >= 0 or None, got {self.truncation_rtol}")
-        context = {"importance": utility.n * semivalue.size_probabilities(utility.n)}
+        context = {"importance": utility.n * semivalue.size_probabilities(utility.n),
+                   "empty": utility(np.zeros(0, np.int64))}
         if self.truncation_rtol is not None:
             context["total"] = utility(np.arange(utility.n))
         return context
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
-        n = utility.n
-        importance = context["importance"]
-        fits_before = utility.fits
-        points = np.empty((n_samples, n), dtype=np.int64)
-        marginals = np.zeros((n_samples, n))
-        for s in range(n_samples):
-            perm = rng.permutation(n)
-            points[s] = perm
-            previous = utility(perm[:0])
-            for j in range(n):
-                current = utility(perm[: j + 1])
-                marginals[s, j] = (current - previous) * importance[j]
-                previous = current
-                if self._truncated(current, context):
-                    break
-        return PointStats.from_samples(n, points.ravel(), marginals.ravel(), samples=n_samples,
-                                       evaluations=utility.fits - fits_before)
+    def sample(self, utility, semivalue, rng, context):
+        perm = rng.permutation(utility.n)
+        marginals, evaluations = self._walk(utility, perm, context)
+        return Sample(perm, marginals, evaluations)
+
+    def _walk(self, utility, order, context):
+        """Marginals [n] along one permutation (0 after truncation) and the evaluations they took."""
+        marginals = np.zeros(len(order))
+        previous, used = context["empty"], 0
+        for j in range(len(order)):
+            current = utility(order[: j + 1])
+            used += 1
+            marginals[j] = (current - previous) * context["importance"][j]
+            previous = current
+            if self._truncated(current, context):
+                break
+        return marginals, used
 
     def _truncated(self, score, context) -> bool:
         if self.truncation_rtol is None:
@@ -90,19 +121,15 @@ class SizeSampler(Sampler):
     def prepare(self, utility, semivalue):
         return {"sizes": semivalue.size_probabilities(utility.n)}
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
+    def sample(self, utility, semivalue, rng, context):
         n = utility.n
-        fits_before = utility.fits
-        marginals = np.empty((n_samples, n))
-        for s in range(n_samples):
-            sizes = rng.choice(n, size=n, p=context["sizes"])
-            for i in range(n):
-                others = np.delete(np.arange(n), i)
-                subset = rng.choice(others, size=sizes[i], replace=False)
-                marginals[s, i] = utility(np.append(subset, i)) - utility(subset)
-        points = np.tile(np.arange(n), n_samples)
-        return PointStats.from_samples(n, points, marginals.ravel(), samples=n_samples,
-                                       evaluations=utility.fits - fits_before)
+        marginals = np.empty(n)
+        sizes = rng.choice(n, size=n, p=context["sizes"])
+        for i in range(n):
+            others = np.delete(np.arange(n), i)
+            subset = rng.choice(others, size=sizes[i], replace=False)
+            marginals[i] = utility(np.append(subset, i)) - utility(subset)
+        return Sample(np.arange(n), marginals, 2 * n)
 
     def params(self):
         return {"sampler": "size"}
@@ -125,15 +152,65 @@ class MSRSampler(Sampler):
             )
         return {}
 
-    def batch(self, utility, semivalue, rng, n_samples, context):
-        n = utility.n
-        fits_before = utility.fits
-        masks = rng.random((n_samples, n)) < 0.5
-        scores = np.array([utility(np.flatnonzero(mask)) for mask in masks])
-        in_rows, in_points = np.nonzero(masks)
-        out_rows, out_points = np.nonzero(~masks)
-        return PointStats.from_samples(n, in_points, scores[in_rows], out_points, scores[out_rows],
-                                       samples=n_samples, evaluations=utility.fits - fits_before)
+    def sample(self, utility, semivalue, rng, context):
+        mask = rng.random(utility.n) < 0.5
+        inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+        score = utility(inside)
+        return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
 
     def params(self):
         return {"sampler": "msr"}
+
+
+@dataclass
+class AntitheticPermutationSampler(PermutationSampler):
+    """One sample = a random permutation and its reverse; each point's sample is the mean of its two
+    marginals (antithetic variates: a point early in one is late in the other, so the pair varies less
+    than two independent permutations). 2n evaluations without truncation."""
+
+    def sample(self, utility, semivalue, rng, context):
+        perm = rng.permutation(utility.n)
+        values, evaluations = np.zeros(utility.n), 0
+        for order in (perm, perm[::-1]):
+            marginals, used = self._walk(utility, order, context)
+            values[order] += marginals / 2
+            evaluations += used
+        return Sample(np.arange(utility.n), values, evaluations)
+
+    def params(self):
+        return {"sampler": "antithetic_permutation", "truncation_rtol": self.truncation_rtol}
+
+
+@dataclass
+class OwenSampler(Sampler):
+    """Owen sampling (Okhrati & Lipani 2021): a semivalue is an average over the inclusion probability q
+    of E[U(S + i) - U(S)] with every other point in S independently with probability q. One sample takes
+    `n_q` strata of equal mass of q's distribution, one q drawn uniformly within each (so the average over
+    strata is unbiased), one random S per q, and gives every point its marginal against S without it:
+    n + 1 evaluations per q. A point's sample is the mean over the strata."""
+
+    n_q: int = 8
+
+    def prepare(self, utility, semivalue):
+        if self.n_q < 1:
+            raise ConfigError(f"OwenSampler needs n_q >= 1, got {self.n_q}")
+        semivalue.q_quantile(np.array([0.5]))  # raises for a semivalue without the q form
+        return {}
+
+    def sample(self, utility, semivalue, rng, context):
+        n = utility.n
+        qs = semivalue.q_quantile((np.arange(self.n_q) + rng.random(self.n_q)) / self.n_q)
+        values = np.zeros(n)
+        for q in qs:
+            members = rng.random(n) < q
+            inside = np.flatnonzero(members)
+            score = utility(inside)
+            for i in range(n):
+                if members[i]:
+                    values[i] += score - utility(inside[inside != i])
+                else:
+                    values[i] += utility(np.append(inside, i)) - score
+        return Sample(np.arange(n), values / self.n_q, self.n_q * (n + 1))
+
+    def params(self):
+        return {"sampler": "owen", "n_q": self.n_q}

@@ -56,6 +56,11 @@ class Semivalue(ABC):
     def params(self) -> dict:
         return {}
 
+    def q_quantile(self, u: np.ndarray) -> np.ndarray:
+        """Quantiles of the inclusion probability q when the semivalue is written as a mixture over q
+        (w(n, k) = E_q[q^k (1 - q)^(n-1-k)]), used by `OwenSampler`."""
+        raise ConfigError(f"the {self.name} semivalue has no inclusion-probability form for OwenSampler")
+
 
 @register_semivalue("shapley")
 @dataclass
@@ -65,6 +70,9 @@ class Shapley(Semivalue):
     def log_weight(self, n, k):
         return -np.log(n) - _log_comb(n - 1, k)
 
+    def q_quantile(self, u):
+        return np.asarray(u, dtype=np.float64)  # q uniform on [0, 1]: int q^k (1-q)^(n-1-k) dq = 1/(n C(n-1, k))
+
 
 @register_semivalue("banzhaf")
 @dataclass
@@ -73,6 +81,9 @@ class Banzhaf(Semivalue):
 
     def log_weight(self, n, k):
         return np.full(np.shape(k), -(n - 1) * np.log(2.0))
+
+    def q_quantile(self, u):
+        return np.full(np.shape(u), 0.5)  # q = 1/2 always
 
 
 @register_semivalue("beta")
@@ -93,6 +104,12 @@ class Beta(Semivalue):
 
     def log_weight(self, n, k):
         return betaln(k + self.beta, n - 1 - k + self.alpha) - betaln(self.alpha, self.beta)
+
+    def q_quantile(self, u):
+        from scipy.stats import beta as beta_distribution
+
+        # B(k + b, n-1-k + a) / B(a, b) = E[q^k (1-q)^(n-1-k)] for q ~ Beta(b, a)
+        return beta_distribution(self.beta, self.alpha).ppf(u)
 
     def params(self):
         return {"alpha": self.alpha, "beta": self.beta}

@@ -54,13 +54,15 @@ class PointStats:
     outside: _Moments | None = None
     samples: int = 0
     evaluations: int = 0
+    failures: int = 0  # evaluations whose fit failed and scored the default (see Utility)
 
     @classmethod
     def zeros(cls, n: int, two_groups: bool = False) -> PointStats:
         return cls(_Moments.zeros(n), _Moments.zeros(n) if two_groups else None)
 
     @classmethod
-    def from_samples(cls, n, points, values, out_points=None, out_values=None, samples=0, evaluations=0):
+    def from_samples(cls, n, points, values, out_points=None, out_values=None, samples=0, evaluations=0,
+                     failures=0):
         """points/values: [m] int / float pairs (one sample of one point's quantity each)."""
         points = np.asarray(points, dtype=np.int64)
         values = np.asarray(values, dtype=np.float64)
@@ -69,12 +71,12 @@ class PointStats:
             outside = _Moments.from_samples(
                 n, np.asarray(out_points, np.int64), np.asarray(out_values, np.float64)
             )
-        return cls(_Moments.from_samples(n, points, values), outside, samples, evaluations)
+        return cls(_Moments.from_samples(n, points, values), outside, samples, evaluations, failures)
 
     def merge(self, other: PointStats) -> PointStats:
         outside = None if self.outside is None else self.outside.merge(other.outside)
         return PointStats(self.inside.merge(other.inside), outside, self.samples + other.samples,
-                          self.evaluations + other.evaluations)
+                          self.evaluations + other.evaluations, self.failures + other.failures)
 
     @property
     def values(self) -> np.ndarray:

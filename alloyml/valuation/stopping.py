@@ -1,7 +1,8 @@
 """Stopping criteria for sampling methods, combinable with `&` (both) and `|` (either).
 
-The driver calls `criterion(stats, elapsed_s)` after each batch is merged (in batch order), so any
-criterion that does not look at the clock stops at the same batch whatever the number of workers.
+The driver calls `criterion(stats, elapsed_s)` after each sample is merged (in sample order), so any
+criterion that does not look at the clock stops at the same sample whatever the number of workers or
+the batch size.
 `MaxTime` is the exception: it trades reproducibility for a wall-clock budget.
 """
 
@@ -82,7 +83,8 @@ class MinUpdates(_AtLeast):
 
 
 class MaxEvaluations(_AtLeast):
-    """Stop after `n` utility evaluations (model fits) in total."""
+    """Stop at the first sample that brings the utility evaluations (values asked for, fitted or cached)
+    to `n`: exactly `n` for one-evaluation samples (MSR, bags); a permutation can pass it by its own length."""
 
     def measure(self, stats, elapsed_s):
         return stats.evaluations
@@ -116,17 +118,25 @@ class RankStability(Stopping):
     """Stop when the Spearman correlation between the values at consecutive checks has stayed
     >= `min_correlation` for `patience` checks in a row.
 
-    Early on, values move little per batch (and truncated permutations leave many ties at 0), so pair it
-    with a floor: `RankStability(0.99) & MinUpdates(20)`."""
+    Checks are every `every` samples (the driver offers one after each sample), so the result does not
+    depend on the batch size. Early on values move little per check (and truncated permutations leave many
+    ties at 0), so pair it with a floor: `RankStability(0.99) & MinUpdates(20)`."""
 
-    def __init__(self, min_correlation: float = 0.99, patience: int = 3):
-        self.min_correlation, self.patience = min_correlation, patience
+    def __init__(self, min_correlation: float = 0.99, patience: int = 3, every: int = 1):
+        if not -1 < min_correlation < 1:
+            raise ConfigError(f"RankStability needs -1 < min_correlation < 1 (a Spearman correlation; 1 is "
+                              f"never reached reliably), got {min_correlation}")
+        if patience < 1 or every < 1:
+            raise ConfigError(f"RankStability needs patience >= 1 and every >= 1, got {patience}, {every}")
+        self.min_correlation, self.patience, self.every = min_correlation, patience, every
         self._previous = None
         self._streak = 0
 
     def __call__(self, stats, elapsed_s):
         from scipy.stats import spearmanr
 
+        if stats.samples % self.every:
+            return False
         values = stats.values
         if self._previous is not None and np.ptp(values) > 0 and np.ptp(self._previous) > 0:
             stable = spearmanr(values, self._previous).statistic >= self.min_correlation
@@ -135,7 +145,7 @@ class RankStability(Stopping):
         return self._streak >= self.patience
 
     def reset(self):
-        return RankStability(self.min_correlation, self.patience)
+        return RankStability(self.min_correlation, self.patience, self.every)
 
     def __repr__(self):
-        return f"RankStability({self.min_correlation}, patience={self.patience})"
+        return f"RankStability({self.min_correlation}, patience={self.patience}, every={self.every})"

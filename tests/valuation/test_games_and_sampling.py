@@ -85,11 +85,40 @@ def test_beta_shapley_within_stderr_of_enumeration(sampler):
 
 
 def test_same_seed_same_values_and_different_seed_differs():
-    a = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7)
-    b = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7, batch_size=32)
+    a = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7)  # default batch size 32: two batches
+    b = msr_banzhaf(AIRPORT, MaxSamples(64), seed=7, batch_size=5)  # 13 batches, the last one cut
     c = msr_banzhaf(AIRPORT, MaxSamples(64), seed=8)
+    assert a.params["batch_size"] != b.params["batch_size"]
     np.testing.assert_array_equal(a.values, b.values)
     assert not np.array_equal(a.values, c.values)
+
+
+def _beta_weight_closed_form(n, k, alpha, beta):
+    """Kwon & Zou (2022), integer alpha, beta: w(n, k) = B(k + beta, n - 1 - k + alpha) / B(alpha, beta),
+    with B(a, b) = (a - 1)! (b - 1)! / (a + b - 1)! in exact rational arithmetic."""
+    from fractions import Fraction
+    from math import factorial
+
+    def beta_fn(a, b):
+        return Fraction(factorial(a - 1) * factorial(b - 1), factorial(a + b - 1))
+
+    return float(beta_fn(k + beta, n - 1 - k + alpha) / beta_fn(alpha, beta))
+
+
+@pytest.mark.parametrize("alpha,beta", [(16, 1), (1, 16), (4, 2), (1, 1)])
+def test_beta_weights_match_the_closed_form(alpha, beta):
+    n = 9
+    expected = np.array([_beta_weight_closed_form(n, k, alpha, beta) for k in range(n)])
+    np.testing.assert_allclose(np.exp(Beta(alpha, beta).log_weight(n, np.arange(n))), expected, rtol=1e-12)
+    # the normalisation: sum_k C(n-1, k) w(n, k) = 1
+    from math import comb
+
+    assert sum(comb(n - 1, k) * expected[k] for k in range(n)) == pytest.approx(1.0, abs=1e-12)
+    if alpha != beta:  # swapping the parameters is a different semivalue
+        swapped = np.exp(Beta(beta, alpha).log_weight(n, np.arange(n)))
+        assert not np.allclose(swapped, expected)
+    if alpha > beta == 1:  # Beta(alpha, 1) favours small subsets
+        assert np.all(np.diff(expected) < 0)
 
 
 def test_msr_refuses_other_semivalues_and_bad_parts():

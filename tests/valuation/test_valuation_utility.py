@@ -132,3 +132,25 @@ def test_result_helpers_and_json_round_trip():
     assert again.indices.tolist() == [10, 11, 12, 13] and again.params == {"k": 5}
     with pytest.raises(InvalidInputError, match="stderr"):
         ValuationResult(np.zeros(3), np.zeros(2), np.zeros(3), "x")
+
+
+def test_rank_stability_refuses_a_correlation_it_can_never_reach():
+    from alloyml.errors import ConfigError
+
+    for bad in (2.0, 1.0, -1.5):
+        with pytest.raises(ConfigError, match="min_correlation"):
+            RankStability(bad)
+
+
+def test_the_cache_is_bounded_by_memory_with_fixed_size_keys(tiny):
+    from alloyml.valuation.utility import CACHE_ENTRY_BYTES
+
+    utility = _utility(tiny, cache_bytes=3 * CACHE_ENTRY_BYTES)
+    subsets = [[0, 1], [0, 2], [0, 3], [0, 4], [0, 5]]
+    for subset in subsets:
+        utility(subset)
+    assert len(utility._cache) == 3 and utility.fits == 5
+    utility([0, 5])  # not remembered: fitted again
+    utility([0, 1])  # remembered
+    assert utility.fits == 6
+    assert {len(key) for key in utility._cache} == {16}  # a digest, whatever the subset size

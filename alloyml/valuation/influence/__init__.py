@@ -9,9 +9,9 @@ dimension. Results are `InfluenceScores` (train × test matrices) or the package
 from alloyml.valuation.influence.gradients import GradientFeaturizer, select_parameters
 from alloyml.valuation.influence.ihvp import conjugate_gradient, influence_functions, lissa
 from alloyml.valuation.influence.losses import sequence_loss
-from alloyml.valuation.influence.tracin import Checkpoint, InfluenceScores, self_influence, tracin
+from alloyml.valuation.influence.tracin import InfluenceScores, TrainingCheckpoint, self_influence, tracin
 
 __all__ = [
-    "Checkpoint", "GradientFeaturizer", "InfluenceScores", "conjugate_gradient", "influence_functions", "lissa",
+    "TrainingCheckpoint", "GradientFeaturizer", "InfluenceScores", "conjugate_gradient", "influence_functions", "lissa",
     "select_parameters", "self_influence", "sequence_loss", "tracin",
 ]

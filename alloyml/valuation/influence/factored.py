@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from alloyml.valuation.influence.gradients import select_parameters
+from alloyml.valuation.influence.reduction import batch_total
 
 
 def factorable_layers(model: torch.nn.Module, layers: Sequence[str] | None) -> list[tuple[str, torch.nn.Linear]] | None:
@@ -38,12 +39,14 @@ def factorable_layers(model: torch.nn.Module, layers: Sequence[str] | None) -> l
 
 
 def linear_factors(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Linear]], loss_fn: Callable,
-                   inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+                   inputs: torch.Tensor, targets: torch.Tensor,
+                   reduction: str = "mean") -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """[(A [n, d_in(+1)], Δ [n, d_out]) per layer] for one batch, or None when a layer saw more than one
     vector per example (e.g. a sequence), which the rank-one factorisation cannot express.
 
-    `loss_fn` reduces by the mean over the batch; multiplying by n makes each δ the gradient of that
-    example's own loss (examples do not interact in the forward pass)."""
+    `reduction` is how `loss_fn` reduces its batch (see `reduction.py`); the backward pass runs on the sum of
+    the per-example losses, so each δ is the gradient of that example's own loss (examples do not interact
+    in the forward pass) whatever the reduction and the batch length."""
     activations, handles = {}, []
 
     def keep_input(name):
@@ -57,7 +60,7 @@ def linear_factors(model: torch.nn.Module, modules: list[tuple[str, torch.nn.Lin
         handles.append(module.register_forward_hook(keep_input(name)))
     try:
         outputs = model(inputs)
-        loss = loss_fn(outputs, targets) * len(inputs)
+        loss = batch_total(loss_fn(outputs, targets), reduction, len(inputs))
         loss.backward()
     finally:
         for handle in handles:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from alloyml.errors import InvalidInputError
+from alloyml.valuation.influence.reduction import per_example_sum
 
 # A projection matrix larger than this (elements) is refused rather than silently eating memory.
 MAX_PROJECTION_ELEMENTS = 400_000_000
@@ -35,7 +36,8 @@ class GradientFeaturizer:
     """Flattened per-example gradients of `loss_fn(model(x[None]), y[None])` w.r.t. selected parameters.
 
     model:          any `torch.nn.Module`; its current parameters are used unless `load` swaps them.
-    loss_fn:        (outputs, targets) -> scalar loss for a batch of one example.
+    loss_fn:        (outputs, targets) -> loss, reduced by mean or sum or not at all (reduction="none");
+                    called on one example at a time, so the reduction does not matter.
     layers:         parameter-name prefixes to keep (None = all trainable parameters).
     projection_dim: if set, gradients are multiplied by a fixed Gaussian matrix [P, d] / sqrt(d) drawn
                     from `seed` (Johnson–Lindenstrauss: inner products are preserved in expectation).
@@ -103,7 +105,7 @@ class GradientFeaturizer:
 
         def example_loss(selected, x, y):
             outputs = functional_call(self.model, {**frozen, **selected}, (x.unsqueeze(0),))
-            return self.loss_fn(outputs, y.unsqueeze(0))
+            return per_example_sum(self.loss_fn(outputs, y.unsqueeze(0)))
 
         grads = vmap(grad(example_loss), in_dims=(None, 0, 0))(chosen, inputs, targets)
         return torch.cat([grads[n].reshape(len(inputs), -1) for n in self.names], dim=1)
@@ -113,7 +115,7 @@ class GradientFeaturizer:
         selected = [parameters[n] for n in self.names]
         rows = []
         for x, y in zip(inputs, targets, strict=True):
-            loss = self.loss_fn(self.model(x.unsqueeze(0)), y.unsqueeze(0))
+            loss = per_example_sum(self.loss_fn(self.model(x.unsqueeze(0)), y.unsqueeze(0)))
             grads = torch.autograd.grad(loss, selected, allow_unused=True)
             rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
                                    for g, p in zip(grads, selected, strict=True)]))

@@ -11,25 +11,29 @@ mini-batches, cheaper per step for large training sets.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from alloyml.errors import InvalidInputError
+from alloyml.errors import ConfigError, InvalidInputError
 from alloyml.valuation.influence.gradients import GradientFeaturizer
+from alloyml.valuation.influence.reduction import batch_total, detect_reduction, per_example_sum
 from alloyml.valuation.influence.tracin import InfluenceScores, _pair
 
 
 class _HessianVectorProduct:
     """v -> H v for the mean loss `loss_fn(model(x), y)` over a set of training examples.
 
-    `loss_fn` must reduce by the mean over its batch, so one call on n examples is their mean loss.
+    `reduction` is how `loss_fn` reduces a batch ("mean", "sum", "none", or None for neither: then the loss
+    is called one example at a time); the product is always with the Hessian of the mean per-example loss.
     `over(x, y)` builds the gradient graph once (double backward) and returns a matvec that reuses it,
     so the many products of a conjugate-gradient solve cost one backward pass each."""
 
-    def __init__(self, model, names: list[str], loss_fn, chunk_size: int = 4096):
+    def __init__(self, model, names: list[str], loss_fn, reduction: str | None, chunk_size: int = 4096):
         self.model, self.names, self.loss_fn, self.chunk_size = model, names, loss_fn, chunk_size
+        self.reduction = reduction
         parameters = dict(model.named_parameters())
         self.params = [parameters[n] for n in names]
         self.flat = torch.cat([p.detach().reshape(-1) for p in self.params])
@@ -38,7 +42,7 @@ class _HessianVectorProduct:
         flat_grads = []
         for start in range(0, len(inputs), self.chunk_size):
             x, y = inputs[start:start + self.chunk_size], targets[start:start + self.chunk_size]
-            loss = self.loss_fn(self.model(x), y) * (len(x) / len(inputs))
+            loss = self._chunk_total(x, y) / len(inputs)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
             flat_grads.append(torch.cat([g.reshape(-1) for g in grads]))
 
@@ -52,9 +56,18 @@ class _HessianVectorProduct:
 
         return matvec
 
+    def _chunk_total(self, x, y) -> torch.Tensor:
+        """The sum of the per-example losses of a chunk."""
+        if self.reduction is None:
+            return sum(per_example_sum(self.loss_fn(self.model(x[i:i + 1]), y[i:i + 1])) for i in range(len(x)))
+        return batch_total(self.loss_fn(self.model(x), y), self.reduction, len(x))
 
-def conjugate_gradient(matvec: Callable, rhs: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-10) -> torch.Tensor:
-    """Solve A x = rhs for symmetric positive definite A given only x -> A x."""
+
+def conjugate_gradient(matvec: Callable, rhs: torch.Tensor, *, max_iter: int = 100, tol: float = 1e-10,
+                       return_residual: bool = False):
+    """Solve A x = rhs for symmetric positive definite A given only x -> A x.
+
+    With `return_residual`, returns (x, ||rhs - A x|| / ||rhs||), the relative residual recomputed from x."""
     x = torch.zeros_like(rhs)
     residual = rhs.clone()
     direction = residual.clone()
@@ -69,21 +82,33 @@ def conjugate_gradient(matvec: Callable, rhs: torch.Tensor, *, max_iter: int = 1
             break
         direction = residual + (rs_new / rs_old) * direction
         rs_old = rs_new
-    return x
+    if not return_residual:
+        return x
+    relative = float((rhs - matvec(x)).norm() / rhs.norm().clamp_min(1e-30))
+    return x, relative
 
 
 def lissa(batch_matvec: Callable, rhs: torch.Tensor, n_train: int, *, depth: int = 1000, scale: float = 10.0,
           batch_size: int = 64, repeats: int = 1, seed: int = 0) -> torch.Tensor:
     """LiSSA estimate of A^-1 rhs: h <- rhs + h - (A_batch h) / scale, then h / scale, averaged over
     `repeats`. `batch_matvec(v, batch_indices)` gives the damped Hessian of a mini-batch times v; `scale`
-    must exceed A's largest eigenvalue for the series to converge."""
+    must exceed A's largest eigenvalue for the series to converge.
+
+    Divergence check: while it converges, ||h_j|| <= (j + 1) ||rhs|| (each term's operator norm is <= 1);
+    an estimate that is not finite or grows past 10 (j + 1) ||rhs|| raises ConfigError naming `scale`."""
     generator = np.random.default_rng(seed)
     estimates = []
+    rhs_norm = float(rhs.norm())
     for _ in range(repeats):
         h = rhs.clone()
-        for _ in range(depth):
+        for step in range(depth):
             batch = generator.choice(n_train, size=min(batch_size, n_train), replace=False)
             h = rhs + h - batch_matvec(h, batch) / scale
+            norm = float(h.norm())
+            if not np.isfinite(norm) or norm > 10 * (step + 2) * max(rhs_norm, 1e-30):
+                raise ConfigError(f"LiSSA diverged at step {step + 1}: ||h|| = {norm:.3g} against ||rhs|| = "
+                                  f"{rhs_norm:.3g}; lissa_scale={scale:g} must exceed the largest eigenvalue of "
+                                  "the damped Hessian (raise it), or use solver='cg'")
         estimates.append(h / scale)
     return torch.stack(estimates).mean(dim=0)
 
@@ -96,7 +121,10 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
     """Influence of each training example on each test example (or on the mean test loss when
     `aggregate_test`: one inverse-HVP instead of one per test example).
 
-    loss_fn: (outputs, targets) -> mean loss over the batch (used per example and for the Hessian).
+    loss_fn: (outputs, targets) -> loss reduced by mean or sum, or per example (reduction="none"); the
+             Hessian is always that of the mean per-example training loss, so the reduction does not matter.
+    CG reports the largest relative residual ||g - A x|| / ||g|| over the solves in `params["cg_residual"]`
+    and warns when it exceeds sqrt(tol) (not converged in max_iter); LiSSA raises when it diverges.
     solver: "cg" (exact HVPs, conjugate gradient) or "lissa" (stochastic, mini-batch HVPs).
     Returns `InfluenceScores` [n_train, n_test] (n_test = 1 when aggregated)."""
     if solver not in ("cg", "lissa"):
@@ -106,19 +134,26 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
     train_x, train_y = _pair(train, "train")
     test_x, test_y = _pair(test, "test")
     featurizer = GradientFeaturizer(model, loss_fn, layers=layers)
-    hvp = _HessianVectorProduct(model, featurizer.names, loss_fn)
+    hvp = _HessianVectorProduct(model, featurizer.names, loss_fn, detect_reduction(model, loss_fn, train_x, train_y))
     test_grads = featurizer(test_x, test_y).to(hvp.flat.dtype)
     if aggregate_test:
         test_grads = test_grads.mean(dim=0, keepdim=True)
 
     if solver == "cg":
         full = hvp.over(train_x, train_y)
-        solved = [conjugate_gradient(lambda v: full(v) + damping * v, g, max_iter=max_iter, tol=tol)
-                  for g in test_grads]
+        solves = [conjugate_gradient(lambda v: full(v) + damping * v, g, max_iter=max_iter, tol=tol,
+                                     return_residual=True) for g in test_grads]
+        solved = [x for x, _ in solves]
+        diagnostics = {"cg_residual": max(r for _, r in solves)}
+        if diagnostics["cg_residual"] > tol**0.5:
+            warnings.warn(f"conjugate gradient did not converge in max_iter={max_iter}: relative residual "
+                          f"{diagnostics['cg_residual']:.2e}; raise max_iter or damping", RuntimeWarning,
+                          stacklevel=2)
     else:
         def batch_matvec(v, idx):
             return hvp.over(train_x[idx], train_y[idx])(v) + damping * v
 
+        diagnostics = {}
         solved = [lissa(batch_matvec, g, len(train_x), depth=lissa_depth, scale=lissa_scale,
                         batch_size=lissa_batch, seed=seed) for g in test_grads]
     inverse_test = torch.stack(solved)  # [n_test, P]
@@ -126,4 +161,4 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
     scores = (train_grads @ inverse_test.T).double().numpy()
     return InfluenceScores(scores, f"influence_{solver}",
                            {"layers": list(layers) if layers else None, "damping": damping, "solver": solver,
-                            "aggregate_test": aggregate_test})
+                            "aggregate_test": aggregate_test, **diagnostics})

@@ -23,11 +23,13 @@ import torch
 from alloyml.errors import InvalidInputError
 from alloyml.valuation.influence.factored import factorable_layers, gram, linear_factors, squared_norms
 from alloyml.valuation.influence.gradients import GradientFeaturizer
+from alloyml.valuation.influence.reduction import detect_reduction
+from alloyml.valuation.progress import counted_progress
 from alloyml.valuation.result import ValuationResult
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class TrainingCheckpoint:
     """Weights saved during training and the learning rate in force when they were saved."""
 
     state_dict: dict
@@ -51,10 +53,11 @@ class InfluenceScores:
                                counts=np.full(n_train, n_test), method=self.method, params=self.params)
 
 
-def _checkpoints(checkpoints) -> list[Checkpoint]:
-    out = [c if isinstance(c, Checkpoint) else Checkpoint(*c) for c in checkpoints]
+def _checkpoints(checkpoints) -> list[TrainingCheckpoint]:
+    out = [c if isinstance(c, TrainingCheckpoint) else TrainingCheckpoint(*c) for c in checkpoints]
     if not out:
-        raise InvalidInputError("checkpoints is empty; pass (state_dict, learning_rate) pairs or Checkpoint objects")
+        raise InvalidInputError("checkpoints is empty; pass (state_dict, learning_rate) pairs or "
+                                "TrainingCheckpoint objects")
     for i, c in enumerate(out):
         if not np.isfinite(c.learning_rate) or c.learning_rate <= 0:
             raise InvalidInputError(f"checkpoint {i} has learning rate {c.learning_rate!r}; expected a positive number")
@@ -68,6 +71,10 @@ def _pair(data, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise InvalidInputError(f"{name}: inputs has {len(inputs)} rows and targets {len(targets)}; "
                                 "expected the same, non-zero number")
+    for part, tensor in (("inputs", inputs), ("targets", targets)):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InvalidInputError(f"{name} {part} hold {int((~torch.isfinite(tensor)).sum())} non-finite values; "
+                                    "gradient-based values need finite data")
     return inputs, targets
 
 
@@ -95,15 +102,17 @@ class _DenseGradients:
 class _FactoredGradients:
     """Linear layers' per-example gradients kept as (activation, output-gradient) factors."""
 
-    def __init__(self, model, modules, loss_fn, batch_size: int):
+    def __init__(self, model, modules, loss_fn, batch_size: int, reduction: str):
         self.model, self.modules, self.loss_fn, self.batch_size = model, modules, loss_fn, batch_size
+        self.reduction = reduction
 
     def load(self, state_dict):
         self.model.load_state_dict(state_dict)
 
     def features(self, inputs, targets):
         batches = [linear_factors(self.model, self.modules, self.loss_fn, inputs[i:i + self.batch_size],
-                                  targets[i:i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)]
+                                  targets[i:i + self.batch_size], self.reduction)
+                   for i in range(0, len(inputs), self.batch_size)]
         return [(torch.cat([b[layer][0] for b in batches]), torch.cat([b[layer][1] for b in batches]))
                 for layer in range(len(self.modules))]
 
@@ -112,16 +121,19 @@ class _FactoredGradients:
 
 
 def _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, probe):
-    """The factored path when every selected parameter belongs to a linear layer fed one vector per example
-    (and no projection is asked for); the general vmap path otherwise."""
+    """The factored path when every selected parameter belongs to a linear layer fed one vector per example,
+    the loss's batch reduction is known (mean, sum or none) and no projection is asked for; the general
+    vmap path, which calls the loss one example at a time, otherwise."""
     modules = None if projection_dim is not None else factorable_layers(model, layers)
-    if modules and linear_factors(model, modules, loss_fn, probe[0][:2], probe[1][:2]) is not None:
-        return _FactoredGradients(model, modules, loss_fn, batch_size)
+    reduction = detect_reduction(model, loss_fn, *probe) if modules else None
+    if reduction and linear_factors(model, modules, loss_fn, probe[0][:2], probe[1][:2], reduction) is not None:
+        return _FactoredGradients(model, modules, loss_fn, batch_size, reduction)
     return _DenseGradients(GradientFeaturizer(model, loss_fn, layers=layers, projection_dim=projection_dim,
                                               seed=seed, batch_size=batch_size))
 
 
-def _tracin_rows(gradients, checkpoints: list[Checkpoint], train, test, chunk_size: int) -> np.ndarray:
+def _tracin_rows(gradients, checkpoints: list[TrainingCheckpoint], train, test, chunk_size: int,
+                 advance=lambda k=1: None) -> np.ndarray:
     train_x, train_y = train
     scores = torch.zeros(len(train_x), len(test[0]), dtype=torch.float64)
     for checkpoint in checkpoints:
@@ -130,21 +142,25 @@ def _tracin_rows(gradients, checkpoints: list[Checkpoint], train, test, chunk_si
         for start in range(0, len(train_x), chunk_size):
             chunk = gradients.features(train_x[start:start + chunk_size], train_y[start:start + chunk_size])
             scores[start:start + chunk_size] += checkpoint.learning_rate * gradients.inner(chunk, test_features)
+            advance()
     return scores.numpy()
 
 
 def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: Callable, *,
            layers: Sequence[str] | None = None, projection_dim: int | None = None, seed: int = 0,
-           chunk_size: int = 1024, batch_size: int = 256, n_jobs: int = 1) -> InfluenceScores:
+           chunk_size: int = 1024, batch_size: int = 256, n_jobs: int = 1,
+           progress: bool = False) -> InfluenceScores:
     """TracInCP influence of every training example on every test example.
 
     model:        a module of the checkpoints' architecture (its weights are overwritten).
-    checkpoints:  `Checkpoint`s or (state_dict, learning_rate) pairs, e.g. from alloyml's trainer.
+    checkpoints:  `TrainingCheckpoint`s or (state_dict, learning_rate) pairs, e.g. from alloyml's trainer.
     train, test:  (inputs [n, ...], targets [n, ...]) tensors.
-    loss_fn:      (outputs, targets) -> scalar, for a batch of one example.
+    loss_fn:      (outputs, targets) -> loss reduced by mean or sum, or per example (reduction="none");
+                  scores do not depend on which, nor on batch_size.
     layers, projection_dim, seed, batch_size: see `GradientFeaturizer`.
     chunk_size:   training examples per block (memory: chunk_size × gradient dim).
     n_jobs:       > 1 splits the training set over that many Ray tasks.
+    progress:     a rich progress bar over checkpoints x train chunks (in-process runs).
     Returns `InfluenceScores` with scores [n_train, n_test].
     """
     checkpoints = _checkpoints(checkpoints)
@@ -156,7 +172,10 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
         return _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, test)
 
     if n_jobs <= 1:
-        return InfluenceScores(_tracin_rows(gradients(), checkpoints, train, test, chunk_size), "tracin", params)
+        steps = len(checkpoints) * -(-len(train[0]) // chunk_size)
+        with counted_progress(progress, "tracin", steps) as advance:
+            rows = _tracin_rows(gradients(), checkpoints, train, test, chunk_size, advance)
+        return InfluenceScores(rows, "tracin", params)
     import ray
 
     from alloyml.raycluster import ensure_ray
@@ -177,7 +196,7 @@ def tracin(model: torch.nn.Module, checkpoints: Sequence, train, test, loss_fn: 
 
 def self_influence(model: torch.nn.Module, checkpoints: Sequence, train, loss_fn: Callable, *,
                    layers: Sequence[str] | None = None, projection_dim: int | None = None, seed: int = 0,
-                   batch_size: int = 512) -> ValuationResult:
+                   batch_size: int = 512, progress: bool = False) -> ValuationResult:
     """TracIn self-influence sum_c lr_c * ||grad loss(w_c, z)||^2 of each training example.
 
     Returned as a `ValuationResult` whose values are the *negated* self-influence, so that — as for every
@@ -186,11 +205,14 @@ def self_influence(model: torch.nn.Module, checkpoints: Sequence, train, loss_fn
     inputs, targets = _pair(train, "train")
     gradients = _gradients(model, loss_fn, layers, projection_dim, seed, batch_size, (inputs, targets))
     total = torch.zeros(len(inputs), dtype=torch.float64)
-    for checkpoint in checkpoints:
-        gradients.load(checkpoint.state_dict)
-        for start in range(0, len(inputs), batch_size):
-            features = gradients.features(inputs[start:start + batch_size], targets[start:start + batch_size])
-            total[start:start + batch_size] += checkpoint.learning_rate * gradients.squared_norms(features)
+    steps = len(checkpoints) * -(-len(inputs) // batch_size)
+    with counted_progress(progress, "self_influence", steps) as advance:
+        for checkpoint in checkpoints:
+            gradients.load(checkpoint.state_dict)
+            for start in range(0, len(inputs), batch_size):
+                features = gradients.features(inputs[start:start + batch_size], targets[start:start + batch_size])
+                total[start:start + batch_size] += checkpoint.learning_rate * gradients.squared_norms(features)
+                advance()
     n = len(inputs)
     return ValuationResult(values=-total.numpy(), stderr=np.zeros(n), counts=np.full(n, len(checkpoints)),
                            method="tracin_self_influence",

@@ -79,7 +79,7 @@ def value_tracin(store: dict, data: dict, config: dict) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from alloyml.valuation.influence import Checkpoint, self_influence
+    from alloyml.valuation.influence import TrainingCheckpoint, self_influence
 
     torch.manual_seed(config["seed"])
     mean, std = data["x_train"].mean(0), data["x_train"].std(0) + 1e-8
@@ -95,7 +95,7 @@ def value_tracin(store: dict, data: dict, config: dict) -> dict:
             F.cross_entropy(model(x[batch]), y[batch]).backward()
             optimizer.step()
         if (epoch + 1) % max(1, epochs // 5) == 0:
-            checkpoints.append(Checkpoint({k: v.clone() for k, v in model.state_dict().items()}, 0.05))
+            checkpoints.append(TrainingCheckpoint({k: v.clone() for k, v in model.state_dict().items()}, 0.05))
     return _record(store, data, self_influence(model, checkpoints, (x, y), F.cross_entropy))
 
 

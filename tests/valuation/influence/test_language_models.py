@@ -5,7 +5,7 @@ import torch
 
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
-from alloyml.valuation.influence import Checkpoint, self_influence, sequence_loss, tracin
+from alloyml.valuation.influence import TrainingCheckpoint, self_influence, sequence_loss, tracin
 
 
 def _explicit(model, checkpoints, train, test):
@@ -34,8 +34,8 @@ def test_sequence_influence_of_a_gla_language_model():
     targets[:, -1] = -100
     train, test = (ids[:4], targets[:4]), (ids[4:], targets[4:])
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    checkpoints = [Checkpoint(state, 0.01),
-                   Checkpoint({k: v * 0.9 for k, v in state.items()}, 0.005)]
+    checkpoints = [TrainingCheckpoint(state, 0.01),
+                   TrainingCheckpoint({k: v * 0.9 for k, v in state.items()}, 0.005)]
     expected = _explicit(model, checkpoints, train, test)
     got = tracin(model, checkpoints, train, test, sequence_loss, batch_size=2)
     np.testing.assert_allclose(got.scores, expected, rtol=1e-4, atol=1e-8)

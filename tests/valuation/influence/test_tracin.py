@@ -11,7 +11,7 @@ from scipy.stats import pearsonr
 
 from alloyml.errors import InvalidInputError
 from alloyml.valuation import flip_labels, noisy_label_detection
-from alloyml.valuation.influence import Checkpoint, influence_functions, self_influence, tracin
+from alloyml.valuation.influence import TrainingCheckpoint, influence_functions, self_influence, tracin
 
 
 def _mlp(d_in=6, hidden=8, d_out=3, seed=0):
@@ -29,7 +29,7 @@ def _checkpoints(model, n=3):
     for i in range(n):
         state = {k: v + 0.05 * i * torch.sin(torch.arange(v.numel(), dtype=v.dtype).reshape(v.shape) + i)
                  for k, v in model.state_dict().items()}
-        out.append(Checkpoint(state, learning_rate=0.1 / (i + 1)))
+        out.append(TrainingCheckpoint(state, learning_rate=0.1 / (i + 1)))
     return out
 
 
@@ -98,7 +98,7 @@ def test_loop_fallback_when_vmap_cannot_trace():
     torch.manual_seed(0)
     model = Branchy()
     train, test = _data(6, seed=6), _data(3, seed=7)
-    checkpoints = [Checkpoint(model.state_dict(), 0.5)]
+    checkpoints = [TrainingCheckpoint(model.state_dict(), 0.5)]
     expected = _explicit_tracin(model, checkpoints, train, test)
     np.testing.assert_allclose(tracin(model, checkpoints, train, test, F.cross_entropy).scores, expected, rtol=1e-9)
 
@@ -167,7 +167,7 @@ def test_self_influence_flags_flipped_labels():
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
         if epoch % 10 == 9:
-            checkpoints.append(Checkpoint({k: v.clone() for k, v in model.state_dict().items()}, 0.5))
+            checkpoints.append(TrainingCheckpoint({k: v.clone() for k, v in model.state_dict().items()}, 0.5))
     result = self_influence(model, checkpoints, (x, y), F.cross_entropy)
     assert noisy_label_detection(result, flipped).auc > 0.9
 

@@ -1,0 +1,127 @@
+"""Owen and antithetic samplers and the least core against exact values on small games."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from alloyml.errors import ConfigError, InvalidInputError
+from alloyml.valuation import (
+    AdditiveGame,
+    AirportGame,
+    AntitheticPermutationSampler,
+    Banzhaf,
+    Beta,
+    MaxSamples,
+    OwenSampler,
+    PermutationSampler,
+    Shapley,
+    VotingGame,
+    exact_semivalues,
+    least_core,
+    sampled_semivalues,
+)
+
+AIRPORT = AirportGame(np.random.default_rng(3).uniform(0, 1, 8))
+
+
+def _within_stderr(result, exact, z=4.0):
+    assert np.all(result.stderr > 0)
+    assert np.all(np.abs(result.values - exact) <= z * result.stderr), (result.values - exact) / result.stderr
+
+
+@pytest.mark.parametrize("semivalue", [Shapley(), Banzhaf(), Beta(4, 2), Beta(16, 1)])
+def test_owen_sampler_within_stderr_of_enumeration(semivalue):
+    exact = exact_semivalues(AIRPORT, semivalue).values
+    result = sampled_semivalues(AIRPORT, semivalue, OwenSampler(n_q=6), MaxSamples(300), seed=1)
+    _within_stderr(result, exact)
+    assert result.utility_evaluations == 300 * 6 * 9
+
+
+def test_owen_on_the_voting_game_is_close_to_the_closed_form():
+    game = VotingGame(8)
+    result = sampled_semivalues(game, Shapley(), OwenSampler(n_q=10), MaxSamples(400), seed=0)
+    np.testing.assert_allclose(result.values, game.shapley_values(), atol=0.02)
+
+
+def test_antithetic_permutations_within_stderr_and_tighter_than_plain():
+    exact = exact_semivalues(AIRPORT, Shapley()).values
+    anti = sampled_semivalues(AIRPORT, Shapley(), AntitheticPermutationSampler(), MaxSamples(200), seed=2)
+    _within_stderr(anti, exact)
+    plain = sampled_semivalues(AIRPORT, Shapley(), PermutationSampler(), MaxSamples(400), seed=2)  # same evals
+    assert anti.utility_evaluations == plain.utility_evaluations
+    assert np.mean(anti.stderr) < np.mean(plain.stderr)
+
+
+def _least_core_by_enumeration(game, values):
+    """max over proper coalitions of U(S) - x(S): the subsidy `values` needs."""
+    n = game.n
+    worst = -np.inf
+    for size in range(1, n):
+        for subset in itertools.combinations(range(n), size):
+            worst = max(worst, game(list(subset)) - values[list(subset)].sum())
+    return worst
+
+
+def test_least_core_of_a_voting_game_has_the_closed_form_subsidy():
+    game = VotingGame(6)
+    result = least_core(game)
+    # by symmetry the uniform split is optimal: e = 1 - (n/2 + 1)/n = 1/2 - 1/n
+    assert result.params["subsidy"] == pytest.approx(0.5 - 1 / 6, abs=1e-9)
+    assert result.values.sum() == pytest.approx(1.0)
+    assert _least_core_by_enumeration(game, result.values) <= result.params["subsidy"] + 1e-9
+
+
+def test_least_core_of_an_additive_game_is_its_weights():
+    game = AdditiveGame([0.5, -1.0, 2.0, 0.25])
+    result = least_core(game)
+    np.testing.assert_allclose(result.values, game.weights, atol=1e-9)
+    assert result.params["subsidy"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_sampled_least_core_satisfies_its_sampled_constraints_and_refuses_large_exact():
+    result = least_core(AIRPORT, n_subsets=60, seed=0)
+    assert result.values.sum() == pytest.approx(AIRPORT([*range(8)]))
+    exact = least_core(AIRPORT)
+    assert result.params["subsidy"] <= exact.params["subsidy"] + 1e-9  # fewer constraints: no larger
+    with pytest.raises(InvalidInputError, match="n <= 16"):
+        least_core(VotingGame(18))
+
+
+def test_owen_refuses_a_semivalue_without_a_q_form():
+    from alloyml.valuation.semivalues import Semivalue
+
+    class Odd(Semivalue):
+        name = "odd"
+
+        def log_weight(self, n, k):
+            return np.zeros(np.shape(k))
+
+    with pytest.raises(ConfigError, match="OwenSampler"):
+        sampled_semivalues(AIRPORT, Odd(), OwenSampler(), MaxSamples(1))
+
+
+def test_progress_reports_every_batch_and_the_bar_leaves_values_unchanged():
+    import torch
+    import torch.nn.functional as F
+
+    from alloyml.valuation import knn_shapley, msr_banzhaf
+    from alloyml.valuation.influence import TrainingCheckpoint, tracin
+
+    seen = []
+    plain = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8)
+    hooked = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8, progress=lambda s: seen.append(s.samples))
+    barred = msr_banzhaf(AIRPORT, MaxSamples(40), seed=0, batch_size=8, progress=True)
+    assert seen == [8, 16, 24, 32, 40]
+    np.testing.assert_array_equal(hooked.values, plain.values)
+    np.testing.assert_array_equal(barred.values, plain.values)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 2)), rng.integers(0, 2, 30)
+    np.testing.assert_array_equal(knn_shapley(x, y, x[:5], y[:5], progress=True, block_size=2).values,
+                                  knn_shapley(x, y, x[:5], y[:5]).values)
+    model = torch.nn.Linear(2, 2).double()
+    data = (torch.as_tensor(x), torch.as_tensor(y))
+    checkpoints = [TrainingCheckpoint(model.state_dict(), 0.1)]
+    np.testing.assert_array_equal(tracin(model, checkpoints, data, data, F.cross_entropy, progress=True,
+                                         chunk_size=7).scores,
+                                  tracin(model, checkpoints, data, data, F.cross_entropy, chunk_size=7).scores)

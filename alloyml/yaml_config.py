@@ -19,9 +19,9 @@ from alloyml.errors import ConfigError
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def validation_problems(err: ValidationError) -> str:
+def validation_problems(err: ValidationError, skip: int = 0) -> str:
     """`field.path: what was expected` per error, joined by "; "; rules over several fields (a model
-    validator, so no path) name their fields themselves."""
+    validator, so no path) name their fields themselves. `skip` drops leading path parts (a union's tag)."""
 
     def message(e) -> str:
         if e["type"] == "extra_forbidden":
@@ -30,9 +30,10 @@ def validation_problems(err: ValidationError) -> str:
             return f"missing the key {e['ctx']['discriminator']} that says which form this is"
         return e["msg"].removeprefix("Value error, ")
 
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {message(e)}" if e["loc"] else message(e) for e in err.errors()
-    )
+    def where(e) -> str:
+        return ".".join(str(p) for p in e["loc"][skip:])
+
+    return "; ".join(f"{where(e)}: {message(e)}" if where(e) else message(e) for e in err.errors())
 
 
 def describe_error(err: Exception) -> str:

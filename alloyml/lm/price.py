@@ -37,9 +37,9 @@ class Price(BaseModel):
         try:
             super().__init__(**rates)
         except ValidationError as err:
-            from alloyml.lm.specs import problems
+            from alloyml.yaml_config import validation_problems
 
-            raise InvalidInputError(f"price: {problems(err)}") from None
+            raise InvalidInputError(f"price: {validation_problems(err)}") from None
 
     @model_validator(mode="before")
     @classmethod

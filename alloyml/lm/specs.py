@@ -28,6 +28,7 @@ from alloyml.errors import AlloyError, ConfigError
 from alloyml.lm.base import LanguageModel
 from alloyml.lm.litellm_chat import LiteLLMSpec
 from alloyml.refs import BASE_DIR, import_object, resolve_path
+from alloyml.yaml_config import validation_problems
 
 
 class _Spec(BaseModel):
@@ -140,20 +141,6 @@ KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default for cls in _SPEC
 _ADAPTER: TypeAdapter = TypeAdapter(LMSpec)
 
 
-def problems(err: ValidationError, skip: int = 0) -> str:
-    """`field: what was expected` for each error, `;`-joined; `skip` drops leading location parts."""
-
-    def message(e) -> str:
-        if e["type"] == "extra_forbidden":
-            return "unknown field"
-        return e["msg"].removeprefix("Value error, ")
-
-    def where(e) -> str:
-        return ".".join(str(p) for p in e["loc"][skip:])
-
-    return "; ".join(f"{where(e)}: {message(e)}" if where(e) else message(e) for e in err.errors())
-
-
 def parse_lm_spec(spec: Any, *, base_dir: str | Path | None = None, what: str = "model spec") -> BaseModel:
     """The validated spec of `spec`: a spec object, a mapping, a JSON object string or a bare kind name
     (`"smollm2"`). ConfigError naming `what`, the kind and each bad field."""
@@ -172,7 +159,7 @@ def parse_lm_spec(spec: Any, *, base_dir: str | Path | None = None, what: str = 
         return _ADAPTER.validate_python(spec, context={BASE_DIR: base_dir} if base_dir is not None else None)
     except ValidationError as err:
         # The first location is the kind pydantic picked; the message names it once instead.
-        raise ConfigError(f"{what} of kind {kind!r}: {problems(err, skip=1)}") from None
+        raise ConfigError(f"{what} of kind {kind!r}: {validation_problems(err, skip=1)}") from None
 
 
 def _from_text(text: str, what: str) -> Any:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from alloyml.errors import ConfigError, InvalidInputError
 from alloyml.lm import Price, build_lm, parse_lm_spec
-from alloyml.lm.specs import problems
+from alloyml.yaml_config import validation_problems
 
 
 class Answerer(Protocol):
@@ -144,7 +144,7 @@ def parse_stage_spec(name: str, spec: dict) -> tuple[StageOptions, BaseModel]:
     try:
         options = StageOptions.model_validate({k: v for k, v in spec.items() if k in _STAGE_KEYS})
     except (ValidationError, InvalidInputError) as err:
-        detail = problems(err) if isinstance(err, ValidationError) else str(err)
+        detail = validation_problems(err) if isinstance(err, ValidationError) else str(err)
         raise ConfigError(f"model {name!r}: {detail}") from None
     model = parse_lm_spec({k: v for k, v in spec.items() if k not in _STAGE_KEYS}, what=f"model {name!r}")
     return options, model

@@ -159,16 +159,16 @@ def test_unknown_kind_is_refused_naming_it_and_the_known_kinds():
 
 
 @pytest.mark.parametrize(("spec", "field"), [
-    ({"kind": "constant", "colour": "red"}, "colour: unknown field"),
+    ({"kind": "constant", "colour": "red"}, "colour: unknown key"),
     ({"kind": "constant", "delay_s": -1.0}, "delay_s"),
     ({"kind": "constant", "tokens": "many"}, "tokens"),
     ({"kind": "scripted"}, "respond: Field required"),
     ({"kind": "scripted", "respond": "tests.automl._scripted:nope"}, "respond"),
     ({"kind": "alloyml", "path": "/no/such/checkpoint"}, "path"),
     ({"kind": "hf", "path": "/no/such/folder"}, "path: /no/such/folder is not a model folder"),
-    ({"kind": "smollm2", "home": "/tmp"}, "home: unknown field"),
+    ({"kind": "smollm2", "home": "/tmp"}, "home: unknown key"),
     ({"kind": "litellm", "model": "gpt4"}, "model: model must look like 'provider/name'"),
-    ({"kind": "litellm", "model": "openai/x", "api_key": "sk-literal"}, "api_key: unknown field"),
+    ({"kind": "litellm", "model": "openai/x", "api_key": "sk-literal"}, "api_key: unknown key"),
 ])
 def test_a_bad_field_is_refused_naming_the_kind_and_the_field(spec, field):
     with pytest.raises(ConfigError) as err:

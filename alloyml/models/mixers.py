@@ -22,10 +22,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alloyml.models.config import ModelConfig, register_in
+from alloyml.models.config import ModelConfig, named_config, register_in
 
-MIXERS: dict[str, type[Mixer]] = {}
-register_mixer = partial(register_in, MIXERS)
+MIXERS: dict[str, type[Mixer]] = {}  # the one list of mixers: ModelConfig checks `mixer` against it
+
+
+def register_mixer(name: str):
+    """A class decorator: the mixer goes into MIXERS under `name`, and `ModelConfig.named(name)` becomes
+    a model of that mixer with an MLP feed-forward."""
+
+    def register(cls):
+        register_in(MIXERS, name)(cls)
+        named_config(name)(partial(_mixer_config, name))
+        return cls
+
+    return register
+
+
+def _mixer_config(mixer: str, **overrides) -> ModelConfig:
+    return ModelConfig(**{"mixer": mixer, "ffn": "mlp", **overrides})
 
 
 class Mixer(nn.Module):

@@ -108,9 +108,12 @@ class Retention(Mixer):
         self.qkvg = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False)
         self.head_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        # Derived from the config, not learned: kept out of the state dict.
-        self.register_buffer("decay", 1 - 2.0 ** (-5 - torch.arange(cfg.n_heads, dtype=torch.float32)),
-                             persistent=False)
+
+    def decays(self, device) -> torch.Tensor:
+        """gamma_h = 1 - 2^(-5-h) in float32: [H]. Derived from the config, not learned, and made at each
+        call rather than kept as a buffer, which `model.to(torch.bfloat16)` would round: bf16 holds
+        1 - 2^-9 and beyond as exactly 1, so every head past the fourth would stop forgetting."""
+        return 1 - 2.0 ** (-5 - torch.arange(self.n_heads, device=device, dtype=torch.float32))
 
     def _project(self, x):
         q, k, v, gate = self.qkvg(x).chunk(4, dim=-1)
@@ -123,7 +126,7 @@ class Retention(Mixer):
         from alloyml.kernels import linear_attn
 
         q, k, v, gate = self._project(x)
-        o, s = linear_attn(q, k, v, self.decay, initial_state=None if state is None else state[0],
+        o, s = linear_attn(q, k, v, self.decays(x.device), initial_state=None if state is None else state[0],
                            backend=self.backend)
         return self._output(o, gate), (s,)
 
@@ -131,7 +134,7 @@ class Retention(Mixer):
         from alloyml.kernels import linear_attn_step
 
         q, k, v, gate = self._project(x)
-        o, s = linear_attn_step(q, k, v, None if state is None else state[0], self.decay)
+        o, s = linear_attn_step(q, k, v, None if state is None else state[0], self.decays(x.device))
         return self._output(o, gate), (s,)
 
 
@@ -220,8 +223,10 @@ class Mamba(Mixer):
         xs, Bm, Cm = F.silu(xbc).split([self.d_inner, N, N], dim=-1)
         xs = head_split(xs, H)  # [B, T, H, P]
         Bm, Cm = (m[:, :, None, :].expand(Bsz, T, H, N) for m in (Bm, Cm))  # [B, T, H, N], shared by heads
-        dt = F.softplus(dt + self.dt_bias)  # [B, T, H]
-        return z, (xs, dt, -self.A_log.exp(), Bm, Cm), conv_state
+        # dt and A in float32 whatever the model's dtype (as mamba_ssm does): the decay exp(dt A) compounds
+        # over the sequence, and dt rounded to bfloat16 would put it off by |dt A| * 2^-9 at every step.
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
+        return z, (xs, dt, -self.A_log.float().exp(), Bm, Cm), conv_state
 
     def _output(self, y, z):  # y: [..., H, P], z: [..., d_inner]
         return self.out(self.norm(y.flatten(-2) * F.silu(z)))

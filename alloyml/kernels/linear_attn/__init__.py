@@ -45,8 +45,8 @@ def linear_attn(q, k, v, decay=None, *, scale=None, normalize=False, initial_sta
         return naive_linear_attn(q, k, v, decay, scale=scale, normalize=normalize, initial_state=initial_state,
                                  output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     g = None
-    if decay is not None:  # log(gamma), the same at every step: [H]
-        g = decay.to(torch.promote_types(decay.dtype, torch.float32)).log()
+    if decay is not None:  # log(gamma), the same at every step: [H], in float32 (float64 for float64 inputs)
+        g = decay.to(torch.promote_types(torch.promote_types(decay.dtype, q.dtype), torch.float32)).log()
     if normalize:
         v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)  # [B, T, H, V + 1]
     o, state = chunk_gated(q, k, v, g, scale=checks.default_scale(scale, K), initial_state=initial_state,

@@ -1,6 +1,11 @@
-"""Every Triton kernel specialisation the engines launch compiles for an H100 (sm_90), down to a cubin,
+"""Every Triton kernel specialisation the backends launch compiles for an H100 (sm_90a), down to a cubin,
 on this GPU-less machine: the launches are recorded from real forward + backward calls on CPU tensors
-(nothing runs), then compiled ahead of time. See gpu_compile.py."""
+(nothing runs), specialised as a real launch would be (divisibility by 16 included), then compiled ahead
+of time and inspected: matrix products on tensor cores (bf16 operands for bf16 inputs, tf32 for
+float32), registers and shared memory within an H100's limits. See gpu_compile.py.
+
+`python tests/kernels/test_triton_compile.py` writes the table (kernel x dtype x registers x spills x MMA
+kind) to benchmarks/results/kernels.compile.json."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import pytest
 import torch
 import triton
 import triton.language as tl
-from gpu_compile import H100_SHARED_MEMORY, jit_functions, recording
+from gpu_compile import H100_SHARED_MEMORY, jit_functions, recording, usage
 
 from alloyml.kernels.common import chunk_triton, fused_recurrent_triton
 
@@ -45,28 +50,52 @@ ALL_CASES = [
 ]
 
 
+H100_REGISTERS = 255  # per thread; more cannot be allocated (ptxas spills instead)
+DOT_KIND = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "tf32"}
+
+
 def recorded_launches(engine: str, cases) -> list:
-    """The distinct launches of one engine over `cases` (gate kind, dtype, K, V), forward + backward."""
+    """The distinct launches of one engine over `cases` (gate kind, dtype, K, V), forward + backward, each
+    with the case it came from (launch.case)."""
     module, run = ENGINES[engine]
     distinct = {}
-    with recording(*jit_functions(module)) as launches:
-        for gate, dtype, K, V in cases:
+    for case in cases:
+        gate, dtype, K, V = case
+        with recording(*jit_functions(module)) as launches:
             q, k, v, g, h0 = _inputs(gate, dtype, K, V)
             o, state = run(q, k, v, g, K**-0.5, h0)
             (o.float().sum() + state.sum()).backward()
-    for launch in launches:
-        distinct.setdefault(launch.key(), launch)
+        for launch in launches:
+            launch.case = case
+            distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 
 
-def assert_all_compile(launches) -> None:
+def inspect(launch) -> dict:
+    """Compile one launch for sm_90a and describe it (see gpu_compile.usage)."""
+    import inspect as source
+
+    gate, dtype, K, V = launch.case
+    compiled = launch.compile()
+    assert compiled.asm["cubin"], launch.kernel.__name__
+    return {"kernel": launch.kernel.__name__, "dtype": str(dtype).removeprefix("torch."), "gate": gate, "K": K,
+            "V": V, "has_dot": "_dot(" in source.getsource(launch.kernel.fn), **usage(compiled)}
+
+
+def assert_all_compile(launches) -> list[dict]:
     names = {launch.kernel.__name__ for launch in launches}
     assert any("fwd" in name for name in names) and any("bwd" in name for name in names), names
+    rows = []
     for launch in launches:
-        compiled = launch.compile()
-        assert compiled.asm["cubin"], launch.kernel.__name__
+        row = inspect(launch)
         # a block that asks for more shared memory than an SM has compiles but fails at launch
-        assert compiled.metadata.shared <= H100_SHARED_MEMORY, (launch.kernel.__name__, compiled.metadata.shared)
+        assert row["shared"] <= H100_SHARED_MEMORY, row
+        assert row["registers"] <= H100_REGISTERS, row
+        if row["has_dot"]:  # every matrix product on tensor cores, with operands of the inputs' type
+            want = DOT_KIND[launch.case[1]]
+            assert row["mma"] and all(kind.endswith(" " + want) for kind in row["mma"]), row
+        rows.append(row)
+    return rows
 
 
 @pytest.fixture
@@ -118,3 +147,43 @@ def test_a_kernel_a_gpu_rejects_fails_the_check(in_child_without_interpreter):
     launches[0].compile()
     with pytest.raises(triton.CompilationError, match="power of 2"):
         launches[1].compile()
+
+
+def write_table(path=None) -> None:
+    """Every launched specialisation of both backends over ALL_CASES, compiled and inspected, as
+    benchmarks/results/kernels.compile.json (rows: kernel, dtype, gate, K, V, registers, spills, shared,
+    MMA kinds)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root / "benchmarks"))
+    from _common import machine
+
+    rows = []
+    for engine in sorted(ENGINES):
+        rows += [{"backend": engine, **row} for row in assert_all_compile(recorded_launches(engine, ALL_CASES))]
+    bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
+    summary = {
+        "specialisations": len(rows),
+        "max_registers": max(r["registers"] for r in rows),
+        "with_spills": sum(r["spill_stores"] > 0 for r in rows),
+        "bf16_with_spills": sum(r["spill_stores"] > 0 for r in bf16),
+        "bf16_dot_kernels_on_bf16_mma": sum(bool(r["mma"]) for r in bf16 if r["has_dot"]),
+        "bf16_dot_kernels": sum(r["has_dot"] for r in bf16),
+    }
+    out = Path(path) if path else root / "benchmarks" / "results" / "kernels.compile.json"
+    import datetime
+
+    out.write_text(json.dumps({
+        "topic": "kernels.compile",
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(), "command": "python tests/kernels/test_triton_compile.py",
+        "target": "sm_90a (H100), compiled ahead of time; nothing ran on a GPU", "summary": summary,
+        "rows": rows,
+    }, indent=1) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    write_table()

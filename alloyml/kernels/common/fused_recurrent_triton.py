@@ -57,7 +57,8 @@ def _program_block(T, t0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK:
                    BV: tl.constexpr):
     """This program's slice: key and value offsets and masks, its state block's offsets in [B, H, K, V]
     and mask, the row of (b, t0, h) in [B, T, H], and its key offsets in a [NV, B, T, H, K] buffer."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    # int64: the [NV, B, T, H, K] offsets pass 2^31 at e.g. B16 T8192 H32 K=V=128 (NV = 2)
+    i_v, i_bh = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)

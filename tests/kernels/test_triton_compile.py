@@ -82,7 +82,13 @@ def inspect(launch) -> dict:
             "V": V, "has_dot": "_dot(" in source.getsource(launch.kernel.fn), **usage(compiled)}
 
 
-def assert_all_compile(launches) -> list[dict]:
+# The chunked kernels compile without spills in every specialisation (297 in ALL_CASES, both backends,
+# measured 2026-12-03; at up to 255 registers); the step-by-step backward spills 12 B a thread at
+# K = V = 128 in 16-bit (kernels.compile.json), so spills are asserted for the chunked backend only.
+SPILL_FREE = {"triton": True, "triton_recurrent": False}
+
+
+def assert_all_compile(launches, spill_free: bool = True) -> list[dict]:
     names = {launch.kernel.__name__ for launch in launches}
     assert any("fwd" in name for name in names) and any("bwd" in name for name in names), names
     rows = []
@@ -91,6 +97,8 @@ def assert_all_compile(launches) -> list[dict]:
         # a block that asks for more shared memory than an SM has compiles but fails at launch
         assert row["shared"] <= H100_SHARED_MEMORY, row
         assert row["registers"] <= H100_REGISTERS, row
+        if spill_free:
+            assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
         if row["has_dot"]:  # every matrix product on tensor cores, with operands of the inputs' type
             want = DOT_KIND[launch.case[1]]
             assert row["mma"] and all(kind.endswith(" " + want) for kind in row["mma"]), row
@@ -119,7 +127,7 @@ def in_child_without_interpreter(request):
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_every_launched_kernel_compiles_for_an_h100(engine, in_child_without_interpreter):
     if not in_child_without_interpreter:
-        assert_all_compile(recorded_launches(engine, DEFAULT_CASES))
+        assert_all_compile(recorded_launches(engine, DEFAULT_CASES), SPILL_FREE[engine])
 
 
 @pytest.mark.slow
@@ -127,7 +135,7 @@ def test_every_launched_kernel_compiles_for_an_h100(engine, in_child_without_int
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_every_dtype_and_size_compiles_for_an_h100(engine, in_child_without_interpreter):
     if not in_child_without_interpreter:
-        assert_all_compile(recorded_launches(engine, ALL_CASES))
+        assert_all_compile(recorded_launches(engine, ALL_CASES), SPILL_FREE[engine])
 
 
 @triton.jit
@@ -162,7 +170,8 @@ def write_table(path=None) -> None:
 
     rows = []
     for engine in sorted(ENGINES):
-        rows += [{"backend": engine, **row} for row in assert_all_compile(recorded_launches(engine, ALL_CASES))]
+        launches = recorded_launches(engine, ALL_CASES)
+        rows += [{"backend": engine, **row} for row in assert_all_compile(launches, SPILL_FREE[engine])]
     bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
     summary = {
         "specialisations": len(rows),

@@ -24,6 +24,7 @@ class Launch:
 
     kernel: object  # a triton JITFunction
     args: dict
+    grid: tuple = ()
 
     def signature(self) -> tuple[dict, dict, dict]:
         """(Triton signature by argument name, constexpr values and divisibility attributes keyed by
@@ -73,7 +74,7 @@ def recording(*kernels):
     for kernel in kernels:
         def run(*args, grid, warmup, _kernel=kernel, **kwargs):
             named = dict(zip(_kernel.arg_names, args, strict=False)) | kwargs
-            launches.append(Launch(_kernel, named))
+            launches.append(Launch(_kernel, named, tuple(grid)))
 
         saved.append((kernel, kernel.__dict__.get("run")))
         kernel.run = run

@@ -138,6 +138,27 @@ def test_every_dtype_and_size_compiles_for_an_h100(engine, in_child_without_inte
         assert_all_compile(recorded_launches(engine, ALL_CASES), SPILL_FREE[engine])
 
 
+CUDA_GRID_LIMITS = (2**31 - 1, 65535, 65535)  # programs per grid axis
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("engine", sorted(ENGINES))
+def test_grids_fit_cuda_limits_with_many_sequences(engine, in_child_without_interpreter):
+    """B * H = 70,000 (e.g. 4,375 packed documents x 16 heads) fits a grid: batch * head rides on axis 0,
+    the only one that can pass 65,535 (recorded launches, nothing runs)."""
+    if in_child_without_interpreter:
+        return
+    module, run = ENGINES[engine]
+    with recording(*jit_functions(module)) as launches:
+        q, k, v, g, h0 = _inputs("scalar", torch.float32, 16, 16, T=20, B=4375, H=16)
+        o, state = run(q, k, v, g, 0.25, h0)
+        (o.sum() + state.sum()).backward()
+    assert launches
+    for launch in launches:
+        assert all(n <= limit for n, limit in zip(launch.grid, CUDA_GRID_LIMITS, strict=False)), (
+            launch.kernel.__name__, launch.grid)
+
+
 @triton.jit
 def _odd_arange_kernel(x, N: tl.constexpr):
     offsets = tl.arange(0, N)

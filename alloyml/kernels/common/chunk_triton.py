@@ -54,6 +54,8 @@ import triton.language as tl
 
 from alloyml.kernels.common.fused_recurrent_triton import SCALAR_GATE, VECTOR_GATE, gate_kind
 
+# Grids put batch * head on axis 0 (up to 2^31 - 1 programs; axes 1 and 2 stop at 65,535, which
+# B * H reaches with many packed sequences, e.g. 4,096 documents x 16 heads).
 CHUNK_SIZE = 64  # BT: a power of two, a multiple of SUB_CHUNK
 SUB_CHUNK = 16  # BC: the side of the intra-chunk blocks of A (tl.dot needs >= 16)
 MAX_BLOCK = 64  # the largest key / value block; tests may lower it to reach several blocks
@@ -130,9 +132,9 @@ def _state_ptrs(x, row, o_k, o_v, K: tl.constexpr, V: tl.constexpr):
 @triton.jit
 def _state_block(x0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                  LOAD: tl.constexpr):
-    """The [BK, BV] state block of a (key block, value block, batch * head) program: (batch * head, batch,
+    """The [BK, BV] state block of a (batch * head, value block, key block) program: (batch * head, batch,
     head, key and value offsets and masks, block mask, the block of x0: [B, H, K, V] if LOAD else zeros)."""
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_v, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_h = m_k[:, None] & m_v[None, :]
@@ -144,9 +146,9 @@ def _state_block(x0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.c
 
 @triton.jit
 def _chunk_block(T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """The rows and feature block of a (feature block, chunk, batch * head) program: (feature block, chunk,
+    """The rows and feature block of a (batch * head, chunk, feature block) program: (feature block, chunk,
     batch * head, batch, head, step offsets and mask, feature offsets and mask for a feature dimension D)."""
-    i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_t, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     return i_d, i_t, i_bh, i_bh // H, i_bh % H, o_t, o_t < T, o_d, o_d < D
@@ -189,7 +191,7 @@ def chunk_fwd_attn_kernel(q, k, g, A, scale, T, H: tl.constexpr, K: tl.constexpr
     included, zero for j > t), one program per (chunk and sub-chunk, batch * head) writing the sub-chunk's
     BC rows: the blocks of earlier sub-chunks in one product, then the diagonal block."""
     NC: tl.constexpr = BT // BC
-    i_tc, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_tc = tl.program_id(0), tl.program_id(1)
     i_t, i_c = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
     t0, r = i_t * BT, i_t * BT + i_c * BC  # first step of the chunk, of the sub-chunk
@@ -286,7 +288,7 @@ def chunk_bwd_dA_kernel(v, do, A, dA, dg_intra, scale, T, H: tl.constexpr, V: tl
     """dA[t, j] = scale do_t . v_j for j <= t in t's chunk (zero above): [B, T, H, BT], one program per
     (chunk, batch * head). For scalar gates also the intra-chunk pairs' part of dg_t: [B, T, H], the sum
     of A_ij do_i . v_j over the pairs j < t <= i, formed directly (see the module docstring)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_t = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_j = tl.arange(0, BT)
     o_t = i_t * BT + o_j
@@ -337,7 +339,7 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
     program per (key block, chunk and sub-chunk, batch * head) writing the sub-chunk's rows:
     dq'_i = sum_{j < i} dA_ij k_j exp(G(j+1..i)), dk'_j = sum_{i > j} dA_ij q_i exp(G(j+1..i))."""
     NC: tl.constexpr = BT // BC
-    i_k, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_tc, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, i_c = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
     t0, r = i_t * BT, i_t * BT + i_c * BC  # first step of the chunk, of the sub-chunk
@@ -429,7 +431,7 @@ def chunk_bwd_inter_kernel(q, k, v, g, h, dh, do, dA, dq_intra, dk_intra, dq, dk
         if GATE == 2:
             _store_rows(dg, b_dg, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
         else:
-            p_dg = dg + ((i_k * (tl.num_programs(2) // H) + i_b) * T + o_t).to(tl.int64) * H + i_h
+            p_dg = dg + ((i_k * (tl.num_programs(0) // H) + i_b) * T + o_t).to(tl.int64) * H + i_h
             tl.store(p_dg, tl.sum(b_dg, 1), mask=m_t)
     b_same = tl.load(dA + ((i_b * T + o_t) * H + i_h).to(tl.int64) * BT + o_t - i_t * BT, mask=m_t, other=0.0)
     _store_rows(dq, b_dq + b_dqi + b_same[:, None] * b_k, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
@@ -459,7 +461,7 @@ def chunk_states(k, v, g, initial_state, s: dict):
     B, NT, H, K, V, BK, BV = (s[n] for n in ("B", "NT", "H", "K", "V", "BK", "BV"))
     h = k.new_empty(B, NT, H, K, V, dtype=torch.float32)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
+    grid = (B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
     chunk_fwd_h_kernel[grid](
         k, v, k if g is None else g, ht if initial_state is None else initial_state, h, ht, s["T"], NT,
         H=H, K=K, V=V, BT=s["BT"], BK=BK, BV=BV, GATE=s["GATE"], USE_H0=initial_state is not None,
@@ -474,7 +476,7 @@ def chunk_attention(q, k, g, scale: float, s: dict):
 
     B, T, H, K, BT = (s[n] for n in ("B", "T", "H", "K", "BT"))
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
-    chunk_fwd_attn_kernel[(s["NT"] * (BT // SUB_CHUNK), B * H)](
+    chunk_fwd_attn_kernel[(B * H, s["NT"] * (BT // SUB_CHUNK))](
         q, k, q if g is None else g, A, scale, T, H=H, K=K, BT=BT, BC=SUB_CHUNK, BK=s["BK"], GATE=s["GATE"],
         DOT=s["DOT"], num_warps=CHUNK_WARPS,
     )
@@ -489,7 +491,7 @@ def chunk_fwd(q, k, v, g, scale: float, initial_state):
     h, ht = chunk_states(k, v, g, initial_state, s)
     A = chunk_attention(q, k, g, scale, s)
     o = torch.empty_like(v)
-    chunk_fwd_o_kernel[(triton.cdiv(s["V"], s["BV"]), s["NT"], s["B"] * s["H"])](
+    chunk_fwd_o_kernel[(s["B"] * s["H"], s["NT"], triton.cdiv(s["V"], s["BV"]))](
         q, v, q if g is None else g, h, A, o, scale, s["T"], s["NT"], H=s["H"], K=s["K"], V=s["V"], BT=s["BT"],
         BK=s["BK"], BV=s["BV"], GATE=s["GATE"], DOT=s["DOT"], num_warps=CHUNK_WARPS,
     )
@@ -508,30 +510,30 @@ def chunk_bwd(q, k, v, g, scale: float, initial_state, A, do, dht):
     h, _ = chunk_states(k, v, g, initial_state, s)
     dh = torch.empty_like(h)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+    chunk_bwd_dh_kernel[(B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))](
         q, do, g_arg, q if dht is None else dht, dh, q if dh0 is None else dh0, scale, T, NT, H=H, K=K, V=V,
         BK=BK, BV=BV, GATE=s["GATE"], USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **consts,
     )
     dA = q.new_empty(B, T, H, BT, dtype=torch.float32)
     dg_intra = q.new_empty(B, T, H, dtype=torch.float32) if s["GATE"] == SCALAR_GATE else None
-    chunk_bwd_dA_kernel[(NT, B * H)](
+    chunk_bwd_dA_kernel[(B * H, NT)](
         v, do, A, dA, q if dg_intra is None else dg_intra, scale, T, H=H, V=V, BV=BV, GATE=s["GATE"], **wide,
     )
     dv = torch.empty_like(v)
-    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, B * H)](
+    chunk_bwd_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
         k, g_arg, A, do, dh, dv, T, NT, H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
     )
     NK = triton.cdiv(K, BK)
     dq_intra = q.new_empty(B, T, H, K, dtype=torch.float32)
     dk_intra = torch.empty_like(dq_intra)
-    chunk_bwd_intra_kernel[(NK, NT * (BT // SUB_CHUNK), B * H)](
+    chunk_bwd_intra_kernel[(B * H, NT * (BT // SUB_CHUNK), NK)](
         q, k, g_arg, dA, dq_intra, dk_intra, T, H=H, K=K, BC=SUB_CHUNK, BK=BK, GATE=s["GATE"], **consts,
     )
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = None
     if g is not None:
         dg = torch.empty_like(g) if s["GATE"] == VECTOR_GATE else q.new_empty(NK, B, T, H, dtype=torch.float32)
-    chunk_bwd_inter_kernel[(NK, NT, B * H)](
+    chunk_bwd_inter_kernel[(B * H, NT, NK)](
         q, k, v, g_arg, h, dh, do, dA, dq_intra, dk_intra, dq, dk, q if dg is None else dg, scale, T, NT,
         H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
     )

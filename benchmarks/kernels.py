@@ -12,8 +12,8 @@ move at the device's measured copy bandwidth). Writes kernels.gpu.json.
 --quick: T up to 4096, and the naive recurrence timed over 1024 steps and scaled to T (its cost per step
 is constant); without it T=8192 is added and the naive recurrence runs in full (about a minute here).
 
-The naive recurrence is naive.py: the op's one-token step in a Python loop, forward and backward through
-autograd, linear in T. (Until 2026-11-25 it indexed x[:, t] at every step, whose backward zero-fills a
+The naive recurrence is naive.py: the paper's recurrence one token at a time in a Python loop, forward and
+backward through autograd, linear in T. (Until 2026-11-25 it indexed x[:, t] at every step, whose backward zero-fills a
 [B, T, ...] gradient per step: quadratic in T, about 3x slower at T=1024 and 10x at T=4096, which
 inflated the ratios reported before then.)
 """

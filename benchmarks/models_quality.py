@@ -76,8 +76,9 @@ def main() -> None:
 
     import torch
 
-    from alloyml.models.config import MIXERS, ModelConfig
+    from alloyml.models.config import ModelConfig
     from alloyml.models.data import MQAR, TextFile, batches
+    from alloyml.models.mixers import MIXERS
     from alloyml.models.model import LinearLM
     from alloyml.models.trainer import Trainer
 

@@ -1,5 +1,7 @@
-"""Sequence-mixing ops, one folder per op: a float32 naive recurrence (ground truth), a chunked PyTorch
-form (CPU), Triton kernels (GPU) and a token-by-token step for decoding."""
+"""Sequence-mixing ops, one folder per op. Each op's package defines the op (its checks and how it maps
+onto the one gated linear recurrence of common/, run chunked in PyTorch on CPU or by Triton kernels on
+GPU); naive.py is its reference recurrence written from the paper (float64 for float64 inputs), and
+recurrent.py its token-by-token step for decoding."""
 
 from alloyml.kernels.gla import gla, gla_step
 from alloyml.kernels.linear_attn import linear_attn, linear_attn_step

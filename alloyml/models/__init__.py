@@ -12,7 +12,7 @@ _EXPORTS = {
     "batches": "data", "make_task": "data",
     "prefill": "generate", "decode": "generate", "sample_next": "generate",
     "Trainer": "trainer", "StepMetrics": "trainer", "CheckpointInfo": "trainer", "list_checkpoints": "trainer",
-    "tracin_checkpoints": "trainer", "lr_at": "trainer",
+    "tracin_checkpoints": "trainer", "lr_at": "trainer", "pack_documents": "trainer",
     "train_data_parallel": "distributed", "DistributedResult": "distributed",
 }  # fmt: skip
 

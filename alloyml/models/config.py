@@ -13,8 +13,6 @@ from functools import partial
 
 from alloyml.errors import ConfigError
 
-MIXERS = ("linear_attn", "retnet", "gla", "mamba", "rwkv", "softmax")
-FFNS = ("mlp", "moe", "none")
 ROUTINGS = ("token_choice", "expert_choice")
 
 
@@ -22,10 +20,10 @@ ROUTINGS = ("token_choice", "expert_choice")
 class ModelConfig:
     """One language model: `n_layers` blocks of (token mixer + feed-forward), pre-norm residual.
 
-    mixer: the token mixer of every block (one of MIXERS); ffn: "mlp", "moe" or "none" (mixer-only
-    blocks, as in vanilla Mamba); n_heads: heads of the mixer (head size d_model / n_heads; Mamba's
-    heads split its expand * d_model inner width); d_state: Mamba's state size N (K of the scan);
-    d_conv: width of Mamba's short causal convolution; expand: Mamba's inner width factor;
+    mixer: the token mixer of every block (a name in `mixers.MIXERS`); ffn: a name in `moe.FFNS` ("mlp",
+    "moe") or "none" (mixer-only blocks, as in vanilla Mamba); n_heads: heads of the mixer (head size
+    d_model / n_heads; Mamba's heads split its expand * d_model inner width); d_state: Mamba's state size N
+    (K of the scan); d_conv: width of Mamba's short causal convolution; expand: Mamba's inner width factor;
     ffn_mult: hidden width of an MLP or expert, as a multiple of d_model; n_experts, top_k,
     capacity_factor, routing, aux_loss_weight: the MoE layer (capacity applies while training; see moe.py);
     backend: kernel backend of the parallel forward ("auto": Triton on CUDA, chunked PyTorch on CPU).
@@ -51,10 +49,11 @@ class ModelConfig:
     backend: str = "auto"
 
     def __post_init__(self):
-        if self.mixer not in MIXERS:
-            raise ConfigError(f"mixer must be one of {MIXERS}, got {self.mixer!r}")
-        if self.ffn not in FFNS:
-            raise ConfigError(f"ffn must be one of {FFNS}, got {self.ffn!r}")
+        mixers, ffns = layer_names()
+        if self.mixer not in mixers:
+            raise ConfigError(f"mixer must be one of {mixers}, got {self.mixer!r}")
+        if self.ffn not in ffns:
+            raise ConfigError(f"ffn must be one of {ffns}, got {self.ffn!r}")
         if self.routing not in ROUTINGS:
             raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_mult", "d_state", "d_conv", "expand",
@@ -94,9 +93,19 @@ class ModelConfig:
     @classmethod
     def named(cls, name: str, **overrides) -> ModelConfig:
         """A named configuration (see `NAMED_CONFIGS`) with some fields overridden."""
+        layer_names()  # the mixers' own named configs register with the mixers
         if name not in NAMED_CONFIGS:
             raise ConfigError(f"unknown model config {name!r}; known: {sorted(NAMED_CONFIGS)}")
         return NAMED_CONFIGS[name](**overrides)
+
+
+def layer_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(mixer names, feed-forward names incl. "none"), read from the registries that define them
+    (`mixers.MIXERS`, `moe.FFNS`); imported here, not at the top, because those modules import this one."""
+    from alloyml.models.mixers import MIXERS
+    from alloyml.models.moe import FFNS
+
+    return tuple(MIXERS), (*FFNS, "none")
 
 
 def register_in(table: dict, name: str):
@@ -111,17 +120,10 @@ def register_in(table: dict, name: str):
     return register
 
 
+# Filled by @named_config below and, one per mixer (its name, with an MLP feed-forward), by
+# `mixers.register_mixer`; `ModelConfig.named` imports the mixers first, so every name is there.
 NAMED_CONFIGS: dict[str, Callable[..., ModelConfig]] = {}
 named_config = partial(register_in, NAMED_CONFIGS)  # @named_config(name): fn(**overrides) -> ModelConfig
-
-
-def _named(name: str, **fields):
-    named_config(name)(lambda **overrides: ModelConfig(**{**fields, **overrides}))
-
-
-# One named config per mixer, each with an MLP feed-forward.
-for _mixer in MIXERS:
-    _named(_mixer, mixer=_mixer, ffn="mlp")
 
 
 @named_config("moe-mamba")

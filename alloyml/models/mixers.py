@@ -6,6 +6,12 @@ Every mixer maps x: [B, T, D] -> y: [B, T, D] and has two modes that compute the
   chunked kernels of `alloyml.kernels`; `state` continues a sequence, the returned state ends it.
 - `step(x, state) -> (y, state)`: one token x: [B, D] (decoding), on the kernels' one-token steps.
 
+`forward(x, cu_seqlens=...)` takes packed sequences: x: [1, T, D] holding N documents back to back, at
+offsets cu_seqlens [N + 1] (int64, as in flash-attn); nothing crosses a boundary (the recurrences restart,
+Mamba's convolution and RWKV's token shift see zeros before each start, softmax attention stays within
+its document), and the returned state is one per document (N rows; the softmax mixer returns None).
+Packed input starts fresh documents: `state` must be None.
+
 The linear mixers' state has a fixed size per sequence (a [H, K, V] matrix per head plus a few past
 inputs), so decoding takes constant memory in the context length; the softmax baseline keeps a KV cache
 that grows with it. States are tuples of batch-first tensors (the KV cache is its own class), so a batch
@@ -22,10 +28,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alloyml.models.config import ModelConfig, register_in
+from alloyml.models.config import ModelConfig, named_config, register_in
 
-MIXERS: dict[str, type[Mixer]] = {}
-register_mixer = partial(register_in, MIXERS)
+MIXERS: dict[str, type[Mixer]] = {}  # the one list of mixers: ModelConfig checks `mixer` against it
+
+
+def register_mixer(name: str):
+    """A class decorator: the mixer goes into MIXERS under `name`, and `ModelConfig.named(name)` becomes
+    a model of that mixer with an MLP feed-forward."""
+
+    def register(cls):
+        register_in(MIXERS, name)(cls)
+        named_config(name)(partial(_mixer_config, name))
+        return cls
+
+    return register
+
+
+def _mixer_config(mixer: str, **overrides) -> ModelConfig:
+    return ModelConfig(**{"mixer": mixer, "ffn": "mlp", **overrides})
 
 
 class Mixer(nn.Module):
@@ -40,6 +61,23 @@ class Mixer(nn.Module):
     def cat_states(self, states: list):
         """One state for the sequences of several states, concatenated along the batch."""
         return tuple(torch.cat(parts) for parts in zip(*states, strict=True))
+
+
+def packed_positions(cu_seqlens, T: int, device) -> torch.Tensor:
+    """Each position's index within its own packed sequence: [T] long. Built with device ops only (no
+    host sync): mark the starts, carry the latest start forward with a running max."""
+    steps = torch.arange(T, device=device)
+    first = torch.zeros(T, dtype=torch.bool, device=device)
+    first[cu_seqlens[:-1]] = True
+    return steps - torch.cummax(torch.where(first, steps, 0), 0).values
+
+
+def check_packed(x, state, cu_seqlens) -> None:
+    from alloyml.errors import InvalidInputError
+
+    if cu_seqlens is not None and (state is not None or x.shape[0] != 1):
+        raise InvalidInputError("packed sequences (cu_seqlens) need a batch of one and no state (fresh "
+                                f"documents), got batch {x.shape[0]} and state {type(state).__name__}")
 
 
 def head_split(x: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -63,12 +101,13 @@ class LinearAttention(Mixer):
         q, k, v = (head_split(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))
         return F.elu(q) + 1, F.elu(k) + 1, v
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import linear_attn
 
+        check_packed(x, state, cu_seqlens)
         q, k, v = self._qkv(x)  # [B, T, H, Dh]
         o, s = linear_attn(q, k, v, normalize=True, initial_state=None if state is None else state[0],
-                           backend=self.backend)
+                           cu_seqlens=cu_seqlens, backend=self.backend)
         return self.out(o.flatten(-2)), (s,)
 
     def step(self, x, state=None):
@@ -93,9 +132,12 @@ class Retention(Mixer):
         self.qkvg = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False)
         self.head_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        # Derived from the config, not learned: kept out of the state dict.
-        self.register_buffer("decay", 1 - 2.0 ** (-5 - torch.arange(cfg.n_heads, dtype=torch.float32)),
-                             persistent=False)
+
+    def decays(self, device) -> torch.Tensor:
+        """gamma_h = 1 - 2^(-5-h) in float32: [H]. Derived from the config, not learned, and made at each
+        call rather than kept as a buffer, which `model.to(torch.bfloat16)` would round: bf16 holds
+        1 - 2^-9 and beyond as exactly 1, so every head past the fourth would stop forgetting."""
+        return 1 - 2.0 ** (-5 - torch.arange(self.n_heads, device=device, dtype=torch.float32))
 
     def _project(self, x):
         q, k, v, gate = self.qkvg(x).chunk(4, dim=-1)
@@ -104,19 +146,20 @@ class Retention(Mixer):
     def _output(self, o, gate):  # o: [..., H, Dh], gate: [..., D]
         return self.out(F.silu(gate) * self.head_norm(o).flatten(-2))
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import linear_attn
 
+        check_packed(x, state, cu_seqlens)
         q, k, v, gate = self._project(x)
-        o, s = linear_attn(q, k, v, self.decay, initial_state=None if state is None else state[0],
-                           backend=self.backend)
+        o, s = linear_attn(q, k, v, self.decays(x.device), initial_state=None if state is None else state[0],
+                           cu_seqlens=cu_seqlens, backend=self.backend)
         return self._output(o, gate), (s,)
 
     def step(self, x, state=None):
         from alloyml.kernels import linear_attn_step
 
         q, k, v, gate = self._project(x)
-        o, s = linear_attn_step(q, k, v, None if state is None else state[0], self.decay)
+        o, s = linear_attn_step(q, k, v, None if state is None else state[0], self.decays(x.device))
         return self._output(o, gate), (s,)
 
 
@@ -148,11 +191,13 @@ class GatedLinearAttention(Mixer):
     def _output(self, o, gate):
         return self.out(F.silu(gate) * self.head_norm(o).flatten(-2))
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import gla
 
+        check_packed(x, state, cu_seqlens)
         q, k, v, g, gate = self._project(x)
-        o, s = gla(q, k, v, g, initial_state=None if state is None else state[0], backend=self.backend)
+        o, s = gla(q, k, v, g, initial_state=None if state is None else state[0], cu_seqlens=cu_seqlens,
+                   backend=self.backend)
         return self._output(o, gate), (s,)
 
     def step(self, x, state=None):
@@ -177,6 +222,21 @@ def causal_conv(x, weight, bias, past):
     return y, window[:, window.shape[1] - (weight.shape[-1] - 1):]
 
 
+def causal_conv_packed(x, weight, bias, cu_seqlens):
+    """causal_conv over packed sequences x: [1, T, C], each seeing zeros before its start. Returns (y,
+    each sequence's last W - 1 inputs [N, W - 1, C], zero-padded in front for shorter sequences)."""
+    T, W = x.shape[1], weight.shape[-1]
+    position = packed_positions(cu_seqlens, T, x.device)[None, :, None]  # [1, T, 1]
+    y = x * weight[:, 0, W - 1] + (0 if bias is None else bias)
+    for d in range(1, W):  # x_{t-d}, weighted by tap W - 1 - d, where t - d is in t's sequence
+        shifted = F.pad(x, (0, 0, d, 0))[:, :T]
+        y = y + torch.where(position >= d, shifted * weight[:, 0, W - 1 - d], 0.0)
+    ends = cu_seqlens[1:, None]  # [N, 1]
+    index = ends - (W - 1) + torch.arange(W - 1, device=x.device)  # [N, W - 1]
+    inside = (index >= cu_seqlens[:-1, None])[..., None]
+    return y, torch.where(inside, x[0, index.clamp(min=0)], 0.0)
+
+
 @register_mixer("mamba")
 class Mamba(Mixer):
     def __init__(self, cfg: ModelConfig):
@@ -194,29 +254,35 @@ class Mamba(Mixer):
         self.norm = nn.RMSNorm(self.d_inner, eps=cfg.norm_eps)
         self.out = nn.Linear(self.d_inner, cfg.d_model, bias=False)
 
-    def _scan_inputs(self, x, conv_past):
+    def _scan_inputs(self, x, conv_past, cu_seqlens=None):
         """x: [B, T, D] -> (z, scan inputs (x, dt, A, B, C) with a head axis, next conv state)."""
         Bsz, T, _ = x.shape
         H, N = self.n_heads, self.d_state
         z, xbc, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * N, H], dim=-1)
-        if conv_past is None:
-            conv_past = x.new_zeros(Bsz, self.conv.kernel_size[0] - 1, xbc.shape[-1])
-        xbc, conv_state = causal_conv(xbc, self.conv.weight, self.conv.bias, conv_past)
+        if cu_seqlens is not None:
+            xbc, conv_state = causal_conv_packed(xbc, self.conv.weight, self.conv.bias, cu_seqlens)
+        else:
+            if conv_past is None:
+                conv_past = x.new_zeros(Bsz, self.conv.kernel_size[0] - 1, xbc.shape[-1])
+            xbc, conv_state = causal_conv(xbc, self.conv.weight, self.conv.bias, conv_past)
         xs, Bm, Cm = F.silu(xbc).split([self.d_inner, N, N], dim=-1)
         xs = head_split(xs, H)  # [B, T, H, P]
         Bm, Cm = (m[:, :, None, :].expand(Bsz, T, H, N) for m in (Bm, Cm))  # [B, T, H, N], shared by heads
-        dt = F.softplus(dt + self.dt_bias)  # [B, T, H]
-        return z, (xs, dt, -self.A_log.exp(), Bm, Cm), conv_state
+        # dt and A in float32 whatever the model's dtype (as mamba_ssm does): the decay exp(dt A) compounds
+        # over the sequence, and dt rounded to bfloat16 would put it off by |dt A| * 2^-9 at every step.
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
+        return z, (xs, dt, -self.A_log.float().exp(), Bm, Cm), conv_state
 
     def _output(self, y, z):  # y: [..., H, P], z: [..., d_inner]
         return self.out(self.norm(y.flatten(-2) * F.silu(z)))
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import selective_scan
 
+        check_packed(x, state, cu_seqlens)
         conv_past, ssm = (None, None) if state is None else state
-        z, scan, conv_state = self._scan_inputs(x, conv_past)
-        y, ssm = selective_scan(*scan, self.D, initial_state=ssm, backend=self.backend)
+        z, scan, conv_state = self._scan_inputs(x, conv_past, cu_seqlens)
+        y, ssm = selective_scan(*scan, self.D, initial_state=ssm, cu_seqlens=cu_seqlens, backend=self.backend)
         return self._output(y, z), (conv_state, ssm)
 
     def step(self, x, state=None):
@@ -268,14 +334,19 @@ class RWKVTimeMix(Mixer):
         o = o + (r * self.bonus * k).sum(-1, keepdim=True) * v * r.shape[-1] ** -0.5
         return self.out(F.silu(gate) * self.head_norm(o).flatten(-2))
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import gla
 
+        check_packed(x, state, cu_seqlens)
         last, s = (x.new_zeros(x.shape[0], x.shape[-1]), None) if state is None else state
         previous = torch.cat([last[:, None].to(x.dtype), x[:, :-1]], dim=1)  # token shift: [B, T, D]
+        if cu_seqlens is not None:  # a document's first token sees zeros, not the previous document
+            first = packed_positions(cu_seqlens, x.shape[1], x.device) == 0
+            previous = torch.where(first[None, :, None], 0.0, previous)
         r, k, v, g, gate = self._project(x, previous)
-        o, s = gla(r, k, v, g, initial_state=s, backend=self.backend)
-        return self._output(o, r, k, v, gate), (x[:, -1], s)
+        o, s = gla(r, k, v, g, initial_state=s, cu_seqlens=cu_seqlens, backend=self.backend)
+        last = x[:, -1] if cu_seqlens is None else x[0, cu_seqlens[1:] - 1]  # [B or N, D]
+        return self._output(o, r, k, v, gate), (last, s)
 
     def step(self, x, state=None):
         from alloyml.kernels import gla_step
@@ -345,9 +416,19 @@ class SoftmaxAttention(Mixer):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, state: KVCache | None = None):
+    def forward(self, x, state: KVCache | None = None, cu_seqlens=None):
         B, T, _ = x.shape
         q, k, v = (head_split(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # [B, T, H, Dh]
+        if cu_seqlens is not None:  # packed documents: each attends causally within itself; no cache
+            check_packed(x, state, cu_seqlens)
+            positions = packed_positions(cu_seqlens, T, x.device)
+            q, k = rotary(q, positions[None], self.rope_base), rotary(k, positions[None], self.rope_base)
+            steps = torch.arange(T, device=x.device)
+            document = steps - positions  # each position's document start
+            mask = (document[:, None] == document[None, :]) & (steps[None, :] <= steps[:, None])  # [T, T]
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=mask)
+            return self.out(o.transpose(1, 2).flatten(-2)), None
         if state is None:  # a fresh sequence: plain causal attention, and the cache is just k, v
             positions = torch.arange(T, device=x.device).expand(B, T)
             q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)

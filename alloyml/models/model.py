@@ -45,8 +45,8 @@ class Block(nn.Module):
             return x + y, aux
         return x + self.ffn(self.ffn_norm(x)), x.new_zeros((), dtype=torch.float32)
 
-    def forward(self, x, state=None):  # x: [B, T, D]
-        y, state = self.mixer(self.mixer_norm(x), state)
+    def forward(self, x, state=None, cu_seqlens=None):  # x: [B, T, D]
+        y, state = self.mixer(self.mixer_norm(x), state, cu_seqlens=cu_seqlens)
         x, aux = self._feed_forward(x + y)
         return x, state, aux
 
@@ -80,14 +80,16 @@ class LinearLM(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.apply(_init_weights)
 
-    def forward(self, ids, states=None, targets=None) -> LMOutput:
+    def forward(self, ids, states=None, targets=None, cu_seqlens=None) -> LMOutput:
         """ids: [B, T] token ids; states: from a previous call (None: new sequences); targets: [B, T]
-        next-token ids, IGNORE_INDEX where no loss is wanted."""
+        next-token ids, IGNORE_INDEX where no loss is wanted; cu_seqlens: int64 offsets [N + 1] of N
+        documents packed into ids [1, T] (see mixers.py): each is modelled on its own, as if it had its
+        own row, and the states returned are one per document."""
         x = self.embed(ids)  # [B, T, D]
         states = states or [None] * len(self.blocks)
         new_states, aux = [], x.new_zeros((), dtype=torch.float32)
         for block, state in zip(self.blocks, states, strict=True):
-            x, state, block_aux = block(x, state)
+            x, state, block_aux = block(x, state, cu_seqlens)
             new_states.append(state)
             aux = aux + block_aux
         logits = self.lm_head(self.norm(x))  # [B, T, vocab]

@@ -118,4 +118,4 @@ class MoE(nn.Module):
         return y.view(shape), aux
 
 
-FFNS = {"mlp": MLP, "moe": MoE}
+FFNS = {"mlp": MLP, "moe": MoE}  # the one list of feed-forwards (with "none"): ModelConfig checks `ffn`

@@ -8,6 +8,8 @@ parameter index) and `trainer.json` (step, lr, optimizer hyperparameters). No pi
 checkpoint's gradient products by it (`tracin_checkpoints`).
 
 Batches come from `batch(step)` (see data.py), so resuming at step s replays the uninterrupted run.
+A batch is (inputs, targets) of [B, T], or (inputs, targets, cu_seqlens) of documents packed into one
+row, as `pack_documents` makes them: no padding, and no document sees another.
 """
 
 from __future__ import annotations
@@ -75,6 +77,23 @@ def tracin_checkpoints(directory) -> list[tuple[dict[str, torch.Tensor], float]]
     return [(c.state_dict(), c.lr) for c in list_checkpoints(directory)]
 
 
+def pack_documents(documents) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token documents (1-D long tensors of any lengths >= 1) -> (inputs [1, T], targets [1, T],
+    cu_seqlens [N + 1]) for next-token training on one packed row: each token's target is the next token
+    of its own document, and a document's last token has none (IGNORE_INDEX), so nothing is learned
+    across a boundary."""
+    from alloyml.models.model import IGNORE_INDEX
+
+    lengths = [int(d.numel()) for d in documents]
+    if not documents or min(lengths) < 1 or any(d.dim() != 1 for d in documents):
+        raise InvalidInputError(f"documents must be non-empty 1-D token tensors, got lengths {lengths}")
+    ignore = documents[0].new_full((1,), IGNORE_INDEX)
+    inputs = torch.cat(list(documents))[None]
+    targets = torch.cat([torch.cat([d[1:], ignore]) for d in documents])[None]
+    cu_seqlens = torch.tensor([0, *lengths], dtype=torch.long).cumsum(0)
+    return inputs, targets, cu_seqlens
+
+
 def lr_at(step: int, *, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
     """Learning rate of update `step` (0-based): linear warmup over `warmup_steps`, then cosine from lr down
     to min_lr_ratio * lr at the last step."""
@@ -131,7 +150,7 @@ class Trainer:
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
 
-    def fit(self, model, batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], resume_from=None):
+    def fit(self, model, batch: Callable[[int], tuple[torch.Tensor, ...]], resume_from=None):
         """Train for `steps` updates (from the checkpoint `resume_from` if given: a step directory, or a
         checkpoint_dir whose latest checkpoint is used). Returns self."""
         self._validate()
@@ -147,9 +166,9 @@ class Trainer:
                        min_lr_ratio=self.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            inputs, targets = (t.to(device) for t in batch(step))
+            inputs, targets, *packed = (t.to(device) for t in batch(step))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(inputs, targets=targets)
+                out = model(inputs, targets=targets, cu_seqlens=packed[0] if packed else None)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if self.grad_sync is not None:

@@ -5,7 +5,8 @@ both (and the conv / token-shift / KV-cache state plumbing around them)."""
 import pytest
 import torch
 
-from alloyml.models.config import MIXERS, ModelConfig
+from alloyml.models.config import ModelConfig
+from alloyml.models.mixers import MIXERS
 from alloyml.models.model import LinearLM
 
 T = 67  # crosses chunk boundaries of both the scalar-gate (64) and vector-gate (16) chunked kernels
@@ -17,7 +18,7 @@ def tiny(mixer, ffn="mlp", **kw):
     return LinearLM(cfg).double().eval()
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("mixer", list(MIXERS))
 @torch.no_grad()
 def test_token_by_token_equals_parallel(mixer):
     model = tiny(mixer)
@@ -30,7 +31,7 @@ def test_token_by_token_equals_parallel(mixer):
     torch.testing.assert_close(torch.stack(stepped, 1), parallel, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("mixer", list(MIXERS))
 @torch.no_grad()
 def test_prefill_then_continue_equals_one_pass(mixer):
     model = tiny(mixer, ffn="moe")

@@ -88,3 +88,29 @@ def test_a_save_failing_half_way_leaves_the_previous_model(tmp_path, monkeypatch
     assert load_model(tmp_path / "m").config == first.config  # the old model, whole
     save_model(second, tmp_path / "m")
     assert load_model(tmp_path / "m").config == second.config
+
+
+def test_config_accepts_exactly_the_registered_layers(monkeypatch):
+    """The mixer and feed-forward names come from the registries alone: a layer registered at run time
+    is accepted (a mixer also gets its named config), one that is not is refused."""
+    from torch import nn
+
+    from alloyml.models.config import NAMED_CONFIGS
+    from alloyml.models.mixers import MIXERS, Mixer, register_mixer
+    from alloyml.models.moe import FFNS
+
+    assert set(MIXERS) == {"linear_attn", "retnet", "gla", "mamba", "rwkv", "softmax"}
+    for mixer in MIXERS:
+        assert ModelConfig.named(mixer).mixer == mixer
+    with pytest.raises(ConfigError, match="mixer must be one of"):
+        ModelConfig(mixer="toy")
+    with pytest.raises(ConfigError, match="ffn must be one of"):
+        ModelConfig(ffn="identity")
+    # setitem first, so monkeypatch removes the keys again after the test
+    monkeypatch.setitem(MIXERS, "toy", None)
+    monkeypatch.setitem(NAMED_CONFIGS, "toy", None)
+    monkeypatch.setitem(FFNS, "identity", nn.Identity)
+    register_mixer("toy")(type("Toy", (Mixer,), {}))
+    assert ModelConfig(mixer="toy").mixer == "toy"
+    assert ModelConfig.named("toy", d_model=64).d_model == 64
+    assert ModelConfig(ffn="identity").ffn == "identity"

@@ -78,3 +78,34 @@ def test_mqar_training_gets_well_below_chance():
     scored = targets != IGNORE_INDEX
     accuracy = (predictions[scored] == targets[scored]).float().mean().item()
     assert accuracy > 2.5 / task.n_values  # chance is 1 / n_values
+
+
+def test_packed_documents_train_as_separate_rows():
+    """One packed row (pack_documents) has the loss of the documents scored one by one: the mean
+    next-token cross-entropy over every token that has a next token in its own document; the Trainer
+    passes cu_seqlens on, so its first step reports that loss."""
+    from alloyml.models.trainer import pack_documents
+
+    gen = torch.Generator().manual_seed(5)
+    docs = [torch.randint(0, 17, (n,), generator=gen) for n in (6, 1, 20, 3)]
+    inputs, targets, cu = pack_documents(docs)
+    assert inputs.shape == targets.shape == (1, 30) and cu.tolist() == [0, 6, 7, 27, 30]
+    assert (targets == IGNORE_INDEX).sum() == len(docs)
+
+    torch.manual_seed(0)
+    model = LinearLM(ModelConfig(mixer="mamba", vocab_size=17, d_model=32, n_layers=1, n_heads=2)).double()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for doc in docs:
+            if len(doc) > 1:
+                logits = model(doc[None, :-1]).logits[0]
+                total += torch.nn.functional.cross_entropy(logits, doc[1:], reduction="sum").item()
+                count += len(doc) - 1
+        packed_loss = model(inputs, targets=targets, cu_seqlens=cu).loss.item()
+    # rel 1e-6: the model's cross-entropy runs on float32 logits (logits equal to 1e-10: test_models_packed)
+    assert packed_loss == pytest.approx(total / count, rel=1e-6)
+
+    trainer = Trainer(steps=1, lr=1e-3, warmup_steps=0).fit(model, lambda step: (inputs, targets, cu))
+    assert trainer.history_[0].loss == pytest.approx(packed_loss, rel=1e-6)
+    with pytest.raises(InvalidInputError, match="documents"):
+        pack_documents([torch.tensor([1, 2]), torch.tensor([], dtype=torch.long)])

@@ -1,50 +1,52 @@
-"""Dispatch of the gated recurrence shared by every op to an engine, and packed sequences around it.
+"""The gated linear recurrence every op reduces to, dispatched to the backend that runs it, with packed
+sequences around it.
 
-Engines: "chunk" (PyTorch, chunk_torch.py: the CPU fast path), "triton" (chunked GPU kernels,
+Backends: "chunk" (PyTorch, chunk_torch.py: the CPU fast path), "triton" (chunked GPU kernels,
 chunk_triton.py) and "triton_recurrent" (step-by-step GPU kernels, fused_recurrent_triton.py). Each takes
 (q, k, v, g, scale, initial_state) on a padded batch (g: None, per-step gates, or for "chunk" a constant
-log-decay per head, [H]) and returns (o, final_state); see chunk_torch.py for
-the recurrence and its shapes.
+log-decay per head, [H]) and returns (o, final_state); see chunk_torch.py for the recurrence and its
+shapes. The ops' naive references do not come through here: they are written out in each op's naive.py.
 """
 
 from __future__ import annotations
 
 
-def _chunk_engine(*args):
+def _chunk(*args):
     from alloyml.kernels.common.chunk_torch import chunk_gated_torch
 
     return chunk_gated_torch(*args)
 
 
-def _triton_engine(*args):
+def _triton(*args):
     from alloyml.kernels.common.chunk_triton import chunk_gated_triton
 
     return chunk_gated_triton(*args)
 
 
-def _triton_recurrent_engine(*args):
+def _triton_recurrent(*args):
     from alloyml.kernels.common.fused_recurrent_triton import fused_recurrent_gated_triton
 
     return fused_recurrent_gated_triton(*args)
 
 
-ENGINES = {"chunk": _chunk_engine, "triton": _triton_engine, "triton_recurrent": _triton_recurrent_engine}
+GATED_BACKENDS = {"chunk": _chunk, "triton": _triton, "triton_recurrent": _triton_recurrent}
 
 
-def chunk_gated(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens, engine):
-    """The gated recurrence above on `engine` (a key of ENGINES), with packed sequences handled by padding
-    (see varlen.py). Returns (o in q's dtype, final_state float32 or None)."""
+def chunk_gated(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens, backend):
+    """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale * q_t^T S_t on `backend` (a key of
+    GATED_BACKENDS), with packed sequences handled by padding (see varlen.py).
+    Returns (o in q's dtype, final_state float32 or None)."""
     from alloyml.kernels.common.varlen import pad_sequences, padding_index, unpad_sequences
 
     dtype = q.dtype
-    if g is not None and g.dim() == 1 and (engine != "chunk" or cu_seqlens is not None):
+    if g is not None and g.dim() == 1 and (backend != "chunk" or cu_seqlens is not None):
         # a constant log-decay per head: the kernels and the padding of packed sequences take it per step
         g = g.expand(q.shape[0], q.shape[1], q.shape[2])
     if cu_seqlens is not None:
         index, valid = padding_index(cu_seqlens)
         q, k, v = (pad_sequences(x, index) for x in (q, k, v))
         g = None if g is None else pad_sequences(g, index)
-    o, state = ENGINES[engine](q, k, v, g, scale, initial_state)
+    o, state = GATED_BACKENDS[backend](q, k, v, g, scale, initial_state)
     if cu_seqlens is not None:
         o = unpad_sequences(o, valid)
     return o.to(dtype), (state if output_final_state else None)

@@ -31,8 +31,9 @@ Every tensor stays at the size of the inputs, never [C, C, K].
 
 from __future__ import annotations
 
-import functools
 import math
+
+import torch
 
 from alloyml.kernels.common.decayed_attention import decayed_attention
 
@@ -72,23 +73,19 @@ def _contiguous_grad(x):
     """x itself, with its gradient made contiguous on the way back: a gradient permuted back from the
     [B, T, H, V] output would otherwise send every batched matrix product of the backward down a slow
     per-matrix path."""
-    return _contiguous_grad_function().apply(x)
+    return ContiguousGrad.apply(x)
 
 
-@functools.cache
-def _contiguous_grad_function():
-    import torch
+class ContiguousGrad(torch.autograd.Function):
+    # a module-level class (this module is imported only when the chunk backend runs), so torch.compile
+    # traces it without a graph break, which a class built inside a function would cause
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
 
-    class ContiguousGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.view_as(x)
-
-        @staticmethod
-        def backward(ctx, grad):
-            return grad.contiguous()
-
-    return ContiguousGrad
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
 
 
 def _carry(delta, decay, initial_state):
@@ -96,7 +93,6 @@ def _carry(delta, decay, initial_state):
 
     delta: [B, H, N, K, V]; decay: [B | 1, H, N, K | 1, 1] (1: the same for the whole batch) or None.
     Returns (starts [B, H, N, K, V], S_N)."""
-    import torch
 
     B, H, N, K, V = delta.shape
     state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
@@ -109,13 +105,11 @@ def _carry(delta, decay, initial_state):
 
 
 def _causal(C: int, device):
-    import torch
 
     return torch.ones(C, C, dtype=torch.bool, device=device).tril()  # [C, C], i >= j
 
 
 def _scalar_gated(q, k, v, g, scale: float, initial_state):
-    import torch
 
     T = q.shape[1]
     C = SCALAR_GATE_CHUNK
@@ -157,7 +151,6 @@ def _constant_decays(log_gamma, N: int, C: int, T: int):
     """A constant log-decay per head (RetNet's gamma), log_gamma: [H] -> the same sums as `_step_decays`
     in closed form, a whole number of steps times log gamma, shaped to broadcast over [B, H, N, ...]. The
     last chunk ends at step T - 1, not at its padding: the padded steps must not decay the final state."""
-    import torch
 
     steps = torch.arange(C, device=log_gamma.device)
     ends = torch.full((N,), C - 1, device=log_gamma.device)
@@ -172,7 +165,6 @@ def _constant_decays(log_gamma, N: int, C: int, T: int):
 
 
 def _vector_gated(q, k, v, g, scale: float, initial_state):
-    import torch
     import torch.nn.functional as F
 
     T = q.shape[1]
@@ -217,7 +209,6 @@ def _sub_chunk_sums(sub_total):
     """Sums over whole sub-chunks from their totals [.., S, K]: (between [.., S(b), S(a), K], the sum over
     sub-chunks a < m < b (used where a < b); before [.., S, K], over m < b; after, over m > a; total
     [.., K]), each a direct sum (a product with a 0/1 mask)."""
-    import torch
 
     S = sub_total.shape[-2]
     m = torch.arange(S, device=sub_total.device)

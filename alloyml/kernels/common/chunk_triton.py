@@ -20,9 +20,10 @@ value to rounding. With G(a..b) the sum of g over steps a..b of a chunk:
     (q_i exp(G(r..i))) . (k_j exp(G(j+1..r-1))); the backward pass splits dk's part at the end of j's
     sub-chunk instead. Within a sub-chunk, exp(G(j+1..i)) for i >= j is a running sum (vector gates) or
     a masked cumulative sum (scalar gates), and i < j never reaches exp.
-Everything is computed in float32 whatever the input dtype. Matrix products run in IEEE float32 for
-float32 inputs and in TF32 for 16-bit ones (its rounding, 2^-11, is that of float16 and finer than
-bfloat16's).
+Everything is accumulated in float32 whatever the input dtype. Matrix products take their operands in
+the inputs' type: bfloat16 / float16 inputs multiply as bfloat16 / float16 on tensor cores (a float32
+tile such as q * exp(G) is rounded to that type first, as flash-linear-attention does), float32 inputs as
+TF32 (FP32_DOT; "ieee" for exact float32).
 
 Gate gradient. Per key channel (summed over channels for scalar gates), dg_t is the sum over every
 (source, sink) pair whose decay includes g_t, i.e. source before t, sink at t or after. For t in a chunk
@@ -53,15 +54,39 @@ import triton.language as tl
 
 from alloyml.kernels.common.fused_recurrent_triton import SCALAR_GATE, VECTOR_GATE, gate_kind
 
+# Grids put batch * head on axis 0 (up to 2^31 - 1 programs; axes 1 and 2 stop at 65,535, which
+# B * H reaches with many packed sequences, e.g. 4,096 documents x 16 heads).
 CHUNK_SIZE = 64  # BT: a power of two, a multiple of SUB_CHUNK
 SUB_CHUNK = 16  # BC: the side of the intra-chunk blocks of A (tl.dot needs >= 16)
 MAX_BLOCK = 64  # the largest key / value block; tests may lower it to reach several blocks
 # Warps of the per-chunk kernels: they hold several 64 x 64 float32 tiles, which with 4 warps need more than
 # 255 registers per thread (ptxas for sm_90 spilled up to 2.3 KB a thread; with 8, at most 0.4 KB).
 CHUNK_WARPS = 8
+# How float32 inputs multiply: "tf32" (tensor cores, 2^-11 relative rounding of each operand) or "ieee"
+# (exact float32, as FMA loops: the tests' setting when they compare with float64 at 1e-5).
+FP32_DOT = "tf32"
+
+
+def dot_precision(dtype) -> str:
+    """The DOT mode of the kernels for inputs of `dtype`: 16-bit inputs multiply as themselves."""
+    import torch
+
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, FP32_DOT)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
+
+@triton.jit
+def _dot(a, b, DOT: tl.constexpr):
+    """a @ b accumulated in float32. DOT "bf16" / "fp16": the operands (float32 tiles here) rounded to the
+    inputs' 16-bit type and multiplied on tensor cores at its full rate; "tf32" / "ieee": float32 operands
+    multiplied in TF32 on tensor cores or exactly (as FMA loops, many times slower)."""
+    if DOT == "bf16":
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif DOT == "fp16":
+        return tl.dot(a.to(tl.float16), b.to(tl.float16))
+    else:
+        return tl.dot(a, b, input_precision=DOT)
 
 @triton.jit
 def _rows(x, i_b, i_h, o_t, m_t, o_c, m_c, T, H: tl.constexpr, D: tl.constexpr):
@@ -107,9 +132,9 @@ def _state_ptrs(x, row, o_k, o_v, K: tl.constexpr, V: tl.constexpr):
 @triton.jit
 def _state_block(x0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                  LOAD: tl.constexpr):
-    """The [BK, BV] state block of a (key block, value block, batch * head) program: (batch * head, batch,
+    """The [BK, BV] state block of a (batch * head, value block, key block) program: (batch * head, batch,
     head, key and value offsets and masks, block mask, the block of x0: [B, H, K, V] if LOAD else zeros)."""
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_v, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_k, o_v = i_k * BK + tl.arange(0, BK), i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_h = m_k[:, None] & m_v[None, :]
@@ -121,9 +146,9 @@ def _state_block(x0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.c
 
 @triton.jit
 def _chunk_block(T, H: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    """The rows and feature block of a (feature block, chunk, batch * head) program: (feature block, chunk,
+    """The rows and feature block of a (batch * head, chunk, feature block) program: (feature block, chunk,
     batch * head, batch, head, step offsets and mask, feature offsets and mask for a feature dimension D)."""
-    i_d, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_t, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_t = i_t * BT + tl.arange(0, BT)
     o_d = i_d * BD + tl.arange(0, BD)
     return i_d, i_t, i_bh, i_bh // H, i_bh % H, o_t, o_t < T, o_d, o_d < D
@@ -155,7 +180,7 @@ def chunk_fwd_h_kernel(k, v, g, h0, h, ht, T, NT, H: tl.constexpr, K: tl.constex
             b_g = _gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K, GATE)  # [BT, BK | 1]
             b_k = b_k * tl.exp(_gates_after(g, i_b, i_h, o_t, i_t * BT + BT, o_k, m_k, T, H, K, GATE))
             b_h = b_h * tl.exp(tl.sum(b_g, 0))[:, None]
-        b_h += tl.dot(tl.trans(b_k), b_v, input_precision=DOT)
+        b_h += _dot(tl.trans(b_k), b_v, DOT)
     tl.store(_state_ptrs(ht, i_bh, o_k, o_v, K, V), b_h, mask=m_h)
 
 
@@ -166,7 +191,7 @@ def chunk_fwd_attn_kernel(q, k, g, A, scale, T, H: tl.constexpr, K: tl.constexpr
     included, zero for j > t), one program per (chunk and sub-chunk, batch * head) writing the sub-chunk's
     BC rows: the blocks of earlier sub-chunks in one product, then the diagonal block."""
     NC: tl.constexpr = BT // BC
-    i_tc, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_tc = tl.program_id(0), tl.program_id(1)
     i_t, i_c = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
     t0, r = i_t * BT, i_t * BT + i_c * BC  # first step of the chunk, of the sub-chunk
@@ -182,7 +207,7 @@ def chunk_fwd_attn_kernel(q, k, g, A, scale, T, H: tl.constexpr, K: tl.constexpr
         b_gq = _gates(g, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K, GATE)
         b_kb = _rows(k, i_b, i_h, o_j, m_before, o_k, m_k, T, H, K)  # [BT, BK]
         b_kb = b_kb * tl.exp(_gates_after(g, i_b, i_h, o_j, r, o_k, m_k, T, H, K, GATE))  # G(j+1..r-1)
-        b_A += tl.dot(b_q * tl.exp(tl.cumsum(b_gq, 0)), tl.trans(b_kb), input_precision=DOT)  # G(r..i)
+        b_A += _dot(b_q * tl.exp(tl.cumsum(b_gq, 0)), tl.trans(b_kb), DOT)  # G(r..i)
         if GATE == 2:
             b_D = tl.zeros([BC, BK], dtype=tl.float32)  # G(j+1..i) for i >= j, from j = BC - 1 down
             for jj in range(0, BC):
@@ -197,7 +222,7 @@ def chunk_fwd_attn_kernel(q, k, g, A, scale, T, H: tl.constexpr, K: tl.constexpr
                 b_D = tl.where(o_d[:, None] >= j, b_D + b_gj.to(tl.float32)[None, :], 0.0)
         else:
             b_kd = _rows(k, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)
-            b_Ad += tl.dot(b_q, tl.trans(b_kd), input_precision=DOT)
+            b_Ad += _dot(b_q, tl.trans(b_kd), DOT)
     if GATE != 2:  # one decay per (i, j): G(j+1..i) as a masked cumulative sum over i
         b_g = _gates(g, i_b, i_h, o_i, m_i, o_d, o_d < BC, T, H, K, GATE)  # [BC, 1]
         b_D = tl.cumsum(tl.where(o_d[:, None] > o_d[None, :], b_g, 0.0), 0)
@@ -223,11 +248,11 @@ def chunk_fwd_o_kernel(q, v, g, h, A, o, scale, T, NT, H: tl.constexpr, K: tl.co
         b_q = b_q * tl.exp(tl.cumsum(_gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K, GATE), 0))
         p_h = _state_ptrs(h, (i_b * NT + i_t) * H + i_h, o_k, o_v, K, V)
         b_h = tl.load(p_h, mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_o += tl.dot(b_q, b_h, input_precision=DOT)
+        b_o += _dot(b_q, b_h, DOT)
     o_j = tl.arange(0, BT)
     b_A = _rows(A, i_b, i_h, o_t, m_t, o_j, i_t * BT + o_j < T, T, H, BT)  # [BT, BT]
     b_v = _rows(v, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
-    b_o = b_o * scale + tl.dot(b_A, b_v, input_precision=DOT)
+    b_o = b_o * scale + _dot(b_A, b_v, DOT)
     _store_rows(o, b_o, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
 
 
@@ -252,7 +277,7 @@ def chunk_bwd_dh_kernel(q, do, g, dht, dh, dh0, scale, T, NT, H: tl.constexpr, K
             b_g = _gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K, GATE)
             b_q = b_q * tl.exp(tl.cumsum(b_g, 0))
             b_dh = b_dh * tl.exp(tl.sum(b_g, 0))[:, None]
-        b_dh += tl.dot(tl.trans(b_q * scale), b_do, input_precision=DOT)
+        b_dh += _dot(tl.trans(b_q * scale), b_do, DOT)
     if STORE_DH0:
         tl.store(_state_ptrs(dh0, i_bh, o_k, o_v, K, V), b_dh, mask=m_h)
 
@@ -263,7 +288,7 @@ def chunk_bwd_dA_kernel(v, do, A, dA, dg_intra, scale, T, H: tl.constexpr, V: tl
     """dA[t, j] = scale do_t . v_j for j <= t in t's chunk (zero above): [B, T, H, BT], one program per
     (chunk, batch * head). For scalar gates also the intra-chunk pairs' part of dg_t: [B, T, H], the sum
     of A_ij do_i . v_j over the pairs j < t <= i, formed directly (see the module docstring)."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_t = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_j = tl.arange(0, BT)
     o_t = i_t * BT + o_j
@@ -274,7 +299,7 @@ def chunk_bwd_dA_kernel(v, do, A, dA, dg_intra, scale, T, H: tl.constexpr, V: tl
         m_v = o_v < V
         b_do = _rows(do, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
         b_v = _rows(v, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
-        b_dov += tl.dot(b_do, tl.trans(b_v), input_precision=DOT)
+        b_dov += _dot(b_do, tl.trans(b_v), DOT)
     if GATE == 1:
         b_A = _rows(A, i_b, i_h, o_t, m_t, o_j, o_j < BT, T, H, BT)
         b_pairs = tl.where(o_j[:, None] > o_j[None, :], b_A * b_dov, 0.0)
@@ -295,7 +320,7 @@ def chunk_bwd_dv_kernel(k, g, A, do, dh, dv, T, NT, H: tl.constexpr, K: tl.const
     o_j = tl.arange(0, BT)
     b_A = _rows(A, i_b, i_h, o_t, m_t, o_j, i_t * BT + o_j < T, T, H, BT)
     b_do = _rows(do, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
-    b_dv = tl.dot(tl.trans(b_A), b_do, input_precision=DOT)
+    b_dv = _dot(tl.trans(b_A), b_do, DOT)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -303,7 +328,7 @@ def chunk_bwd_dv_kernel(k, g, A, do, dh, dv, T, NT, H: tl.constexpr, K: tl.const
         b_k = b_k * tl.exp(_gates_after(g, i_b, i_h, o_t, i_t * BT + BT, o_k, m_k, T, H, K, GATE))
         p_dh = _state_ptrs(dh, (i_b * NT + i_t) * H + i_h, o_k, o_v, K, V)
         b_dh = tl.load(p_dh, mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_dv += tl.dot(b_k, b_dh, input_precision=DOT)
+        b_dv += _dot(b_k, b_dh, DOT)
     _store_rows(dv, b_dv, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
 
 
@@ -314,7 +339,7 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
     program per (key block, chunk and sub-chunk, batch * head) writing the sub-chunk's rows:
     dq'_i = sum_{j < i} dA_ij k_j exp(G(j+1..i)), dk'_j = sum_{i > j} dA_ij q_i exp(G(j+1..i))."""
     NC: tl.constexpr = BT // BC
-    i_k, i_tc, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_tc, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_t, i_c = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
     t0, r = i_t * BT, i_t * BT + i_c * BC  # first step of the chunk, of the sub-chunk
@@ -333,12 +358,12 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
     b_kb = _rows(k, i_b, i_h, o_j, m_before, o_k, m_k, T, H, K)  # [BT, BK]
     b_kb = b_kb * tl.exp(_gates_after(g, i_b, i_h, o_j, r, o_k, m_k, T, H, K, GATE))
     b_dA = _rows(dA, i_b, i_h, o_i, m_i, o_l, o_l < i_c * BC, T, H, BT)  # [BC, BT]
-    b_dq = tl.exp(tl.cumsum(b_g, 0)) * tl.dot(b_dA, b_kb, input_precision=DOT)
+    b_dq = tl.exp(tl.cumsum(b_g, 0)) * _dot(b_dA, b_kb, DOT)
     # dk from the queries of later sub-chunks: exp(G(j+1..end-1)) sum_i dA_ij q_i exp(G(end..i))
     b_qa = _rows(q, i_b, i_h, o_j, m_after, o_k, m_k, T, H, K)
     b_qa = b_qa * tl.exp(tl.cumsum(_gates(g, i_b, i_h, o_j, m_after, o_k, m_k, T, H, K, GATE), 0))
     b_dAt = _rows(dA, i_b, i_h, o_j, m_after, i_c * BC + o_d, o_d < BC, T, H, BT)  # [BT, BC]
-    b_dk = tl.dot(tl.trans(b_dAt), b_qa, input_precision=DOT)
+    b_dk = _dot(tl.trans(b_dAt), b_qa, DOT)
     b_dk = b_dk * tl.exp(_gates_after(g, i_b, i_h, o_i, end, o_k, m_k, T, H, K, GATE))
 
     # within the sub-chunk, j < i
@@ -359,8 +384,8 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
         b_D = tl.cumsum(tl.where(o_d[:, None] > o_d[None, :], b_g, 0.0), 0)  # [BC, BC]
         b_dAd = _rows(dA, i_b, i_h, o_i, m_i, i_c * BC + o_d, o_d < BC, T, H, BT)
         b_dAd = b_dAd * tl.exp(tl.where(o_d[:, None] > o_d[None, :], b_D, float("-inf")))
-        b_dq += tl.dot(b_dAd, b_k, input_precision=DOT)
-        b_dk += tl.dot(tl.trans(b_dAd), b_q, input_precision=DOT)
+        b_dq += _dot(b_dAd, b_k, DOT)
+        b_dk += _dot(tl.trans(b_dAd), b_q, DOT)
     _store_rows(dq, b_dq, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)
     _store_rows(dk, b_dk, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)
 
@@ -384,8 +409,8 @@ def chunk_bwd_inter_kernel(q, k, v, g, h, dh, do, dA, dq_intra, dk_intra, dq, dk
         b_dh = tl.load(_state_ptrs(dh, (i_b * NT + i_t) * H + i_h, o_k, o_v, K, V), mask=m_h, other=0.0)
         b_do = _rows(do, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
         b_v = _rows(v, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=DOT)
-        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision=DOT)
+        b_dq += _dot(b_do, tl.trans(b_h), DOT)
+        b_dk += _dot(b_v, tl.trans(b_dh), DOT)
         b_hdh += tl.sum(b_h * b_dh, 1)
     b_q = _rows(q, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
     b_k = _rows(k, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
@@ -406,7 +431,7 @@ def chunk_bwd_inter_kernel(q, k, v, g, h, dh, do, dA, dq_intra, dk_intra, dq, dk
         if GATE == 2:
             _store_rows(dg, b_dg, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
         else:
-            p_dg = dg + ((i_k * (tl.num_programs(2) // H) + i_b) * T + o_t).to(tl.int64) * H + i_h
+            p_dg = dg + ((i_k * (tl.num_programs(0) // H) + i_b) * T + o_t).to(tl.int64) * H + i_h
             tl.store(p_dg, tl.sum(b_dg, 1), mask=m_t)
     b_same = tl.load(dA + ((i_b * T + o_t) * H + i_h).to(tl.int64) * BT + o_t - i_t * BT, mask=m_t, other=0.0)
     _store_rows(dq, b_dq + b_dqi + b_same[:, None] * b_k, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
@@ -417,7 +442,6 @@ def chunk_bwd_inter_kernel(q, k, v, g, h, dh, do, dA, dq_intra, dk_intra, dq, dk
 
 def _sizes(q, v, g) -> dict:
     """Shapes, blocks (>= 16 so the code is also valid on GPUs, powers of two) and kernel constants."""
-    import torch
 
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -426,7 +450,7 @@ def _sizes(q, v, g) -> dict:
         "B": B, "T": T, "H": H, "K": K, "V": V, "BT": BT, "NT": triton.cdiv(T, BT),
         "BK": max(16, min(MAX_BLOCK, triton.next_power_of_2(K))),
         "BV": max(16, min(MAX_BLOCK, triton.next_power_of_2(V))),
-        "GATE": gate_kind(g), "DOT": "ieee" if q.dtype == torch.float32 else "tf32",
+        "GATE": gate_kind(g), "DOT": dot_precision(q.dtype),
     }
 
 
@@ -437,7 +461,7 @@ def chunk_states(k, v, g, initial_state, s: dict):
     B, NT, H, K, V, BK, BV = (s[n] for n in ("B", "NT", "H", "K", "V", "BK", "BV"))
     h = k.new_empty(B, NT, H, K, V, dtype=torch.float32)
     ht = k.new_empty(B, H, K, V, dtype=torch.float32)
-    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)
+    grid = (B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
     chunk_fwd_h_kernel[grid](
         k, v, k if g is None else g, ht if initial_state is None else initial_state, h, ht, s["T"], NT,
         H=H, K=K, V=V, BT=s["BT"], BK=BK, BV=BV, GATE=s["GATE"], USE_H0=initial_state is not None,
@@ -452,7 +476,7 @@ def chunk_attention(q, k, g, scale: float, s: dict):
 
     B, T, H, K, BT = (s[n] for n in ("B", "T", "H", "K", "BT"))
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
-    chunk_fwd_attn_kernel[(s["NT"] * (BT // SUB_CHUNK), B * H)](
+    chunk_fwd_attn_kernel[(B * H, s["NT"] * (BT // SUB_CHUNK))](
         q, k, q if g is None else g, A, scale, T, H=H, K=K, BT=BT, BC=SUB_CHUNK, BK=s["BK"], GATE=s["GATE"],
         DOT=s["DOT"], num_warps=CHUNK_WARPS,
     )
@@ -467,7 +491,7 @@ def chunk_fwd(q, k, v, g, scale: float, initial_state):
     h, ht = chunk_states(k, v, g, initial_state, s)
     A = chunk_attention(q, k, g, scale, s)
     o = torch.empty_like(v)
-    chunk_fwd_o_kernel[(triton.cdiv(s["V"], s["BV"]), s["NT"], s["B"] * s["H"])](
+    chunk_fwd_o_kernel[(s["B"] * s["H"], s["NT"], triton.cdiv(s["V"], s["BV"]))](
         q, v, q if g is None else g, h, A, o, scale, s["T"], s["NT"], H=s["H"], K=s["K"], V=s["V"], BT=s["BT"],
         BK=s["BK"], BV=s["BV"], GATE=s["GATE"], DOT=s["DOT"], num_warps=CHUNK_WARPS,
     )
@@ -486,30 +510,30 @@ def chunk_bwd(q, k, v, g, scale: float, initial_state, A, do, dht):
     h, _ = chunk_states(k, v, g, initial_state, s)
     dh = torch.empty_like(h)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    chunk_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
+    chunk_bwd_dh_kernel[(B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))](
         q, do, g_arg, q if dht is None else dht, dh, q if dh0 is None else dh0, scale, T, NT, H=H, K=K, V=V,
         BK=BK, BV=BV, GATE=s["GATE"], USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **consts,
     )
     dA = q.new_empty(B, T, H, BT, dtype=torch.float32)
     dg_intra = q.new_empty(B, T, H, dtype=torch.float32) if s["GATE"] == SCALAR_GATE else None
-    chunk_bwd_dA_kernel[(NT, B * H)](
+    chunk_bwd_dA_kernel[(B * H, NT)](
         v, do, A, dA, q if dg_intra is None else dg_intra, scale, T, H=H, V=V, BV=BV, GATE=s["GATE"], **wide,
     )
     dv = torch.empty_like(v)
-    chunk_bwd_dv_kernel[(triton.cdiv(V, BV), NT, B * H)](
+    chunk_bwd_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
         k, g_arg, A, do, dh, dv, T, NT, H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
     )
     NK = triton.cdiv(K, BK)
     dq_intra = q.new_empty(B, T, H, K, dtype=torch.float32)
     dk_intra = torch.empty_like(dq_intra)
-    chunk_bwd_intra_kernel[(NK, NT * (BT // SUB_CHUNK), B * H)](
+    chunk_bwd_intra_kernel[(B * H, NT * (BT // SUB_CHUNK), NK)](
         q, k, g_arg, dA, dq_intra, dk_intra, T, H=H, K=K, BC=SUB_CHUNK, BK=BK, GATE=s["GATE"], **consts,
     )
     dq, dk = torch.empty_like(q), torch.empty_like(k)
     dg = None
     if g is not None:
         dg = torch.empty_like(g) if s["GATE"] == VECTOR_GATE else q.new_empty(NK, B, T, H, dtype=torch.float32)
-    chunk_bwd_inter_kernel[(NK, NT, B * H)](
+    chunk_bwd_inter_kernel[(B * H, NT, NK)](
         q, k, v, g_arg, h, dh, do, dA, dq_intra, dk_intra, dq, dk, q if dg is None else dg, scale, T, NT,
         H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
     )

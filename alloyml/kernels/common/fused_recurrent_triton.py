@@ -57,7 +57,8 @@ def _program_block(T, t0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK:
                    BV: tl.constexpr):
     """This program's slice: key and value offsets and masks, its state block's offsets in [B, H, K, V]
     and mask, the row of (b, t0, h) in [B, T, H], and its key offsets in a [NV, B, T, H, K] buffer."""
-    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    # int64: the [NV, B, T, H, K] offsets pass 2^31 at e.g. B16 T8192 H32 K=V=128 (NV = 2)
+    i_bh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1).to(tl.int64)  # B * H on axis 0: see chunk_triton
     i_b, i_h = i_bh // H, i_bh % H
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -65,7 +66,7 @@ def _program_block(T, t0, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK:
     o_h = i_bh * K * V + o_k[:, None] * V + o_v[None, :]
     m_h = m_k[:, None] & m_v[None, :]
     row = i_b * T * H + t0 * H + i_h
-    o_part = (i_v * (tl.num_programs(1) // H) * T * H + row) * K + o_k
+    o_part = (i_v * (tl.num_programs(0) // H) * T * H + row) * K + o_k
     return o_k, o_v, m_k, m_v, o_h, m_h, row, o_part
 
 
@@ -192,7 +193,7 @@ def fused_recurrent_fwd(q, k, v, g, scale: float, initial_state):
     o = torch.empty_like(v)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32)
     gate = gate_kind(g)
-    fused_recurrent_fwd_kernel[(NV, B * H)](
+    fused_recurrent_fwd_kernel[(B * H, NV)](
         q, k, v, q if g is None else g, initial_state if initial_state is not None else ht, o, ht, q, v,
         q, q, scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate, USE_H0=initial_state is not None,
         COMPUTE_DQ=False, USE_DHT=False,
@@ -215,7 +216,7 @@ def fused_recurrent_bwd(q, k, v, g, scale: float, initial_state, final_state, do
     parts = q.new_zeros(4 if use_dht else 2, NV, B, T, H, K, dtype=torch.float32)
     dv = torch.empty_like(v, dtype=torch.float32)
     dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    grid = (NV, B * H)
+    grid = (B * H, NV)
     fused_recurrent_fwd_kernel[grid](
         q, k, v, g_arg, initial_state if initial_state is not None else q, q, q, parts[0], do,
         dht if use_dht else q, parts[-1], scale, T, H=H, K=K, V=V, BK=BK, BV=BV, GATE=gate,

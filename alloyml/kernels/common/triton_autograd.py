@@ -14,7 +14,8 @@ def gated_function(name: str, forward, backward):
         @staticmethod
         def forward(ctx, q, k, v, g, scale, initial_state):
             ctx.set_materialize_grads(False)  # an unused final state skips its gradient's work
-            o, final_state, saved = forward(q, k, v, g, scale, initial_state)
+            with device_guard(q):
+                o, final_state, saved = forward(q, k, v, g, scale, initial_state)
             ctx.save_for_backward(q, k, v, g, initial_state, saved)
             ctx.scale = scale
             return o, final_state
@@ -24,11 +25,22 @@ def gated_function(name: str, forward, backward):
             q, k, v, g, initial_state, saved = ctx.saved_tensors
             do = torch.zeros_like(v) if do is None else do.contiguous()
             dht = None if dht is None else dht.contiguous()
-            dq, dk, dv, dg, dh0 = backward(q, k, v, g, ctx.scale, initial_state, saved, do, dht)
+            with device_guard(q):
+                dq, dk, dv, dg, dh0 = backward(q, k, v, g, ctx.scale, initial_state, saved, do, dht)
             return dq, dk, dv, dg, None, dh0
 
     GatedFunction.__name__ = GatedFunction.__qualname__ = name
     return GatedFunction
+
+
+def device_guard(x):
+    """Launches go to x's GPU, not the current one (tensors on cuda:1 while cuda:0 is current would
+    otherwise be read by kernels running on cuda:0); a no-op off CUDA (the interpreter)."""
+    import contextlib
+
+    import torch
+
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def apply_contiguous(function, q, k, v, g, scale: float, initial_state):

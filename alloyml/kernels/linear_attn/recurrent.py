@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-NORMALIZER_EPS = 1e-6  # added to the normaliser q.z so a vanishing key-sum cannot divide by zero
-
 
 def linear_attn_step(q, k, v, state=None, decay=None, *, scale: float | None = None, normalize: bool = False):
     """One step of S_t = gamma S_{t-1} + k_t v_t^T, o_t = scale * q_t^T S_t.
@@ -15,6 +13,7 @@ def linear_attn_step(q, k, v, state=None, decay=None, *, scale: float | None = N
     import torch
 
     from alloyml.kernels.common.checks import check_qkv, check_state, check_tensor, default_scale
+    from alloyml.kernels.linear_attn import NORMALIZER_EPS
 
     B, H, K, V = check_qkv(q, k, v, token=True)
     if decay is not None:

@@ -5,23 +5,17 @@ per head. With a scalar decay the scan is exactly a (scalar-)gated linear attent
 chunkwise-parallel form built from matrix products (the same engine as `linear_attn` and `gla`), which
 is what makes it fast to train on CPUs and tensor cores alike; the per-channel scan of Mamba-1 has no
 such form and runs as a sequential scan.
+
+The op is defined here: checks, then the gated recurrence of common/chunk.py. naive.py is the reference
+recurrence, recurrent.py the one-token step for decoding.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
-from alloyml.kernels.selective_scan.chunk import chunk_selective_scan
 from alloyml.kernels.selective_scan.naive import naive_selective_scan
 from alloyml.kernels.selective_scan.recurrent import selective_scan_step
-
-IMPLEMENTATIONS = {
-    "naive": naive_selective_scan,
-    "chunk": partial(chunk_selective_scan, engine="chunk"),
-    "triton": partial(chunk_selective_scan, engine="triton"),
-    "triton_recurrent": partial(chunk_selective_scan, engine="triton_recurrent"),
-}
 
 
 def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_state=True, cu_seqlens=None,
@@ -33,12 +27,15 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_s
     Mamba-2; share them across heads with `expand`); D: [H] skip or None; initial_state: [n, H, K, V]
     (n = b, or the number of packed sequences); cu_seqlens: int64 offsets [n + 1] of packed sequences in
     a batch of one;
-    backend: "auto" (CUDA -> "triton", else "chunk"), "naive" (the float32 recurrence), "chunk"
-    (chunked PyTorch), "triton" (chunked Triton kernels) or "triton_recurrent" (step-by-step Triton kernels,
-    slower on long sequences).
+    backend: "auto" (CUDA -> "triton", else "chunk"), "naive" (the reference recurrence, float64 for
+    float64 inputs), "chunk" (chunked PyTorch), "triton" (chunked Triton kernels) or "triton_recurrent"
+    (step-by-step Triton kernels, slower on long sequences).
     Returns (y: [b, T, H, V] in x's dtype, final_state: [n, H, K, V] float32, or None when
     `output_final_state` is False)."""
+    import torch
+
     from alloyml.kernels.common import checks
+    from alloyml.kernels.common.chunk import chunk_gated
 
     b, T, H, K, V = checks.check_qkv(C, B, x, names=("C", "B", "x"))
     checks.check_tensor("dt", dt, (b, T, H), x)
@@ -48,9 +45,21 @@ def selective_scan(x, dt, A, B, C, D=None, *, initial_state=None, output_final_s
         checks.check_tensor("D", D, (H,), x)
     n = checks.check_cu_seqlens(cu_seqlens, b, T)
     checks.check_state("initial_state", initial_state, n, H, K, V, x)
-    run = IMPLEMENTATIONS[checks.resolve_backend(backend, x)]
-    return run(x, dt, A, B, C, D, initial_state=initial_state, output_final_state=output_final_state,
-               cu_seqlens=cu_seqlens)
+    backend = checks.resolve_backend(backend, x)
+    if backend == "naive":
+        return naive_selective_scan(x, dt, A, B, C, D, initial_state=initial_state,
+                                    output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    # SSD is the gated recurrence with q = C, k = dt * B, v = x, the scalar log-gate dt * A per head and
+    # step, and scale 1; the skip D x is added outside. dt * B and the gate dt * A stay in float32 whatever
+    # x's dtype (as mamba_ssm keeps dt): rounding dt * B to bfloat16 put the final state 1.5e-3 off.
+    compute = torch.promote_types(x.dtype, torch.float32)
+    k = dt.to(compute)[..., None] * B.to(compute)  # [b, T, H, K]
+    g = dt.to(compute) * A.to(compute)  # [b, T, H]
+    y, state = chunk_gated(C, k, x, g, scale=1.0, initial_state=initial_state,
+                           output_final_state=output_final_state, cu_seqlens=cu_seqlens, backend=backend)
+    if D is not None:
+        y = (y.to(compute) + D.to(compute)[:, None] * x.to(compute)).to(y.dtype)
+    return y, state
 
 
-__all__ = ["chunk_selective_scan", "naive_selective_scan", "selective_scan", "selective_scan_step"]
+__all__ = ["naive_selective_scan", "selective_scan", "selective_scan_step"]

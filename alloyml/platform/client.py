@@ -91,9 +91,12 @@ class Platform:
         self.store.finish_run(handle.id, status="done")
 
     def save_data_values(self, run_id: int, result) -> int:
-        """Store a valuation result (anything with `.values`, and optionally `.stderr`, `.counts`)."""
+        """Store a valuation result (anything with `.values`, and optionally `.stderr`, `.counts` and the
+        point ids `.indices`, which are kept: a result for rows 10, 20, 30 is stored under 10, 20, 30).
+        The one write path for data values; `workflows.recording.record_valuation` uses it too."""
         return self.store.write_data_values(
-            run_id, result.values, getattr(result, "stderr", None), getattr(result, "counts", None))
+            run_id, result.values, getattr(result, "stderr", None), getattr(result, "counts", None),
+            getattr(result, "indices", None))
 
     # -- datasets -----------------------------------------------------------------------------------------
     def register_dataset(self, name: str, x, y=None, *, version: str = "1",

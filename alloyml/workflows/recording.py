@@ -31,7 +31,7 @@ def record_valuation(platform, result, *, dataset_id: int | None = None, name: s
     if flipped is not None:
         params["flipped_artifact"] = platform.artifacts.put_array(np.asarray(flipped, dtype=np.int64))
     with platform.run("valuation", name=name or result.method, params=params, dataset_id=dataset_id) as run:
-        platform.store.write_data_values(run.id, result.values, result.stderr, result.counts, result.indices)
+        platform.save_data_values(run.id, result)
         run.log_metrics(utility_evaluations=int(result.utility_evaluations), **(metrics or {}))
     return run.id
 

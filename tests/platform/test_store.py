@@ -94,6 +94,26 @@ def test_data_values_queries_match_numpy(platform):
         platform.store.values_at(run.id, [5])
 
 
+def test_save_data_values_keeps_the_point_ids(platform):
+    """Platform.save_data_values and workflows' record_valuation store a result for rows 10, 20, 30 under
+    10, 20, 30 (save_data_values used to store 0, 1, 2)."""
+    from alloyml.valuation.result import ValuationResult
+    from alloyml.workflows.recording import record_valuation
+
+    ids = np.array([30, 10, 20])
+    result = ValuationResult(values=[0.3, 0.1, 0.2], stderr=[0.03, 0.01, 0.02], counts=[3, 1, 2],
+                             method="loo", indices=ids)
+    direct = platform.store.start_run("valuation")
+    assert platform.save_data_values(direct.id, result) == 3
+    recorded = record_valuation(platform, result)
+    for run_id in (direct.id, recorded):
+        stored = platform.store.all_values(run_id)
+        np.testing.assert_array_equal(stored.indices, [10, 20, 30])
+        np.testing.assert_allclose(stored.values, [0.1, 0.2, 0.3])
+        np.testing.assert_array_equal(stored.counts, [1, 2, 3])
+        np.testing.assert_allclose(platform.store.values_at(run_id, [20]).values, [0.2])
+
+
 def test_lowest_and_highest_beyond_the_ranked_extremes(platform, monkeypatch):
     from alloyml.platform import sql_store
 

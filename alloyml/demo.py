@@ -12,6 +12,7 @@ from rich.table import Table
 
 def run_demo(quick: bool = False, console: Console | None = None) -> dict:
     from alloyml.platform.client import Platform
+    from alloyml.workflows import submit
     from alloyml.workflows.builtin import get_builtin
     from alloyml.workflows.builtin.demo import DEMO_CONFIGS
     from alloyml.workflows.display import watch
@@ -20,8 +21,8 @@ def run_demo(quick: bool = False, console: Console | None = None) -> dict:
     console = console or Console()
     with Platform() as platform:
         console.print(f"[bold]alloyml demo[/bold] — store {platform.settings.db_url}")
-        handle = platform.submit(get_builtin("demo").build(), store=store_location(platform),
-                                 config=DEMO_CONFIGS["quick" if quick else "full"])
+        handle = submit(platform, get_builtin("demo").build(),
+                        {"store": store_location(platform), "config": DEMO_CONFIGS["quick" if quick else "full"]})
         console.print(f"workflow #{handle.id} submitted (resume with `alloyml workflow resume {handle.id}`)")
         watch(platform.store, handle.id, console)
         summary = handle.result()

@@ -70,14 +70,6 @@ class Platform:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- workflows ----------------------------------------------------------------------------------------
-    def submit(self, workflow, **inputs):
-        """Record `workflow` (an `alloyml.workflows.Workflow`) with `inputs` and drive it in a background
-        thread; returns a `WorkflowHandle` at once (`status()`, `wait(timeout)`, `result()`, `cancel()`)."""
-        from alloyml.workflows import submit
-
-        return submit(self, workflow, inputs)
-
     # -- runs ---------------------------------------------------------------------------------------------
     @contextmanager
     def run(self, kind: str, name: str | None = None, params: dict | None = None, **links) -> Iterator[RunHandle]:

@@ -95,8 +95,11 @@ class WorkflowHandle:
         return self.wait(timeout) if status == "cancelling" else status
 
 
-def submit(platform, workflow: Workflow, inputs: dict, *, detach: bool = False) -> WorkflowHandle:
-    """Record `workflow` with `inputs` and start driving it; returns at once."""
+def submit(platform, workflow: Workflow, inputs: dict | None = None, *, detach: bool = False) -> WorkflowHandle:
+    """Record `workflow` with `inputs` (name -> value) in `platform`'s store and start driving it; returns a
+    `WorkflowHandle` at once. Submission lives here, not on `Platform`: the store records workflows but
+    does not know how they run."""
+    inputs = dict(inputs or {})
     workflow.check_inputs(inputs)
     spec = workflow.to_spec()
     if detach:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from alloyml.workflows import submit
 from alloyml.workflows.builtin import builtins, get_builtin
 from alloyml.workflows.builtin.sklearn_train_score import make_pipeline, restore_pipeline
 
@@ -30,8 +31,8 @@ def test_sklearn_train_score_matches_sklearn(platform, ray_session):
     from sklearn.metrics import accuracy_score, log_loss
 
     x_train, y_train, x_test, y_test = _data()
-    handle = platform.submit(get_builtin("sklearn-train-score").build(), x_train=x_train, y_train=y_train,
-                             x_test=x_test, y_test=y_test)
+    handle = submit(platform, get_builtin("sklearn-train-score").build(),
+                    {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
     result = handle.result(timeout=180)
     reference = make_pipeline(C=1.0, max_iter=500).fit(x_train, y_train)
     proba = reference.predict_proba(x_test)

@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVER = """
 import sys
 from alloyml.platform.client import Platform
+from alloyml.workflows import submit
 from tests.workflows.test_durability import gated_diamond
 platform = Platform(db_url=sys.argv[1], home=sys.argv[2])
-handle = platform.submit(gated_diamond(sys.argv[3], sys.argv[4]), n=5)
+handle = submit(platform, gated_diamond(sys.argv[3], sys.argv[4]), {"n": 5})
 print(handle.id, flush=True)
 handle.wait()
 """

@@ -75,13 +75,59 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(engine: Engine) -> str:
-    """Run every pending migration; returns the revision the database is now at."""
-    from alembic import command
+def upgrade(engine: Engine, revision: str = "head") -> str:
+    """Run every pending migration up to `revision`; returns the revision the database is now at."""
+    return _migrate(engine, "upgrade", revision)
 
-    with engine.begin() as connection:
-        command.upgrade(_alembic_config(connection), "head")
+
+def downgrade(engine: Engine, revision: str) -> str:
+    """Undo migrations down to `revision` (a revision id, or "base" for an empty database)."""
+    return _migrate(engine, "downgrade", revision)
+
+
+def _migrate(engine: Engine, direction: str, revision: str) -> str:
+    """One transaction for the whole migration. On SQLite, foreign keys are off while it runs: Alembic's
+    batch mode rebuilds a table by copy, drop and rename, and with foreign keys on the DROP cascades into
+    every referencing table (rows deleted, links set to NULL). The PRAGMA is a no-op inside a transaction,
+    so it is issued on the raw connection before BEGIN; `PRAGMA foreign_key_check` then has to come back
+    empty or the migration is rolled back."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    step = getattr(command, direction)
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection if engine.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with connection.begin():
+                try:
+                    step(_alembic_config(connection), revision)
+                except CommandError as err:  # unknown revision, nothing to downgrade to, ...
+                    raise StoreError(f"cannot {direction} to {revision!r}: {err}") from err
+                if raw is not None:
+                    _refuse_broken_links(connection)
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA foreign_keys=ON")
     return current_revision(engine)
+
+
+def _refuse_broken_links(connection) -> None:
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        tables = sorted({row[0] for row in broken})
+        raise StoreError(f"the migration would leave {len(broken)} rows in {tables} pointing at rows that do "
+                         "not exist; it was rolled back")
+
+
+def foreign_key_problems(engine: Engine) -> list[tuple]:
+    """(table, rowid, referenced table, fk index) of every row whose foreign key points nowhere (SQLite;
+    PostgreSQL enforces foreign keys on every write, so it has none to report)."""
+    if engine.dialect.name != "sqlite":
+        return []
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()]
 
 
 def check_current(engine: Engine, url: str) -> None:

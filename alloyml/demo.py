@@ -12,6 +12,7 @@ from rich.table import Table
 
 def run_demo(quick: bool = False, console: Console | None = None) -> dict:
     from alloyml.platform.client import Platform
+    from alloyml.platform.settings import display_url
     from alloyml.workflows import submit
     from alloyml.workflows.builtin import get_builtin
     from alloyml.workflows.builtin.demo import DEMO_CONFIGS
@@ -20,7 +21,7 @@ def run_demo(quick: bool = False, console: Console | None = None) -> dict:
 
     console = console or Console()
     with Platform() as platform:
-        console.print(f"[bold]alloyml demo[/bold] — store {platform.settings.db_url}")
+        console.print(f"[bold]alloyml demo[/bold] — store {display_url(platform.settings.db_url)}")
         handle = submit(platform, get_builtin("demo").build(),
                         {"store": store_location(platform), "config": DEMO_CONFIGS["quick" if quick else "full"]})
         console.print(f"workflow #{handle.id} submitted (resume with `alloyml workflow resume {handle.id}`)")

@@ -11,9 +11,9 @@ def register(subparsers) -> None:
 
 def _upgrade(args) -> int:
     from alloyml.platform.client import upgrade_database
-    from alloyml.platform.settings import Settings
+    from alloyml.platform.settings import Settings, display_url
 
     settings = Settings.from_env(db_url=args.url)
     revision = upgrade_database(settings.db_url)
-    print(f"database {settings.db_url} is at schema revision {revision}")
+    print(f"database {display_url(settings.db_url)} is at schema revision {revision}")
     return 0

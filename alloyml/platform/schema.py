@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 
 from alloyml.errors import SchemaOutdatedError, StoreError
+from alloyml.platform.settings import display_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -141,5 +142,5 @@ def check_current(engine: Engine, url: str) -> None:
         state = "has no alloyml schema" if revision is None else f"is at schema revision {revision!r}"
         raise SchemaOutdatedError(
             f"the database {engine.url!r} {state}, this alloyml needs {head!r}; run `alloyml db upgrade`"
-            + (f" (with ALLOYML_DB_URL={url!r})" if not is_sqlite(url) else "")
+            + (f" (with ALLOYML_DB_URL={display_url(url)!r})" if not is_sqlite(url) else "")
         )

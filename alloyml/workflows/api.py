@@ -8,6 +8,7 @@ store holds everything needed to `resume` it from any process that can import it
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import threading
 import time
 
 from alloyml.errors import InvalidInputError, WorkflowError
+from alloyml.platform.settings import db_password
 from alloyml.workflows.codec import decode, encode
 from alloyml.workflows.driver import TERMINAL, Driver, claim, driver_identity, lease_is_live
 from alloyml.workflows.graph import Workflow
@@ -107,10 +109,20 @@ def submit(platform, workflow: Workflow, inputs: dict | None = None, *, detach: 
         if any(node.step.ref.startswith("__main__:") for node in workflow.nodes.values()):
             raise InvalidInputError("detach=True needs steps defined in an importable module, not in __main__")
     encoded = {name: encode(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
+    _refuse_credentials(platform, encoded)
     record = platform.store.create_workflow(workflow.name, encoded, spec, workflow.step_rows())
     if detach:
         return WorkflowHandle(platform, record.id, process=_spawn_resume(platform, record.id))
     return _drive_in_thread(platform, record.id, workflow)
+
+
+def _refuse_credentials(platform, encoded: dict) -> None:
+    """Inputs are stored in clear: one that holds the store's password (say, the URL itself) is refused."""
+    password = db_password(platform.settings.db_url)
+    if password and password in json.dumps(encoded):
+        names = [name for name, tree in encoded.items() if password in json.dumps(tree)]
+        raise InvalidInputError(f"workflow inputs {names} contain the database password, and inputs are stored "
+                                "in clear; pass `alloyml.workflows.recording.store_location(platform)` instead")
 
 
 def resume(workflow_id: int, platform=None) -> WorkflowHandle:

@@ -8,6 +8,9 @@ at artifacts:
 - tuples → `{"__tuple__": [...]}`; non-finite floats → `{"__float__": "nan" | "inf" | "-inf"}`
 - dataclasses defined in `alloyml.*` (library results) → `{"__dataclass__": "module:Name", "fields": {...}}`;
   decoding imports only `alloyml.*` dataclasses and calls them with the decoded fields.
+- `StoreLocation` (where steps record results) → `{"__store__": "workflow"}`: a reference, never the
+  database URL, which may carry a password. The driver resolves it to its own store's location, from its
+  own environment, when it hands the inputs to the steps.
 
 Anything else (an sklearn estimator, an open file, a lambda) is refused with `UnsafeValueError`: it has no
 safe stored form, and a step that could not be stored could not be skipped on resume. Return its learned
@@ -26,7 +29,12 @@ from alloyml.errors import InvalidInputError
 from alloyml.platform.artifacts import ArtifactStore
 
 ARTIFACT_KIND = "workflow"
-_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__")
+_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__", "__store__")
+
+
+class StoreLocation(dict):
+    """{"db_url", "home"} of a store, as steps receive it. Stored as a reference (see the module docstring),
+    so a credential in `db_url` never reaches the database or the artifacts."""
 
 
 class UnsafeValueError(InvalidInputError):
@@ -51,6 +59,8 @@ def encode(value, artifacts: ArtifactStore, where: str = "value"):
         return {"__tuple__": [encode(v, artifacts, f"{where}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, list):
         return [encode(v, artifacts, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, StoreLocation):
+        return {"__store__": "workflow"}
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
@@ -72,23 +82,27 @@ def encode(value, artifacts: ArtifactStore, where: str = "value"):
         "return arrays, tensors, JSON-able values, alloyml result dataclasses, or dicts/lists/tuples of those")
 
 
-def decode(tree, artifacts: ArtifactStore):
-    """Inverse of `encode`."""
+def decode(tree, artifacts: ArtifactStore, store: StoreLocation | None = None):
+    """Inverse of `encode`; a store reference becomes `store` (the decoding driver's own location)."""
     if isinstance(tree, list):
-        return [decode(v, artifacts) for v in tree]
+        return [decode(v, artifacts, store) for v in tree]
     if not isinstance(tree, dict):
         return tree
+    if "__store__" in tree:
+        if store is None:
+            raise InvalidInputError("a stored store reference can only be resolved by a workflow driver")
+        return StoreLocation(store)
     if "__array__" in tree:
         return artifacts.get_array(tree["__array__"])
     if "__tensor__" in tree:
         return artifacts.get_tensors(tree["__tensor__"])["tensor"]
     if "__tuple__" in tree:
-        return tuple(decode(v, artifacts) for v in tree["__tuple__"])
+        return tuple(decode(v, artifacts, store) for v in tree["__tuple__"])
     if "__float__" in tree:
         return float(tree["__float__"])
     if "__dataclass__" in tree:
-        return _dataclass(tree["__dataclass__"])(**{k: decode(v, artifacts) for k, v in tree["fields"].items()})
-    return {key: decode(v, artifacts) for key, v in tree.items()}
+        return _dataclass(tree["__dataclass__"])(**{k: decode(v, artifacts, store) for k, v in tree["fields"].items()})
+    return {key: decode(v, artifacts, store) for key, v in tree.items()}
 
 
 def _is_tensor(value) -> bool:

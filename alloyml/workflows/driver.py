@@ -33,6 +33,7 @@ from alloyml.errors import WorkflowError
 from alloyml.platform.store import Store, WorkflowLease
 from alloyml.workflows.codec import UnsafeValueError, decode, encode
 from alloyml.workflows.graph import Input, StepRef, Workflow
+from alloyml.workflows.recording import store_location
 
 HEARTBEAT_S = 2.0
 LEASE_S = 30.0
@@ -127,7 +128,9 @@ class Driver:
         if record.status == "cancelling":
             return self._cancel({})
         self.done = {s.name: s.output_artifact for s in store.workflow_steps(self.id) if s.state == "done"}
-        self.inputs = {name: ray.put(value) for name, value in decode(record.inputs, self.platform.artifacts).items()}
+        own_store = store_location(self.platform)  # what a stored store reference resolves to
+        self.inputs = {name: ray.put(value)
+                       for name, value in decode(record.inputs, self.platform.artifacts, own_store).items()}
         pending = [name for name in nodes if name not in self.done]
         attempts: dict[str, int] = {}
         not_before: dict[str, float] = {}

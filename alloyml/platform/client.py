@@ -42,9 +42,10 @@ class RunHandle:
         self.id = run.id
         self.metrics: dict = {}
 
-    def log_metrics(self, **metrics) -> None:
+    def log_metrics(self, step: int | None = None, **metrics) -> None:
+        """Log metrics (at `step`, for curves: `run.log_metrics(loss=0.3, step=100)`)."""
+        self.platform.store.log_metrics(self.id, metrics, step=step)
         self.metrics.update(metrics)
-        self.platform.store.log_metrics(self.id, metrics)
 
 
 class Platform:

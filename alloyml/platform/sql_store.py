@@ -3,16 +3,23 @@
 One managed session per public call: it commits, or rolls back and raises one of our errors, so a call
 that fails half-way leaves nothing behind. Data values bypass the ORM: a million rows go in as one
 executemany (SQLite) or one COPY (PostgreSQL) inside the same transaction.
+
+Concurrent writers: SQLite write transactions hold the database's write lock from their first statement
+(`BEGIN IMMEDIATE`), so any read-modify-write inside one is atomic. PostgreSQL runs READ COMMITTED, so
+every read-modify-write here either locks the row it changes (`SELECT ... FOR UPDATE`), takes a
+transaction-scoped advisory lock (the next cascade version), or is a single atomic statement (metric
+upserts, lease compare-and-swap).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -67,6 +74,14 @@ class SqlStore(Store):
             raise NotFoundError(f"{what} id {row_id!r} does not exist")
         return row
 
+    @staticmethod
+    def _locked(session: Session, row_type, row_id: int, what: str):
+        """The row, locked until the transaction ends (FOR UPDATE; SQLite already holds the write lock)."""
+        row = session.get(row_type, row_id, with_for_update=True, populate_existing=True)
+        if row is None:
+            raise NotFoundError(f"{what} id {row_id!r} does not exist")
+        return row
+
     # -- datasets and models ----------------------------------------------------------------------------
     def add_dataset(self, name, version, n_rows, schema, fingerprint, artifact=None):
         with self._session(write=True) as s:
@@ -91,7 +106,7 @@ class SqlStore(Store):
                 if edge.role not in e.LINEAGE_ROLES:
                     raise InvalidInputError(f"lineage role {edge.role!r} is not one of {e.LINEAGE_ROLES}")
             row = orm.ModelRow(name=name, architecture=architecture, n_params=int(n_params),
-                               artifact=artifact, metrics=dict(metrics or {}))
+                               artifact=artifact, metrics=_json_metrics(metrics or {}, "model metrics"))
             s.add(row)
             s.flush()
             for edge in parents:
@@ -108,9 +123,10 @@ class SqlStore(Store):
             return [_model(r) for r in s.scalars(select(orm.ModelRow).order_by(orm.ModelRow.id))]
 
     def update_model_metrics(self, model_id, metrics):
+        metrics = _json_metrics(metrics, "model metrics")
         with self._session(write=True) as s:
-            row = self._get(s, orm.ModelRow, model_id, "model")
-            row.metrics = _json_safe({**row.metrics, **metrics})
+            row = self._locked(s, orm.ModelRow, model_id, "model")
+            row.metrics = {**row.metrics, **metrics}
             return _model(row)
 
     def lineage_edges(self, model_id=None):
@@ -142,32 +158,68 @@ class SqlStore(Store):
                                            (orm.ModelRow, model_id, "model")):
                 if row_id is not None:
                     self._get(s, row_type, row_id, what)
-            row = orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})), metrics={},
+            row = orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})),
                              workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id)
             s.add(row)
             s.flush()
-            return _run(row)
+            return _run(row, {})
 
     def finish_run(self, run_id, status="done", metrics=None, error=None):
         if status not in e.RUN_STATUSES:
             raise InvalidInputError(f"run status {status!r} is not one of {e.RUN_STATUSES}")
+        items = _metric_items(metrics or {}, "metrics")
         with self._session(write=True) as s:
-            row = self._get(s, orm.RunRow, run_id, "run")
+            row = self._locked(s, orm.RunRow, run_id, "run")
             row.status = status
-            row.metrics = _json_safe({**row.metrics, **(metrics or {})})
             row.error = error
             row.finished_at = orm.utcnow()
-            return _run(row)
+            _log_metrics(s, run_id, items, 0)
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
 
-    def log_metrics(self, run_id, metrics):
+    def log_metrics(self, run_id, metrics, step=None):
+        items, step = _metric_items(metrics, "metrics"), _metric_step(step)
         with self._session(write=True) as s:
             row = self._get(s, orm.RunRow, run_id, "run")
-            row.metrics = _json_safe({**row.metrics, **metrics})
-            return _run(row)
+            _log_metrics(s, run_id, items, step)
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
+
+    def log_metric_series(self, run_id, key, values, steps=None):
+        _metric_key(key)
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 1 or values.size == 0:
+            raise InvalidInputError(f"metric {key!r}: values must be a non-empty 1-d array; got shape {values.shape}")
+        steps = np.arange(values.size) if steps is None else np.asarray(steps)
+        if steps.shape != values.shape or not np.issubdtype(steps.dtype, np.integer) or steps.min() < 0:
+            raise InvalidInputError(f"metric {key!r}: steps must be {values.size} non-negative integers")
+        now = orm.utcnow()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        finite = np.isfinite(values)
+        column = values.tolist() if finite.all() else np.where(finite, values, None).tolist()  # NaN, inf -> NULL
+        last = int(len(steps) - 1 - np.argmax(steps[::-1]))  # the latest value: highest step, last logged
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            n = values.size
+            _bulk_insert(s.connection(), "metric", ("run_id", "key", "step", "value", "time"),
+                         ([run_id] * n, [key] * n, steps.astype(np.int64).tolist(), column, [stamp] * n),
+                         field=_copy_field)
+            _upsert_latest(s, [{"run_id": run_id, "key": key, "step": int(steps[last]),
+                                "value": column[last], "time": now}])
+            return n
+
+    def metric_history(self, run_id, key):
+        m = orm.MetricRow
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            rows = s.execute(select(m.step, m.value, m.time).where(m.run_id == run_id, m.key == key)
+                             .order_by(m.step, m.id)).all()
+        steps = np.array([r[0] for r in rows], dtype=np.int64)
+        values = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
+        return e.MetricHistory(run_id, key, steps, values, [r[2] for r in rows])
 
     def get_run(self, run_id):
         with self._session() as s:
-            return _run(self._get(s, orm.RunRow, run_id, "run"))
+            row = self._get(s, orm.RunRow, run_id, "run")
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
 
     def list_runs(self, kind=None, status=None, limit=50, offset=0):
         query = select(orm.RunRow).order_by(orm.RunRow.started_at.desc(), orm.RunRow.id.desc())
@@ -176,7 +228,9 @@ class SqlStore(Store):
         if status is not None:
             query = query.where(orm.RunRow.status == status)
         with self._session() as s:
-            return [_run(r) for r in s.scalars(query.limit(limit).offset(offset))]
+            rows = list(s.scalars(query.limit(limit).offset(offset)))
+            metrics = _latest_metrics(s, [r.id for r in rows])
+            return [_run(r, metrics[r.id]) for r in rows]
 
     def run_counts(self):
         query = select(orm.RunRow.kind, orm.RunRow.status, func.count()).group_by(
@@ -323,6 +377,7 @@ class SqlStore(Store):
                 f"the last; got {len(stages)} stages, {len(costs)} costs, {len(thresholds)} thresholds"
             )
         with self._session(write=True) as s:
+            _serialize(s, "cascade version", name)  # two writers must not both read the same latest version
             latest = s.scalar(select(func.max(orm.CascadeRow.version)).where(orm.CascadeRow.name == name))
             row = orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
                                  thresholds=[float(t) for t in thresholds], costs=[float(c) for c in costs],
@@ -406,7 +461,7 @@ class SqlStore(Store):
     def update_workflow(self, workflow_id, **fields):
         _check_fields(fields, _WORKFLOW_FIELDS, "workflow")
         with self._session(write=True) as s:
-            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            row = self._locked(s, orm.WorkflowRow, workflow_id, "workflow")
             for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_at = orm.utcnow()
@@ -423,7 +478,8 @@ class SqlStore(Store):
         _check_fields(fields, _STEP_FIELDS, "workflow step")
         with self._session(write=True) as s:
             row = s.scalars(select(orm.WorkflowStepRow).where(
-                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.name == name)).first()
+                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.name == name)
+                .with_for_update()).first()
             if row is None:
                 raise NotFoundError(f"workflow {workflow_id} has no step named {name!r}")
             for key, value in fields.items():
@@ -466,7 +522,7 @@ class SqlStore(Store):
         if steps_from and steps_to not in e.STEP_STATES:
             raise InvalidInputError(f"step state {steps_to!r} is not one of {e.STEP_STATES}")
         with self._session(write=True) as s:
-            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            row = self._locked(s, orm.WorkflowRow, workflow_id, "workflow")
             row.status, row.error, row.updated_at = status, error, orm.utcnow()
             if result_artifact is not None:
                 row.result_artifact = result_artifact
@@ -480,6 +536,110 @@ class SqlStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+METRIC_KEY_MAX = 200  # the key columns' width
+_MAX_STEP = 2**63 - 1
+
+
+def _metric_key(key) -> str:
+    if not isinstance(key, str) or not key or len(key) > METRIC_KEY_MAX:
+        raise InvalidInputError(f"metric name {key!r} must be a non-empty string of at most {METRIC_KEY_MAX} "
+                                "characters")
+    return key
+
+
+def _metric_step(step) -> int:
+    if step is None:
+        return 0
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or not 0 <= step <= _MAX_STEP:
+        raise InvalidInputError(f"metric step {step!r} must be an integer in [0, 2**63)")
+    return int(step)
+
+
+def _metric_items(metrics, what: str) -> list[tuple[str, object, float | None, bool]]:
+    """(key, JSON value, history value, has history) per metric, validated before the database: keys are
+    short strings; values are JSON-able (numpy scalars and arrays converted; NaN/inf stored as null);
+    numbers (not bools) also get a history row."""
+    if not isinstance(metrics, dict):
+        raise InvalidInputError(f"{what} must be a dict of name -> value; got {type(metrics).__name__}")
+    items = []
+    for key, raw in metrics.items():
+        _metric_key(key)
+        value = _json_value(raw, f"{what}[{key!r}]")
+        numeric = isinstance(raw, int | float | np.integer | np.floating) and not isinstance(raw, bool | np.bool_)
+        items.append((key, value, value if numeric else None, numeric))
+    return items
+
+
+def _json_metrics(metrics, what: str) -> dict:
+    return {key: value for key, value, _, _ in _metric_items(metrics, what)}
+
+
+def _json_value(value, where: str):
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise InvalidInputError(f"{where} is a {type(value).__name__}; metrics must be numbers, strings, bools, "
+                            "None, or lists/dicts of those")
+
+
+def _log_metrics(s, run_id: int, items, step: int) -> None:
+    if not items:
+        return
+    now = orm.utcnow()
+    history = [{"run_id": run_id, "key": k, "step": step, "value": h, "time": now} for k, _, h, has in items if has]
+    if history:
+        s.execute(insert(orm.MetricRow), history)
+    _upsert_latest(s, [{"run_id": run_id, "key": k, "step": step, "value": v, "time": now} for k, v, _, _ in items])
+
+
+def _upsert_latest(s, rows: list[dict]) -> None:
+    """One atomic statement per batch: insert each (run, key), or replace it unless it holds a higher step."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    table = orm.MetricLatestRow.__table__
+    statement = dialect_insert(table).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.run_id, table.c.key],
+        set_={"step": statement.excluded.step, "value": statement.excluded.value, "time": statement.excluded.time},
+        where=statement.excluded.step >= table.c.step)
+    s.execute(statement)
+
+
+def _latest_metrics(s, run_ids: list[int]) -> dict[int, dict]:
+    latest = {run_id: {} for run_id in run_ids}
+    if run_ids:
+        m = orm.MetricLatestRow
+        for run_id, key, value in s.execute(select(m.run_id, m.key, m.value).where(m.run_id.in_(run_ids))
+                                            .order_by(m.run_id, m.time, m.key)):
+            latest[run_id][key] = value
+    return latest
+
+
+def _serialize(s, *what: str) -> None:
+    """Hold a lock named by `what` until the transaction ends (PostgreSQL advisory lock; SQLite's write
+    transactions are serialized already)."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256("\0".join(what).encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _copy_field(value) -> str:
+    return "\\N" if value is None else value if isinstance(value, str) else repr(value)
+
+
 def _json_safe(value):
     """NaN and inf have no JSON form (PostgreSQL rejects them): store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -533,11 +693,13 @@ def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
     return indices, values, stderr, counts
 
 
-def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> None:
-    """Append rows given as aligned numpy columns: COPY on PostgreSQL, one executemany elsewhere."""
+def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays, field=repr) -> None:
+    """Append rows given as aligned columns (numpy arrays or lists): COPY on PostgreSQL (each value
+    written by `field`), one executemany elsewhere."""
+    arrays = [a.tolist() if isinstance(a, np.ndarray) else a for a in arrays]
     if connection.dialect.name == "postgresql":
         # One text block for COPY: repr() of a float parses back to the same double.
-        lines = "\n".join("\t".join(map(repr, row)) for row in zip(*(a.tolist() for a in arrays), strict=True))
+        lines = "\n".join("\t".join(map(field, row)) for row in zip(*arrays, strict=True))
         cursor = connection.connection.driver_connection.cursor()
         with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             copy.write(lines + "\n")
@@ -546,7 +708,7 @@ def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> No
     placeholders = ", ".join("?" for _ in columns)
     cursor = connection.connection.driver_connection.cursor()
     cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
-                       zip(*(a.tolist() for a in arrays), strict=True))
+                       zip(*arrays, strict=True))
 
 
 def _dataset(r) -> e.Dataset:
@@ -557,8 +719,8 @@ def _model(r) -> e.Model:
     return e.Model(r.id, r.name, r.architecture, r.n_params, r.artifact, dict(r.metrics), r.created_at)
 
 
-def _run(r) -> e.Run:
-    return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(r.metrics), r.error, r.started_at,
+def _run(r, metrics: dict) -> e.Run:
+    return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(metrics), r.error, r.started_at,
                  r.finished_at, r.workflow_id, r.dataset_id, r.model_id)
 
 

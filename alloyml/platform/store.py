@@ -67,7 +67,17 @@ class Store(ABC):
                    error: str | None = None) -> e.Run: ...
 
     @abstractmethod
-    def log_metrics(self, run_id: int, metrics: dict) -> e.Run: ...
+    def log_metrics(self, run_id: int, metrics: dict, step: int | None = None) -> e.Run:
+        """Add `metrics` (key -> JSON-able value) at `step` (0 when None): each numeric value gets a history
+        row; the run's latest value per key is the one with the highest step (the later write on a tie)."""
+
+    @abstractmethod
+    def log_metric_series(self, run_id: int, key: str, values: np.ndarray,
+                          steps: np.ndarray | None = None) -> int:
+        """Bulk-append one metric's curve (`steps` default 0..n-1) in one transaction; returns the count."""
+
+    @abstractmethod
+    def metric_history(self, run_id: int, key: str) -> e.MetricHistory: ...
 
     @abstractmethod
     def get_run(self, run_id: int) -> e.Run: ...

@@ -257,3 +257,31 @@ def test_non_finite_metrics_are_stored_as_null(platform):
     stored = platform.store.get_run(run.id)
     assert stored.params == {"lr": None} and stored.metrics == {"loss": None, "curve": [1.0, None]}
     assert platform.store.list_trials(run.id)[0].metrics == {"utility": None} and trial.number == 0
+
+
+def test_metric_history_and_latest_value(platform):
+    store = platform.store
+    run = store.start_run("train")
+    losses = np.random.default_rng(3).random(50)
+    for step in (0, 2, 1):  # out of order: the latest value is the highest step's
+        store.log_metrics(run.id, {"loss": float(losses[step]), "lr": np.float32(0.5)}, step=step)
+    store.log_metrics(run.id, {"curve": [1.0, float("nan")], "chosen": "ties"})
+    assert store.get_run(run.id).metrics == {"loss": losses[2], "lr": 0.5, "curve": [1.0, None], "chosen": "ties"}
+    history = store.metric_history(run.id, "loss")
+    np.testing.assert_array_equal(history.steps, [0, 1, 2])
+    np.testing.assert_allclose(history.values, losses[[0, 1, 2]])
+    assert len(store.metric_history(run.id, "chosen")) == 0  # only numbers have a history
+    series = store.start_run("train")
+    curve = losses.copy()
+    curve[7] = np.inf
+    assert store.log_metric_series(series.id, "loss", curve, steps=np.arange(0, 100, 2)) == 50
+    history = store.metric_history(series.id, "loss")
+    np.testing.assert_array_equal(history.steps, np.arange(0, 100, 2))
+    expected = curve.copy()
+    expected[7] = np.nan  # inf is stored as NULL and read back as NaN
+    np.testing.assert_array_equal(history.values, expected)
+    assert store.get_run(series.id).metrics == {"loss": curve[-1]}
+    store.log_metrics(series.id, {"loss": 9.0}, step=3)  # an older step does not replace the latest
+    assert store.get_run(series.id).metrics["loss"] == curve[-1]
+    with pytest.raises(InvalidInputError, match="metric step -1"):
+        store.log_metrics(run.id, {"loss": 1.0}, step=-1)

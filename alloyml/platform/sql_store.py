@@ -64,6 +64,11 @@ class SqlStore(Store):
         except SQLAlchemyError as err:
             session.rollback()
             raise StoreError(f"store operation failed and was rolled back: {err}") from err
+        except Exception as err:  # raw driver errors (the bulk paths use the DBAPI cursor directly)
+            session.rollback()
+            if type(err).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
+                raise StoreError(f"store operation failed and was rolled back: {type(err).__name__}: {err}") from err
+            raise
         finally:
             session.close()
 
@@ -85,8 +90,8 @@ class SqlStore(Store):
     # -- datasets and models ----------------------------------------------------------------------------
     def add_dataset(self, name, version, n_rows, schema, fingerprint, artifact=None):
         with self._session(write=True) as s:
-            row = orm.DatasetRow(name=name, version=str(version), n_rows=int(n_rows), schema=schema,
-                                 fingerprint=fingerprint, artifact=artifact)
+            row = _checked(orm.DatasetRow(name=name, version=str(version), n_rows=n_rows, schema=schema,
+                                 fingerprint=fingerprint, artifact=artifact))
             s.add(row)
             s.flush()
             return _dataset(row)
@@ -105,13 +110,13 @@ class SqlStore(Store):
                 self._get(s, orm.ModelRow, edge.parent_id, "parent model")
                 if edge.role not in e.LINEAGE_ROLES:
                     raise InvalidInputError(f"lineage role {edge.role!r} is not one of {e.LINEAGE_ROLES}")
-            row = orm.ModelRow(name=name, architecture=architecture, n_params=int(n_params),
-                               artifact=artifact, metrics=_json_metrics(metrics or {}, "model metrics"))
+            row = _checked(orm.ModelRow(name=name, architecture=architecture, n_params=n_params,
+                               artifact=artifact, metrics=_json_metrics(metrics or {}, "model metrics")))
             s.add(row)
             s.flush()
             for edge in parents:
-                s.add(orm.LineageRow(child_id=row.id, parent_id=edge.parent_id, role=edge.role,
-                                     weight=edge.weight))
+                s.add(_checked(orm.LineageRow(child_id=row.id, parent_id=edge.parent_id, role=edge.role,
+                                     weight=edge.weight)))
             return _model(row)
 
     def get_model(self, model_id):
@@ -158,8 +163,8 @@ class SqlStore(Store):
                                            (orm.ModelRow, model_id, "model")):
                 if row_id is not None:
                     self._get(s, row_type, row_id, what)
-            row = orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})),
-                             workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id)
+            row = _checked(orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})),
+                             workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id))
             s.add(row)
             s.flush()
             return _run(row, {})
@@ -173,6 +178,7 @@ class SqlStore(Store):
             row.status = status
             row.error = error
             row.finished_at = orm.utcnow()
+            _checked(row)
             _log_metrics(s, run_id, items, 0)
             return _run(row, _latest_metrics(s, [run_id])[run_id])
 
@@ -353,11 +359,11 @@ class SqlStore(Store):
                 self._get(s, orm.ModelRow, item.model_id, "merge input model")
             if output_model_id is not None:
                 self._get(s, orm.ModelRow, output_model_id, "merged model")
-            row = orm.MergeRow(method=method, config=config, output_model_id=output_model_id, run_id=run_id)
+            row = _checked(orm.MergeRow(method=method, config=config, output_model_id=output_model_id, run_id=run_id))
             s.add(row)
             s.flush()
             for item in inputs:
-                s.add(orm.MergeInputRow(merge_id=row.id, model_id=item.model_id, weight=item.weight))
+                s.add(_checked(orm.MergeInputRow(merge_id=row.id, model_id=item.model_id, weight=item.weight)))
             return _merge(row, list(inputs))
 
     def list_merges(self):
@@ -379,9 +385,9 @@ class SqlStore(Store):
         with self._session(write=True) as s:
             _serialize(s, "cascade version", name)  # two writers must not both read the same latest version
             latest = s.scalar(select(func.max(orm.CascadeRow.version)).where(orm.CascadeRow.name == name))
-            row = orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
+            row = _checked(orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
                                  thresholds=[float(t) for t in thresholds], costs=[float(c) for c in costs],
-                                 budget=float(budget), plan=dict(plan or {}))
+                                 budget=float(budget), plan=dict(plan or {})))
             s.add(row)
             s.flush()
             return _cascade(row)
@@ -404,10 +410,10 @@ class SqlStore(Store):
     def log_cascade_requests(self, cascade_id, requests):
         with self._session(write=True) as s:
             self._get(s, orm.CascadeRow, cascade_id, "cascade")
-            s.add_all([orm.CascadeRequestRow(
-                cascade_id=cascade_id, stage_reached=int(r.stage_reached), scores=[float(x) for x in r.scores],
+            s.add_all([_checked(orm.CascadeRequestRow(
+                cascade_id=cascade_id, stage_reached=r.stage_reached, scores=[float(x) for x in r.scores],
                 cost=float(r.cost), latency_ms=float(r.latency_ms), frontier_point=r.frontier_point,
-                created_at=r.created_at or orm.utcnow()) for r in requests])
+                created_at=r.created_at or orm.utcnow())) for r in requests])
             return len(requests)
 
     def cascade_requests(self, cascade_id, limit=10_000):
@@ -421,9 +427,9 @@ class SqlStore(Store):
     def add_trial(self, run_id, number, config, metrics=None, cost=None, seconds=None, status="done"):
         with self._session(write=True) as s:
             self._get(s, orm.RunRow, run_id, "run")
-            row = orm.TrialRow(run_id=run_id, number=int(number), config=_json_safe(config),
+            row = _checked(orm.TrialRow(run_id=run_id, number=number, config=_json_safe(config),
                                metrics=_json_safe(dict(metrics or {})),
-                               cost=cost, seconds=seconds, status=status)
+                               cost=cost, seconds=seconds, status=status))
             s.add(row)
             s.flush()
             return _trial(row)
@@ -439,12 +445,12 @@ class SqlStore(Store):
         if len(set(names)) != len(names):
             raise InvalidInputError(f"workflow {name!r} has duplicate step names: {names}")
         with self._session(write=True) as s:
-            row = orm.WorkflowRow(name=name, status="pending", inputs=inputs, spec=spec)
+            row = _checked(orm.WorkflowRow(name=name, status="pending", inputs=inputs, spec=spec))
             s.add(row)
             s.flush()
-            s.add_all([orm.WorkflowStepRow(workflow_id=row.id, name=step["name"], state="pending",
+            s.add_all([_checked(orm.WorkflowStepRow(workflow_id=row.id, name=step["name"], state="pending",
                                            depends_on=list(step.get("depends_on", [])),
-                                           resources=dict(step.get("resources", {}))) for step in steps])
+                                           resources=dict(step.get("resources", {})))) for step in steps])
             return _workflow(row)
 
     def get_workflow(self, workflow_id):
@@ -465,7 +471,7 @@ class SqlStore(Store):
             for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_at = orm.utcnow()
-            return _workflow(row)
+            return _workflow(_checked(row))
 
     def workflow_steps(self, workflow_id):
         with self._session() as s:
@@ -486,7 +492,7 @@ class SqlStore(Store):
                 setattr(row, key, value)
             if increment_attempts:
                 row.attempts += 1
-            return _step(row)
+            return _step(_checked(row))
 
     def workflow_lease(self, workflow_id):
         with self._session() as s:
@@ -526,6 +532,7 @@ class SqlStore(Store):
             row.status, row.error, row.updated_at = status, error, orm.utcnow()
             if result_artifact is not None:
                 row.result_artifact = result_artifact
+            _checked(row)
             steps = s.scalars(select(orm.WorkflowStepRow).where(
                 orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.state.in_(list(steps_from))))
             for step in steps:
@@ -536,6 +543,45 @@ class SqlStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+_INT_RANGE = {"Integer": 2**31, "BigInteger": 2**63}  # PostgreSQL's integer and bigint; SQLite stores either
+
+
+def _checked(row):
+    """Check an ORM row against its table before the database sees it, so both backends refuse the same
+    inputs with the same error (SQLite would store an over-long string or a NaN count; PostgreSQL would
+    raise a driver error): strings fit their column, integers are integers in the column's range, floats
+    are real numbers (NaN/inf become NULL where the column allows it), JSON columns hold JSON."""
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        if value is None:
+            continue
+        where = f"{row.__tablename__}.{column.key}"
+        kind = type(column.type).__name__
+        if kind in ("String", "Text"):
+            if not isinstance(value, str):
+                raise InvalidInputError(f"{where} must be a string; got {type(value).__name__} {value!r:.60}")
+            if column.type.length is not None and len(value) > column.type.length:
+                raise InvalidInputError(f"{where} is {len(value)} characters long; at most {column.type.length} fit")
+        elif kind in _INT_RANGE:
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                raise InvalidInputError(f"{where} must be an integer; got {type(value).__name__} {value!r:.60}")
+            if not -_INT_RANGE[kind] <= int(value) < _INT_RANGE[kind]:
+                raise InvalidInputError(f"{where}={value} is out of range; it must fit a signed "
+                                        f"{'32' if kind == 'Integer' else '64'}-bit integer")
+            setattr(row, column.key, int(value))
+        elif kind == "Float":
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+                raise InvalidInputError(f"{where} must be a number; got {type(value).__name__} {value!r:.60}")
+            if not math.isfinite(value):
+                if not column.nullable:
+                    raise InvalidInputError(f"{where} is {value}; it must be a finite number")
+                value = None
+            setattr(row, column.key, None if value is None else float(value))
+        elif kind == "JSON":
+            setattr(row, column.key, _json_value(value, where))
+    return row
+
+
 METRIC_KEY_MAX = 200  # the key columns' width
 _MAX_STEP = 2**63 - 1
 
@@ -665,22 +711,30 @@ def _check_fields(fields: dict, allowed: set, what: str) -> None:
 
 def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
     """Validate the arrays of a bulk write before anything touches the database; return them in point order."""
-    values = np.asarray(values, dtype=np.float64)
+    values = _numeric_array(values, "values")
     if values.ndim != 1 or values.size == 0:
         raise InvalidInputError(f"values must be a non-empty 1-d array; got shape {values.shape}")
     n = values.size
 
-    def column(array, name, dtype, default):
+    def column(array, name, dtype, default, limit=None):
         if array is None:
             return np.full(n, default, dtype=dtype)
-        array = np.asarray(array)
+        array = _numeric_array(array, name)
         if array.shape != (n,):
             raise InvalidInputError(f"{name} has shape {array.shape}; expected ({n},) to match values")
+        if limit is None:
+            return array.astype(dtype)
+        # Integer columns: NaN or 2.5 would be cast silently (NaN became -2**63 on SQLite).
+        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)) | (array < 0) | (array >= limit))
+        if bad.size:
+            raise InvalidInputError(f"{name} must be whole numbers in [0, {limit}); positions {bad[:10].tolist()} "
+                                    f"hold {array[bad[:3]].tolist()}")
         return array.astype(dtype)
 
     stderr = column(stderr, "stderr", np.float64, 0.0)
-    counts = column(counts, "counts", np.int64, 0)
-    indices = column(indices, "indices", np.int64, 0) if indices is not None else np.arange(n, dtype=np.int64)
+    counts = column(counts, "counts", np.int64, 0, limit=2**31)  # an integer column on PostgreSQL
+    indices = (column(indices, "indices", np.int64, 0, limit=2**63) if indices is not None
+               else np.arange(n, dtype=np.int64))
     for name, array in (("values", values), ("stderr", stderr)):
         bad = np.flatnonzero(~np.isfinite(array))
         if bad.size:
@@ -691,6 +745,16 @@ def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
         if np.any(indices[1:] == indices[:-1]):
             raise InvalidInputError("indices contain duplicates; each training point gets one value per run")
     return indices, values, stderr, counts
+
+
+def _numeric_array(array, name: str) -> np.ndarray:
+    try:
+        out = np.asarray(array)
+        if out.dtype.kind not in "biuf":
+            out = out.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"{name} must be numbers; got {str(err)[:80]}") from err
+    return out.astype(np.float64) if out.dtype.kind in "bf" else out
 
 
 def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays, field=repr) -> None:

@@ -15,7 +15,8 @@ LONG = "x" * 201
 
 CASES = [
     ("NaN count", lambda s, r: s.write_data_values(r, [0.1, 0.2], counts=[1, float("nan")]), "counts must be whole"),
-    ("count >= 2**31", lambda s, r: s.write_data_values(r, [0.1, 0.2], counts=[1, 2**31]), r"counts .*\[0, 2147483648\)"),
+    ("count >= 2**31", lambda s, r: s.write_data_values(r, [0.1, 0.2], counts=[1, 2**31]),
+     r"counts .*\[0, 2147483648\)"),
     ("negative count", lambda s, r: s.write_data_values(r, [0.1], counts=[-1]), "counts must be whole"),
     ("fractional index", lambda s, r: s.write_data_values(r, [0.1], indices=[1.5]), "indices must be whole"),
     ("string values", lambda s, r: s.write_data_values(r, ["a", "b"]), "values must be numbers"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alloyml.errors import ConfigError
 
-_KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
+_KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # what is tested
 
 
 @dataclass(frozen=True)

@@ -499,9 +499,11 @@ class SqlStore(Store):
             row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
             return WorkflowLease(row.driver, row.heartbeat_at)
 
-    def claim_workflow(self, workflow_id, driver, expected):
+    def claim_workflow(self, workflow_id, driver, expected, *, unless_status=()):
         w = orm.WorkflowRow
         holder = w.driver.is_(None) if expected is None else w.driver == expected
+        if unless_status:
+            holder = holder & w.status.not_in(list(unless_status))
         with self._session(write=True) as s:
             self._get(s, w, workflow_id, "workflow")
             result = s.execute(update(w).where(w.id == workflow_id, holder).values(

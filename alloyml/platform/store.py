@@ -175,8 +175,11 @@ class Store(ABC):
     def workflow_lease(self, workflow_id: int) -> WorkflowLease: ...
 
     @abstractmethod
-    def claim_workflow(self, workflow_id: int, driver: str | None, expected: str | None) -> bool:
-        """Compare-and-swap the lease: set `driver` (None releases) only if the holder is `expected`."""
+    def claim_workflow(self, workflow_id: int, driver: str | None, expected: str | None, *,
+                       unless_status: Sequence[str] = ()) -> bool:
+        """Compare-and-swap the lease: set `driver` (None releases) only if the holder is `expected` and
+        the workflow's status is not one of `unless_status` — one statement, so a workflow that finishes
+        at the same moment cannot be claimed again."""
 
     @abstractmethod
     def heartbeat_workflow(self, workflow_id: int, driver: str) -> bool:

@@ -64,7 +64,9 @@ class WorkflowHandle:
                 raise WorkflowError(f"the detached driver of workflow {self.id} exited with code "
                                     f"{self._process.returncode} (log: {driver_log(self.platform, self.id)})")
             lease = self.platform.store.workflow_lease(self.id)
-            if workflow.status != "pending" and not lease_is_live(lease):
+            # 'pending' without a lease is only normal while a detached driver of ours is starting up.
+            starting = workflow.status == "pending" and self._process is not None
+            if not starting and not lease_is_live(lease):
                 raise WorkflowError(f"workflow {self.id} is {workflow.status} but no driver is running it; "
                                     f"run `alloyml workflow resume {self.id}`")
             time.sleep(0.1 if left is None else min(left, 0.1))
@@ -154,9 +156,15 @@ def _drive_in_thread(platform, workflow_id: int, workflow: Workflow) -> Workflow
     from alloyml.platform.client import Platform
     from alloyml.raycluster import ensure_ray
 
-    ensure_ray()  # here, not in the thread: Ray installs signal handlers only from the main thread
     me = driver_identity()
-    claim(platform.store, workflow_id, me)
+    if not claim(platform.store, workflow_id, me):  # finished meanwhile: nothing to drive
+        return WorkflowHandle(platform, workflow_id)
+    # The lease is held while Ray starts, so `wait()` elsewhere can tell "starting" from "driver died".
+    try:
+        ensure_ray()  # here, not in the thread: Ray installs signal handlers only from the main thread
+    except BaseException:
+        platform.store.claim_workflow(workflow_id, None, expected=me)
+        raise
     # The driver has its own client so the caller may close theirs while the workflow runs.
     own = Platform(db_url=platform.settings.db_url, home=platform.settings.home)
     driver = Driver(own, workflow_id, workflow, me)

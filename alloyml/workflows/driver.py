@@ -56,14 +56,19 @@ def lease_is_live(lease: WorkflowLease) -> bool:
     return lease.heartbeat_at is not None and (utcnow() - lease.heartbeat_at).total_seconds() < LEASE_S
 
 
-def claim(store: Store, workflow_id: int, me: str) -> None:
-    """Take the workflow's lease for `me`, or raise if a live driver holds it."""
+def claim(store: Store, workflow_id: int, me: str) -> bool:
+    """Take the workflow's lease for `me`; False when the workflow is done (nothing to drive). Raises if a
+    live driver holds the lease. The status is checked in the same statement that takes the lease, so a
+    workflow finishing meanwhile is not flipped back to running by a second driver."""
     lease = store.workflow_lease(workflow_id)
     if lease_is_live(lease):
         raise WorkflowError(f"workflow {workflow_id} is being driven by {lease.driver} (heartbeat "
                             f"{lease.heartbeat_at:%H:%M:%S} UTC); wait for it or cancel it")
-    if not store.claim_workflow(workflow_id, me, expected=lease.driver):
-        raise WorkflowError(f"workflow {workflow_id} was claimed by another driver just now")
+    if store.claim_workflow(workflow_id, me, expected=lease.driver, unless_status=("done",)):
+        return True
+    if store.get_workflow(workflow_id).status == "done":
+        return False
+    raise WorkflowError(f"workflow {workflow_id} was claimed by another driver just now")
 
 
 class LeaseLost(Exception):
@@ -95,6 +100,11 @@ class Driver:
         if self.store.get_workflow(self.id).status != "cancelling":
             self.store.settle_workflow(self.id, "running", steps_from=("running", "failed", "cancelled"),
                                        steps_to="pending")
+        # We hold the lease, so a 'workflow' run still marked running belongs to a driver that died.
+        for run in self.store.list_runs(kind="workflow", status="running", limit=10_000):
+            if run.workflow_id == self.id:
+                self.store.finish_run(run.id, status="failed",
+                                      error="its driver stopped before the workflow finished (killed?); resumed")
 
     def run(self) -> str:
         """Run to a terminal state (or until the lease is lost); returns the workflow's status."""

@@ -11,10 +11,13 @@ Durability rests on three rules:
 3. On (re)start the driver resets every step that is not done to pending (`prepare`); steps then run in
    dependency order.
 
-A step that raises is retried after `retry_backoff_s * 2**(k-1)` seconds, up to `max_retries` times,
-then marked failed with its traceback. From then on no new step starts; steps already running are allowed
-to finish (their outputs are kept, so a later `resume` does not redo them), steps never started become
-cancelled, and the workflow becomes failed. Cancellation stops running steps at once (their Ray workers
+A step that raises (or runs past its `timeout_s`, and is then stopped) is retried after
+`retry_backoff_s * 2**(k-1)` seconds, up to `max_retries` times, then marked failed with its traceback.
+Infrastructure failures — the Ray worker or node died under the step — are retried on their own budget,
+`max_infra_retries` (default 3), so a crashed worker does not fail a step that has no user retries.
+Once a step has failed, no new step starts; steps already running are allowed to finish (their
+outputs are kept, so a later `resume` does not redo them), steps never started become cancelled, and
+the workflow becomes failed. Cancellation stops running steps at once (their Ray workers
 are killed) and marks unfinished steps cancelled.
 """
 
@@ -143,8 +146,10 @@ class Driver:
                        for name, value in decode(record.inputs, self.platform.artifacts, own_store).items()}
         pending = [name for name in nodes if name not in self.done]
         attempts: dict[str, int] = {}
+        failures: dict[tuple[str, bool], int] = {}  # (step, infrastructure?) -> failures so far
         not_before: dict[str, float] = {}
         running: dict = {}  # ObjectRef of the outcome -> (step name, ObjectRef of the output)
+        deadlines: dict = {}  # ObjectRef of the outcome -> monotonic time its step must end by
         failed: str | None = None
         last_beat = last_cancel_check = time.monotonic()
         while True:
@@ -161,7 +166,10 @@ class Driver:
                              and all(d in self.done for d in nodes[n].depends_on)]:
                     pending.remove(name)
                     attempts[name] = attempts.get(name, 0) + 1
-                    running.update(self._submit(name))
+                    submitted = self._submit(name)
+                    running.update(submitted)
+                    if nodes[name].step.options.timeout_s is not None:
+                        deadlines.update({ref: now + nodes[name].step.options.timeout_s for ref in submitted})
             if not running:
                 if failed is not None:
                     return self._settle_failed(failed)
@@ -177,15 +185,27 @@ class Driver:
             else:
                 ready = []
                 time.sleep(wait_s)
-            for outcome_ref in ready:
-                name, output_ref = running.pop(outcome_ref)
-                error = self._complete(name, outcome_ref, output_ref)
+            outcomes = [(ref, *running.pop(ref), None) for ref in ready]
+            late = [ref for ref, deadline in deadlines.items() if ref in running and time.monotonic() > deadline]
+            for ref in late:  # stopped like a cancelled step, then counted as a failed attempt
+                name, output_ref = running.pop(ref)
+                limit = nodes[name].step.options.timeout_s
+                outcomes.append((ref, name, output_ref, _Failure(
+                    f"step {name!r} ran past its timeout_s={limit} and was stopped", retryable=True)))
+            if late:
+                self._cancel_tasks({ref: None for ref in late})
+            for outcome_ref, name, output_ref, error in outcomes:
+                deadlines.pop(outcome_ref, None)
+                error = error or self._complete(name, outcome_ref, output_ref)
                 if error is None:
                     continue
                 options = nodes[name].step.options
-                if failed is None and error.retryable and attempts[name] <= options.max_retries:
+                key = (name, error.infrastructure)
+                failures[key] = failures.get(key, 0) + 1
+                budget = options.max_infra_retries if error.infrastructure else options.max_retries
+                if failed is None and error.retryable and failures[key] <= budget:
                     store.update_step(self.id, name, state="pending", error=error.text)
-                    not_before[name] = time.monotonic() + options.retry_backoff_s * 2 ** (attempts[name] - 1)
+                    not_before[name] = time.monotonic() + options.retry_backoff_s * 2 ** (failures[key] - 1)
                     pending.append(name)
                 else:
                     store.update_step(self.id, name, state="failed", error=error.text, finished_at=utcnow())
@@ -225,8 +245,11 @@ class Driver:
 
         try:
             outcome = ray.get(outcome_ref)
-        except Exception as err:  # the worker died, ran out of memory, or the task was cancelled
+        except ray.exceptions.RayTaskError as err:  # raised by the task itself, outside the step's code
             return _Failure(f"{type(err).__name__}: {err}", retryable=True)
+        except Exception as err:  # the worker or its node died, ran out of memory, lost the object
+            return _Failure(f"infrastructure failure: {type(err).__name__}: {err}", retryable=True,
+                            infrastructure=True)
         if outcome["error"] is not None:
             return _Failure(outcome["error"], retryable=True)
         try:
@@ -271,9 +294,10 @@ class Driver:
 
 
 class _Failure:
-    def __init__(self, text: str, retryable: bool):
+    def __init__(self, text: str, retryable: bool, infrastructure: bool = False):
         self.text = text
         self.retryable = retryable
+        self.infrastructure = infrastructure
 
 
 def _execute(step, names, *values):

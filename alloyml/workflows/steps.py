@@ -24,8 +24,12 @@ class StepOptions(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved on the node (Ray `num_gpus`).")
     memory: int | None = Field(None, gt=0, description="Bytes of memory reserved (Ray `memory`).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
-    max_retries: int = Field(0, ge=0, description="Extra attempts after a failure before the step fails.")
+    max_retries: int = Field(0, ge=0, description="Extra attempts after the step raises before it fails.")
     retry_backoff_s: float = Field(1.0, ge=0, description="Wait before retry k is retry_backoff_s * 2**(k-1).")
+    max_infra_retries: int = Field(3, ge=0, description="Extra attempts after an infrastructure failure (the "
+                                   "Ray worker or node died), counted apart from max_retries.")
+    timeout_s: float | None = Field(None, gt=0, description="Stop the step after this many seconds; it counts "
+                                    "as a failed attempt (retried under max_retries).")
 
     def ray_options(self) -> dict:
         options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": 0}
@@ -70,8 +74,8 @@ def step(fn: Callable | None = None, /, **options) -> Step | Callable[[Callable]
     """Mark `fn` as a workflow step: `@step` or `@step(num_cpus=2, max_retries=3, retry_backoff_s=0.5)`.
 
     Options are those of `StepOptions`: num_cpus, num_gpus, memory (bytes), resources ({"name": amount}),
-    max_retries, retry_backoff_s. A step returns arrays, tensors, JSON-able values, alloyml result
-    dataclasses, or dicts / lists / tuples of those (see `alloyml.workflows.codec`).
+    max_retries, retry_backoff_s, max_infra_retries, timeout_s. A step returns arrays, tensors, JSON-able
+    values, alloyml result dataclasses, or dicts / lists / tuples of those (see `alloyml.workflows.codec`).
     """
     parsed = StepOptions.model_validate(options)
 

@@ -17,7 +17,7 @@ import time
 
 from alloyml.errors import InvalidInputError, WorkflowError
 from alloyml.platform.settings import db_password
-from alloyml.workflows.codec import decode, encode
+from alloyml.workflows.codec import decode, encode_input
 from alloyml.workflows.driver import TERMINAL, Driver, claim, driver_identity, lease_is_live
 from alloyml.workflows.graph import Workflow
 
@@ -110,7 +110,7 @@ def submit(platform, workflow: Workflow, inputs: dict | None = None, *, detach: 
         Workflow.from_spec(workflow.name, spec)  # fails now, not in the child, if a step is not importable
         if any(node.step.ref.startswith("__main__:") for node in workflow.nodes.values()):
             raise InvalidInputError("detach=True needs steps defined in an importable module, not in __main__")
-    encoded = {name: encode(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
+    encoded = {name: encode_input(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
     _refuse_credentials(platform, encoded)
     record = platform.store.create_workflow(workflow.name, encoded, spec, workflow.step_rows())
     if detach:

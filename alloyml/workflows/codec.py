@@ -8,6 +8,8 @@ at artifacts:
 - tuples → `{"__tuple__": [...]}`; non-finite floats → `{"__float__": "nan" | "inf" | "-inf"}`
 - dataclasses defined in `alloyml.*` (library results) → `{"__dataclass__": "module:Name", "fields": {...}}`;
   decoding imports only `alloyml.*` dataclasses and calls them with the decoded fields.
+- a workflow input whose JSON form is over `INLINE_LIMIT` bytes (say a list of a million floats) →
+  `{"__json__": key}`, one JSON artifact, so the workflow row stays small (it is re-read by every poll)
 - `StoreLocation` (where steps record results) → `{"__store__": "workflow"}`: a reference, never the
   database URL, which may carry a password. The driver resolves it to its own store's location, from its
   own environment, when it hands the inputs to the steps.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 
 import numpy as np
@@ -29,7 +32,8 @@ from alloyml.errors import InvalidInputError
 from alloyml.platform.artifacts import ArtifactStore
 
 ARTIFACT_KIND = "workflow"
-_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__", "__store__")
+_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__", "__store__", "__json__")
+INLINE_LIMIT = 1 << 20  # bytes of JSON kept inline in `workflow.inputs`
 
 
 class StoreLocation(dict):
@@ -82,12 +86,22 @@ def encode(value, artifacts: ArtifactStore, where: str = "value"):
         "return arrays, tensors, JSON-able values, alloyml result dataclasses, or dicts/lists/tuples of those")
 
 
+def encode_input(value, artifacts: ArtifactStore, where: str):
+    """`encode` for a workflow input: a large JSON tree goes to an artifact instead of the workflow row."""
+    tree = encode(value, artifacts, where)
+    if isinstance(tree, list | dict) and len(json.dumps(tree, separators=(",", ":"))) > INLINE_LIMIT:
+        return {"__json__": artifacts.put_json(tree, kind=ARTIFACT_KIND)}
+    return tree
+
+
 def decode(tree, artifacts: ArtifactStore, store: StoreLocation | None = None):
     """Inverse of `encode`; a store reference becomes `store` (the decoding driver's own location)."""
     if isinstance(tree, list):
         return [decode(v, artifacts, store) for v in tree]
     if not isinstance(tree, dict):
         return tree
+    if "__json__" in tree:
+        return decode(artifacts.get_json(tree["__json__"]), artifacts, store)
     if "__store__" in tree:
         if store is None:
             raise InvalidInputError("a stored store reference can only be resolved by a workflow driver")

@@ -54,3 +54,19 @@ def test_a_step_that_always_times_out_fails(sqlite_platform, log, ray_session):
     assert time.monotonic() - start < 30
     assert "ran past its timeout_s=0.5" in handle.steps()[0].error
     assert steps.log_lines(log, "slow") == []  # stopped before it could finish
+
+
+def test_a_large_input_is_stored_as_an_artifact_not_inline(sqlite_platform, log, ray_session):
+    import json
+
+    import numpy as np
+
+    from alloyml.workflows import Input
+
+    xs = np.random.default_rng(0).random(200_000).tolist()  # ~4 MB of JSON
+    wf = Workflow("large-input")
+    wf.add(steps.total, a=Input("xs"), b=[1.0], log=log)
+    handle = submit(sqlite_platform, wf, {"xs": xs})
+    assert handle.result(timeout=120)["sum"] == np.sum(np.asarray(xs)) + 1.0
+    stored = sqlite_platform.store.get_workflow(handle.id).inputs
+    assert set(stored["xs"]) == {"__json__"} and len(json.dumps(stored)) < 500

@@ -119,6 +119,7 @@ class MetricLatestRow(Base):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     step: Mapped[int] = mapped_column(BigInteger, default=0)
     value: Mapped[object] = mapped_column(JSON, doc="JSON-able value; null for NaN or inf.")
+    number: Mapped[float | None] = mapped_column(Float, doc="The value when it is a finite number (for search).")
     time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from alloyml.errors import AlloyError, InvalidInputError, NotFoundError, StoreError
 from alloyml.platform import entities as e
 from alloyml.platform import orm, schema
+from alloyml.platform.search import parse_filter
 from alloyml.platform.store import Store, WorkflowLease
 
 SUMMARY_BINS = 50
@@ -209,7 +210,7 @@ class SqlStore(Store):
                          ([run_id] * n, [key] * n, steps.astype(np.int64).tolist(), column, [stamp] * n),
                          field=_copy_field)
             _upsert_latest(s, [{"run_id": run_id, "key": key, "step": int(steps[last]),
-                                "value": column[last], "time": now}])
+                                "value": column[last], "number": column[last], "time": now}])
             return n
 
     def metric_history(self, run_id, key):
@@ -227,8 +228,10 @@ class SqlStore(Store):
             row = self._get(s, orm.RunRow, run_id, "run")
             return _run(row, _latest_metrics(s, [run_id])[run_id])
 
-    def list_runs(self, kind=None, status=None, limit=50, offset=0):
+    def list_runs(self, kind=None, status=None, limit=50, offset=0, filter=None):
         query = select(orm.RunRow).order_by(orm.RunRow.started_at.desc(), orm.RunRow.id.desc())
+        for clause in parse_filter(filter):
+            query = query.where(_search_condition(clause))
         if kind is not None:
             query = query.where(orm.RunRow.kind == kind)
         if status is not None:
@@ -648,7 +651,8 @@ def _log_metrics(s, run_id: int, items, step: int) -> None:
     history = [{"run_id": run_id, "key": k, "step": step, "value": h, "time": now} for k, _, h, has in items if has]
     if history:
         s.execute(insert(orm.MetricRow), history)
-    _upsert_latest(s, [{"run_id": run_id, "key": k, "step": step, "value": v, "time": now} for k, v, _, _ in items])
+    _upsert_latest(s, [{"run_id": run_id, "key": k, "step": step, "value": v, "number": h if has else None,
+                        "time": now} for k, v, h, has in items])
 
 
 def _upsert_latest(s, rows: list[dict]) -> None:
@@ -661,7 +665,8 @@ def _upsert_latest(s, rows: list[dict]) -> None:
     statement = dialect_insert(table).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=[table.c.run_id, table.c.key],
-        set_={"step": statement.excluded.step, "value": statement.excluded.value, "time": statement.excluded.time},
+        set_={"step": statement.excluded.step, "value": statement.excluded.value,
+              "number": statement.excluded.number, "time": statement.excluded.time},
         where=statement.excluded.step >= table.c.step)
     s.execute(statement)
 
@@ -674,6 +679,26 @@ def _latest_metrics(s, run_ids: list[int]) -> dict[int, dict]:
                                             .order_by(m.run_id, m.time, m.key)):
             latest[run_id][key] = value
     return latest
+
+
+def _compare(column, op: str, value):
+    return {"=": column == value, "!=": column != value, "<": column < value, "<=": column <= value,
+            ">": column > value, ">=": column >= value}[op]
+
+
+def _search_condition(clause):
+    """One parsed filter clause as a SQL condition; names and values are bound parameters."""
+    run = orm.RunRow
+    if clause.scope == "metrics":
+        m = orm.MetricLatestRow
+        return select(m.run_id).where(m.run_id == run.id, m.key == clause.name,
+                                      _compare(m.number, clause.op, clause.value)).exists()
+    if clause.scope == "params":
+        text_value = run.params[clause.name].as_string()
+        if clause.op == "!=":
+            return (text_value != clause.value) | text_value.is_(None)
+        return text_value == clause.value
+    return _compare(getattr(run, clause.name), clause.op, clause.value)
 
 
 def _serialize(s, *what: str) -> None:

@@ -84,7 +84,8 @@ class Store(ABC):
 
     @abstractmethod
     def list_runs(self, kind: str | None = None, status: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[e.Run]: ...
+                  offset: int = 0, filter: str | None = None) -> list[e.Run]:
+        """Newest first; `filter` is the search language of `alloyml.platform.search`."""
 
     @abstractmethod
     def run_counts(self) -> dict[tuple[str, str], int]:

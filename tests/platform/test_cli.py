@@ -36,6 +36,12 @@ def test_db_upgrade_then_runs_list(tmp_path):
         platform.store.finish_run(run.id, metrics={"loss": 0.25})
     listed = _run(["runs", "list"], tmp_path, ALLOYML_DB_URL=url, COLUMNS="200")
     assert listed.returncode == 0 and "visible-run" in listed.stdout and "loss=0.25" in listed.stdout
+    found = _run(["runs", "list", "--filter", "metrics.loss < 0.3"], tmp_path, ALLOYML_DB_URL=url, COLUMNS="200")
+    assert found.returncode == 0 and "visible-run" in found.stdout
+    none = _run(["runs", "list", "--filter", "metrics.loss > 0.3"], tmp_path, ALLOYML_DB_URL=url, COLUMNS="200")
+    assert none.returncode == 0 and "visible-run" not in none.stdout
+    bad = _run(["runs", "list", "--filter", "metrics.loss >"], tmp_path, ALLOYML_DB_URL=url)
+    assert bad.returncode == 2 and "run filter" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("url", ["mysql+nonsense:/x", "bogus"])

@@ -285,3 +285,34 @@ def test_metric_history_and_latest_value(platform):
     assert store.get_run(series.id).metrics["loss"] == curve[-1]
     with pytest.raises(InvalidInputError, match="metric step -1"):
         store.log_metrics(run.id, {"loss": 1.0}, step=-1)
+
+
+def test_run_search_matches_a_python_filter(platform):
+    store = platform.store
+    rng = np.random.default_rng(5)
+    expected = []
+    for i in range(30):
+        method = ("knn_shapley", "data_oob", "loo")[i % 3]
+        run = store.start_run("valuation" if i % 4 else "train", name=f"r{i}", params={"method": method, "k": i})
+        auc = float(rng.random())
+        store.log_metrics(run.id, {"noise_auc": auc, "label": "text"})
+        store.finish_run(run.id, status="done" if i % 5 else "failed")
+        expected.append((run.id, method, auc, "done" if i % 5 else "failed", "valuation" if i % 4 else "train"))
+    store.log_metrics(expected[0][0], {"noise_auc": float("nan")})  # NaN never matches a comparison
+
+    def ids(text):
+        return sorted(r.id for r in store.list_runs(limit=1000, filter=text))
+
+    def brute(pred):
+        return sorted(i for i, method, auc, status, kind in expected[1:] if pred(method, auc, status, kind))
+
+    assert ids("metrics.noise_auc > 0.5") == brute(lambda m, a, s, k: a > 0.5)
+    assert ids("metrics.noise_auc <= 0.3 AND params.method = 'data_oob'") == brute(
+        lambda m, a, s, k: a <= 0.3 and m == "data_oob")
+    assert ids("params.method != 'loo' and status = 'done' and kind = \"valuation\"") == brute(
+        lambda m, a, s, k: m != "loo" and s == "done" and k == "valuation")
+    assert ids("metrics.missing > 0") == [] and ids("metrics.label > 0") == []
+    assert ids("metrics.noise_auc >= 0") == brute(lambda *a: True)
+    for bad in ("metrics.x >", "params.k > 3", "owner = 'me'", "metrics.x = 'a'", "1; DROP TABLE run"):
+        with pytest.raises(InvalidInputError, match="run filter"):
+            store.list_runs(filter=bad)

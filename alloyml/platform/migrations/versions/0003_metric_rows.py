@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column('key', sa.String(length=200), nullable=False),
         sa.Column('step', sa.BigInteger(), nullable=False),
         sa.Column('value', sa.JSON(), nullable=True),
+        sa.Column('number', sa.Float(), nullable=True),
         sa.Column('time', sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(['run_id'], ['run.id'], name=op.f('fk_metric_latest_run_id_run'),
                                 ondelete='CASCADE'),
@@ -62,7 +63,9 @@ def upgrade() -> None:
             sa.select(run.c.id, run.c.metrics, run.c.finished_at, run.c.started_at)):
         when = finished or started or dt.datetime(1970, 1, 1)
         for key, value in (metrics or {}).items():
-            latest_rows.append({'run_id': run_id, 'key': key, 'step': 0, 'value': value, 'time': when})
+            number = float(value) if _numeric(value) and math.isfinite(value) else None
+            latest_rows.append({'run_id': run_id, 'key': key, 'step': 0, 'value': value, 'number': number,
+                                'time': when})
             if _numeric(value) or value is None:
                 history_rows.append({'run_id': run_id, 'key': key, 'step': 0,
                                      'value': None if value is None or not math.isfinite(value) else value,

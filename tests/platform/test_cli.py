@@ -111,3 +111,37 @@ def test_db_check_finds_a_truncated_artifact(tmp_path):
     path.write_bytes(path.read_bytes()[:200])
     checked = _run(["db", "check"], tmp_path, ALLOYML_DB_URL=url, COLUMNS="300")
     assert checked.returncode == 1 and "1 of 1 damaged" in checked.stdout, checked.stdout
+
+
+def test_ui_stops_on_sigterm_and_leaves_no_streamlit_behind(tmp_path):
+    import signal
+    import socket
+
+    with socket.socket() as probe:  # a free port on the loopback interface
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # 127.0.0.2 is loopback too, but not the default: the no-authentication warning must be printed
+    ui = subprocess.Popen([ALLOYML, "ui", "--port", str(port), "--address", "127.0.0.2"], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env={**os.environ, "ALLOYML_HOME": str(tmp_path)})
+    try:
+        line = ui.stdout.readline()
+        child = int(line.rsplit("pid ", 1)[1].rstrip(")\n"))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # until Streamlit serves
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.2", port)) == 0:
+                    break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the dashboard never started listening")
+        start = time.monotonic()
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=15)
+        assert time.monotonic() - start < 10
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+        err = ui.stderr.read()
+        assert "no authentication" in err and "Traceback" not in err
+    finally:
+        if ui.poll() is None:
+            ui.kill()

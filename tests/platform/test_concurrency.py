@@ -24,11 +24,11 @@ def _writer(db_url: str, home: str, worker: int, errors) -> None:
         errors.put(f"worker {worker}: {type(err).__name__}: {err}")
 
 
-def test_eight_concurrent_writers_lose_nothing(db_url, tmp_path):
-    Platform(db_url=db_url, home=tmp_path, upgrade=True).close()
+def _run_processes(target, args_of_each: list[tuple]) -> None:
+    """Start one spawned process per args tuple (each gets an error queue last), wait, fail on any error."""
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(db_url, str(tmp_path), w, errors)) for w in range(WRITERS)]
+    procs = [ctx.Process(target=target, args=(*args, errors)) for args in args_of_each]
     for p in procs:
         p.start()
     for p in procs:
@@ -38,6 +38,11 @@ def test_eight_concurrent_writers_lose_nothing(db_url, tmp_path):
         messages.append(errors.get())
     assert messages == []
     assert all(p.exitcode == 0 for p in procs)
+
+
+def test_eight_concurrent_writers_lose_nothing(db_url, tmp_path):
+    Platform(db_url=db_url, home=tmp_path, upgrade=True).close()
+    _run_processes(_writer, [(db_url, str(tmp_path), w) for w in range(WRITERS)])
     with Platform(db_url=db_url, home=tmp_path) as platform:
         runs = platform.store.list_runs(limit=1000)
         assert len(runs) == WRITERS * RUNS_EACH
@@ -69,18 +74,7 @@ def test_concurrent_writers_to_one_run_keep_every_metric_and_get_consecutive_ver
     with Platform(db_url=db_url, home=tmp_path, upgrade=True) as platform:
         run_id = platform.store.start_run("train").id
         platform.store.add_model("m", "gla")
-    ctx = mp.get_context("spawn")
-    errors = ctx.Queue()
-    procs = [ctx.Process(target=_metric_writer, args=(db_url, str(tmp_path), w, run_id, errors))
-             for w in range(KEY_WRITERS)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=240)
-    messages = []
-    while not errors.empty():
-        messages.append(errors.get())
-    assert messages == [] and all(p.exitcode == 0 for p in procs)
+    _run_processes(_metric_writer, [(db_url, str(tmp_path), w, run_id) for w in range(KEY_WRITERS)])
     expected = {f"w{w}k{k}": w * 100 + k for w in range(KEY_WRITERS) for k in range(KEYS_EACH)}
     with Platform(db_url=db_url, home=tmp_path) as platform:
         assert platform.store.get_run(run_id).metrics == expected

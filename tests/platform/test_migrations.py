@@ -106,30 +106,21 @@ def test_every_revision_down_and_up_keeps_every_row(db_url, tmp_path):
         engine.dispose()
 
 
-REBUILD_RUN = '''
-"""test only: rebuild `run` (widen name), as a future migration that alters it would
-
-Revision ID: test_rebuild_run
-Revises: {head}
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "test_rebuild_run"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
+def _test_revision(revision: str, doc: str, upgrade: str, downgrade: str = "pass") -> str:
+    """The text of a test-only Alembic revision that follows this alloyml's head ({head})."""
+    return (f'"""test only: {doc}\n\nRevision ID: {revision}\nRevises: {{head}}\n"""\n'
+            "import sqlalchemy as sa\nfrom alembic import op\n\n"
+            f'revision = "{revision}"\ndown_revision = "{{head}}"\nbranch_labels = None\ndepends_on = None\n\n\n'
+            f"def upgrade():\n{textwrap.indent(upgrade, '    ')}\n\n\ndef downgrade():\n"
+            f"{textwrap.indent(downgrade, '    ')}\n")
 
 
-def upgrade():
-    with op.batch_alter_table("run") as batch_op:  # SQLite: copy, drop, rename
-        batch_op.alter_column("name", type_=sa.String(400), existing_type=sa.String(200))
-
-
-def downgrade():
-    with op.batch_alter_table("run") as batch_op:  # SQLite: copy, drop, rename
-        batch_op.alter_column("name", type_=sa.String(200), existing_type=sa.String(400))
-'''
+REBUILD_RUN = _test_revision(
+    "test_rebuild_run", "rebuild `run` (widen name), as a future migration that alters it would",
+    'with op.batch_alter_table("run") as batch_op:  # SQLite: copy, drop, rename\n'
+    '    batch_op.alter_column("name", type_=sa.String(400), existing_type=sa.String(200))',
+    'with op.batch_alter_table("run") as batch_op:\n'
+    '    batch_op.alter_column("name", type_=sa.String(200), existing_type=sa.String(400))')
 
 
 @pytest.fixture
@@ -147,7 +138,7 @@ def extra_migration(tmp_path, monkeypatch):
         return config
 
     def add(text: str) -> None:
-        (folder / "extra.py").write_text(textwrap.dedent(text).replace("{head}", head))
+        (folder / "extra.py").write_text(text.replace("{head}", head))
         monkeypatch.setattr(schema, "_alembic_config", with_extra)
 
     return add
@@ -170,28 +161,8 @@ def test_a_migration_that_rebuilds_run_keeps_the_rows_that_point_at_it(db_url, t
         engine.dispose()
 
 
-BREAK_LINKS = '''
-"""test only: a migration that leaves a run pointing at a dataset that does not exist
-
-Revision ID: test_break_links
-Revises: {head}
-"""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "test_break_links"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.execute("UPDATE run SET dataset_id = 999")
-
-
-def downgrade():
-    pass
-'''
+BREAK_LINKS = _test_revision("test_break_links", "a migration that leaves a run pointing at no dataset",
+                             'op.execute("UPDATE run SET dataset_id = 999")')
 
 
 def test_sqlite_migration_that_breaks_a_foreign_key_is_rolled_back(tmp_path, extra_migration):

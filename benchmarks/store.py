@@ -1,7 +1,9 @@
 """Data values at scale: one run's 1,000,000 values written in one bulk call, then the dashboard's queries
 (lowest-100, highest-100, values of 1,000 given indices, a 50-bin histogram), on the embedded SQLite and on
 the local PostgreSQL. Peer: the same write as plain SQLAlchemy ORM inserts (`session.add_all`), the way
-an ORM user would write it, on a 100,000-row slice (its time scales linearly).
+an ORM user would write it, on a 100,000-row slice (its time scales linearly). Metric history: 100,000
+points of one run's curve in one `log_metric_series` call, and reading a 10,000-point curve back; peer:
+one `log_metrics(..., step=i)` call per point (timed on 2,000 points, scaled).
 
     python benchmarks/store.py [--quick] [--pg postgresql+psycopg://root@127.0.0.1:5432/test]
 """
@@ -61,7 +63,27 @@ def measure(platform: Platform, n: int, orm_slice: int) -> dict:
     session.commit()
     session.close()
     out["orm_write_s_scaled"] = (time.perf_counter() - start) * n / orm_slice
+    out.update(measure_metrics(platform))
     return out
+
+
+def measure_metrics(platform: Platform, points: int = 100_000, curve: int = 10_000, per_call: int = 2_000) -> dict:
+    store = platform.store
+    run = store.start_run("train", name="bench-metrics")
+    losses = np.random.default_rng(1).random(points)
+    start = time.perf_counter()
+    store.log_metric_series(run.id, "loss", losses)
+    write_s = time.perf_counter() - start
+    store.log_metric_series(run.id, "val_loss", losses[:curve])
+    history = store.metric_history(run.id, "val_loss")
+    assert np.array_equal(history.values, losses[:curve]) and np.array_equal(history.steps, np.arange(curve))
+    slow = store.start_run("train", name="bench-metrics-per-call")
+    start = time.perf_counter()
+    for i in range(per_call):
+        store.log_metrics(slow.id, {"loss": float(losses[i])}, step=i)
+    per_call_s = (time.perf_counter() - start) * points / per_call
+    return {"metric_write_s": write_s, "metric_per_call_s_scaled": per_call_s,
+            "metric_read_ms": _median_ms(lambda: store.metric_history(run.id, "val_loss"))}
 
 
 def main() -> None:
@@ -105,6 +127,12 @@ def main() -> None:
                         None, None, "median of 7"),
                     row(f"{name}: 50-bin histogram in SQL", "ms", round(m["histogram_ms"], 2), {}, None, None, None,
                         "median of 3"),
+                    row(f"{name}: write 100,000 metric points (one run)", "seconds", round(m["metric_write_s"], 3),
+                        {"log_metrics per point (scaled)": round(m["metric_per_call_s_scaled"], 3)},
+                        ratio(m["metric_write_s"], m["metric_per_call_s_scaled"]), "<= 2 s",
+                        m["metric_write_s"] <= 2, "per-point peer timed on 2,000 calls and scaled linearly"),
+                    row(f"{name}: read a 10,000-point metric curve", "ms", round(m["metric_read_ms"], 2), {}, None,
+                        "<= 50 ms", m["metric_read_ms"] <= 50, "median of 7"),
                 ]
         finally:
             if engine is not None:

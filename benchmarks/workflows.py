@@ -3,7 +3,7 @@
 Cases: a chain of N steps (each waits for the previous one: the overhead a user sees on the critical path)
 against N bare tasks run one after the other with `ray.get`, and a fan-out of N independent steps against
 `ray.get([task.remote() ...])`; both run the same function (`increment`). Workflow time runs from
-`Platform.submit` to `result()`, so it includes recording the workflow, every step's running/done
+`alloyml.workflows.submit` to `result()`, so it includes recording the workflow, every step's running/done
 transitions, its output artifact (written with fsync) and the result. Overhead per step =
 (workflow seconds - bare seconds) / N, median over repeats.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from alloyml.workflows import Workflow, step  # noqa: E402
+from alloyml.workflows import Workflow, step, submit  # noqa: E402
 from benchmarks._common import ratio, row, write_results  # noqa: E402
 
 TARGET_MS = 50.0
@@ -52,13 +52,13 @@ def main() -> None:
         backend = platform.store.url.split(":")[0]
         for case, build, run_bare in (("chain", _chain, _bare_chain), ("fan-out", _fan_out, _bare_fan_out)):
             workflow_s, bare_s = [], []
-            platform.submit(build(n_steps)).result(timeout=600)  # warm-up: imports, first artifacts
+            submit(platform, build(n_steps)).result(timeout=600)  # warm-up: imports, first artifacts
             for _ in range(repeats):
                 start = time.perf_counter()
                 run_bare(bare, n_steps)
                 bare_s.append(time.perf_counter() - start)
                 start = time.perf_counter()
-                result = platform.submit(build(n_steps)).result(timeout=600)
+                result = submit(platform, build(n_steps)).result(timeout=600)
                 workflow_s.append(time.perf_counter() - start)
                 assert result == n_steps, result
             per_step_ms = [1000 * w / n_steps for w in workflow_s]

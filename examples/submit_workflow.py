@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from alloyml.platform.client import Platform
-from alloyml.workflows import Input, Workflow, step
+from alloyml.workflows import Input, Workflow, step, submit
 from alloyml.workflows.builtin import get_builtin
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     workflow.output = trace
 
     with Platform() as platform:
-        handle = platform.submit(workflow, x=x)  # returns at once
+        handle = submit(platform, workflow, {"x": x})  # returns at once
         print(f"workflow {handle.id}: {handle.status()}")
         print("trace of Z^T Z =", handle.result(timeout=300), "(expected", x.shape[0] * x.shape[1], ")")
         print("column norms:", handle.output("column_norms")["norms"].round(3))
@@ -52,8 +52,9 @@ def main() -> None:
         rng = np.random.default_rng(1)
         features = rng.normal(size=(400, 5))
         labels = (features[:, 0] + 0.5 * features[:, 1] > 0).astype(np.int64)
-        scores = platform.submit(get_builtin("sklearn-train-score").build(), x_train=features[:300],
-                                 y_train=labels[:300], x_test=features[300:], y_test=labels[300:])
+        scores = submit(platform, get_builtin("sklearn-train-score").build(),
+                        {"x_train": features[:300], "y_train": labels[:300],
+                         "x_test": features[300:], "y_test": labels[300:]})
         print("sklearn-train-score:", scores.result(timeout=300))
 
 

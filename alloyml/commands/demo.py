@@ -26,6 +26,8 @@ def run_demo(quick: bool = False, console: Console | None = None) -> dict:
     from rich.console import Console
 
     from alloyml.platform.client import Platform
+    from alloyml.platform.settings import display_url
+    from alloyml.workflows import submit
     from alloyml.workflows.builtin import get_builtin
     from alloyml.workflows.builtin.demo import DEMO_CONFIGS
     from alloyml.workflows.display import watch
@@ -33,9 +35,9 @@ def run_demo(quick: bool = False, console: Console | None = None) -> dict:
 
     console = console or Console()
     with Platform() as platform:
-        console.print(f"[bold]alloyml demo[/bold] — store {platform.settings.db_url}")
-        handle = platform.submit(get_builtin("demo").build(), store=store_location(platform),
-                                 config=DEMO_CONFIGS["quick" if quick else "full"])
+        console.print(f"[bold]alloyml demo[/bold] — store {display_url(platform.settings.db_url)}")
+        handle = submit(platform, get_builtin("demo").build(),
+                        {"store": store_location(platform), "config": DEMO_CONFIGS["quick" if quick else "full"]})
         console.print(f"workflow #{handle.id} submitted (resume with `alloyml workflow resume {handle.id}`)")
         watch(platform.store, handle.id, console)
         summary = handle.result()

@@ -6,6 +6,9 @@ def register(subparsers) -> None:
     runs_sub = runs.add_subparsers(dest="runs_command", metavar="ACTION", required=True)
     listing = runs_sub.add_parser("list", help="list recent runs")
     listing.add_argument("--kind", help="only runs of this kind (train, valuation, merge, ...)")
+    listing.add_argument("--status", help="only runs with this status (running, done, failed)")
+    listing.add_argument("--filter", metavar="EXPR",
+                         help="e.g. \"metrics.noise_auc > 0.9 and params.method = 'knn_shapley'\"")
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(func=_list)
 
@@ -17,7 +20,7 @@ def _list(args) -> int:
     from alloyml.platform.client import Platform
 
     with Platform() as platform:
-        runs = platform.store.list_runs(kind=args.kind, limit=args.limit)
+        runs = platform.store.list_runs(kind=args.kind, status=args.status, limit=args.limit, filter=args.filter)
     table = Table(title=f"runs ({len(runs)} shown)")
     for column in ("id", "kind", "name", "status", "started", "seconds", "metrics"):
         table.add_column(column)

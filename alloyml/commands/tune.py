@@ -61,6 +61,7 @@ def _hpo(args: argparse.Namespace) -> int:
     from alloyml.automl import hyperparameter_search
     from alloyml.automl.config import HPOConfig, load_tune_config
     from alloyml.platform.client import Platform
+    from alloyml.platform.settings import display_url
     from alloyml.workflows.recording import trial_recorder
 
     out = _checked_out(args.out)
@@ -72,7 +73,7 @@ def _hpo(args: argparse.Namespace) -> int:
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
     with Platform() as platform, platform.run("tune", name=name, params=params) as run:
         console.print(f"[bold]tune hpo[/bold] {name!r}: {config.num_samples} trials, {config.searcher} search, "
-                      f"{config.scheduler} scheduler — run {run.id} in {platform.settings.db_url}")
+                      f"{config.scheduler} scheduler — run {run.id} in {display_url(platform.settings.db_url)}")
         record = trial_recorder(platform, run.id)
 
         def on_trial(trial) -> None:

@@ -154,7 +154,12 @@ def _parse_input(item: str):
     if not sep or not name:
         raise InvalidInputError(f"--input {item!r}: expected NAME=VALUE (JSON) or NAME=@file.npy")
     if value.startswith("@"):
-        return name, np.load(value[1:], allow_pickle=False)
+        try:
+            return name, np.load(value[1:], allow_pickle=False)
+        except FileNotFoundError as err:
+            raise InvalidInputError(f"--input {name}: file {value[1:]!r} does not exist") from err
+        except (OSError, ValueError) as err:  # pickled objects (allow_pickle=False), not an .npy, unreadable
+            raise InvalidInputError(f"--input {name}: {value[1:]!r} is not a plain .npy array ({err})") from err
     try:
         return name, json.loads(value)
     except json.JSONDecodeError as err:

@@ -5,6 +5,11 @@ once and a key always means the same content. Only safe formats: `.npy` (read wi
 `.safetensors` for tensors, `.json` for configs and tables. Writes go to a temp file in the same folder and
 are renamed into place, so a reader never sees a half-written file. Keys that would leave the root are
 refused.
+
+Reads are checked: every read compares the file's size with the size its own header promises (`.npy`,
+`.safetensors`) or parses it whole (`.json`), so a truncated file raises `CorruptArtifactError` rather
+than a numpy or JSON error; `verify(key)` (and `alloyml db check`) also recomputes the hash the key
+names. Writing the same content again repairs a damaged file instead of keeping it.
 """
 
 from __future__ import annotations
@@ -13,14 +18,22 @@ import hashlib
 import io
 import json
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from alloyml.atomic import write_atomic
-from alloyml.errors import InvalidInputError, NotFoundError
+from alloyml.errors import InvalidInputError, NotFoundError, StoreError
 
 _KEY_PATTERN = re.compile(r"^[a-z0-9_\-]+/[0-9a-f]{64}\.(npy|json|safetensors|bin)$")
+_HASH_CHUNK = 1 << 20
+
+
+class CorruptArtifactError(StoreError):
+    """An artifact's file does not hold what its key promises (truncated, or other bytes); writing the
+    same content again repairs it."""
 
 
 class ArtifactStore:
@@ -49,19 +62,41 @@ class ArtifactStore:
     def put_bytes(self, data: bytes, *, kind: str, ext: str) -> str:
         if not re.fullmatch(r"[a-z0-9_\-]+", kind):
             raise InvalidInputError(f"artifact kind {kind!r} must be lower-case letters, digits, '-' or '_'")
-        key = f"{kind}/{hashlib.sha256(data).hexdigest()}.{ext}"
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"{kind}/{digest}.{ext}"
         path = self.path_of(key)
-        if path.is_file():
-            return key
+        if path.is_file() and path.stat().st_size == len(data) and _file_sha256(path) == digest:
+            return key  # already stored intact; a damaged copy is rewritten below
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
+        write_atomic(path, data)  # fsyncs the file and the folder after the rename
         return key
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, verify: bool = False) -> bytes:
+        """The artifact's bytes, size-checked against its header; `verify=True` also checks the hash."""
         path = self.path_of(key)
         if not path.is_file():
             raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
-        return path.read_bytes()
+        data = path.read_bytes()
+        expected = _expected_size(key, data)
+        if expected is not None and expected != len(data):
+            raise CorruptArtifactError(f"artifact {key!r} is {len(data)} bytes but its header says {expected} "
+                                       "(truncated or overwritten); store the same content again to repair it")
+        if verify and hashlib.sha256(data).hexdigest() != _digest_of(key):
+            raise CorruptArtifactError(f"artifact {key!r} does not match its hash; store the content again")
+        return data
+
+    def verify(self, key: str) -> None:
+        """Raise NotFoundError or CorruptArtifactError unless the file is whole and matches its hash."""
+        data = self.get_bytes(key, verify=True)
+        if key.endswith(".json"):
+            self._parse_json(key, data)
+
+    def keys(self) -> list[str]:
+        """Every artifact key under the root (temp files of interrupted writes aside)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(f"{p.parent.name}/{p.name}" for p in self.root.glob("*/*") if _KEY_PATTERN.match(
+            f"{p.parent.name}/{p.name}"))
 
     # -- typed payloads ------------------------------------------------------------------------------------
     def put_array(self, array: np.ndarray, kind: str = "array") -> str:
@@ -74,20 +109,38 @@ class ArtifactStore:
 
     def get_array(self, key: str, *, mmap: bool = False) -> np.ndarray:
         """The stored array; `mmap=True` maps the file read-only instead of reading it (a page that shows a
-        few rows of a million-row dataset)."""
-        if not mmap:
-            return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
-        path = self.path_of(key)
-        if not path.is_file():
-            raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        few rows of a million-row dataset), after the same size check a read makes."""
+        try:
+            if not mmap:
+                return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
+            path = self.path_of(key)
+            if not path.is_file():
+                raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
+            with path.open("rb") as handle:  # the header alone says how long the file must be
+                expected = _expected_size(key, handle.read(_HASH_CHUNK))
+            if expected is not None and expected != path.stat().st_size:
+                raise CorruptArtifactError(f"artifact {key!r} is {path.stat().st_size} bytes but its header says "
+                                           f"{expected} (truncated or overwritten); store the same content again")
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:
+            if "allow_pickle" in str(err):
+                raise InvalidInputError(f"artifact {key!r} holds pickled objects (allow_pickle=False): "
+                                        "alloyml never loads them") from err
+            raise CorruptArtifactError(f"artifact {key!r} is not a readable .npy file: {err}") from err
 
     def put_json(self, obj, kind: str = "json") -> str:
         data = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
         return self.put_bytes(data, kind=kind, ext="json")
 
     def get_json(self, key: str):
-        return json.loads(self.get_bytes(key))
+        return self._parse_json(key, self.get_bytes(key))
+
+    @staticmethod
+    def _parse_json(key: str, data: bytes):
+        try:
+            return json.loads(data)
+        except ValueError as err:  # a truncated JSON file has no header to check its size against
+            raise CorruptArtifactError(f"artifact {key!r} is not valid JSON ({err}); store it again") from err
 
     def put_tensors(self, tensors: dict, kind: str = "tensors", metadata: dict | None = None) -> str:
         """A dict of torch tensors as safetensors."""
@@ -100,3 +153,37 @@ class ArtifactStore:
         from safetensors.torch import load
 
         return load(self.get_bytes(key))
+
+
+def _digest_of(key: str) -> str:
+    return key.rsplit("/", 1)[1].split(".", 1)[0]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _expected_size(key: str, data: bytes) -> int | None:
+    """The file size the format's own header implies (None when it has none or cannot be read: a header
+    that does not parse is itself a sign of damage, reported by the loader)."""
+    try:
+        if key.endswith(".npy"):
+            buffer = io.BytesIO(data)
+            version = npy_format.read_magic(buffer)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(buffer)
+            if dtype.hasobject:
+                return None
+            return buffer.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if key.endswith(".safetensors"):
+            (header_len,) = struct.unpack("<Q", data[:8])
+            header = json.loads(data[8:8 + header_len])
+            ends = [info["data_offsets"][1] for name, info in header.items() if name != "__metadata__"]
+            return 8 + header_len + max(ends, default=0)
+    except (ValueError, struct.error, KeyError, TypeError):
+        return -1 if len(data) < 16 else None  # too short to hold any header: certainly truncated
+    return None

@@ -42,9 +42,10 @@ class RunHandle:
         self.id = run.id
         self.metrics: dict = {}
 
-    def log_metrics(self, **metrics) -> None:
+    def log_metrics(self, step: int | None = None, **metrics) -> None:
+        """Log metrics (at `step`, for curves: `run.log_metrics(loss=0.3, step=100)`)."""
+        self.platform.store.log_metrics(self.id, metrics, step=step)
         self.metrics.update(metrics)
-        self.platform.store.log_metrics(self.id, metrics)
 
 
 class Platform:
@@ -70,14 +71,6 @@ class Platform:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- workflows ----------------------------------------------------------------------------------------
-    def submit(self, workflow, **inputs):
-        """Record `workflow` (an `alloyml.workflows.Workflow`) with `inputs` and drive it in a background
-        thread; returns a `WorkflowHandle` at once (`status()`, `wait(timeout)`, `result()`, `cancel()`)."""
-        from alloyml.workflows import submit
-
-        return submit(self, workflow, inputs)
-
     # -- runs ---------------------------------------------------------------------------------------------
     @contextmanager
     def run(self, kind: str, name: str | None = None, params: dict | None = None, **links) -> Iterator[RunHandle]:
@@ -91,9 +84,12 @@ class Platform:
         self.store.finish_run(handle.id, status="done")
 
     def save_data_values(self, run_id: int, result) -> int:
-        """Store a valuation result (anything with `.values`, and optionally `.stderr`, `.counts`)."""
+        """Store a valuation result (anything with `.values`, and optionally `.stderr`, `.counts` and the
+        point ids `.indices`, which are kept: a result for rows 10, 20, 30 is stored under 10, 20, 30).
+        The one write path for data values; `workflows.recording.record_valuation` uses it too."""
         return self.store.write_data_values(
-            run_id, result.values, getattr(result, "stderr", None), getattr(result, "counts", None))
+            run_id, result.values, getattr(result, "stderr", None), getattr(result, "counts", None),
+            getattr(result, "indices", None))
 
     # -- datasets -----------------------------------------------------------------------------------------
     def register_dataset(self, name: str, x, y=None, *, version: str = "1",

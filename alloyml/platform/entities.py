@@ -80,6 +80,20 @@ class DataValues:
 
 
 @dataclass(frozen=True)
+class MetricHistory:
+    """Every logged value of one metric of one run, in (step, logging) order; NaN where NaN/inf was logged."""
+
+    run_id: int
+    key: str
+    steps: np.ndarray
+    values: np.ndarray
+    times: list[dt.datetime]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True)
 class MergeInput:
     model_id: int
     weight: float | None

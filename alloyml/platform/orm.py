@@ -86,13 +86,42 @@ class RunRow(Base):
     name: Mapped[str | None] = mapped_column(String(200), doc="Free-form label.")
     status: Mapped[str] = mapped_column(String(20), default="running", doc="running, done, failed.")
     params: Mapped[dict] = mapped_column(JSON, default=dict, doc="Inputs and settings of the run.")
-    metrics: Mapped[dict] = mapped_column(JSON, default=dict, doc="Scalar results.")
     error: Mapped[str | None] = mapped_column(Text, doc="Traceback of a failed run.")
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     workflow_id: Mapped[int | None] = mapped_column(ForeignKey("workflow.id", ondelete="SET NULL"))
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("dataset.id", ondelete="SET NULL"))
     model_id: Mapped[int | None] = mapped_column(ForeignKey("model.id", ondelete="SET NULL"))
+
+
+class MetricRow(Base):
+    """Metric history: one row per logged numeric value, so a run keeps its curves (loss per step). Rows
+    are only ever inserted, so concurrent writers never overwrite each other."""
+
+    __tablename__ = "metric"
+    __table_args__ = (Index(None, "run_id", "key", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(200), doc="Metric name.")
+    step: Mapped[int] = mapped_column(BigInteger, default=0, doc="Training step / iteration (0 when not given).")
+    value: Mapped[float | None] = mapped_column(Float, doc="The value; NULL for NaN or inf.")
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class MetricLatestRow(Base):
+    """The latest value of each metric of a run (any JSON value: numbers, curves as lists, dicts), one
+    row per (run, key) so reading a run's metrics is one primary-key range read. Written by an atomic
+    upsert that keeps the value with the highest step."""
+
+    __tablename__ = "metric_latest"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, default=0)
+    value: Mapped[object] = mapped_column(JSON, doc="JSON-able value; null for NaN or inf.")
+    number: Mapped[float | None] = mapped_column(Float, doc="The value when it is a finite number (for search).")
+    time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class DataValueRow(Base):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from alloyml.errors import ConfigError
 from alloyml.home import alloyml_home
 
-_KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql")
+_KNOWN_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")  # what is tested
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,24 @@ def default_sqlite_url(home: Path) -> str:
     return f"sqlite:///{home / 'alloyml.db'}"
 
 
+def display_url(url: str) -> str:
+    """`url` with its password replaced by ***: the only form of a database URL that may be printed,
+    logged or stored."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy reads: hide whatever sits between "user:" and "@"
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def db_password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).password
+
+
 def validate_db_url(url: str) -> None:
     """Reject a malformed database URL before any connection is tried."""
     from sqlalchemy.engine import make_url
@@ -54,12 +73,14 @@ def validate_db_url(url: str) -> None:
         parsed = make_url(url)
     except ArgumentError as err:
         raise ConfigError(
-            f"ALLOYML_DB_URL {url!r} is not a database URL; expected e.g. "
+            f"ALLOYML_DB_URL {display_url(url)!r} is not a database URL; expected e.g. "
             "'sqlite:///path/alloyml.db' or 'postgresql+psycopg://user@host:5432/db'"
         ) from err
     if parsed.drivername not in _KNOWN_DB_SCHEMES:
         raise ConfigError(
-            f"ALLOYML_DB_URL {url!r} uses driver {parsed.drivername!r}; expected one of {_KNOWN_DB_SCHEMES}"
+            f"ALLOYML_DB_URL {display_url(url)!r} uses driver {parsed.drivername!r}; "
+            f"expected one of {_KNOWN_DB_SCHEMES}"
         )
     if parsed.drivername == "sqlite" and not parsed.database:
-        raise ConfigError(f"ALLOYML_DB_URL {url!r} names no SQLite file; in-memory databases are not shared")
+        raise ConfigError(f"ALLOYML_DB_URL {display_url(url)!r} names no SQLite file; "
+                          "in-memory databases are not shared")

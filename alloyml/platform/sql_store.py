@@ -3,22 +3,30 @@
 One managed session per public call: it commits, or rolls back and raises one of our errors, so a call
 that fails half-way leaves nothing behind. Data values bypass the ORM: a million rows go in as one
 executemany (SQLite) or one COPY (PostgreSQL) inside the same transaction.
+
+Concurrent writers: SQLite write transactions hold the database's write lock from their first statement
+(`BEGIN IMMEDIATE`), so any read-modify-write inside one is atomic. PostgreSQL runs READ COMMITTED, so
+every read-modify-write here either locks the row it changes (`SELECT ... FOR UPDATE`), takes a
+transaction-scoped advisory lock (the next cascade version), or is a single atomic statement (metric
+upserts, lease compare-and-swap).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from alloyml.errors import AlloyError, InvalidInputError, NotFoundError, StoreError
 from alloyml.platform import entities as e
 from alloyml.platform import orm, schema
+from alloyml.platform.search import parse_filter
 from alloyml.platform.store import Store, WorkflowLease
 
 SUMMARY_BINS = 50
@@ -57,6 +65,11 @@ class SqlStore(Store):
         except SQLAlchemyError as err:
             session.rollback()
             raise StoreError(f"store operation failed and was rolled back: {err}") from err
+        except Exception as err:  # raw driver errors (the bulk paths use the DBAPI cursor directly)
+            session.rollback()
+            if type(err).__module__.split(".")[0] in ("sqlite3", "psycopg", "psycopg2"):
+                raise StoreError(f"store operation failed and was rolled back: {type(err).__name__}: {err}") from err
+            raise
         finally:
             session.close()
 
@@ -67,11 +80,19 @@ class SqlStore(Store):
             raise NotFoundError(f"{what} id {row_id!r} does not exist")
         return row
 
+    @staticmethod
+    def _locked(session: Session, row_type, row_id: int, what: str):
+        """The row, locked until the transaction ends (FOR UPDATE; SQLite already holds the write lock)."""
+        row = session.get(row_type, row_id, with_for_update=True, populate_existing=True)
+        if row is None:
+            raise NotFoundError(f"{what} id {row_id!r} does not exist")
+        return row
+
     # -- datasets and models ----------------------------------------------------------------------------
     def add_dataset(self, name, version, n_rows, schema, fingerprint, artifact=None):
         with self._session(write=True) as s:
-            row = orm.DatasetRow(name=name, version=str(version), n_rows=int(n_rows), schema=schema,
-                                 fingerprint=fingerprint, artifact=artifact)
+            row = _checked(orm.DatasetRow(name=name, version=str(version), n_rows=n_rows, schema=schema,
+                                 fingerprint=fingerprint, artifact=artifact))
             s.add(row)
             s.flush()
             return _dataset(row)
@@ -90,13 +111,13 @@ class SqlStore(Store):
                 self._get(s, orm.ModelRow, edge.parent_id, "parent model")
                 if edge.role not in e.LINEAGE_ROLES:
                     raise InvalidInputError(f"lineage role {edge.role!r} is not one of {e.LINEAGE_ROLES}")
-            row = orm.ModelRow(name=name, architecture=architecture, n_params=int(n_params),
-                               artifact=artifact, metrics=dict(metrics or {}))
+            row = _checked(orm.ModelRow(name=name, architecture=architecture, n_params=n_params,
+                               artifact=artifact, metrics=_json_metrics(metrics or {}, "model metrics")))
             s.add(row)
             s.flush()
             for edge in parents:
-                s.add(orm.LineageRow(child_id=row.id, parent_id=edge.parent_id, role=edge.role,
-                                     weight=edge.weight))
+                s.add(_checked(orm.LineageRow(child_id=row.id, parent_id=edge.parent_id, role=edge.role,
+                                     weight=edge.weight)))
             return _model(row)
 
     def get_model(self, model_id):
@@ -108,9 +129,10 @@ class SqlStore(Store):
             return [_model(r) for r in s.scalars(select(orm.ModelRow).order_by(orm.ModelRow.id))]
 
     def update_model_metrics(self, model_id, metrics):
+        metrics = _json_metrics(metrics, "model metrics")
         with self._session(write=True) as s:
-            row = self._get(s, orm.ModelRow, model_id, "model")
-            row.metrics = _json_safe({**row.metrics, **metrics})
+            row = self._locked(s, orm.ModelRow, model_id, "model")
+            row.metrics = {**row.metrics, **metrics}
             return _model(row)
 
     def lineage_edges(self, model_id=None):
@@ -142,41 +164,82 @@ class SqlStore(Store):
                                            (orm.ModelRow, model_id, "model")):
                 if row_id is not None:
                     self._get(s, row_type, row_id, what)
-            row = orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})), metrics={},
-                             workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id)
+            row = _checked(orm.RunRow(kind=kind, name=name, params=_json_safe(dict(params or {})),
+                             workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id))
             s.add(row)
             s.flush()
-            return _run(row)
+            return _run(row, {})
 
     def finish_run(self, run_id, status="done", metrics=None, error=None):
         if status not in e.RUN_STATUSES:
             raise InvalidInputError(f"run status {status!r} is not one of {e.RUN_STATUSES}")
+        items = _metric_items(metrics or {}, "metrics")
         with self._session(write=True) as s:
-            row = self._get(s, orm.RunRow, run_id, "run")
+            row = self._locked(s, orm.RunRow, run_id, "run")
             row.status = status
-            row.metrics = _json_safe({**row.metrics, **(metrics or {})})
             row.error = error
             row.finished_at = orm.utcnow()
-            return _run(row)
+            _checked(row)
+            _log_metrics(s, run_id, items, 0)
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
 
-    def log_metrics(self, run_id, metrics):
+    def log_metrics(self, run_id, metrics, step=None):
+        items, step = _metric_items(metrics, "metrics"), _metric_step(step)
         with self._session(write=True) as s:
             row = self._get(s, orm.RunRow, run_id, "run")
-            row.metrics = _json_safe({**row.metrics, **metrics})
-            return _run(row)
+            _log_metrics(s, run_id, items, step)
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
+
+    def log_metric_series(self, run_id, key, values, steps=None):
+        _metric_key(key)
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 1 or values.size == 0:
+            raise InvalidInputError(f"metric {key!r}: values must be a non-empty 1-d array; got shape {values.shape}")
+        steps = np.arange(values.size) if steps is None else np.asarray(steps)
+        if steps.shape != values.shape or not np.issubdtype(steps.dtype, np.integer) or steps.min() < 0:
+            raise InvalidInputError(f"metric {key!r}: steps must be {values.size} non-negative integers")
+        now = orm.utcnow()
+        stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")
+        finite = np.isfinite(values)
+        column = values.tolist() if finite.all() else np.where(finite, values, None).tolist()  # NaN, inf -> NULL
+        last = int(len(steps) - 1 - np.argmax(steps[::-1]))  # the latest value: highest step, last logged
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            n = values.size
+            _bulk_insert(s.connection(), "metric", ("run_id", "key", "step", "value", "time"),
+                         ([run_id] * n, [key] * n, steps.astype(np.int64).tolist(), column, [stamp] * n),
+                         field=_copy_field)
+            _upsert_latest(s, [{"run_id": run_id, "key": key, "step": int(steps[last]),
+                                "value": column[last], "number": column[last], "time": now}])
+            return n
+
+    def metric_history(self, run_id, key):
+        m = orm.MetricRow
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            rows = s.execute(select(m.step, m.value, m.time).where(m.run_id == run_id, m.key == key)
+                             .order_by(m.step, m.id)).all()
+        steps = np.array([r[0] for r in rows], dtype=np.int64)
+        values = np.array([np.nan if r[1] is None else r[1] for r in rows], dtype=np.float64)
+        return e.MetricHistory(run_id, key, steps, values, [r[2] for r in rows])
 
     def get_run(self, run_id):
         with self._session() as s:
-            return _run(self._get(s, orm.RunRow, run_id, "run"))
+            row = self._get(s, orm.RunRow, run_id, "run")
+            return _run(row, _latest_metrics(s, [run_id])[run_id])
 
-    def list_runs(self, kind=None, status=None, limit=50, offset=0):
+    def list_runs(self, kind=None, status=None, limit=50, offset=0, filter=None):
         query = select(orm.RunRow).order_by(orm.RunRow.started_at.desc(), orm.RunRow.id.desc())
+        for clause in parse_filter(filter):
+            query = query.where(_search_condition(clause))
         if kind is not None:
             query = query.where(orm.RunRow.kind == kind)
         if status is not None:
             query = query.where(orm.RunRow.status == status)
         with self._session() as s:
-            return [_run(r) for r in s.scalars(query.limit(limit).offset(offset))]
+            rows = list(s.scalars(query.limit(limit).offset(offset)))
+            metrics = _latest_metrics(s, [r.id for r in rows])
+            return [_run(r, metrics[r.id]) for r in rows]
 
     def run_counts(self):
         query = select(orm.RunRow.kind, orm.RunRow.status, func.count()).group_by(
@@ -299,11 +362,11 @@ class SqlStore(Store):
                 self._get(s, orm.ModelRow, item.model_id, "merge input model")
             if output_model_id is not None:
                 self._get(s, orm.ModelRow, output_model_id, "merged model")
-            row = orm.MergeRow(method=method, config=config, output_model_id=output_model_id, run_id=run_id)
+            row = _checked(orm.MergeRow(method=method, config=config, output_model_id=output_model_id, run_id=run_id))
             s.add(row)
             s.flush()
             for item in inputs:
-                s.add(orm.MergeInputRow(merge_id=row.id, model_id=item.model_id, weight=item.weight))
+                s.add(_checked(orm.MergeInputRow(merge_id=row.id, model_id=item.model_id, weight=item.weight)))
             return _merge(row, list(inputs))
 
     def list_merges(self):
@@ -323,10 +386,11 @@ class SqlStore(Store):
                 f"the last; got {len(stages)} stages, {len(costs)} costs, {len(thresholds)} thresholds"
             )
         with self._session(write=True) as s:
+            _serialize(s, "cascade version", name)  # two writers must not both read the same latest version
             latest = s.scalar(select(func.max(orm.CascadeRow.version)).where(orm.CascadeRow.name == name))
-            row = orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
+            row = _checked(orm.CascadeRow(name=name, version=(latest or 0) + 1, stages=list(stages),
                                  thresholds=[float(t) for t in thresholds], costs=[float(c) for c in costs],
-                                 budget=float(budget), plan=dict(plan or {}))
+                                 budget=float(budget), plan=dict(plan or {})))
             s.add(row)
             s.flush()
             return _cascade(row)
@@ -349,10 +413,10 @@ class SqlStore(Store):
     def log_cascade_requests(self, cascade_id, requests):
         with self._session(write=True) as s:
             self._get(s, orm.CascadeRow, cascade_id, "cascade")
-            s.add_all([orm.CascadeRequestRow(
-                cascade_id=cascade_id, stage_reached=int(r.stage_reached), scores=[float(x) for x in r.scores],
+            s.add_all([_checked(orm.CascadeRequestRow(
+                cascade_id=cascade_id, stage_reached=r.stage_reached, scores=[float(x) for x in r.scores],
                 cost=float(r.cost), latency_ms=float(r.latency_ms), frontier_point=r.frontier_point,
-                created_at=r.created_at or orm.utcnow()) for r in requests])
+                created_at=r.created_at or orm.utcnow())) for r in requests])
             return len(requests)
 
     def cascade_requests(self, cascade_id, limit=10_000):
@@ -366,9 +430,9 @@ class SqlStore(Store):
     def add_trial(self, run_id, number, config, metrics=None, cost=None, seconds=None, status="done"):
         with self._session(write=True) as s:
             self._get(s, orm.RunRow, run_id, "run")
-            row = orm.TrialRow(run_id=run_id, number=int(number), config=_json_safe(config),
+            row = _checked(orm.TrialRow(run_id=run_id, number=number, config=_json_safe(config),
                                metrics=_json_safe(dict(metrics or {})),
-                               cost=cost, seconds=seconds, status=status)
+                               cost=cost, seconds=seconds, status=status))
             s.add(row)
             s.flush()
             return _trial(row)
@@ -384,12 +448,12 @@ class SqlStore(Store):
         if len(set(names)) != len(names):
             raise InvalidInputError(f"workflow {name!r} has duplicate step names: {names}")
         with self._session(write=True) as s:
-            row = orm.WorkflowRow(name=name, status="pending", inputs=inputs, spec=spec)
+            row = _checked(orm.WorkflowRow(name=name, status="pending", inputs=inputs, spec=spec))
             s.add(row)
             s.flush()
-            s.add_all([orm.WorkflowStepRow(workflow_id=row.id, name=step["name"], state="pending",
+            s.add_all([_checked(orm.WorkflowStepRow(workflow_id=row.id, name=step["name"], state="pending",
                                            depends_on=list(step.get("depends_on", [])),
-                                           resources=dict(step.get("resources", {}))) for step in steps])
+                                           resources=dict(step.get("resources", {})))) for step in steps])
             return _workflow(row)
 
     def get_workflow(self, workflow_id):
@@ -406,11 +470,11 @@ class SqlStore(Store):
     def update_workflow(self, workflow_id, **fields):
         _check_fields(fields, _WORKFLOW_FIELDS, "workflow")
         with self._session(write=True) as s:
-            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            row = self._locked(s, orm.WorkflowRow, workflow_id, "workflow")
             for key, value in fields.items():
                 setattr(row, key, value)
             row.updated_at = orm.utcnow()
-            return _workflow(row)
+            return _workflow(_checked(row))
 
     def workflow_steps(self, workflow_id):
         with self._session() as s:
@@ -423,23 +487,26 @@ class SqlStore(Store):
         _check_fields(fields, _STEP_FIELDS, "workflow step")
         with self._session(write=True) as s:
             row = s.scalars(select(orm.WorkflowStepRow).where(
-                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.name == name)).first()
+                orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.name == name)
+                .with_for_update()).first()
             if row is None:
                 raise NotFoundError(f"workflow {workflow_id} has no step named {name!r}")
             for key, value in fields.items():
                 setattr(row, key, value)
             if increment_attempts:
                 row.attempts += 1
-            return _step(row)
+            return _step(_checked(row))
 
     def workflow_lease(self, workflow_id):
         with self._session() as s:
             row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
             return WorkflowLease(row.driver, row.heartbeat_at)
 
-    def claim_workflow(self, workflow_id, driver, expected):
+    def claim_workflow(self, workflow_id, driver, expected, *, unless_status=()):
         w = orm.WorkflowRow
         holder = w.driver.is_(None) if expected is None else w.driver == expected
+        if unless_status:
+            holder = holder & w.status.not_in(list(unless_status))
         with self._session(write=True) as s:
             self._get(s, w, workflow_id, "workflow")
             result = s.execute(update(w).where(w.id == workflow_id, holder).values(
@@ -466,10 +533,11 @@ class SqlStore(Store):
         if steps_from and steps_to not in e.STEP_STATES:
             raise InvalidInputError(f"step state {steps_to!r} is not one of {e.STEP_STATES}")
         with self._session(write=True) as s:
-            row = self._get(s, orm.WorkflowRow, workflow_id, "workflow")
+            row = self._locked(s, orm.WorkflowRow, workflow_id, "workflow")
             row.status, row.error, row.updated_at = status, error, orm.utcnow()
             if result_artifact is not None:
                 row.result_artifact = result_artifact
+            _checked(row)
             steps = s.scalars(select(orm.WorkflowStepRow).where(
                 orm.WorkflowStepRow.workflow_id == workflow_id, orm.WorkflowStepRow.state.in_(list(steps_from))))
             for step in steps:
@@ -480,6 +548,171 @@ class SqlStore(Store):
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
+_INT_RANGE = {"Integer": 2**31, "BigInteger": 2**63}  # PostgreSQL's integer and bigint; SQLite stores either
+
+
+def _checked(row):
+    """Check an ORM row against its table before the database sees it, so both backends refuse the same
+    inputs with the same error (SQLite would store an over-long string or a NaN count; PostgreSQL would
+    raise a driver error): strings fit their column, integers are integers in the column's range, floats
+    are real numbers (NaN/inf become NULL where the column allows it), JSON columns hold JSON."""
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        if value is None:
+            continue
+        where = f"{row.__tablename__}.{column.key}"
+        kind = type(column.type).__name__
+        if kind in ("String", "Text"):
+            if not isinstance(value, str):
+                raise InvalidInputError(f"{where} must be a string; got {type(value).__name__} {value!r:.60}")
+            if column.type.length is not None and len(value) > column.type.length:
+                raise InvalidInputError(f"{where} is {len(value)} characters long; at most {column.type.length} fit")
+        elif kind in _INT_RANGE:
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+                raise InvalidInputError(f"{where} must be an integer; got {type(value).__name__} {value!r:.60}")
+            if not -_INT_RANGE[kind] <= int(value) < _INT_RANGE[kind]:
+                raise InvalidInputError(f"{where}={value} is out of range; it must fit a signed "
+                                        f"{'32' if kind == 'Integer' else '64'}-bit integer")
+            setattr(row, column.key, int(value))
+        elif kind == "Float":
+            if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+                raise InvalidInputError(f"{where} must be a number; got {type(value).__name__} {value!r:.60}")
+            if not math.isfinite(value):
+                if not column.nullable:
+                    raise InvalidInputError(f"{where} is {value}; it must be a finite number")
+                value = None
+            setattr(row, column.key, None if value is None else float(value))
+        elif kind == "JSON":
+            setattr(row, column.key, _json_value(value, where))
+    return row
+
+
+METRIC_KEY_MAX = 200  # the key columns' width
+_MAX_STEP = 2**63 - 1
+
+
+def _metric_key(key) -> str:
+    if not isinstance(key, str) or not key or len(key) > METRIC_KEY_MAX:
+        raise InvalidInputError(f"metric name {key!r} must be a non-empty string of at most {METRIC_KEY_MAX} "
+                                "characters")
+    return key
+
+
+def _metric_step(step) -> int:
+    if step is None:
+        return 0
+    if isinstance(step, bool) or not isinstance(step, int | np.integer) or not 0 <= step <= _MAX_STEP:
+        raise InvalidInputError(f"metric step {step!r} must be an integer in [0, 2**63)")
+    return int(step)
+
+
+def _metric_items(metrics, what: str) -> list[tuple[str, object, float | None, bool]]:
+    """(key, JSON value, history value, has history) per metric, validated before the database: keys are
+    short strings; values are JSON-able (numpy scalars and arrays converted; NaN/inf stored as null);
+    numbers (not bools) also get a history row."""
+    if not isinstance(metrics, dict):
+        raise InvalidInputError(f"{what} must be a dict of name -> value; got {type(metrics).__name__}")
+    items = []
+    for key, raw in metrics.items():
+        _metric_key(key)
+        value = _json_value(raw, f"{what}[{key!r}]")
+        numeric = isinstance(raw, int | float | np.integer | np.floating) and not isinstance(raw, bool | np.bool_)
+        items.append((key, value, value if numeric else None, numeric))
+    return items
+
+
+def _json_metrics(metrics, what: str) -> dict:
+    return {key: value for key, value, _, _ in _metric_items(metrics, what)}
+
+
+def _json_value(value, where: str):
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise InvalidInputError(f"{where} is a {type(value).__name__}; metrics must be numbers, strings, bools, "
+                            "None, or lists/dicts of those")
+
+
+def _log_metrics(s, run_id: int, items, step: int) -> None:
+    if not items:
+        return
+    now = orm.utcnow()
+    history = [{"run_id": run_id, "key": k, "step": step, "value": h, "time": now} for k, _, h, has in items if has]
+    if history:
+        s.execute(insert(orm.MetricRow), history)
+    _upsert_latest(s, [{"run_id": run_id, "key": k, "step": step, "value": v, "number": h if has else None,
+                        "time": now} for k, v, h, has in items])
+
+
+def _upsert_latest(s, rows: list[dict]) -> None:
+    """One atomic statement per batch: insert each (run, key), or replace it unless it holds a higher step."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    table = orm.MetricLatestRow.__table__
+    statement = dialect_insert(table).values(rows)
+    statement = statement.on_conflict_do_update(
+        index_elements=[table.c.run_id, table.c.key],
+        set_={"step": statement.excluded.step, "value": statement.excluded.value,
+              "number": statement.excluded.number, "time": statement.excluded.time},
+        where=statement.excluded.step >= table.c.step)
+    s.execute(statement)
+
+
+def _latest_metrics(s, run_ids: list[int]) -> dict[int, dict]:
+    latest = {run_id: {} for run_id in run_ids}
+    if run_ids:
+        m = orm.MetricLatestRow
+        for run_id, key, value in s.execute(select(m.run_id, m.key, m.value).where(m.run_id.in_(run_ids))
+                                            .order_by(m.run_id, m.time, m.key)):
+            latest[run_id][key] = value
+    return latest
+
+
+def _compare(column, op: str, value):
+    return {"=": column == value, "!=": column != value, "<": column < value, "<=": column <= value,
+            ">": column > value, ">=": column >= value}[op]
+
+
+def _search_condition(clause):
+    """One parsed filter clause as a SQL condition; names and values are bound parameters."""
+    run = orm.RunRow
+    if clause.scope == "metrics":
+        m = orm.MetricLatestRow
+        return select(m.run_id).where(m.run_id == run.id, m.key == clause.name,
+                                      _compare(m.number, clause.op, clause.value)).exists()
+    if clause.scope == "params":
+        text_value = run.params[clause.name].as_string()
+        if clause.op == "!=":
+            return (text_value != clause.value) | text_value.is_(None)
+        return text_value == clause.value
+    return _compare(getattr(run, clause.name), clause.op, clause.value)
+
+
+def _serialize(s, *what: str) -> None:
+    """Hold a lock named by `what` until the transaction ends (PostgreSQL advisory lock; SQLite's write
+    transactions are serialized already)."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256("\0".join(what).encode()).digest()[:8], "big", signed=True)
+        s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _copy_field(value) -> str:
+    return "\\N" if value is None else value if isinstance(value, str) else repr(value)
+
+
 def _json_safe(value):
     """NaN and inf have no JSON form (PostgreSQL rejects them): store them as null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -505,22 +738,30 @@ def _check_fields(fields: dict, allowed: set, what: str) -> None:
 
 def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
     """Validate the arrays of a bulk write before anything touches the database; return them in point order."""
-    values = np.asarray(values, dtype=np.float64)
+    values = _numeric_array(values, "values")
     if values.ndim != 1 or values.size == 0:
         raise InvalidInputError(f"values must be a non-empty 1-d array; got shape {values.shape}")
     n = values.size
 
-    def column(array, name, dtype, default):
+    def column(array, name, dtype, default, limit=None):
         if array is None:
             return np.full(n, default, dtype=dtype)
-        array = np.asarray(array)
+        array = _numeric_array(array, name)
         if array.shape != (n,):
             raise InvalidInputError(f"{name} has shape {array.shape}; expected ({n},) to match values")
+        if limit is None:
+            return array.astype(dtype)
+        # Integer columns: NaN or 2.5 would be cast silently (NaN became -2**63 on SQLite).
+        bad = np.flatnonzero(~np.isfinite(array) | (array != np.round(array)) | (array < 0) | (array >= limit))
+        if bad.size:
+            raise InvalidInputError(f"{name} must be whole numbers in [0, {limit}); positions {bad[:10].tolist()} "
+                                    f"hold {array[bad[:3]].tolist()}")
         return array.astype(dtype)
 
     stderr = column(stderr, "stderr", np.float64, 0.0)
-    counts = column(counts, "counts", np.int64, 0)
-    indices = column(indices, "indices", np.int64, 0) if indices is not None else np.arange(n, dtype=np.int64)
+    counts = column(counts, "counts", np.int64, 0, limit=2**31)  # an integer column on PostgreSQL
+    indices = (column(indices, "indices", np.int64, 0, limit=2**63) if indices is not None
+               else np.arange(n, dtype=np.int64))
     for name, array in (("values", values), ("stderr", stderr)):
         bad = np.flatnonzero(~np.isfinite(array))
         if bad.size:
@@ -533,11 +774,23 @@ def _value_columns(values, stderr, counts, indices) -> tuple[np.ndarray, ...]:
     return indices, values, stderr, counts
 
 
-def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> None:
-    """Append rows given as aligned numpy columns: COPY on PostgreSQL, one executemany elsewhere."""
+def _numeric_array(array, name: str) -> np.ndarray:
+    try:
+        out = np.asarray(array)
+        if out.dtype.kind not in "biuf":
+            out = out.astype(np.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"{name} must be numbers; got {str(err)[:80]}") from err
+    return out.astype(np.float64) if out.dtype.kind in "bf" else out
+
+
+def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays, field=repr) -> None:
+    """Append rows given as aligned columns (numpy arrays or lists): COPY on PostgreSQL (each value
+    written by `field`), one executemany elsewhere."""
+    arrays = [a.tolist() if isinstance(a, np.ndarray) else a for a in arrays]
     if connection.dialect.name == "postgresql":
         # One text block for COPY: repr() of a float parses back to the same double.
-        lines = "\n".join("\t".join(map(repr, row)) for row in zip(*(a.tolist() for a in arrays), strict=True))
+        lines = "\n".join("\t".join(map(field, row)) for row in zip(*arrays, strict=True))
         cursor = connection.connection.driver_connection.cursor()
         with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
             copy.write(lines + "\n")
@@ -546,7 +799,7 @@ def _bulk_insert(connection, table: str, columns: tuple[str, ...], arrays) -> No
     placeholders = ", ".join("?" for _ in columns)
     cursor = connection.connection.driver_connection.cursor()
     cursor.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})",
-                       zip(*(a.tolist() for a in arrays), strict=True))
+                       zip(*arrays, strict=True))
 
 
 def _dataset(r) -> e.Dataset:
@@ -557,8 +810,8 @@ def _model(r) -> e.Model:
     return e.Model(r.id, r.name, r.architecture, r.n_params, r.artifact, dict(r.metrics), r.created_at)
 
 
-def _run(r) -> e.Run:
-    return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(r.metrics), r.error, r.started_at,
+def _run(r, metrics: dict) -> e.Run:
+    return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(metrics), r.error, r.started_at,
                  r.finished_at, r.workflow_id, r.dataset_id, r.model_id)
 
 

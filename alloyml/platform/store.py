@@ -67,14 +67,25 @@ class Store(ABC):
                    error: str | None = None) -> e.Run: ...
 
     @abstractmethod
-    def log_metrics(self, run_id: int, metrics: dict) -> e.Run: ...
+    def log_metrics(self, run_id: int, metrics: dict, step: int | None = None) -> e.Run:
+        """Add `metrics` (key -> JSON-able value) at `step` (0 when None): each numeric value gets a history
+        row; the run's latest value per key is the one with the highest step (the later write on a tie)."""
+
+    @abstractmethod
+    def log_metric_series(self, run_id: int, key: str, values: np.ndarray,
+                          steps: np.ndarray | None = None) -> int:
+        """Bulk-append one metric's curve (`steps` default 0..n-1) in one transaction; returns the count."""
+
+    @abstractmethod
+    def metric_history(self, run_id: int, key: str) -> e.MetricHistory: ...
 
     @abstractmethod
     def get_run(self, run_id: int) -> e.Run: ...
 
     @abstractmethod
     def list_runs(self, kind: str | None = None, status: str | None = None, limit: int = 50,
-                  offset: int = 0) -> list[e.Run]: ...
+                  offset: int = 0, filter: str | None = None) -> list[e.Run]:
+        """Newest first; `filter` is the search language of `alloyml.platform.search`."""
 
     @abstractmethod
     def run_counts(self) -> dict[tuple[str, str], int]:
@@ -165,8 +176,11 @@ class Store(ABC):
     def workflow_lease(self, workflow_id: int) -> WorkflowLease: ...
 
     @abstractmethod
-    def claim_workflow(self, workflow_id: int, driver: str | None, expected: str | None) -> bool:
-        """Compare-and-swap the lease: set `driver` (None releases) only if the holder is `expected`."""
+    def claim_workflow(self, workflow_id: int, driver: str | None, expected: str | None, *,
+                       unless_status: Sequence[str] = ()) -> bool:
+        """Compare-and-swap the lease: set `driver` (None releases) only if the holder is `expected` and
+        the workflow's status is not one of `unless_status` — one statement, so a workflow that finishes
+        at the same moment cannot be claimed again."""
 
     @abstractmethod
     def heartbeat_workflow(self, workflow_id: int, driver: str) -> bool:

@@ -8,6 +8,7 @@ store holds everything needed to `resume` it from any process that can import it
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import threading
 import time
 
 from alloyml.errors import InvalidInputError, WorkflowError
-from alloyml.workflows.codec import decode, encode
+from alloyml.platform.settings import db_password
+from alloyml.workflows.codec import decode, encode_input
 from alloyml.workflows.driver import TERMINAL, Driver, claim, driver_identity, lease_is_live
 from alloyml.workflows.graph import Workflow
 
@@ -62,7 +64,9 @@ class WorkflowHandle:
                 raise WorkflowError(f"the detached driver of workflow {self.id} exited with code "
                                     f"{self._process.returncode} (log: {driver_log(self.platform, self.id)})")
             lease = self.platform.store.workflow_lease(self.id)
-            if workflow.status != "pending" and not lease_is_live(lease):
+            # 'pending' without a lease is only normal while a detached driver of ours is starting up.
+            starting = workflow.status == "pending" and self._process is not None
+            if not starting and not lease_is_live(lease):
                 raise WorkflowError(f"workflow {self.id} is {workflow.status} but no driver is running it; "
                                     f"run `alloyml workflow resume {self.id}`")
             time.sleep(0.1 if left is None else min(left, 0.1))
@@ -95,19 +99,32 @@ class WorkflowHandle:
         return self.wait(timeout) if status == "cancelling" else status
 
 
-def submit(platform, workflow: Workflow, inputs: dict, *, detach: bool = False) -> WorkflowHandle:
-    """Record `workflow` with `inputs` and start driving it; returns at once."""
+def submit(platform, workflow: Workflow, inputs: dict | None = None, *, detach: bool = False) -> WorkflowHandle:
+    """Record `workflow` with `inputs` (name -> value) in `platform`'s store and start driving it; returns a
+    `WorkflowHandle` at once. Submission lives here, not on `Platform`: the store records workflows but
+    does not know how they run."""
+    inputs = dict(inputs or {})
     workflow.check_inputs(inputs)
     spec = workflow.to_spec()
     if detach:
         Workflow.from_spec(workflow.name, spec)  # fails now, not in the child, if a step is not importable
         if any(node.step.ref.startswith("__main__:") for node in workflow.nodes.values()):
             raise InvalidInputError("detach=True needs steps defined in an importable module, not in __main__")
-    encoded = {name: encode(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
+    encoded = {name: encode_input(value, platform.artifacts, f"input {name!r}") for name, value in inputs.items()}
+    _refuse_credentials(platform, encoded)
     record = platform.store.create_workflow(workflow.name, encoded, spec, workflow.step_rows())
     if detach:
         return WorkflowHandle(platform, record.id, process=_spawn_resume(platform, record.id))
     return _drive_in_thread(platform, record.id, workflow)
+
+
+def _refuse_credentials(platform, encoded: dict) -> None:
+    """Inputs are stored in clear: one that holds the store's password (say, the URL itself) is refused."""
+    password = db_password(platform.settings.db_url)
+    if password and password in json.dumps(encoded):
+        names = [name for name, tree in encoded.items() if password in json.dumps(tree)]
+        raise InvalidInputError(f"workflow inputs {names} contain the database password, and inputs are stored "
+                                "in clear; pass `alloyml.workflows.recording.store_location(platform)` instead")
 
 
 def resume(workflow_id: int, platform=None) -> WorkflowHandle:
@@ -139,9 +156,15 @@ def _drive_in_thread(platform, workflow_id: int, workflow: Workflow) -> Workflow
     from alloyml.platform.client import Platform
     from alloyml.raycluster import ensure_ray
 
-    ensure_ray()  # here, not in the thread: Ray installs signal handlers only from the main thread
     me = driver_identity()
-    claim(platform.store, workflow_id, me)
+    if not claim(platform.store, workflow_id, me):  # finished meanwhile: nothing to drive
+        return WorkflowHandle(platform, workflow_id)
+    # The lease is held while Ray starts, so `wait()` elsewhere can tell "starting" from "driver died".
+    try:
+        ensure_ray()  # here, not in the thread: Ray installs signal handlers only from the main thread
+    except BaseException:
+        platform.store.claim_workflow(workflow_id, None, expected=me)
+        raise
     # The driver has its own client so the caller may close theirs while the workflow runs.
     own = Platform(db_url=platform.settings.db_url, home=platform.settings.home)
     driver = Driver(own, workflow_id, workflow, me)

@@ -8,6 +8,11 @@ at artifacts:
 - tuples → `{"__tuple__": [...]}`; non-finite floats → `{"__float__": "nan" | "inf" | "-inf"}`
 - dataclasses defined in `alloyml.*` (library results) → `{"__dataclass__": "module:Name", "fields": {...}}`;
   decoding imports only `alloyml.*` dataclasses and calls them with the decoded fields.
+- a workflow input whose JSON form is over `INLINE_LIMIT` bytes (say a list of a million floats) →
+  `{"__json__": key}`, one JSON artifact, so the workflow row stays small (it is re-read by every poll)
+- `StoreLocation` (where steps record results) → `{"__store__": "workflow"}`: a reference, never the
+  database URL, which may carry a password. The driver resolves it to its own store's location, from its
+  own environment, when it hands the inputs to the steps.
 
 Anything else (an sklearn estimator, an open file, a lambda) is refused with `UnsafeValueError`: it has no
 safe stored form, and a step that could not be stored could not be skipped on resume. Return its learned
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 
 import numpy as np
@@ -26,7 +32,13 @@ from alloyml.errors import InvalidInputError
 from alloyml.platform.artifacts import ArtifactStore
 
 ARTIFACT_KIND = "workflow"
-_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__")
+_TAGS = ("__array__", "__tensor__", "__tuple__", "__float__", "__dataclass__", "__store__", "__json__")
+INLINE_LIMIT = 1 << 20  # bytes of JSON kept inline in `workflow.inputs`
+
+
+class StoreLocation(dict):
+    """{"db_url", "home"} of a store, as steps receive it. Stored as a reference (see the module docstring),
+    so a credential in `db_url` never reaches the database or the artifacts."""
 
 
 class UnsafeValueError(InvalidInputError):
@@ -51,6 +63,8 @@ def encode(value, artifacts: ArtifactStore, where: str = "value"):
         return {"__tuple__": [encode(v, artifacts, f"{where}[{i}]") for i, v in enumerate(value)]}
     if isinstance(value, list):
         return [encode(v, artifacts, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, StoreLocation):
+        return {"__store__": "workflow"}
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
@@ -72,23 +86,37 @@ def encode(value, artifacts: ArtifactStore, where: str = "value"):
         "return arrays, tensors, JSON-able values, alloyml result dataclasses, or dicts/lists/tuples of those")
 
 
-def decode(tree, artifacts: ArtifactStore):
-    """Inverse of `encode`."""
+def encode_input(value, artifacts: ArtifactStore, where: str):
+    """`encode` for a workflow input: a large JSON tree goes to an artifact instead of the workflow row."""
+    tree = encode(value, artifacts, where)
+    if isinstance(tree, list | dict) and len(json.dumps(tree, separators=(",", ":"))) > INLINE_LIMIT:
+        return {"__json__": artifacts.put_json(tree, kind=ARTIFACT_KIND)}
+    return tree
+
+
+def decode(tree, artifacts: ArtifactStore, store: StoreLocation | None = None):
+    """Inverse of `encode`; a store reference becomes `store` (the decoding driver's own location)."""
     if isinstance(tree, list):
-        return [decode(v, artifacts) for v in tree]
+        return [decode(v, artifacts, store) for v in tree]
     if not isinstance(tree, dict):
         return tree
+    if "__json__" in tree:
+        return decode(artifacts.get_json(tree["__json__"]), artifacts, store)
+    if "__store__" in tree:
+        if store is None:
+            raise InvalidInputError("a stored store reference can only be resolved by a workflow driver")
+        return StoreLocation(store)
     if "__array__" in tree:
         return artifacts.get_array(tree["__array__"])
     if "__tensor__" in tree:
         return artifacts.get_tensors(tree["__tensor__"])["tensor"]
     if "__tuple__" in tree:
-        return tuple(decode(v, artifacts) for v in tree["__tuple__"])
+        return tuple(decode(v, artifacts, store) for v in tree["__tuple__"])
     if "__float__" in tree:
         return float(tree["__float__"])
     if "__dataclass__" in tree:
-        return _dataclass(tree["__dataclass__"])(**{k: decode(v, artifacts) for k, v in tree["fields"].items()})
-    return {key: decode(v, artifacts) for key, v in tree.items()}
+        return _dataclass(tree["__dataclass__"])(**{k: decode(v, artifacts, store) for k, v in tree["fields"].items()})
+    return {key: decode(v, artifacts, store) for key, v in tree.items()}
 
 
 def _is_tensor(value) -> bool:

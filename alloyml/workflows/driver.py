@@ -11,10 +11,13 @@ Durability rests on three rules:
 3. On (re)start the driver resets every step that is not done to pending (`prepare`); steps then run in
    dependency order.
 
-A step that raises is retried after `retry_backoff_s * 2**(k-1)` seconds, up to `max_retries` times,
-then marked failed with its traceback. From then on no new step starts; steps already running are allowed
-to finish (their outputs are kept, so a later `resume` does not redo them), steps never started become
-cancelled, and the workflow becomes failed. Cancellation stops running steps at once (their Ray workers
+A step that raises (or runs past its `timeout_s`, and is then stopped) is retried after
+`retry_backoff_s * 2**(k-1)` seconds, up to `max_retries` times, then marked failed with its traceback.
+Infrastructure failures — the Ray worker or node died under the step — are retried on their own budget,
+`max_infra_retries` (default 3), so a crashed worker does not fail a step that has no user retries.
+Once a step has failed, no new step starts; steps already running are allowed to finish (their
+outputs are kept, so a later `resume` does not redo them), steps never started become cancelled, and
+the workflow becomes failed. Cancellation stops running steps at once (their Ray workers
 are killed) and marks unfinished steps cancelled.
 """
 
@@ -34,6 +37,7 @@ from alloyml.platform.orm import utcnow
 from alloyml.platform.store import Store, WorkflowLease
 from alloyml.workflows.codec import UnsafeValueError, decode, encode
 from alloyml.workflows.graph import Input, StepRef, Workflow
+from alloyml.workflows.recording import store_location
 
 HEARTBEAT_S = 2.0
 LEASE_S = 30.0
@@ -56,14 +60,19 @@ def lease_is_live(lease: WorkflowLease) -> bool:
     return lease.heartbeat_at is not None and (utcnow() - lease.heartbeat_at).total_seconds() < LEASE_S
 
 
-def claim(store: Store, workflow_id: int, me: str) -> None:
-    """Take the workflow's lease for `me`, or raise if a live driver holds it."""
+def claim(store: Store, workflow_id: int, me: str) -> bool:
+    """Take the workflow's lease for `me`; False when the workflow is done (nothing to drive). Raises if a
+    live driver holds the lease. The status is checked in the same statement that takes the lease, so a
+    workflow finishing meanwhile is not flipped back to running by a second driver."""
     lease = store.workflow_lease(workflow_id)
     if lease_is_live(lease):
         raise WorkflowError(f"workflow {workflow_id} is being driven by {lease.driver} (heartbeat "
                             f"{lease.heartbeat_at:%H:%M:%S} UTC); wait for it or cancel it")
-    if not store.claim_workflow(workflow_id, me, expected=lease.driver):
-        raise WorkflowError(f"workflow {workflow_id} was claimed by another driver just now")
+    if store.claim_workflow(workflow_id, me, expected=lease.driver, unless_status=("done",)):
+        return True
+    if store.get_workflow(workflow_id).status == "done":
+        return False
+    raise WorkflowError(f"workflow {workflow_id} was claimed by another driver just now")
 
 
 class LeaseLost(Exception):
@@ -95,6 +104,11 @@ class Driver:
         if self.store.get_workflow(self.id).status != "cancelling":
             self.store.settle_workflow(self.id, "running", steps_from=("running", "failed", "cancelled"),
                                        steps_to="pending")
+        # We hold the lease, so a 'workflow' run still marked running belongs to a driver that died.
+        for run in self.store.list_runs(kind="workflow", status="running", limit=10_000):
+            if run.workflow_id == self.id:
+                self.store.finish_run(run.id, status="failed",
+                                      error="its driver stopped before the workflow finished (killed?); resumed")
 
     def run(self) -> str:
         """Run to a terminal state (or until the lease is lost); returns the workflow's status."""
@@ -128,11 +142,15 @@ class Driver:
         if record.status == "cancelling":
             return self._cancel({})
         self.done = {s.name: s.output_artifact for s in store.workflow_steps(self.id) if s.state == "done"}
-        self.inputs = {name: ray.put(value) for name, value in decode(record.inputs, self.platform.artifacts).items()}
+        own_store = store_location(self.platform)  # what a stored store reference resolves to
+        self.inputs = {name: ray.put(value)
+                       for name, value in decode(record.inputs, self.platform.artifacts, own_store).items()}
         pending = [name for name in nodes if name not in self.done]
         attempts: dict[str, int] = {}
+        failures: dict[tuple[str, bool], int] = {}  # (step, infrastructure?) -> failures so far
         not_before: dict[str, float] = {}
         running: dict = {}  # ObjectRef of the outcome -> (step name, ObjectRef of the output)
+        deadlines: dict = {}  # ObjectRef of the outcome -> monotonic time its step must end by
         failed: str | None = None
         last_beat = last_cancel_check = time.monotonic()
         while True:
@@ -149,7 +167,10 @@ class Driver:
                              and all(d in self.done for d in nodes[n].depends_on)]:
                     pending.remove(name)
                     attempts[name] = attempts.get(name, 0) + 1
-                    running.update(self._submit(name))
+                    submitted = self._submit(name)
+                    running.update(submitted)
+                    if nodes[name].step.options.timeout_s is not None:
+                        deadlines.update({ref: now + nodes[name].step.options.timeout_s for ref in submitted})
             if not running:
                 if failed is not None:
                     return self._settle_failed(failed)
@@ -165,15 +186,27 @@ class Driver:
             else:
                 ready = []
                 time.sleep(wait_s)
-            for outcome_ref in ready:
-                name, output_ref = running.pop(outcome_ref)
-                error = self._complete(name, outcome_ref, output_ref)
+            outcomes = [(ref, *running.pop(ref), None) for ref in ready]
+            late = [ref for ref, deadline in deadlines.items() if ref in running and time.monotonic() > deadline]
+            for ref in late:  # stopped like a cancelled step, then counted as a failed attempt
+                name, output_ref = running.pop(ref)
+                limit = nodes[name].step.options.timeout_s
+                outcomes.append((ref, name, output_ref, _Failure(
+                    f"step {name!r} ran past its timeout_s={limit} and was stopped", retryable=True)))
+            if late:
+                self._cancel_tasks({ref: None for ref in late})
+            for outcome_ref, name, output_ref, error in outcomes:
+                deadlines.pop(outcome_ref, None)
+                error = error or self._complete(name, outcome_ref, output_ref)
                 if error is None:
                     continue
                 options = nodes[name].step.options
-                if failed is None and error.retryable and attempts[name] <= options.max_retries:
+                key = (name, error.infrastructure)
+                failures[key] = failures.get(key, 0) + 1
+                budget = options.max_infra_retries if error.infrastructure else options.max_retries
+                if failed is None and error.retryable and failures[key] <= budget:
                     store.update_step(self.id, name, state="pending", error=error.text)
-                    not_before[name] = time.monotonic() + options.retry_backoff_s * 2 ** (attempts[name] - 1)
+                    not_before[name] = time.monotonic() + options.retry_backoff_s * 2 ** (failures[key] - 1)
                     pending.append(name)
                 else:
                     store.update_step(self.id, name, state="failed", error=error.text, finished_at=utcnow())
@@ -213,8 +246,11 @@ class Driver:
 
         try:
             outcome = ray.get(outcome_ref)
-        except Exception as err:  # the worker died, ran out of memory, or the task was cancelled
+        except ray.exceptions.RayTaskError as err:  # raised by the task itself, outside the step's code
             return _Failure(f"{type(err).__name__}: {err}", retryable=True)
+        except Exception as err:  # the worker or its node died, ran out of memory, lost the object
+            return _Failure(f"infrastructure failure: {type(err).__name__}: {err}", retryable=True,
+                            infrastructure=True)
         if outcome["error"] is not None:
             return _Failure(outcome["error"], retryable=True)
         try:
@@ -259,9 +295,10 @@ class Driver:
 
 
 class _Failure:
-    def __init__(self, text: str, retryable: bool):
+    def __init__(self, text: str, retryable: bool, infrastructure: bool = False):
         self.text = text
         self.retryable = retryable
+        self.infrastructure = infrastructure
 
 
 def _execute(step, names, *values):

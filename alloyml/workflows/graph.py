@@ -22,7 +22,7 @@ SPEC_VERSION = 1
 
 @dataclass(frozen=True)
 class Input:
-    """A workflow input, supplied at submission: `Platform().submit(wf, name=value)`."""
+    """A workflow input, supplied at submission: `submit(platform, wf, {"name": value})`."""
 
     name: str
 

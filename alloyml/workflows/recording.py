@@ -1,7 +1,8 @@
 """Recording library results in the store: the workflow layer's side of the dependency rule.
 
-Steps run in Ray workers, so they receive the store's location (`store_location(platform)`, a JSON-able
-dict that travels as a workflow input) and open their own client with `open_platform`.
+Steps run in Ray workers, so they receive the store's location (`store_location(platform)`, passed as a
+workflow input) and open their own client with `open_platform`. The input is stored as a reference, not
+as the URL (which may hold a password): the driver resolves it from its own settings.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from alloyml.workflows.codec import StoreLocation
 
-def store_location(platform) -> dict:
-    return {"db_url": platform.settings.db_url, "home": str(platform.settings.home)}
+
+def store_location(platform) -> StoreLocation:
+    return StoreLocation(db_url=platform.settings.db_url, home=str(platform.settings.home))
 
 
 def open_platform(location: dict):
@@ -30,7 +33,7 @@ def record_valuation(platform, result, *, dataset_id: int | None = None, name: s
     if flipped is not None:
         params["flipped_artifact"] = platform.artifacts.put_array(np.asarray(flipped, dtype=np.int64))
     with platform.run("valuation", name=name or result.method, params=params, dataset_id=dataset_id) as run:
-        platform.store.write_data_values(run.id, result.values, result.stderr, result.counts, result.indices)
+        platform.save_data_values(run.id, result)
         run.log_metrics(utility_evaluations=int(result.utility_evaluations), **(metrics or {}))
     return run.id
 

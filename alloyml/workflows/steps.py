@@ -2,13 +2,19 @@
 
 A step is stored by reference (`module:qualname`), never by value, and a stored reference only ever
 resolves to an object that `@step` produced: a tampered database cannot make a driver call an arbitrary
-function such as `os:system`.
+function such as `os:system`. Nor can it make the driver import an arbitrary module for its side
+effects: a module that is not imported yet is first located without running it, and imported only if
+its source defines the named function as a step (`@step` on the `def`, or `name = step(...)`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,8 +30,12 @@ class StepOptions(BaseModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved on the node (Ray `num_gpus`).")
     memory: int | None = Field(None, gt=0, description="Bytes of memory reserved (Ray `memory`).")
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources.")
-    max_retries: int = Field(0, ge=0, description="Extra attempts after a failure before the step fails.")
+    max_retries: int = Field(0, ge=0, description="Extra attempts after the step raises before it fails.")
     retry_backoff_s: float = Field(1.0, ge=0, description="Wait before retry k is retry_backoff_s * 2**(k-1).")
+    max_infra_retries: int = Field(3, ge=0, description="Extra attempts after an infrastructure failure (the "
+                                   "Ray worker or node died), counted apart from max_retries.")
+    timeout_s: float | None = Field(None, gt=0, description="Stop the step after this many seconds; it counts "
+                                    "as a failed attempt (retried under max_retries).")
 
     def ray_options(self) -> dict:
         options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": 0}
@@ -70,8 +80,8 @@ def step(fn: Callable | None = None, /, **options) -> Step | Callable[[Callable]
     """Mark `fn` as a workflow step: `@step` or `@step(num_cpus=2, max_retries=3, retry_backoff_s=0.5)`.
 
     Options are those of `StepOptions`: num_cpus, num_gpus, memory (bytes), resources ({"name": amount}),
-    max_retries, retry_backoff_s. A step returns arrays, tensors, JSON-able values, alloyml result
-    dataclasses, or dicts / lists / tuples of those (see `alloyml.workflows.codec`).
+    max_retries, retry_backoff_s, max_infra_retries, timeout_s. A step returns arrays, tensors, JSON-able
+    values, alloyml result dataclasses, or dicts / lists / tuples of those (see `alloyml.workflows.codec`).
     """
     parsed = StepOptions.model_validate(options)
 
@@ -88,6 +98,8 @@ def resolve_step(ref: str) -> Step:
     module_name, _, qualname = ref.partition(":")
     if not module_name or not qualname:
         raise InvalidInputError(f"step reference {ref!r} must look like 'package.module:function'")
+    if module_name not in sys.modules:
+        _refuse_unless_defines_step(ref, module_name, qualname)
     try:
         target = importlib.import_module(module_name)
         for part in qualname.split("."):
@@ -99,3 +111,22 @@ def resolve_step(ref: str) -> Step:
     if not isinstance(target, Step):
         raise InvalidInputError(f"{ref!r} is a {type(target).__name__}, not a function decorated with @step")
     return target
+
+
+def _refuse_unless_defines_step(ref: str, module_name: str, qualname: str) -> None:
+    """Read the module's source without executing the module (parent packages are imported, as for any
+    lookup) and require that it defines `qualname`'s last part as a step."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as err:
+        raise InvalidInputError(f"cannot import step {ref!r}: {err}") from err
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        raise InvalidInputError(f"cannot import step {ref!r}: no Python source for module {module_name!r}")
+    name = re.escape(qualname.rsplit(".", 1)[-1])
+    source = Path(spec.origin).read_text(errors="replace")
+    decorated = re.search(rf"^[ \t]*@(?:[\w.]+\.)?step\b.*\n(?:[ \t]*@.*\n)*[ \t]*(?:async[ \t]+)?def[ \t]+{name}\b",
+                          source, re.MULTILINE)
+    assigned = re.search(rf"^[ \t]*{name}[ \t]*=[ \t]*(?:[\w.]+\.)?step\b", source, re.MULTILINE)
+    if not (decorated or assigned):
+        raise InvalidInputError(f"refusing to import {module_name!r} for step {ref!r}: its source defines no "
+                                f"step named {qualname!r}")

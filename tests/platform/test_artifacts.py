@@ -53,3 +53,52 @@ def test_arrays_can_be_memory_mapped(tmp_path):
     np.testing.assert_array_equal(mapped, array)
     with pytest.raises(NotFoundError, match="does not exist"):
         store.get_array("array/" + "0" * 64 + ".npy", mmap=True)
+    from alloyml.platform.artifacts import CorruptArtifactError
+
+    key = store.put_array(np.arange(1000, dtype=np.float64))
+    whole = store.path_of(key).read_bytes()
+    store.path_of(key).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorruptArtifactError, match="header says"):
+        store.get_array(key, mmap=True)  # a mapped read is size-checked like a full one
+
+
+@pytest.mark.parametrize("put", [
+    lambda s: s.put_array(np.arange(1000, dtype=np.float64)),
+    lambda s: s.put_tensors({"w": torch.arange(500, dtype=torch.float32)}),
+    lambda s: s.put_json({"values": list(range(300))}),
+], ids=["npy", "safetensors", "json"])
+def test_truncated_artifact_is_reported_and_rewriting_repairs_it(tmp_path, put):
+    from alloyml.platform.artifacts import CorruptArtifactError
+
+    store = ArtifactStore(tmp_path)
+    key = put(store)
+    path = store.path_of(key)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a torn write or a truncated copy
+    getter = {"npy": store.get_array, "safetensors": store.get_tensors, "json": store.get_json}[key.rsplit(".")[-1]]
+    with pytest.raises(CorruptArtifactError, match="store"):
+        getter(key)
+    with pytest.raises(CorruptArtifactError):
+        store.verify(key)
+    assert put(store) == key  # the same content again: the damaged file is replaced
+    assert path.read_bytes() == whole
+    store.verify(key)
+    getter(key)
+
+
+def test_same_size_damage_is_found_by_the_hash(tmp_path):
+    from alloyml.platform.artifacts import CorruptArtifactError
+
+    store = ArtifactStore(tmp_path)
+    array = np.arange(100, dtype=np.int64)
+    key = store.put_array(array)
+    path = store.path_of(key)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte: the size still matches the header
+    path.write_bytes(bytes(data))
+    assert store.get_array(key)[-1] != array[-1]  # the cheap read does not hash ...
+    with pytest.raises(CorruptArtifactError, match="hash"):
+        store.get_bytes(key, verify=True)  # ... a verified one does
+    assert store.keys() == [key]
+    store.put_array(array)
+    np.testing.assert_array_equal(store.get_array(key), array)

@@ -94,6 +94,26 @@ def test_data_values_queries_match_numpy(platform):
         platform.store.values_at(run.id, [5])
 
 
+def test_save_data_values_keeps_the_point_ids(platform):
+    """Platform.save_data_values and workflows' record_valuation store a result for rows 10, 20, 30 under
+    10, 20, 30 (save_data_values used to store 0, 1, 2)."""
+    from alloyml.valuation.result import ValuationResult
+    from alloyml.workflows.recording import record_valuation
+
+    ids = np.array([30, 10, 20])
+    result = ValuationResult(values=[0.3, 0.1, 0.2], stderr=[0.03, 0.01, 0.02], counts=[3, 1, 2],
+                             method="loo", indices=ids)
+    direct = platform.store.start_run("valuation")
+    assert platform.save_data_values(direct.id, result) == 3
+    recorded = record_valuation(platform, result)
+    for run_id in (direct.id, recorded):
+        stored = platform.store.all_values(run_id)
+        np.testing.assert_array_equal(stored.indices, [10, 20, 30])
+        np.testing.assert_allclose(stored.values, [0.1, 0.2, 0.3])
+        np.testing.assert_array_equal(stored.counts, [1, 2, 3])
+        np.testing.assert_allclose(platform.store.values_at(run_id, [20]).values, [0.2])
+
+
 def test_lowest_and_highest_beyond_the_ranked_extremes(platform, monkeypatch):
     from alloyml.platform import sql_store
 
@@ -237,3 +257,62 @@ def test_non_finite_metrics_are_stored_as_null(platform):
     stored = platform.store.get_run(run.id)
     assert stored.params == {"lr": None} and stored.metrics == {"loss": None, "curve": [1.0, None]}
     assert platform.store.list_trials(run.id)[0].metrics == {"utility": None} and trial.number == 0
+
+
+def test_metric_history_and_latest_value(platform):
+    store = platform.store
+    run = store.start_run("train")
+    losses = np.random.default_rng(3).random(50)
+    for step in (0, 2, 1):  # out of order: the latest value is the highest step's
+        store.log_metrics(run.id, {"loss": float(losses[step]), "lr": np.float32(0.5)}, step=step)
+    store.log_metrics(run.id, {"curve": [1.0, float("nan")], "chosen": "ties"})
+    assert store.get_run(run.id).metrics == {"loss": losses[2], "lr": 0.5, "curve": [1.0, None], "chosen": "ties"}
+    history = store.metric_history(run.id, "loss")
+    np.testing.assert_array_equal(history.steps, [0, 1, 2])
+    np.testing.assert_allclose(history.values, losses[[0, 1, 2]])
+    assert len(store.metric_history(run.id, "chosen")) == 0  # only numbers have a history
+    series = store.start_run("train")
+    curve = losses.copy()
+    curve[7] = np.inf
+    assert store.log_metric_series(series.id, "loss", curve, steps=np.arange(0, 100, 2)) == 50
+    history = store.metric_history(series.id, "loss")
+    np.testing.assert_array_equal(history.steps, np.arange(0, 100, 2))
+    expected = curve.copy()
+    expected[7] = np.nan  # inf is stored as NULL and read back as NaN
+    np.testing.assert_array_equal(history.values, expected)
+    assert store.get_run(series.id).metrics == {"loss": curve[-1]}
+    store.log_metrics(series.id, {"loss": 9.0}, step=3)  # an older step does not replace the latest
+    assert store.get_run(series.id).metrics["loss"] == curve[-1]
+    with pytest.raises(InvalidInputError, match="metric step -1"):
+        store.log_metrics(run.id, {"loss": 1.0}, step=-1)
+
+
+def test_run_search_matches_a_python_filter(platform):
+    store = platform.store
+    rng = np.random.default_rng(5)
+    expected = []
+    for i in range(30):
+        method = ("knn_shapley", "data_oob", "loo")[i % 3]
+        run = store.start_run("valuation" if i % 4 else "train", name=f"r{i}", params={"method": method, "k": i})
+        auc = float(rng.random())
+        store.log_metrics(run.id, {"noise_auc": auc, "label": "text"})
+        store.finish_run(run.id, status="done" if i % 5 else "failed")
+        expected.append((run.id, method, auc, "done" if i % 5 else "failed", "valuation" if i % 4 else "train"))
+    store.log_metrics(expected[0][0], {"noise_auc": float("nan")})  # NaN never matches a comparison
+
+    def ids(text):
+        return sorted(r.id for r in store.list_runs(limit=1000, filter=text))
+
+    def brute(pred):
+        return sorted(i for i, method, auc, status, kind in expected[1:] if pred(method, auc, status, kind))
+
+    assert ids("metrics.noise_auc > 0.5") == brute(lambda m, a, s, k: a > 0.5)
+    assert ids("metrics.noise_auc <= 0.3 AND params.method = 'data_oob'") == brute(
+        lambda m, a, s, k: a <= 0.3 and m == "data_oob")
+    assert ids("params.method != 'loo' and status = 'done' and kind = \"valuation\"") == brute(
+        lambda m, a, s, k: m != "loo" and s == "done" and k == "valuation")
+    assert ids("metrics.missing > 0") == [] and ids("metrics.label > 0") == []
+    assert ids("metrics.noise_auc >= 0") == brute(lambda *a: True)
+    for bad in ("metrics.x >", "params.k > 3", "owner = 'me'", "metrics.x = 'a'", "1; DROP TABLE run"):
+        with pytest.raises(InvalidInputError, match="run filter"):
+            store.list_runs(filter=bad)

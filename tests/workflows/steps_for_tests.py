@@ -102,3 +102,30 @@ def on_head(tag: str) -> str:
 @step
 def unsafe_output(log: str):
     return object()
+
+
+@step(retry_backoff_s=0.1)  # no user retries: only the infrastructure budget may retry it
+def crashes_first(log: str, crashes: int) -> int:
+    """Kills its own Ray worker (as an OOM kill or a lost node would) on the first `crashes` attempts."""
+    attempt = len(log_lines(log, "crash")) + 1
+    _log(log, "crash", time.time())
+    if attempt <= crashes:
+        os._exit(1)
+    return attempt
+
+
+@step(retry_backoff_s=0.1, max_infra_retries=1)
+def always_crashes(log: str) -> None:
+    _log(log, "crash", time.time())
+    os._exit(1)
+
+
+@step(timeout_s=5.0, max_retries=1, retry_backoff_s=0.1)
+def slow_first(log: str, first_sleep_s: float) -> int:
+    """Sleeps `first_sleep_s` on its first attempt (past its 5 s timeout, generous because a fresh Ray worker
+    may take seconds to start), returns at once after that."""
+    attempt = len(log_lines(log, "slow")) + 1
+    _log(log, "slow", time.time())
+    if attempt == 1:
+        time.sleep(first_sleep_s)
+    return attempt

@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from alloyml.platform.client import Platform
 from alloyml.valuation import flip_labels, knn_shapley
+from alloyml.workflows import submit
 from alloyml.workflows.builtin import builtins, get_builtin
 from alloyml.workflows.builtin.sklearn_train_score import make_pipeline, restore_pipeline
 from alloyml.workflows.recording import store_location
@@ -36,8 +37,8 @@ def test_sklearn_train_score_matches_sklearn(platform, ray_session):
     from sklearn.metrics import accuracy_score, log_loss
 
     x_train, y_train, x_test, y_test = _data()
-    handle = platform.submit(get_builtin("sklearn-train-score").build(), x_train=x_train, y_train=y_train,
-                             x_test=x_test, y_test=y_test)
+    handle = submit(platform, get_builtin("sklearn-train-score").build(),
+                    {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
     result = handle.result(timeout=180)
     reference = make_pipeline(C=1.0, max_iter=500).fit(x_train, y_train)
     proba = reference.predict_proba(x_test)
@@ -87,9 +88,9 @@ def test_valuation_workflow_records_knn_shapley_values(alloy_home, ray_session):
     x_train, y_train, x_test, y_test = x[:300], y[:300], x[300:400], y[300:400]
     noisy, flipped = flip_labels(y_train, 0.1, seed=0)
     with Platform() as platform:
-        handle = platform.submit(get_builtin("valuation").build(), store=store_location(platform),
-                                 x_train=x_train, y_train=noisy, x_test=x_test, y_test=y_test,
-                                 method="knn_shapley", samples=0, seed=0, flipped=flipped)
+        handle = submit(platform, get_builtin("valuation").build(), {
+            "store": store_location(platform), "x_train": x_train, "y_train": noisy, "x_test": x_test,
+            "y_test": y_test, "method": "knn_shapley", "samples": 0, "seed": 0, "flipped": flipped})
         result = handle.result(timeout=300)
         stored = platform.store.all_values(result["run_id"])
         run = platform.store.get_run(result["run_id"])
@@ -116,8 +117,8 @@ def test_merge_workflow_records_the_merge_and_lineage(alloy_home, ray_session, t
                                                    {"model": paths["b"], "parameters": {"weight": 0.75}}]}
     with Platform() as platform:
         known = platform.register_model("a", "mlp", artifact=paths["a"])  # already registered: reused
-        out = platform.submit(get_builtin("merge").build(), store=store_location(platform), config=config,
-                              out_dir=str(tmp_path / "merged")).result(timeout=300)
+        out = submit(platform, get_builtin("merge").build(), {"store": store_location(platform), "config": config,
+                                                             "out_dir": str(tmp_path / "merged")}).result(timeout=300)
         [merge] = platform.store.list_merges()
         edges = platform.store.lineage_edges(out["model_id"])
         models = {m.id: m for m in platform.store.list_models()}

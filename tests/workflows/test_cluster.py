@@ -31,14 +31,14 @@ DRIVER = """
 import json, sys
 import ray
 from alloyml.platform.client import Platform
-from alloyml.workflows import Workflow
+from alloyml.workflows import Workflow, submit
 from tests.workflows import steps_for_tests as steps
 wf = Workflow("placement")
 wf.add(steps.on_special, tag="special")
 wf.add(steps.on_head, tag="head")
 wf.add(steps.node_of, tag="anywhere")
 with Platform(db_url=sys.argv[1], home=sys.argv[2], upgrade=True) as platform:
-    handle = platform.submit(wf)
+    handle = submit(platform, wf)
     assert handle.wait(timeout=180) == "done", platform.store.get_workflow(handle.id).error
     placed = {s.name: handle.output(s.name) for s in handle.steps()}
 nodes = {n["NodeID"]: {"resources": n["Resources"], "ip": n["NodeManagerAddress"]} for n in ray.nodes() if n["Alive"]}

@@ -111,3 +111,19 @@ def test_lease_compare_and_swap_and_cancel_without_driver(platform, log):
     states = {s.name: s.state for s in store.workflow_steps(record.id)}
     assert states == {"load": "done", "scale": "cancelled", "scale_2": "cancelled", "total": "cancelled"}
     assert cancel(record.id, platform) == "cancelled"
+
+
+def test_a_stored_reference_does_not_import_a_module_that_defines_no_such_step(tmp_path, monkeypatch):
+    """Importing runs a module's code: a tampered spec naming any importable module must not get that far."""
+    marker = tmp_path / "imported.txt"
+    (tmp_path / "alloy_side_effect_mod.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n\ndef fn():\n    return 1\n")
+    (tmp_path / "alloy_real_steps_mod.py").write_text(
+        "from alloyml.workflows import step\n\n\n@step(num_cpus=1)\ndef real(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InvalidInputError, match="defines no step named 'fn'"):
+        resolve_step("alloy_side_effect_mod:fn")
+    assert not marker.exists()  # refused before the module ran
+    assert resolve_step("alloy_real_steps_mod:real")(3) == 3  # a module that defines the step is imported
+    with pytest.raises(InvalidInputError, match="no Python source|cannot import"):
+        resolve_step("no_such_module_alloyml:fn")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alloyml.errors import WorkflowError
-from alloyml.workflows import Input, Workflow
+from alloyml.workflows import Input, Workflow, submit
 from tests.waiting import process_alive, wait_until
 from tests.workflows import steps_for_tests as steps
 from tests.workflows.test_definition import diamond
@@ -36,7 +36,7 @@ def test_diamond_result_outputs_and_parallel_branches_overlap(platform, log, ray
     c = wf.add(steps.scale, x=a, factor=3.0, log=log, tag="c", sleep_s=2.0)
     wf.add(steps.total, a=b, b=c, log=log)
     started = time.monotonic()
-    handle = platform.submit(wf, n=6)
+    handle = submit(platform, wf, {"n": 6})
     assert time.monotonic() - started < 5.0 and handle.status() in ("pending", "running")  # returns at once
     result = handle.result(timeout=120)
     x = np.arange(6.0)
@@ -61,7 +61,7 @@ def test_diamond_result_outputs_and_parallel_branches_overlap(platform, log, ray
 def test_retry_with_backoff_then_success(sqlite_platform, log, ray_session):
     wf = Workflow("flaky")
     wf.add(steps.flaky, log=log, failures=2)
-    handle = sqlite_platform.submit(wf)
+    handle = submit(sqlite_platform, wf)
     assert handle.result(timeout=120) == 3
     (record,) = handle.steps()
     assert record.state == "done" and record.attempts == 3 and record.error is None
@@ -77,7 +77,7 @@ def test_failure_after_retries_stores_traceback_and_stops_cleanly(sqlite_platfor
     wf.add(steps.sleeper, seconds=1.5, log=log, tag="sibling")  # independent: allowed to finish
     wf.add(steps.total, a=bad, b=bad, log=log)  # downstream of the failure: never starts
     wf.output = bad
-    handle = sqlite_platform.submit(wf)
+    handle = submit(sqlite_platform, wf)
     assert handle.wait(timeout=120) == "failed"
     records = {s.name: s for s in handle.steps()}
     assert records["always_fails"].state == "failed" and records["always_fails"].attempts == 2
@@ -94,7 +94,7 @@ def test_failure_after_retries_stores_traceback_and_stops_cleanly(sqlite_platfor
 def test_unstorable_output_fails_without_retry(sqlite_platform, log, ray_session):
     wf = Workflow("unsafe")
     wf.add(steps.unsafe_output, log=log)
-    handle = sqlite_platform.submit(wf)
+    handle = submit(sqlite_platform, wf)
     assert handle.wait(timeout=120) == "failed"
     (record,) = handle.steps()
     assert record.attempts == 1 and "UnsafeValueError" in record.error and "builtins.object" in record.error
@@ -105,7 +105,7 @@ def test_cancel_stops_running_steps(sqlite_platform, log, ray_session, tmp_path)
     a = wf.add(steps.load, n=4, log=log)
     blocked = wf.add(steps.scale, x=a, factor=1.0, log=log, tag="blocked", gate=str(tmp_path / "never"))
     wf.add(steps.total, a=blocked, b=blocked, log=log)
-    handle = sqlite_platform.submit(wf)
+    handle = submit(sqlite_platform, wf)
     wait_until(lambda: {s.name: s.state for s in handle.steps()}["scale"] == "running", 60, message="scale running")
     wait_until((tmp_path / "never.pid").exists, 60, message="the gated task started on a worker")
     started = time.monotonic()
@@ -129,7 +129,7 @@ def test_resume_of_failed_workflow_keeps_done_steps(sqlite_platform, log, ray_se
     wf = diamond(log)
     gate = tmp_path / "gate"
     wf.nodes["scale_2"].args["gate"] = str(gate)
-    handle = sqlite_platform.submit(wf, n=3)
+    handle = submit(sqlite_platform, wf, {"n": 3})
     wait_until(lambda: {s.name: s.state for s in handle.steps()}["scale"] == "done", 60, message="scale done")
     handle.cancel(timeout=30)
     gate.touch()
@@ -144,7 +144,7 @@ def test_stop_driving_leaves_a_resumable_workflow(sqlite_platform, log, ray_sess
     gate = tmp_path / "gate"
     wf = diamond(log)
     wf.nodes["scale_2"].args["gate"] = str(gate)
-    handle = sqlite_platform.submit(wf, n=3)
+    handle = submit(sqlite_platform, wf, {"n": 3})
     expected = {"load": "done", "scale": "done", "scale_2": "running", "total": "pending"}
     wait_until(lambda: {s.name: s.state for s in handle.steps()} == expected, 60, message=f"states {expected}")
     handle.stop_driving()

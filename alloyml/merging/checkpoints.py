@@ -183,7 +183,7 @@ def _indexed_files(index: Path) -> list[Path]:
         raise InvalidInputError(f"{index}: `weight_map` values must be shard file names")
     missing = sorted(f for f in shards if not (index.parent / f).is_file())
     if missing:
-        raise NotFoundError(f"{index} names shard files that do not exist: {missing[:5]}")
+        raise InvalidInputError(f"{index} names shard files that do not exist: {missing[:5]}")
     return sorted(index.parent / f for f in shards)
 
 

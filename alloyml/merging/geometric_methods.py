@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 
 from alloyml.errors import InvalidInputError
+from alloyml.merging.methods import WEIGHT as _WEIGHT
+from alloyml.merging.methods import compute_dtype
 from alloyml.merging.registry import Parameter, merge_method
-
-_WEIGHT = Parameter("weight", "per_model", None, "relative weight of this model")
 
 
 def _compute(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to(torch.float64 if tensor.dtype == torch.float64 else torch.float32)
+    return tensor.to(compute_dtype(tensor))
 
 
 def _unit(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -14,14 +14,15 @@ import torch
 
 from alloyml.merging.registry import Parameter, merge_method
 
-_WEIGHT = Parameter("weight", "per_model", None, "scale of this model's contribution")
+WEIGHT = Parameter("weight", "per_model", None, "scale of this model's contribution")
+_WEIGHT = WEIGHT
 _DENSITY = Parameter(
     "density", "per_model", 1.0, "fraction of this model's task vector that is kept", bounds=(0.0, 1.0)
 )
 _LAMBDA = Parameter("lambda", "shared", 1.0, "scale of the combined task vector")
 
 
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
@@ -112,7 +113,7 @@ def task_vector_merge(
     merge). `normalize` divides by the summed weights of contributing deltas.
     Result: `base + lam * merged_delta`, same shape and dtype as `base`.
     """
-    dtype = _compute_dtype(base)
+    dtype = compute_dtype(base)
     base_c = base.to(dtype)
     deltas = []
     for i, (tensor, w, d) in enumerate(zip(tensors, weight, density, strict=True)):
@@ -177,7 +178,7 @@ def _weights_sum_nonzero(parameters: dict) -> str | None:
 )
 def linear(base, tensors, *, weight, normalize=True):
     """Weighted average (model soup): `sum_i w_i x_i / sum_i w_i` (no division if not `normalize`)."""
-    dtype = _compute_dtype(tensors[0])
+    dtype = compute_dtype(tensors[0])
     out = torch.zeros_like(tensors[0], dtype=dtype)
     for tensor, w in zip(tensors, weight, strict=True):
         out.add_(tensor.to(dtype), alpha=w)
@@ -347,7 +348,7 @@ def slerp_tensors(
     The angle comes from the normalised tensors; the coefficients apply to the originals. Nearly
     colinear pairs (|cos| > `dot_threshold`) fall back to linear interpolation.
     """
-    dtype = _compute_dtype(v0)
+    dtype = compute_dtype(v0)
     a = v0.reshape(-1).to(dtype)
     b = v1.reshape(-1).to(dtype)
     norm_a = torch.linalg.vector_norm(a)
@@ -407,7 +408,7 @@ def sce(base, tensors, *, select_topk=1.0, int8_mask=False):
     """SCE: Select the entries where the task vectors vary most, Calculate each model's weight from its
     task vector's mean square, Erase the deltas whose sign disagrees with the elected one, then take the
     weighted mean of the rest."""
-    dtype = _compute_dtype(base)
+    dtype = compute_dtype(base)
     base_c = base.to(dtype)
     deltas = torch.stack([t.to(dtype).sub_(base_c) for t in tensors])
     if select_topk < 1:

@@ -12,6 +12,7 @@ included), checks that the two outputs agree, and deletes everything afterwards.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -156,6 +157,7 @@ def speed_rows(quick: bool, workdir: str | None) -> tuple[list[dict], dict]:
                     note,
                     part="speed",
                     command=COMMAND,
+                    when=NOW,
                 )
             )
             rows.append(
@@ -170,6 +172,7 @@ def speed_rows(quick: bool, workdir: str | None) -> tuple[list[dict], dict]:
                     "peak resident set of the whole process (/usr/bin/time %M)",
                     part="speed",
                     command=COMMAND,
+                    when=NOW,
                 )
             )
             extra.setdefault("cpu_seconds", {})[method] = {"alloyml": ours[2], "mergekit": theirs[2]}
@@ -201,6 +204,7 @@ MERGES = {  # one standard setting per method; the searched row tunes task arith
 }
 # Recorded on each row, so rows kept from an earlier run of the other part keep the command that made them.
 COMMAND = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+NOW = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _tasks():
@@ -299,6 +303,7 @@ def quality_rows(quick: bool) -> tuple[list[dict], dict]:
                 f"{detail}. {notes}".strip(),
                 part="quality",
                 command=COMMAND,
+                when=NOW,
             )
         )
 
@@ -360,7 +365,11 @@ def main() -> None:
     # Keep the other part's rows from the last run (read now, not at start: runs of the parts may overlap).
     results_path = Path(__file__).resolve().parent / "results" / "merging.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
-    rows += [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    kept = [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    for r in kept:  # rows written before rows carried their own command: the file's, and when it ran
+        r.setdefault("command", previous.get("command"))
+        r.setdefault("when", previous.get("when"))
+    rows += kept
     for key, value in previous.items():
         if key not in ("topic", "when", "machine", "command", "rows"):
             extra.setdefault(key, value)

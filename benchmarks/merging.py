@@ -369,6 +369,8 @@ def main() -> None:
     for r in kept:  # rows written before rows carried their own command: the file's, and when it ran
         r.setdefault("command", previous.get("command"))
         r.setdefault("when", previous.get("when"))
+        if not r["notes"].startswith("run: "):  # the table shows one command per topic: name this row's own
+            r["notes"] = f"run: `{r['command']}` at {r['when']}; {r['notes']}"
     rows += kept
     for key, value in previous.items():
         if key not in ("topic", "when", "machine", "command", "rows"):

@@ -148,10 +148,20 @@ UNSUPPORTED_KEYS = {
 }
 
 
+ALLOYML_ONLY_PARAMETER = "rescale_mode"
+
+
 def refuse_unsupported_keys(config: Any) -> None:
+    """Refuse keys the chosen backend would ignore: tokenizer keys for alloyml, alloyml-only ones for mergekit."""
     from alloyml.errors import ConfigError
 
-    if config.backend != "alloyml":
+    if config.backend == "mergekit":
+        scopes = [config.parameters, *(s.parameters for s in config.slices or ())]
+        if any(ALLOYML_ONLY_PARAMETER in scope for scope in scopes):
+            raise ConfigError(
+                f"parameter {ALLOYML_ONLY_PARAMETER!r} is alloyml's own (mergekit always rescales by the L1 "
+                "norm); remove it, or use backend: alloyml"
+            )
         return
     for key, why in UNSUPPORTED_KEYS.items():
         if getattr(config, key) is not None:

@@ -163,3 +163,11 @@ def test_ties_in_bfloat16_is_closer_to_float64_than_mergekit(tiny_llamas, tmp_pa
         ulp = torch.finfo(torch.bfloat16).eps * exact.abs().max().item()
         assert ours_err <= ulp  # within one bf16 rounding step of the exact merge
     assert theirs_err > ours_err
+
+
+def test_alloyml_only_rescale_mode_is_refused_for_the_mergekit_backend():
+    config = {"merge_method": "dare_linear", "base_model": "base", "backend": "mergekit",
+              "models": [{"model": "a", "parameters": {"weight": 1}}],
+              "parameters": {"rescale_mode": "l1"}}  # fmt: skip
+    with pytest.raises(ConfigError, match="parameter 'rescale_mode' is alloyml's own"):
+        merge(config, "out")

@@ -12,7 +12,9 @@ included), checks that the two outputs agree, and deletes everything afterwards.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -154,6 +156,8 @@ def speed_rows(quick: bool, workdir: str | None) -> tuple[list[dict], dict]:
                     ours[0] <= targets[method],
                     note,
                     part="speed",
+                    command=COMMAND,
+                    when=NOW,
                 )
             )
             rows.append(
@@ -167,6 +171,8 @@ def speed_rows(quick: bool, workdir: str | None) -> tuple[list[dict], dict]:
                     ours[1] <= 1024,
                     "peak resident set of the whole process (/usr/bin/time %M)",
                     part="speed",
+                    command=COMMAND,
+                    when=NOW,
                 )
             )
             extra.setdefault("cpu_seconds", {})[method] = {"alloyml": ours[2], "mergekit": theirs[2]}
@@ -185,7 +191,20 @@ MERGES = {  # one standard setting per method; the searched row tunes task arith
     "dare_linear": {"merge_method": "dare_linear", "weight": 1.0, "density": 0.5},
     "dare_ties": {"merge_method": "dare_ties", "weight": 1.0, "density": 0.5},
     "slerp": {"merge_method": "slerp", "t": 0.5},
+    "breadcrumbs": {"merge_method": "breadcrumbs", "weight": 1.0, "density": 0.5, "gamma": 0.01},
+    "breadcrumbs_ties": {"merge_method": "breadcrumbs_ties", "weight": 1.0, "density": 0.5, "gamma": 0.01},
+    "della": {"merge_method": "della", "weight": 1.0, "density": 0.5, "epsilon": 0.15},
+    "della_linear": {"merge_method": "della_linear", "weight": 1.0, "density": 0.5, "epsilon": 0.15},
+    "sce": {"merge_method": "sce", "select_topk": 0.5},
+    "model_stock": {"merge_method": "model_stock"},
+    "nuslerp": {"merge_method": "nuslerp", "weight": 0.5},
+    "multislerp": {"merge_method": "multislerp", "weight": 0.5},
+    "karcher": {"merge_method": "karcher"},
+    "nearswap": {"merge_method": "nearswap", "t": 0.001},
 }
+# Recorded on each row, so rows kept from an earlier run of the other part keep the command that made them.
+COMMAND = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+NOW = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _tasks():
@@ -210,17 +229,20 @@ def accuracy(model, task, seed: int, n: int = 256) -> float:
 
 
 def _merge_config(spec: dict) -> dict:
+    """The two specialists merged by `spec`'s method (against the base where it takes one); two-model
+    methods (slerp, nearswap) go from the arithmetic specialist to the selective-copy one."""
+    from alloyml.merging import get_method
+
     spec = dict(spec)
-    method = spec.pop("merge_method")
-    if method == "slerp":  # between the two specialists
-        return {
-            "merge_method": "slerp",
-            "base_model": "arithmetic",
-            "models": [{"model": "selective_copy"}],
-            "parameters": spec,
-        }
-    models = [{"model": t, "parameters": spec} for t in ("arithmetic", "selective_copy")]
-    return {"merge_method": method, "models": models, **({"base_model": "base"} if method != "linear" else {})}
+    method = get_method(spec.pop("merge_method"))
+    shared = {k: v for k, v in spec.items() if method.parameter(k).scope == "shared"}
+    per_model = {k: v for k, v in spec.items() if k not in shared}
+    if method.name in ("slerp", "nearswap"):
+        return {"merge_method": method.name, "base_model": "arithmetic",
+                "models": [{"model": "selective_copy"}], "parameters": shared}  # fmt: skip
+    models = [{"model": t, "parameters": per_model} for t in ("arithmetic", "selective_copy")]
+    base = {"base_model": "base"} if method.uses_base else {}
+    return {"merge_method": method.name, "models": models, "parameters": shared, **base}
 
 
 def quality_rows(quick: bool) -> tuple[list[dict], dict]:
@@ -280,6 +302,8 @@ def quality_rows(quick: bool) -> tuple[list[dict], dict]:
                 None,
                 f"{detail}. {notes}".strip(),
                 part="quality",
+                command=COMMAND,
+                when=NOW,
             )
         )
 
@@ -341,7 +365,13 @@ def main() -> None:
     # Keep the other part's rows from the last run (read now, not at start: runs of the parts may overlap).
     results_path = Path(__file__).resolve().parent / "results" / "merging.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
-    rows += [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    kept = [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    for r in kept:  # rows written before rows carried their own command: the file's, and when it ran
+        r.setdefault("command", previous.get("command"))
+        r.setdefault("when", previous.get("when"))
+        if not r["notes"].startswith("run: "):  # the table shows one command per topic: name this row's own
+            r["notes"] = f"run: `{r['command']}` at {r['when']}; {r['notes']}"
+    rows += kept
     for key, value in previous.items():
         if key not in ("topic", "when", "machine", "command", "rows"):
             extra.setdefault(key, value)

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
         raise InvalidInputError("usage: alloyml merge CONFIG.yaml OUT_DIR (or --methods)")
     config = load_merge_config(args.config)
     if args.backend:
-        config = config.model_copy(update={"backend": args.backend})
+        # Validated again: some keys are valid for one backend only (e.g. tokenizer_source for mergekit's).
+        config = load_merge_config({**config.model_dump(mode="json", exclude_none=True), "backend": args.backend})
     result = merge(
         config, args.out_dir, overwrite=args.overwrite, max_shard_bytes=int(args.shard_size * 1024**3), progress=True
     )

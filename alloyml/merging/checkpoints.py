@@ -116,44 +116,82 @@ class StateDictCheckpoint(Checkpoint):
 
 
 def _safetensors_header(path: Path) -> dict[str, tuple[TensorInfo, int, int]]:
+    """Each tensor's info and absolute byte range, checked against the file's size so that a truncated or
+    corrupt file is refused when the checkpoint is opened, not halfway through a merge."""
+    size = os.path.getsize(path)
     with open(path, "rb") as handle:
         raw = handle.read(8)
         if len(raw) != 8:
             raise InvalidInputError(f"{path}: not a safetensors file (shorter than 8 bytes)")
         (length,) = struct.unpack("<Q", raw)
-        if length > os.path.getsize(path):
-            raise InvalidInputError(f"{path}: not a safetensors file (header length {length} too large)")
-        header = json.loads(handle.read(length))
+        if length > size - 8:
+            raise InvalidInputError(f"{path}: not a safetensors file (header length {length} exceeds the file)")
+        try:
+            header = json.loads(handle.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise InvalidInputError(f"{path}: corrupt safetensors header ({err})") from None
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{path}: corrupt safetensors header (a JSON {type(header).__name__}, not an object)")
     data_start = 8 + length
     out = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        if entry["dtype"] not in SAFETENSORS_DTYPES:
-            raise InvalidInputError(f"{path}: tensor {name!r} has unsupported dtype {entry['dtype']}")
-        begin, end = entry["data_offsets"]
-        info = TensorInfo(tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]])
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if not all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end)):
+                raise TypeError
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInputError(
+                f"{path}: corrupt safetensors header: tensor {name!r} needs dtype, shape and data_offsets "
+                f"(non-negative integers), got {entry!r}"
+            ) from None
+        if dtype not in SAFETENSORS_DTYPES:
+            raise InvalidInputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        info = TensorInfo(shape, SAFETENSORS_DTYPES[dtype])
         if end - begin != info.nbytes:
             raise InvalidInputError(f"{path}: tensor {name!r} byte range does not match its shape")
+        if data_start + end > size:
+            raise InvalidInputError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end} of a {size}-byte file"
+            )
         out[name] = (info, data_start + begin, data_start + end)
     return out
 
 
 def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # weights_only refuses arbitrary pickled objects; mmap avoids reading the whole file up front.
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, pickle's UnpicklingError, EOFError, ... for bad files
+        raise InvalidInputError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
     if not isinstance(state, Mapping):
         raise InvalidInputError(f"{path}: expected a state dict, found {type(state).__name__}")
     return dict(state)
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    """The shard files a sharded checkpoint's index names, each checked to exist."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = set(weight_map.values())
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"{index}: not valid JSON ({err})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise InvalidInputError(f"{index}: expected an object with `weight_map` (tensor name -> shard file)") from None
+    if not all(isinstance(f, str) for f in shards):
+        raise InvalidInputError(f"{index}: `weight_map` values must be shard file names")
+    missing = sorted(f for f in shards if not (index.parent / f).is_file())
+    if missing:
+        raise InvalidInputError(f"{index} names shard files that do not exist: {missing[:5]}")
+    return sorted(index.parent / f for f in shards)
 
 
 def _weight_files(directory: Path) -> tuple[str, list[Path]]:
     for index_name in WEIGHT_INDEXES:
         index = directory / index_name
         if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted({directory / f for f in weight_map.values()})
-            return ("safetensors" if index_name.startswith("model.safetensors") else "torch"), files
+            return ("safetensors" if index_name.startswith("model.safetensors") else "torch"), _indexed_files(index)
     for kind, pattern in (("safetensors", "*.safetensors"), ("torch", "*.bin"), ("torch", "*.pt")):
         files = sorted(directory.glob(pattern))
         if files:

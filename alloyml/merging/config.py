@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from alloyml.merging.layers import LayerNaming
+from alloyml.merging.parameters import coerce_config_parameters, refuse_unsupported_keys
 from alloyml.merging.registry import MergeMethod, get_method
 from alloyml.yaml_config import load_yaml_model
 
@@ -115,8 +116,9 @@ class MergeConfig(BaseModel):
     out_dtype: DTypeName | None = None
     backend: Literal["alloyml", "mergekit"] = "alloyml"
     seed: int = 0
-    # Passed to mergekit only (alloyml copies the base model's tokenizer files).
+    # Passed to mergekit only; refused by the alloyml backend, which copies the reference model's tokenizer.
     tokenizer_source: str | None = None
+    chat_template: str | None = None
     # alloyml only (mergekit knows layer names from its architecture definitions): the prefix of layer
     # tensors, e.g. "model.layers.{layer}.", for `slices` over checkpoints of an unknown naming.
     layer_pattern: str | None = None
@@ -133,7 +135,7 @@ class MergeConfig(BaseModel):
         for name in self.parameters:
             method.parameter(name)  # raises for unknown names
         if self.models is not None:
-            if method.uses_base and not self.base_model:
+            if method.requires_base and not self.base_model:
                 raise ValueError(f"merge method {method.name!r} needs `base_model`")
             names = [m.model for m in self.models]
             if not method.uses_base and self.base_model and names and self.base_model not in names:
@@ -157,7 +159,7 @@ class MergeConfig(BaseModel):
                     f"position by position; got {ranges}"
                 )
             base = self.slice_base(out_slice)
-            if method.uses_base:
+            if method.requires_base or base:
                 if not base:
                     raise ValueError(f"merge method {method.name!r} needs `base_model` (top level or in {label})")
                 if base not in [s.model for s in out_slice.sources]:
@@ -168,6 +170,12 @@ class MergeConfig(BaseModel):
             _check_inputs(
                 method, f"`slices[{i}].sources`", out_slice.sources, base, [out_slice.parameters, self.parameters]
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_values(self) -> MergeConfig:
+        refuse_unsupported_keys(self)
+        coerce_config_parameters(get_method(self.merge_method), self)
         return self
 
     def merged_models(self) -> list[MergeModelEntry]:

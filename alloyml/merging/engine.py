@@ -14,11 +14,13 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from alloyml.atomic import atomic_directory
+from alloyml.errors import InvalidInputError
 from alloyml.merging.checkpoints import Checkpoint, open_checkpoint
 from alloyml.merging.config import MergeConfig, load_merge_config
 from alloyml.merging.model_files import copy_model_files, output_model_config
@@ -123,6 +125,23 @@ def merge_inputs(config: MergeConfig) -> list[InputModel]:
     return list(by_model.values())
 
 
+def check_output_dir(out_dir: str | os.PathLike, inputs: Mapping[str, Any]) -> None:
+    """Refuse, before any work, an output that is a file, or that is (or contains) one of the `inputs`
+    (`{name: path or state dict}`): the finished merge replaces the output directory, input included."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InvalidInputError(f"output {out} is a file; give a directory path for the merged model")
+    target = out.resolve()
+    for name, source in inputs.items():
+        if isinstance(source, str | os.PathLike):
+            path = Path(source).resolve()
+            if path == target or target in path.parents:
+                raise InvalidInputError(
+                    f"output directory {out} is (or contains) input model {name!r}; writing the merge there "
+                    "would replace that input, so choose another output directory"
+                )
+
+
 def merge(
     config: MergeConfig | dict | str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -141,11 +160,13 @@ def merge(
     """
     total_start = time.perf_counter()
     config = load_merge_config(config)
+    sources = sources or {}
+    if out_dir is not None:
+        check_output_dir(out_dir, {n: sources.get(n, n) for n in config.referenced_models()})
     if config.backend == "mergekit":
         from alloyml.merging.mergekit_backend import run_mergekit
 
         return run_mergekit(config, out_dir, overwrite=overwrite)
-    sources = sources or {}
     checkpoints = {n: open_checkpoint(sources.get(n, n), label=n) for n in config.referenced_models()}
     try:
         start = time.perf_counter()

@@ -8,16 +8,21 @@ methods may overwrite `tensors` in place; that keeps peak memory near the inputs
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from alloyml.merging.registry import Parameter, merge_method
 
-_WEIGHT = Parameter("weight", "per_model", None, "scale of this model's contribution")
-_DENSITY = Parameter("density", "per_model", 1.0, "fraction of this model's task vector that is kept")
+WEIGHT = Parameter("weight", "per_model", None, "scale of this model's contribution")
+_WEIGHT = WEIGHT
+_DENSITY = Parameter(
+    "density", "per_model", 1.0, "fraction of this model's task vector that is kept", bounds=(0.0, 1.0)
+)
 _LAMBDA = Parameter("lambda", "shared", 1.0, "scale of the combined task vector")
 
 
-def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
@@ -53,6 +58,36 @@ def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator)
     return torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
 
 
+def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs' mask: drop the `gamma` fraction of largest-magnitude entries (outliers), then the
+    smallest, keeping `int(density * numel)` entries (fewer outliers dropped when both cannot be met)."""
+    count = delta.numel()
+    keep = int(density * count)
+    drop_low = max(0, count - keep - int(gamma * count))
+    order = torch.argsort(delta.abs().reshape(-1).float(), stable=True)
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[order[drop_low : drop_low + keep]] = True
+    return mask.reshape(delta.shape)
+
+
+def rank_mask(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:
+    """DELLA's MagPrune mask: within each row, entry of magnitude rank r (0 smallest) is kept with
+    probability `density - epsilon + 2 * epsilon * r / (n - 1)`, so larger entries survive more often."""
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    ranks = rows.abs().argsort(dim=1, stable=True).argsort(dim=1).to(torch.float32)
+    spread = ranks.max(dim=1, keepdim=True).values.clamp(min=1)
+    probs = (density - epsilon) + (ranks / spread).clamp(0, 1) * 2 * epsilon
+    return (torch.rand(probs.shape, generator=generator) < probs).reshape(delta.shape)
+
+
+def _l1_rescale(masked: torch.Tensor, l1_before: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Scale the trimmed task vector back to the untrimmed one's L1 norm (mergekit's `rescale`)."""
+    l1_after = masked.abs().sum()
+    if l1_before < eps or l1_after < eps:
+        return masked
+    return masked.mul_(l1_before / l1_after)
+
+
 def task_vector_merge(
     base: torch.Tensor,
     tensors: list[torch.Tensor],
@@ -63,28 +98,42 @@ def task_vector_merge(
     normalize: bool,
     trim: str | None,
     elect_sign: bool,
-    rescale: bool = False,
+    rescale: str | None = None,
     generator: torch.Generator | None = None,
+    gamma: list[float] | None = None,
+    epsilon: list[float] | None = None,
 ) -> torch.Tensor:
-    """The generalized task-arithmetic merge that TA, TIES and DARE are instances of.
+    """The generalized task-arithmetic merge that TA, TIES, DARE, Breadcrumbs and DELLA are instances of.
 
-    Each model's task vector `delta_i = tensor_i - base` is trimmed (`trim`: None, "magnitude" or
-    "random"; random trimming divides survivors by the density when `rescale`) and scaled by its weight.
-    With `elect_sign`, the sign of the summed deltas is elected per entry and only deltas that agree are
-    summed (TIES's disjoint merge). `normalize` divides by the summed weights of contributing deltas.
+    Each model's task vector `delta_i = tensor_i - base` is trimmed (`trim`: None, "magnitude", "random",
+    "outliers" or "rank") to its `density`, rescaled (`rescale`: None; "density", dividing survivors by the
+    density; or "l1", restoring the untrimmed L1 norm as mergekit does) and scaled by its weight. A density
+    of 0 keeps nothing, so that model's task vector is zero (never divided by 0). With `elect_sign`, the
+    sign of the summed deltas is elected per entry and only deltas that agree are summed (TIES's disjoint
+    merge). `normalize` divides by the summed weights of contributing deltas.
     Result: `base + lam * merged_delta`, same shape and dtype as `base`.
     """
-    dtype = _compute_dtype(base)
+    dtype = compute_dtype(base)
     base_c = base.to(dtype)
     deltas = []
-    for tensor, w, d in zip(tensors, weight, density, strict=True):
+    for i, (tensor, w, d) in enumerate(zip(tensors, weight, density, strict=True)):
         delta = tensor.to(dtype).sub_(base_c)
-        if trim == "magnitude":
-            delta.mul_(magnitude_mask(delta, d))
-        elif trim == "random" and d < 1:
-            delta.mul_(random_mask(delta, d, generator))
-            if rescale:
+        if trim is not None and d < 1:
+            l1_before = delta.abs().sum() if rescale == "l1" else None
+            if d <= 0:
+                delta.zero_()
+            elif trim == "magnitude":
+                delta.mul_(magnitude_mask(delta, d))
+            elif trim == "random":
+                delta.mul_(random_mask(delta, d, generator))
+            elif trim == "outliers":
+                delta.mul_(outlier_mask(delta, d, gamma[i]))
+            elif trim == "rank":
+                delta.mul_(rank_mask(delta, d, epsilon[i], generator))
+            if rescale == "density" and d > 0:
                 delta.div_(d)
+            elif rescale == "l1":
+                _l1_rescale(delta, l1_before)
         deltas.append(delta.mul_(w))
     merged = deltas[0].clone() if elect_sign else deltas[0]
     for delta in deltas[1:]:
@@ -108,6 +157,15 @@ def task_vector_merge(
     return merged.add_(base_c).to(base.dtype)
 
 
+def _weights_sum_nonzero(parameters: dict) -> str | None:
+    if parameters.get("normalize", True) and abs(sum(parameters["weight"])) < 1e-8:
+        return (
+            f"`normalize` divides by the sum of the weights, which is 0 here (weights {parameters['weight']}); "
+            "change the weights or set `normalize: false`"
+        )
+    return None
+
+
 @merge_method(
     "linear",
     reference="https://arxiv.org/abs/2203.05482",
@@ -116,10 +174,11 @@ def task_vector_merge(
         Parameter("normalize", "shared", True, "divide by the sum of weights", bool),
     ),
     uses_base=False,
+    check=_weights_sum_nonzero,
 )
 def linear(base, tensors, *, weight, normalize=True):
     """Weighted average (model soup): `sum_i w_i x_i / sum_i w_i` (no division if not `normalize`)."""
-    dtype = _compute_dtype(tensors[0])
+    dtype = compute_dtype(tensors[0])
     out = torch.zeros_like(tensors[0], dtype=dtype)
     for tensor, w in zip(tensors, weight, strict=True):
         out.add_(tensor.to(dtype), alpha=w)
@@ -132,9 +191,42 @@ def _normalize(default: bool, help: str) -> Parameter:
     return Parameter("normalize", "shared", default, help, bool)
 
 
-_RESCALE = Parameter("rescale", "shared", True, "divide surviving entries by the density (DARE's rescale)", bool)
+def _rescale(default: bool, help: str) -> Parameter:
+    return Parameter("rescale", "shared", default, help, bool)
 
-# TA, TIES and DARE are one merge (task_vector_merge) with different trimming and sign election.
+
+_L1_RESCALE = "scale each trimmed task vector back to its untrimmed L1 norm (mergekit's rescale)"
+_DARE_RESCALE = _rescale(True, "rescale the surviving entries (how: `rescale_mode`)")
+_RESCALE_MODE = Parameter(
+    "rescale_mode",
+    "shared",
+    "density",
+    "alloyml only: `density` divides survivors by the density (DARE's paper; unbiased), `l1` restores the "
+    "task vector's L1 norm per tensor (what mergekit does)",
+    Literal["density", "l1"],
+)
+_INT8_MASK = Parameter(
+    "int8_mask", "shared", False, "accepted for mergekit configs; alloyml's masks are always 1-byte booleans", bool
+)
+_GAMMA = Parameter(
+    "gamma", "per_model", 0.01, "fraction of largest-magnitude entries dropped as outliers", bounds=(0.0, 1.0)
+)
+_EPSILON = Parameter(
+    "epsilon", "per_model", 0.15, "keep probabilities run from density - epsilon to density + epsilon by rank",
+    bounds=(0.0, 1.0),
+)  # fmt: skip
+
+
+def _della_range(parameters: dict) -> str | None:
+    for density, epsilon in zip(parameters["density"], parameters["epsilon"], strict=True):
+        if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+            return f"density {density} +/- epsilon {epsilon} must lie inside (0, 1), since they are keep probabilities"
+    return None
+
+
+# TA, TIES, DARE, Breadcrumbs and DELLA are one merge (task_vector_merge) with different trimming, sign
+# election and defaults (those of mergekit's registry).
+_TIES_PARAMS = (_WEIGHT, _DENSITY, _LAMBDA, _INT8_MASK)
 _TASK_VECTOR_METHODS = {
     "task_arithmetic": dict(
         reference="https://arxiv.org/abs/2212.04089",
@@ -145,30 +237,79 @@ _TASK_VECTOR_METHODS = {
     ),
     "ties": dict(
         reference="https://arxiv.org/abs/2306.01708",
-        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(True, "divide by the summed weights of agreeing deltas")),
+        parameters=(
+            _WEIGHT, _DENSITY, _LAMBDA, _normalize(True, "divide by the summed weights of agreeing deltas"),
+            _rescale(False, _L1_RESCALE), _INT8_MASK,
+        ),
         trim="magnitude",
         elect_sign=True,
         doc="TIES: trim each task vector to its largest-magnitude `density`, elect signs, disjoint mean.",
     ),
     "dare_linear": dict(
         reference="https://arxiv.org/abs/2311.03099",
-        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(False, "divide by the summed weights"), _RESCALE),
+        parameters=(
+            _WEIGHT, _DENSITY, _LAMBDA, _normalize(False, "divide by the summed weights"), _DARE_RESCALE, _RESCALE_MODE
+        ),
         trim="random",
         elect_sign=False,
         doc="DARE: drop each task-vector entry with probability `1 - density`, rescale, then task arithmetic.",
     ),
     "dare_ties": dict(
         reference="https://arxiv.org/abs/2311.03099",
-        parameters=(_WEIGHT, _DENSITY, _LAMBDA, _normalize(False, "divide by the summed weights"), _RESCALE),
+        parameters=(
+            *_TIES_PARAMS, _normalize(False, "divide by the summed weights"), _DARE_RESCALE, _RESCALE_MODE
+        ),
         trim="random",
         elect_sign=True,
         doc="DARE's random drop-and-rescale followed by TIES's sign election and disjoint merge.",
     ),
-}
+    "breadcrumbs": dict(
+        reference="https://arxiv.org/abs/2312.06795",
+        parameters=(
+            _WEIGHT, _DENSITY, _GAMMA, _LAMBDA, _normalize(False, "divide by the summed weights"),
+            _rescale(False, _L1_RESCALE),
+        ),
+        trim="outliers",
+        elect_sign=False,
+        doc="Model Breadcrumbs: drop each task vector's outliers and smallest entries, then task arithmetic.",
+    ),
+    "breadcrumbs_ties": dict(
+        reference="https://arxiv.org/abs/2312.06795",
+        parameters=(
+            *_TIES_PARAMS, _GAMMA, _normalize(False, "divide by the summed weights of agreeing deltas"),
+            _rescale(False, _L1_RESCALE),
+        ),
+        trim="outliers",
+        elect_sign=True,
+        doc="Breadcrumbs trimming followed by TIES's sign election and disjoint merge.",
+    ),
+    "della": dict(
+        reference="https://arxiv.org/abs/2406.11617",
+        parameters=(
+            *_TIES_PARAMS, _EPSILON, _normalize(True, "divide by the summed weights of agreeing deltas"),
+            _rescale(True, _L1_RESCALE),
+        ),
+        trim="rank",
+        elect_sign=True,
+        doc="DELLA: drop entries with magnitude-ranked probabilities (MagPrune), elect signs, disjoint mean.",
+    ),
+    "della_linear": dict(
+        reference="https://arxiv.org/abs/2406.11617",
+        parameters=(
+            _WEIGHT, _DENSITY, _EPSILON, _LAMBDA, _normalize(False, "divide by the summed weights"),
+            _rescale(True, _L1_RESCALE),
+        ),
+        trim="rank",
+        elect_sign=False,
+        doc="DELLA's MagPrune drop followed by task arithmetic.",
+    ),
+}  # fmt: skip
 
 
 def _register_task_vector_method(name: str, reference, parameters, trim, elect_sign, doc) -> None:
-    def method(base, tensors, *, weight, normalize, density=None, rescale=False, generator=None, **shared):
+    def method(
+        base, tensors, *, weight, normalize, density=None, rescale=False, rescale_mode="l1", generator=None, **shared
+    ):
         return task_vector_merge(
             base,
             tensors,
@@ -178,12 +319,21 @@ def _register_task_vector_method(name: str, reference, parameters, trim, elect_s
             normalize=normalize,
             trim=trim,
             elect_sign=elect_sign,
-            rescale=rescale,
+            rescale=(rescale_mode if trim == "random" else "l1") if rescale else None,
             generator=generator,
+            gamma=shared.get("gamma"),
+            epsilon=shared.get("epsilon"),
         )
 
     method.__name__, method.__doc__ = name, doc
-    merge_method(name, reference=reference, parameters=parameters, uses_base=True, stochastic=trim == "random")(method)
+    merge_method(
+        name,
+        reference=reference,
+        parameters=parameters,
+        uses_base=True,
+        stochastic=trim in ("random", "rank"),
+        check=_della_range if trim == "rank" else None,
+    )(method)
 
 
 for _name, _spec in _TASK_VECTOR_METHODS.items():
@@ -198,7 +348,7 @@ def slerp_tensors(
     The angle comes from the normalised tensors; the coefficients apply to the originals. Nearly
     colinear pairs (|cos| > `dot_threshold`) fall back to linear interpolation.
     """
-    dtype = _compute_dtype(v0)
+    dtype = compute_dtype(v0)
     a = v0.reshape(-1).to(dtype)
     b = v1.reshape(-1).to(dtype)
     norm_a = torch.linalg.vector_norm(a)
@@ -218,7 +368,7 @@ def slerp_tensors(
 @merge_method(
     "slerp",
     reference="https://en.wikipedia.org/wiki/Slerp",
-    parameters=(Parameter("t", "shared", None, "0 gives the base model, 1 the other model"),),
+    parameters=(Parameter("t", "shared", None, "0 gives the base model, 1 the other model", bounds=(0.0, 1.0)),),
     uses_base=True,
     min_models=1,
     max_models=1,
@@ -240,3 +390,39 @@ def passthrough(base, tensors, *, scale):
     """The one input, unchanged (or times `scale`): with `slices`, this stacks layer ranges of different
     models into one (a "frankenmerge")."""
     return tensors[0] if scale[0] == 1 else tensors[0] * scale[0]
+
+
+@merge_method(
+    "sce",
+    reference="https://arxiv.org/abs/2408.07990",
+    parameters=(
+        Parameter(
+            "select_topk", "shared", 1.0, "fraction of entries kept, those whose task vectors vary most across models",
+            bounds=(0.0, 1.0),
+        ),
+        _INT8_MASK,
+    ),
+    uses_base=True,
+)  # fmt: skip
+def sce(base, tensors, *, select_topk=1.0, int8_mask=False):
+    """SCE: Select the entries where the task vectors vary most, Calculate each model's weight from its
+    task vector's mean square, Erase the deltas whose sign disagrees with the elected one, then take the
+    weighted mean of the rest."""
+    dtype = compute_dtype(base)
+    base_c = base.to(dtype)
+    deltas = torch.stack([t.to(dtype).sub_(base_c) for t in tensors])
+    if select_topk < 1:
+        select = torch.zeros(base.shape, dtype=torch.bool)
+        variance = deltas.var(dim=0, unbiased=False)
+        keep = int(torch.count_nonzero(variance) * select_topk) if select_topk > 0 else 0
+        if keep:
+            select.view(-1)[variance.abs().reshape(-1).topk(keep).indices] = True
+        deltas.mul_(select)
+    positive = deltas.sum(dim=0) >= 0
+    agrees = torch.where(positive, deltas > 0, deltas < 0)
+    power = deltas.square().reshape(len(tensors), -1).mean(dim=1)
+    total = float(power.sum())
+    weights = torch.full_like(power, 1 / len(tensors)) if abs(total) < 1e-6 else power / total
+    kept = agrees * weights.reshape(-1, *[1] * base.dim())
+    merged = (deltas * kept).sum(dim=0) / kept.sum(dim=0).clamp(min=1e-6)
+    return merged.add_(base_c).to(base.dtype)

@@ -9,6 +9,7 @@ value, as in mergekit.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -80,3 +81,91 @@ def resolve(name: str, scopes: Iterable[Mapping[str, Any] | None], tensor_name: 
             if value is not None:
                 return value
     return None
+
+
+def coerce_value(parameter: Any, value: Any, where: str) -> Any:
+    """`value` validated as `parameter.kind`, as mergekit validates it: numbers from numeric strings (PyYAML
+    reads `1e-1` as a string), booleans strictly (`"false"` is False, `"maybe"` is refused), finite numbers
+    within `parameter.bounds`. Raises ConfigError naming the parameter and `where` it was set."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from alloyml.errors import ConfigError
+
+    kind = parameter.kind
+    expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, f"one of {kind}")
+    if kind in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"parameter {parameter.name!r}{where}: expected {expected}, got {value!r}")
+    try:
+        coerced = TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"parameter {parameter.name!r}{where}: expected {expected}, got {value!r}") from None
+    if kind in (int, float):
+        if not math.isfinite(coerced):
+            raise ConfigError(f"parameter {parameter.name!r}{where}: expected a finite number, got {value!r}")
+        low, high = parameter.bounds or (-math.inf, math.inf)
+        if not low <= coerced <= high:
+            raise ConfigError(f"parameter {parameter.name!r}{where}: {coerced} is outside [{low}, {high}]")
+    return coerced
+
+
+def coerce_setting(parameter: Any, setting: Any, where: str) -> Any:
+    """A setting (scalar, gradient, conditional or list of conditionals) with every value coerced.
+    Gradients interpolate between their anchors, so checking the anchors bounds every resolved value."""
+    if _is_conditional(setting):
+        value = coerce_setting(parameter, _field(setting, "value"), where)
+        if isinstance(setting, Mapping):
+            return {**setting, "value": value}
+        return setting.model_copy(update={"value": value})
+    if isinstance(setting, Sequence) and not isinstance(setting, str):
+        return [coerce_setting(parameter, item, where) for item in setting]
+    return coerce_value(parameter, setting, where)
+
+
+def coerce_scope(method: Any, scope: dict[str, Any], where: str) -> None:
+    """Coerce, in place, every setting of one parameter scope (a `parameters:` mapping) of `method`."""
+    for name, setting in scope.items():
+        scope[name] = coerce_setting(method.parameter(name), setting, where)
+
+
+def coerce_config_parameters(method: Any, config: Any) -> None:
+    """Coerce every parameter setting of a merge config in place: top level, slices and their sources,
+    and models. Runs when the config is validated, so a bad value fails before any checkpoint is opened."""
+    coerce_scope(method, config.parameters, "")
+    for spec in config.models or ():
+        coerce_scope(method, spec.parameters, f" of model {spec.model!r}")
+    for i, out_slice in enumerate(config.slices or ()):
+        coerce_scope(method, out_slice.parameters, f" in `slices[{i}]`")
+        for j, src in enumerate(out_slice.sources):
+            coerce_scope(method, src.parameters, f" of model {src.model!r} in `slices[{i}].sources[{j}]`")
+
+
+# Config keys mergekit acts on that the alloyml backend does not implement yet: refused rather than ignored,
+# since ignoring them would give a model that differs from mergekit's with no sign of it.
+UNSUPPORTED_KEYS = {
+    "tokenizer_source": "it copies the tokenizer files of the reference model (the base, else the first input) "
+    "and merges embeddings only between models of the same vocabulary",
+    "chat_template": "it copies the reference model's tokenizer_config.json unchanged",
+}
+
+
+ALLOYML_ONLY_PARAMETER = "rescale_mode"
+
+
+def refuse_unsupported_keys(config: Any) -> None:
+    """Refuse keys the chosen backend would ignore: tokenizer keys for alloyml, alloyml-only ones for mergekit."""
+    from alloyml.errors import ConfigError
+
+    if config.backend == "mergekit":
+        scopes = [config.parameters, *(s.parameters for s in config.slices or ())]
+        if any(ALLOYML_ONLY_PARAMETER in scope for scope in scopes):
+            raise ConfigError(
+                f"parameter {ALLOYML_ONLY_PARAMETER!r} is alloyml's own (mergekit always rescales by the L1 "
+                "norm); remove it, or use backend: alloyml"
+            )
+        return
+    for key, why in UNSUPPORTED_KEYS.items():
+        if getattr(config, key) is not None:
+            raise ConfigError(
+                f"`{key}: {getattr(config, key)}` is not supported by the alloyml backend ({why}); remove it, "
+                "or set `backend: mergekit`"
+            )

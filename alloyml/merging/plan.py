@@ -83,7 +83,8 @@ def check_same_tensors(groups: Mapping[str, Mapping[str, TensorInfo]], casts: bo
 
 def _checked(p: Parameter, value: Any, tensor: str, model: str | None) -> Any:
     if value is not None:
-        return p.kind(value)
+        # Values were validated with the config; only gradients make new (float) values, e.g. of ints.
+        return p.kind(value) if p.kind in (int, float, bool) else value
     if p.default is None:
         who = f" of model {model!r}" if model else ""
         raise InvalidInputError(f"parameter {p.name!r}{who} has no value for tensor {tensor!r} (no filter matched)")
@@ -109,7 +110,14 @@ def _task(
         if p.scope == "shared":
             parameters[p.name] = _checked(p, resolve(p.name, shared, name, t), name, None)
         else:
-            parameters[p.name] = [_checked(p, resolve(p.name, scopes, name, t), name, s.model) for s, scopes in inputs]
+            # As in mergekit, a model's filters match the name of the tensor read from that model, which with
+            # `slices` differs from the output name (`model.layers.5.` read, `model.layers.2.` written).
+            parameters[p.name] = [
+                _checked(p, resolve(p.name, scopes, s.name, t), s.name, s.model) for s, scopes in inputs
+            ]
+    problem = method.check(parameters) if method.check else None
+    if problem:
+        raise InvalidInputError(f"merge method {method.name!r}, tensor {name!r}: {problem}")
     out = TensorInfo(info.shape, torch_dtype(config.out_dtype or config.dtype) or info.dtype)
     return TensorTask(name, out, True, base, tuple(s for s, _ in inputs), parameters)
 

@@ -21,14 +21,16 @@ class Parameter:
     """One parameter of a merge method.
 
     `scope="per_model"` parameters take one value per merged (non-base) model and reach the method as a
-    list in model order; `"shared"` ones take one value. `default=None` means required.
+    list in model order; `"shared"` ones take one value. `default=None` means required. `kind` is the type
+    every value is validated as (`parameters.coerce_value`); numbers outside `bounds` (inclusive) are refused.
     """
 
     name: str
     scope: Scope
-    default: float | bool | None
+    default: float | bool | str | None
     help: str
     kind: type = float
+    bounds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,15 @@ class MergeMethod:
     min_models: int
     max_models: int | None
     stochastic: bool
+    # Refuses one tensor's resolved parameters (returns what is wrong, or None), e.g. weights summing to 0
+    # that the method would divide by; called at planning, before anything is read.
+    check: Callable[[dict], str | None] | None = None
+    # With `uses_base`: the base model may also be left out (the method then merges the models themselves).
+    base_optional: bool = False
+
+    @property
+    def requires_base(self) -> bool:
+        return self.uses_base and not self.base_optional
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:
@@ -69,6 +80,8 @@ def merge_method(
     min_models: int = 1,
     max_models: int | None = None,
     stochastic: bool = False,
+    check: Callable[[dict], str | None] | None = None,
+    base_optional: bool = False,
 ) -> Callable[[Callable], Callable]:
     """Register `fn` under `name`. Stochastic methods also receive `generator=` (a seeded
     `torch.Generator`, derived per tensor by the engine so results do not depend on tensor order)."""
@@ -76,7 +89,9 @@ def merge_method(
     def register(fn: Callable) -> Callable:
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} is already registered")
-        _METHODS[name] = MergeMethod(name, fn, parameters, reference, uses_base, min_models, max_models, stochastic)
+        _METHODS[name] = MergeMethod(
+            name, fn, parameters, reference, uses_base, min_models, max_models, stochastic, check, base_optional
+        )
         return fn
 
     return register
@@ -98,4 +113,5 @@ def known_methods() -> list[str]:
 
 def _load_builtin_methods() -> None:
     # Importing the module runs its decorators; kept lazy so the registry itself imports no torch.
+    import alloyml.merging.geometric_methods  # noqa: F401
     import alloyml.merging.methods  # noqa: F401

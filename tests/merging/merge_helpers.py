@@ -24,3 +24,34 @@ def small_state(seed: int = 0, layers: int = 3) -> dict[str, torch.Tensor]:
         state[f"model.layers.{i}.norm.bias"] = torch.randn(6, generator=gen)
     state["position_ids"] = torch.arange(7)
     return state
+
+
+def mergekit_yaml(data: dict, out_dir) -> dict[str, torch.Tensor]:
+    """Run a config through mergekit exactly as `mergekit-yaml` does (its own parsing of the raw YAML data,
+    none of alloyml's validation) and return the merged state dict."""
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    config = MergeConfiguration.model_validate(data)
+    run_merge(config, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    return load_state(out_dir)
+
+
+def load_state(directory) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors checkpoint directory (one file or shards)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for shard in sorted(Path(directory).glob("*.safetensors")):
+        state.update(load_file(shard))
+    return state
+
+
+def assert_same_weights(ours: dict, theirs: dict, atol: float = 1e-6) -> None:
+    assert sorted(ours) == sorted(theirs)
+    for name in ours:
+        assert ours[name].dtype == theirs[name].dtype, name
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol, msg=name)

@@ -38,7 +38,7 @@ def test_valid_config_round_trips_through_yaml(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"merge_method": "tiez"}, "unknown merge method 'tiez'; known methods: dare_linear, dare_ties, linear"),
+        ({"merge_method": "tiez"}, "unknown merge method 'tiez'; known methods: .*dare_linear, dare_ties, della"),
         ({"base_model": None}, "'ties' needs `base_model`"),
         ({"parameters": {"lamda": 1}}, "no parameter 'lamda'; known: weight, density, lambda, normalize"),
         ({"models": [{"model": "a", "parameters": {"weight": 1, "lambda": 2}}]}, "'lambda' of ties is shared"),

@@ -5,21 +5,48 @@ unit everywhere (budgeted tuning, cascades): `prompt_tokens` is charged once per
 `completion_tokens` sums over the `n` samples, as remote chat APIs bill them.
 
 A prompt is either plain text (sent as one user turn to chat models) or a list of chat messages
-`{"role": ..., "content": ...}`.
+`{"role": ..., "content": ...}`. A chat prompt whose last message is an `assistant` turn is a *prefill*:
+the model continues that message instead of opening a fresh reply (`continues_final_message`), which is
+how a completion-style template ("...The instruction was to") reaches a chat model.
+
+`logprob(prompt, continuation)` scores a continuation: the summed log-probability of its tokens after the
+prompt (rendered as `generate` renders it). Models that cannot score say so with `supports_logprob`;
+asking one anyway raises `LogprobUnsupportedError`.
+
+Sampling is seeded per (prompt, sample): a sample's text depends on the seed, the prompt and its index,
+never on which other prompts share the call (`row_seed`), so searches that evaluate a configuration in
+chunks see what one call over every example would return.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from alloyml.errors import InvalidInputError
+from alloyml.errors import AlloyError, InvalidInputError
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
 
 _ROLES = ("system", "user", "assistant")
+
+
+class LogprobUnsupportedError(AlloyError, NotImplementedError):
+    """The model (e.g. a chat endpoint without logprobs) cannot score a continuation."""
+
+
+def row_seed(seed: int, text: str, index: int) -> int:
+    """The seed of sample `index` of the prompt rendered as `text`: a 63-bit hash of all three, so samples
+    are independent of one another and of the batch they are drawn in."""
+    digest = hashlib.sha256(f"{int(seed)}\0{int(index)}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def continues_final_message(prompt: Prompt) -> bool:
+    """Whether the prompt is a prefill: a chat prompt ending with an assistant turn to continue."""
+    return not isinstance(prompt, str) and bool(prompt) and prompt[-1].get("role") == "assistant"
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,27 @@ class LanguageModel(abc.ABC):
         if not prompts:
             return []
         return self._generate(list(prompts), params)
+
+    supports_logprob: bool = False
+
+    def logprob(self, prompt: Prompt, continuation: str) -> float:
+        """log P(continuation | prompt), summed over the continuation's tokens (0.0 when it is empty)."""
+        return self.logprobs([(prompt, continuation)])[0]
+
+    def logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """`logprob` of each (prompt, continuation) pair, batched where the model can."""
+        if not self.supports_logprob:
+            raise LogprobUnsupportedError(f"model {self.name!r} ({type(self).__name__}) gives no log-probabilities")
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str)):
+                raise InvalidInputError(f"logprobs pair {i} must be (prompt, continuation str), got {pair!r}")
+            if not isinstance(pair[0], str):
+                as_messages(pair[0])
+        return self._logprobs(pairs) if pairs else []
+
+    def _logprobs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        raise LogprobUnsupportedError(f"model {self.name!r} ({type(self).__name__}) gives no log-probabilities")
 
     @abc.abstractmethod
     def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:

@@ -10,10 +10,18 @@ provable, so the returned configuration is the one an exhaustive evaluation woul
   (cost already spent + prompt cost of the examples not yet run) / N, since completions cost >= 0 and
   the model's `count_tokens` gives each prompt's exact token count before any call. It is pruned as
   soon as that bound exceeds the budget — on zero examples when the prompts alone are too long.
-* **dominance**: with utilities in [0, 1], a configuration's final mean utility lies in
-  [spent_sum / N, (spent_sum + remaining) / N]. It is pruned when some configuration that is certain
-  to fit the budget (its cost upper bound, with every remaining completion at `n * max_tokens`, is
-  <= budget) has a lower utility bound at or above its upper bound.
+* **dominance**: with utilities in the declared `utility_range` [lo, hi] (default [0, 1]), a
+  configuration's final mean utility lies in [(spent_sum + lo * remaining) / N,
+  (spent_sum + hi * remaining) / N]. It is pruned when some configuration that is certain to fit the
+  budget (its cost upper bound, with every remaining completion at `n * max_tokens`, is <= budget) has a
+  lower utility bound above its upper bound.
+
+Both rules are exact for sampled models too, on two conditions the code enforces or checks: a
+configuration's output on an example must not depend on which other examples share its `generate`
+call (every `alloyml.lm` model seeds each (prompt, sample) pair on its own, `alloyml.lm.row_seed`), and
+every utility must lie in `utility_range` (a utility outside it raises `InvalidInputError`; a utility on
+another scale needs its range declared). A configuration whose calls raise is recorded as `failed`; when
+every configuration fails, `AllTrialsFailedError` carries the first failure.
 
 `eta` adds successive halving (keep the best 1/eta by observed mean utility each round): cheaper, but
 heuristic, so off by default.
@@ -33,10 +41,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from alloyml.automl.metrics import Metric, get_metric, normalize
 from alloyml.automl.prompting import Example, check_template
 from alloyml.automl.trials import TrialCallback, TrialRecord
-from alloyml.errors import InvalidInputError
+from alloyml.errors import AlloyError, InvalidInputError
 from alloyml.lm import TOKEN_COUNT, ModelLike, Price, as_lm
 
 Utility = Callable[[list[str], str], float]
+
+
+class AllTrialsFailedError(AlloyError):
+    """Every configuration of a search raised; the first exception is the cause (`__cause__`)."""
 
 
 def majority_vote(metric: str | Metric = "exact") -> Utility:
@@ -103,13 +115,16 @@ class InferenceSpace(BaseModel):
         return values
 
     def configs(self) -> list[InferenceConfig]:
+        """The grid in order, without settings a greedy decoder ignores: n > 1 samples of it are identical
+        (pay for them only when sampling) and top_p does not change its argmax (one greedy config, top_p=1)."""
         grid = itertools.product(self.n, self.temperature, self.top_p, self.max_tokens, self.stop, self.templates)
-        return [
-            InferenceConfig(n=n, temperature=t, top_p=p, max_tokens=m, stop=s, template=tpl)
-            for n, t, p, m, s, tpl in grid
-            # n > 1 samples of a greedy decoder are identical: pay for them only when sampling.
-            if not (n > 1 and t == 0.0)
-        ]
+        out: dict[InferenceConfig, None] = {}
+        for n, t, p, m, s, tpl in grid:
+            if n > 1 and t == 0.0:
+                continue
+            out.setdefault(InferenceConfig(n=n, temperature=t, top_p=1.0 if t == 0.0 else p, max_tokens=m,
+                                           stop=s, template=tpl))
+        return list(out)
 
 
 @dataclass
@@ -121,6 +136,7 @@ class _Candidate:
     costs: list[float] = field(default_factory=list)
     status: str = "running"
     seconds: float = 0.0
+    error: str = ""
 
     @property
     def done(self) -> int:
@@ -135,9 +151,11 @@ class _Candidate:
         high = (spent + rest.sum() + worst_completion * len(rest)) / n_total
         return low, high
 
-    def utility_bounds(self) -> tuple[float, float]:
+    def utility_bounds(self, low: float = 0.0, high: float = 1.0) -> tuple[float, float]:
+        """(lower, upper) bound on the mean utility over all N examples, utilities in [low, high]."""
         n_total, got = len(self.prompt_costs), sum(self.utilities)
-        return got / n_total, (got + n_total - self.done) / n_total
+        rest = n_total - self.done
+        return (got + low * rest) / n_total, (got + high * rest) / n_total
 
 
 @dataclass
@@ -169,15 +187,19 @@ def tune_inference(
     max_configs: int | None = None,
     eta: float | None = None,
     seed: int = 0,
+    utility_range: tuple[float, float] = (0.0, 1.0),
     on_trial: TrialCallback | None = None,
 ) -> InferenceTuningResult:
     """Search `space` for the highest mean `utility` on `examples` with mean cost per example <= `budget`.
 
-    `utility(texts, target) -> [0, 1]` scores the n completions of one example (default: majority vote,
-    exact match). Templates may use `{instruction}`, filled with `instruction`. `lm` is a model or an
-    `alloyml.lm` spec of one; `price` says what a call costs (default: one unit per token).
+    `utility(texts, target)` scores the n completions of one example (default: majority vote, exact
+    match) and must lie in `utility_range`. Templates may use `{instruction}`, filled with `instruction`.
+    `lm` is a model or an `alloyml.lm` spec of one; `price` says what a call costs (default: one unit per
+    token). `on_trial` gets each configuration's record as soon as it is settled (pruned, completed or
+    failed), so an interrupted search has recorded what it finished.
     """
     lm = as_lm(lm)
+    low, high = _check_range(utility_range)
     if not examples:
         raise InvalidInputError("examples must be a non-empty list of Example")
     if budget <= 0:
@@ -208,33 +230,54 @@ def tune_inference(
         if cand.cost_bounds(price)[0] > budget:
             cand.status = "pruned_cost"
 
+    failures: list[Exception] = []
+    reported: set[int] = set()
+
+    def settle() -> None:
+        """Hand every newly settled configuration to `on_trial` (in index order within a round)."""
+        for cand in cands:
+            if cand.status != "running" and cand.index not in reported:
+                reported.add(cand.index)
+                if on_trial is not None:
+                    on_trial(_record(cand))
+
     for cand in cands:
         prune(cand)
+    settle()
     while any(c.status == "running" for c in cands):
         target = min(target, n_total)
         for cand in (c for c in cands if c.status == "running"):
             start = time.perf_counter()
             cfg, lo = cand.config, cand.done
-            gens = lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
+            try:
+                gens = lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
+            except Exception as exc:  # one failing configuration must not end the search; see failures below
+                cand.status, cand.error = "failed", f"{type(exc).__name__}: {exc}"
+                failures.append(exc)
+                continue
+            finally:
+                cand.seconds += time.perf_counter() - start
             for gen, ex in zip(gens, examples[lo:target], strict=True):
-                cand.utilities.append(float(utility(gen.texts, ex.output)))
+                cand.utilities.append(_checked(utility(gen.texts, ex.output), low, high, cfg))
                 cand.costs.append(price.cost(gen.prompt_tokens, gen.completion_tokens))
             tuning_cost += sum(cand.costs[lo:])
-            cand.seconds += time.perf_counter() - start
             prune(cand)
             if cand.status == "running" and cand.done == n_total:
                 cand.status = "completed" if np.mean(cand.costs) <= budget else "over_budget"
-        _prune_dominated(cands, price, budget)
+        _prune_dominated(cands, price, budget, low, high)
         if eta is not None:
             _halve(cands, eta)
+        settle()
         target *= 2
+    settle()
 
+    if failures and all(c.status == "failed" for c in cands):
+        raise AllTrialsFailedError(
+            f"all {len(cands)} configurations failed; the first with {cands[0].error}"
+        ) from failures[0]
     feasible = [c for c in cands if c.status == "completed"]
     best = max(feasible, key=lambda c: (np.mean(c.utilities), -np.mean(c.costs), -c.index), default=None)
     trials = [_record(c) for c in cands]
-    if on_trial is not None:
-        for t in trials:
-            on_trial(t)
     return InferenceTuningResult(
         best=best.config if best else None,
         best_utility=float(np.mean(best.utilities)) if best else float("nan"),
@@ -245,15 +288,36 @@ def tune_inference(
     )
 
 
-def _prune_dominated(cands: list[_Candidate], price: Price, budget: float) -> None:
+def _check_range(utility_range) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in utility_range)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"utility_range must be (low, high) numbers, got {utility_range!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise InvalidInputError(f"utility_range must be finite with low < high, got {utility_range!r}")
+    return low, high
+
+
+def _checked(value, low: float, high: float, cfg: InferenceConfig) -> float:
+    """A utility inside the declared range; anything else would void the dominance bound."""
+    value = float(value)
+    if not (np.isfinite(value) and low <= value <= high):
+        raise InvalidInputError(
+            f"utility returned {value!r} for {cfg!r}, outside utility_range [{low}, {high}]; declare the "
+            "utility's range with utility_range=(low, high) or rescale it"
+        )
+    return value
+
+
+def _prune_dominated(cands: list[_Candidate], price: Price, budget: float, low: float, high: float) -> None:
     alive = [c for c in cands if c.status in ("running", "completed")]
-    sure = [c.utility_bounds()[0] for c in alive if c.cost_bounds(price)[1] <= budget]
+    sure = [c.utility_bounds(low, high)[0] for c in alive if c.cost_bounds(price)[1] <= budget]
     if not sure:
         return
     floor = max(sure)
     for c in alive:
         # Strictly below: a tie could still win on cost, so it stays.
-        if c.status == "running" and c.utility_bounds()[1] < floor:
+        if c.status == "running" and c.utility_bounds(low, high)[1] < floor:
             c.status = "pruned_dominated"
 
 
@@ -277,4 +341,5 @@ def _record(c: _Candidate) -> TrialRecord:
         cost=float(sum(c.costs)),
         seconds=c.seconds,
         status=c.status,
+        extra={"error": c.error} if c.error else {},
     )

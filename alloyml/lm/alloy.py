@@ -29,6 +29,11 @@ class RecurrentLM(LanguageModel):
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.tokenizer.encode(as_text(prompt)))
 
+    def _fingerprint_parts(self) -> list[bytes]:
+        from alloyml.lm.base import module_fingerprint_parts
+
+        return module_fingerprint_parts(self.model)
+
     def _stopper(self, stop):
         if not stop:
             return None

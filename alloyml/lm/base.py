@@ -158,6 +158,18 @@ class LanguageModel(abc.ABC):
 
     supports_logprob: bool = False
 
+    def fingerprint(self) -> str:
+        """A short hash of what determines this model's answers (weights, code, endpoint), for cache keys:
+        a changed model under the same name gets a different fingerprint."""
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}\0{self.name}".encode())
+        for part in self._fingerprint_parts():
+            digest.update(b"\0" + part)
+        return digest.hexdigest()[:16]
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        """Bytes that identify the model beyond its class and name; subclasses add their weights or code."""
+        return []
+
     def logprob(self, prompt: Prompt, continuation: str) -> float:
         """log P(continuation | prompt), summed over the continuation's tokens (0.0 when it is empty)."""
         return self.logprobs([(prompt, continuation)])[0]
@@ -184,3 +196,14 @@ class LanguageModel(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, prompt: Prompt) -> int:
         """Prompt tokens `generate` will charge for `prompt` (after any chat template)."""
+
+
+def module_fingerprint_parts(module) -> list[bytes]:
+    """Every parameter and buffer of a torch module, by name, as bytes (for `fingerprint`)."""
+    import torch
+
+    parts = []
+    for key, tensor in module.state_dict().items():
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        parts += [key.encode(), raw.numpy().tobytes()]
+    return parts

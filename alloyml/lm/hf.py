@@ -129,6 +129,12 @@ class HFCausalLM(LanguageModel):
             results.append(Generation(texts, len(ids), used, reasons))
         return results
 
+    def _fingerprint_parts(self) -> list[bytes]:
+        from alloyml.lm.base import module_fingerprint_parts
+
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return [repr(vocab).encode(), repr(self.chat).encode(), *module_fingerprint_parts(self.model)]
+
     def _pad_id(self) -> int:
         pad_id = self.tokenizer.pad_token_id
         return self.tokenizer.eos_token_id if pad_id is None else pad_id

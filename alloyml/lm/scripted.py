@@ -53,6 +53,19 @@ class ScriptedLM(LanguageModel):
     def _logprobs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
         return [float(self.score(as_text(p), c)) for p, c in pairs]
 
+    def _fingerprint_parts(self) -> list[bytes]:
+        # The function's code, constants and captured values (a closure over "Paris" differs from one over
+        # "Lyon"); a value without a stable repr only makes the fingerprint change more often.
+        parts = []
+        for fn in (self.respond, self.score):
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                parts.append(repr(fn).encode())
+                continue
+            cells = [c.cell_contents for c in (fn.__closure__ or ())]
+            parts.append(code.co_code + repr((code.co_consts, fn.__qualname__, cells)).encode())
+        return parts
+
     def count_tokens(self, prompt: Prompt) -> int:
         return len(word_tokens(as_text(prompt)))
 

@@ -143,3 +143,16 @@ def test_models_without_logprobs_say_so():
     scored = ScriptedLM(lambda p, s: "y", score=lambda p, c: -float(len(c)))
     assert scored.supports_logprob and scored.logprobs([("a", "bcd"), ("q", "")]) == [-3.0, 0.0]
     assert math.isclose(scored.logprob("a", "bb"), -2.0)
+
+
+def test_fingerprint_changes_with_the_weights_not_with_the_object():
+    import torch
+
+    model, tok = tiny_llama(seed=3)
+    a = HFCausalLM(model, tok)
+    assert a.fingerprint() == HFCausalLM(*tiny_llama(seed=3)).fingerprint()  # same weights, new objects
+    before = a.fingerprint()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    assert a.fingerprint() != before
+    assert ConstantLM("x").fingerprint() != ConstantLM("y").fingerprint()

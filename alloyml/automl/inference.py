@@ -25,14 +25,22 @@ every configuration fails, `AllTrialsFailedError` carries the first failure.
 
 `eta` adds successive halving (keep the best 1/eta by observed mean utility each round): cheaper, but
 heuristic, so off by default.
+
+**Model selection** (as EcoOptiGen tunes the model too): pass several models as `{name: model}` and
+their prices as `{name: Price}`; the space becomes model x settings, each configuration names its
+`model`, and both rules stay exact (each candidate's bounds use its own model's token counts and price).
+`max_tuning_cost` caps what the whole search may spend: once reached, configurations still running are
+marked `stopped_tuning_budget` and the best completed one is returned (no longer provably the exhaustive
+answer; the result says so with `complete=False`).
 """
+
 
 from __future__ import annotations
 
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +50,7 @@ from alloyml.automl.metrics import Metric, get_metric, normalize
 from alloyml.automl.prompting import Example, check_template
 from alloyml.automl.trials import TrialCallback, TrialRecord
 from alloyml.errors import AlloyError, InvalidInputError
-from alloyml.lm import TOKEN_COUNT, ModelLike, Price, as_lm
+from alloyml.lm import TOKEN_COUNT, LanguageModel, ModelLike, Price, as_lm
 
 Utility = Callable[[list[str], str], float]
 
@@ -81,6 +89,7 @@ class InferenceConfig(BaseModel):
     max_tokens: int = 16
     stop: tuple[str, ...] = ()
     template: str = "{input}"
+    model: str | None = None  # which model, when several are searched
 
     def sampling(self) -> dict:
         """The keyword arguments of `LanguageModel.generate` this configuration sets."""
@@ -132,6 +141,8 @@ class _Candidate:
     index: int
     config: InferenceConfig
     prompt_costs: np.ndarray  # [N] exact cost of each example's call before any completion token
+    lm: LanguageModel
+    price: Price
     utilities: list[float] = field(default_factory=list)
     costs: list[float] = field(default_factory=list)
     status: str = "running"
@@ -142,12 +153,12 @@ class _Candidate:
     def done(self) -> int:
         return len(self.costs)
 
-    def cost_bounds(self, price: Price) -> tuple[float, float]:
+    def cost_bounds(self) -> tuple[float, float]:
         """(lower, upper) bound on the mean cost over all N examples."""
         n_total, rest = len(self.prompt_costs), self.prompt_costs[self.done :]
         spent = sum(self.costs)
         low = (spent + rest.sum()) / n_total
-        worst_completion = price.per_completion_token * self.config.n * self.config.max_tokens
+        worst_completion = self.price.per_completion_token * self.config.n * self.config.max_tokens
         high = (spent + rest.sum() + worst_completion * len(rest)) / n_total
         return low, high
 
@@ -168,6 +179,7 @@ class InferenceTuningResult:
     trials: list[TrialRecord]
     tuning_cost: float  # everything the search spent, in cost units
     budget: float
+    complete: bool = True  # False when max_tuning_cost stopped the search early
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -175,14 +187,15 @@ class InferenceTuningResult:
 
 
 def tune_inference(
-    lm: ModelLike,
+    lm: ModelLike | Mapping[str, ModelLike],
     examples: Sequence[Example],
     space: InferenceSpace,
     *,
     budget: float,
     instruction: str = "",
     utility: Utility | None = None,
-    price: Price = TOKEN_COUNT,
+    price: Price | Mapping[str, Price] = TOKEN_COUNT,
+    max_tuning_cost: float | None = None,
     initial_examples: int = 2,
     max_configs: int | None = None,
     eta: float | None = None,
@@ -196,10 +209,13 @@ def tune_inference(
     match) and must lie in `utility_range`. Templates may use `{instruction}`, filled with `instruction`.
     `lm` is a model or an `alloyml.lm` spec of one; `price` says what a call costs (default: one unit per
     token). `on_trial` gets each configuration's record as soon as it is settled (pruned, completed or
-    failed), so an interrupted search has recorded what it finished.
+    failed), so an interrupted search has recorded what it finished. Several models: `lm={name: model}`
+    and `price={name: Price}` (or one Price for all); `max_tuning_cost` caps the search's own spend.
     """
-    lm = as_lm(lm)
+    models = _models(lm, price)
     low, high = _check_range(utility_range)
+    if max_tuning_cost is not None and not (np.isfinite(max_tuning_cost) and max_tuning_cost > 0):
+        raise InvalidInputError(f"max_tuning_cost must be a finite number > 0, got {max_tuning_cost!r}")
     if not examples:
         raise InvalidInputError("examples must be a non-empty list of Example")
     if budget <= 0:
@@ -209,7 +225,8 @@ def tune_inference(
     if eta is not None and eta <= 1:
         raise InvalidInputError(f"eta must be > 1 (keep 1/eta per round), got {eta}")
     utility = utility or majority_vote()
-    configs = space.configs()
+    configs = [c if name is None else c.model_copy(update={"model": name})
+               for name in models for c in space.configs()]
     if not configs:
         raise InvalidInputError("the space has no configuration (n > 1 needs a temperature > 0)")
     if max_configs is not None and max_configs < len(configs):
@@ -221,13 +238,14 @@ def tune_inference(
         for tpl in {c.template for c in configs}
     }
     prompt_costs = {
-        tpl: np.array([price.cost(lm.count_tokens(p), 0) for p in ps], dtype=float) for tpl, ps in prompts.items()
+        (name, tpl): np.array([p_.cost(m.count_tokens(p), 0) for p in ps], dtype=float)
+        for name, (m, p_) in models.items() for tpl, ps in prompts.items()
     }
-    cands = [_Candidate(i, c, prompt_costs[c.template]) for i, c in enumerate(configs)]
-    n_total, tuning_cost, target = len(examples), 0.0, initial_examples
+    cands = [_Candidate(i, c, prompt_costs[c.model, c.template], *models[c.model]) for i, c in enumerate(configs)]
+    n_total, tuning_cost, target, complete = len(examples), 0.0, initial_examples, True
 
     def prune(cand: _Candidate) -> None:
-        if cand.cost_bounds(price)[0] > budget:
+        if cand.cost_bounds()[0] > budget:
             cand.status = "pruned_cost"
 
     failures: list[Exception] = []
@@ -247,10 +265,16 @@ def tune_inference(
     while any(c.status == "running" for c in cands):
         target = min(target, n_total)
         for cand in (c for c in cands if c.status == "running"):
+            if max_tuning_cost is not None and tuning_cost >= max_tuning_cost:
+                for c in cands:
+                    if c.status == "running":
+                        c.status = "stopped_tuning_budget"
+                complete = False
+                break
             start = time.perf_counter()
             cfg, lo = cand.config, cand.done
             try:
-                gens = lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
+                gens = cand.lm.generate(prompts[cfg.template][lo:target], **cfg.sampling(), seed=seed)
             except Exception as exc:  # one failing configuration must not end the search; see failures below
                 cand.status, cand.error = "failed", f"{type(exc).__name__}: {exc}"
                 failures.append(exc)
@@ -259,12 +283,12 @@ def tune_inference(
                 cand.seconds += time.perf_counter() - start
             for gen, ex in zip(gens, examples[lo:target], strict=True):
                 cand.utilities.append(_checked(utility(gen.texts, ex.output), low, high, cfg))
-                cand.costs.append(price.cost(gen.prompt_tokens, gen.completion_tokens))
+                cand.costs.append(cand.price.cost(gen.prompt_tokens, gen.completion_tokens))
             tuning_cost += sum(cand.costs[lo:])
             prune(cand)
             if cand.status == "running" and cand.done == n_total:
                 cand.status = "completed" if np.mean(cand.costs) <= budget else "over_budget"
-        _prune_dominated(cands, price, budget, low, high)
+        _prune_dominated(cands, budget, low, high)
         if eta is not None:
             _halve(cands, eta)
         settle()
@@ -285,7 +309,32 @@ def tune_inference(
         trials=trials,
         tuning_cost=tuning_cost,
         budget=budget,
+        complete=complete,
     )
+
+
+def _models(lm, price) -> dict[str | None, tuple[LanguageModel, Price]]:
+    """{name: (model, price)}; one model is keyed None (its configurations name no model)."""
+    if not isinstance(lm, Mapping):
+        if isinstance(price, Mapping):
+            raise InvalidInputError("price is a mapping of model names but lm is a single model")
+        return {None: (as_lm(lm), price)}
+    if not lm:
+        raise InvalidInputError("lm must be a model or a non-empty {name: model} mapping")
+    if isinstance(price, Mapping):
+        missing = sorted(set(lm) - set(price))
+        if missing or set(price) - set(lm):
+            raise InvalidInputError(f"price must name the same models as lm; missing {missing}, "
+                                    f"unknown {sorted(set(price) - set(lm))}")
+    out = {}
+    for name, model in lm.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidInputError(f"model names must be non-empty strings, got {name!r}")
+        p = price[name] if isinstance(price, Mapping) else price
+        if not isinstance(p, Price):
+            raise InvalidInputError(f"price for {name!r} must be a Price, got {type(p).__name__}")
+        out[name] = (as_lm(model, name), p)
+    return out
 
 
 def _check_range(utility_range) -> tuple[float, float]:
@@ -309,9 +358,9 @@ def _checked(value, low: float, high: float, cfg: InferenceConfig) -> float:
     return value
 
 
-def _prune_dominated(cands: list[_Candidate], price: Price, budget: float, low: float, high: float) -> None:
+def _prune_dominated(cands: list[_Candidate], budget: float, low: float, high: float) -> None:
     alive = [c for c in cands if c.status in ("running", "completed")]
-    sure = [c.utility_bounds(low, high)[0] for c in alive if c.cost_bounds(price)[1] <= budget]
+    sure = [c.utility_bounds(low, high)[0] for c in alive if c.cost_bounds()[1] <= budget]
     if not sure:
         return
     floor = max(sure)

@@ -6,11 +6,18 @@
 tokens it serves, which is how optimiser runs report their cost.
 
 `run_dspy_optimizer` compiles a program with a registered optimiser (`bootstrap_fewshot`, `copro`,
-`miprov2`, `gepa`) and scores it before and after on a dev set.
+`miprov2`, `gepa`) and scores it before and after on a held-out split that no optimiser sees: MIPROv2
+and GEPA select on `valset` (default: their own split of the training set), which must not share an
+example with it. Proposals and GEPA's reflections can come from a separate, stronger `prompt_lm`.
+
+Only text reaches an alloyml model: a request with an image or any other non-text part raises
+`InvalidInputError` rather than reaching the model as an empty prompt. With DSPy's cache on, the LM's
+name carries the model's `fingerprint`, so a changed model under the same name misses the cache.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,9 +51,9 @@ class AlloyEngine:
         validate_request(request)
         messages = []
         if request.system is not None:
-            system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system)
+            system = request.system if isinstance(request.system, str) else _text_of(request.system, "system")
             messages.append({"role": "system", "content": system})
-        messages.extend({"role": m.role, "content": m.text or ""} for m in request.messages)
+        messages.extend({"role": m.role, "content": _text_of(m.parts, m.role)} for m in request.messages)
         cfg = request.config
         [gen] = self.lm.generate(
             [messages],
@@ -82,13 +89,47 @@ class AlloyEngine:
         return self.prompt_tokens + self.completion_tokens
 
 
+class AsyncAlloyEngine:
+    """DSPy's async engine contract over an `AlloyEngine`: each request runs in a worker thread (the
+    models are synchronous), so `acall` and async programs work and share the sync engine's counts."""
+
+    def __init__(self, engine: AlloyEngine):
+        self.engine = engine
+
+    async def complete(self, request):
+        return await asyncio.to_thread(self.engine.complete, request)
+
+    async def stream(self, request):
+        for event in self.engine.stream(request):
+            yield event
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def _text_of(parts, role: str) -> str:
+    """The text of a message's parts; anything else (images, audio, files, tool calls) is refused."""
+    from dspy.lm15 import TextPart
+
+    if isinstance(parts, str):
+        return parts
+    other = sorted({type(p).__name__ for p in parts if not isinstance(p, TextPart)})
+    if other:
+        raise InvalidInputError(f"alloyml language models take text only; a {role} message carries {other}")
+    return "".join(p.text for p in parts)
+
+
 def dspy_lm(lm: ModelLike, *, default_max_tokens: int = 256, **kwargs):
-    """A `dspy.LM` backed by `lm` (DSPy's response cache off unless `cache=True` is passed)."""
+    """A `dspy.LM` backed by `lm` (DSPy's response cache off unless `cache=True` is passed). With the cache
+    on, the LM's name includes the model's fingerprint (`alloyml/<name>@<fingerprint>`)."""
     import dspy
 
     kwargs.setdefault("cache", False)
     engine = AlloyEngine(lm, default_max_tokens)
-    return dspy.LM(f"alloyml/{engine.lm.name}", engine=engine, **kwargs)
+    name = f"alloyml/{engine.lm.name}"
+    if kwargs["cache"]:
+        name += "@" + engine.lm.fingerprint()
+    return dspy.LM(name, engine=engine, async_engine=AsyncAlloyEngine(engine), **kwargs)
 
 
 DSPyMetric = Callable[..., float]
@@ -105,46 +146,78 @@ def optimizer(name: str):
     return register
 
 
+def _valset(valset) -> dict:
+    return {} if valset is None else {"valset": list(valset)}
+
+
 @optimizer("bootstrap_fewshot")
-def _bootstrap_fewshot(metric, lm, seed, valset, **options):
+def _bootstrap_fewshot(metric, lm, prompt_lm, seed, valset, **options):
     import dspy
 
     options.setdefault("max_bootstrapped_demos", 4)
     options.setdefault("max_labeled_demos", 4)
-    return dspy.BootstrapFewShot(metric=metric, **options), {}
+    return dspy.BootstrapFewShot(metric=_scalar(metric), **options), {}
 
 
 @optimizer("copro")
-def _copro(metric, lm, seed, valset, **options):
+def _copro(metric, lm, prompt_lm, seed, valset, **options):
     import dspy
 
     options.setdefault("breadth", 3)
     options.setdefault("depth", 1)
-    return dspy.COPRO(prompt_model=lm, metric=metric, **options), {"eval_kwargs": {"num_threads": 1}}
+    opt = dspy.COPRO(prompt_model=prompt_lm, metric=_scalar(metric), **options)
+    return opt, {"eval_kwargs": {"num_threads": 1}}
 
 
 @optimizer("miprov2")
-def _miprov2(metric, lm, seed, valset, num_trials=4, **options):
+def _miprov2(metric, lm, prompt_lm, seed, valset, num_trials=4, **options):
     import dspy
 
     options.setdefault("auto", None)
     options.setdefault("num_candidates", 2)
     options.setdefault("num_threads", 1)
-    opt = dspy.MIPROv2(metric=metric, prompt_model=lm, task_model=lm, seed=seed, **options)
-    return opt, {"valset": list(valset), "num_trials": num_trials, "minibatch": False}
+    opt = dspy.MIPROv2(metric=_scalar(metric), prompt_model=prompt_lm, task_model=lm, seed=seed, **options)
+    return opt, {**_valset(valset), "num_trials": num_trials, "minibatch": False}
 
 
 @optimizer("gepa")
-def _gepa(metric, lm, seed, valset, **options):
+def _gepa(metric, lm, prompt_lm, seed, valset, **options):
     import dspy
-
-    def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
-        return float(metric(gold, pred, trace))
 
     options.setdefault("max_metric_calls", 40)
     options.setdefault("num_threads", 1)
-    opt = dspy.GEPA(metric=feedback_metric, reflection_lm=lm, seed=seed, **options)
-    return opt, {"valset": list(valset)}
+    opt = dspy.GEPA(metric=gepa_feedback(metric), reflection_lm=prompt_lm, seed=seed, **options)
+    return opt, _valset(valset)
+
+
+def _score_of(value) -> float:
+    """A metric's number: a float, or the `score` of a `dspy.Prediction(score=..., feedback=...)`."""
+    return float(value.score if hasattr(value, "score") else value)
+
+
+def _scalar(metric: DSPyMetric) -> DSPyMetric:
+    return lambda gold, pred, trace=None: _score_of(metric(gold, pred, trace))
+
+
+def gepa_feedback(metric: DSPyMetric) -> DSPyMetric:
+    """GEPA's five-argument metric returning `dspy.Prediction(score=..., feedback=...)`.
+
+    A metric that already returns a prediction with `feedback` passes it through; a bare number gets a
+    textual feedback naming the expected and the predicted output fields, which GEPA's reflection reads."""
+    import dspy
+
+    def feedback_metric(gold, pred, trace=None, pred_name=None, pred_trace=None):
+        value = metric(gold, pred, trace)
+        if hasattr(value, "feedback"):
+            return dspy.Prediction(score=_score_of(value), feedback=str(value.feedback))
+        score = _score_of(value)
+        outputs = [k for k in gold.keys() if k not in gold.inputs().keys()]
+        expected = ", ".join(f"{k}={gold[k]!r}" for k in outputs)
+        got = ", ".join(f"{k}={pred.get(k)!r}" for k in outputs) if hasattr(pred, "get") else repr(pred)
+        verdict = "correct" if score >= 1.0 else "wrong" if score <= 0.0 else "partly correct"
+        return dspy.Prediction(score=score, feedback=f"Score {score:g} ({verdict}): expected {expected}; got {got}.")
+
+    return feedback_metric
 
 
 @dataclass
@@ -156,14 +229,14 @@ class DSPyRunResult:
     score_after: float
     program: Any  # the compiled dspy.Module
     seconds: float
-    tokens: int  # all tokens the alloyml LM served during compile and both evaluations
+    tokens: int  # all tokens the alloyml LMs (task and prompt model) served during compile and both evaluations
 
 
 def evaluate_program(program, devset: Sequence, metric: DSPyMetric) -> float:
     """Mean metric over `devset`, sequentially (deterministic for a deterministic LM)."""
     import dspy
 
-    evaluate = dspy.Evaluate(devset=list(devset), metric=metric, num_threads=1, display_progress=False)
+    evaluate = dspy.Evaluate(devset=list(devset), metric=_scalar(metric), num_threads=1, display_progress=False)
     return float(evaluate(program).score) / 100.0
 
 
@@ -175,14 +248,20 @@ def run_dspy_optimizer(
     lm: ModelLike,
     *,
     optimizer: str = "bootstrap_fewshot",
+    valset: Sequence | None = None,
+    prompt_lm: ModelLike | None = None,
     seed: int = 0,
     max_tokens: int = 256,
     options: dict | None = None,
     on_trial: TrialCallback | None = None,
 ) -> DSPyRunResult:
-    """Compile `program` (a `dspy.Module`) with `optimizer`, using `lm` for both task and proposals.
+    """Compile `program` (a `dspy.Module`) with `optimizer` on `trainset` (and `valset` for the optimisers
+    that select on one), then score it before and after on `devset`, which the optimiser never sees.
 
-    `max_tokens` caps every completion DSPy asks for (small local models ramble past the end marker).
+    `lm` runs the task; `prompt_lm` (default: `lm`) writes proposals (COPRO, MIPROv2) and GEPA's
+    reflections. `options` go to the optimiser; `prompt_model` / `reflection_lm` there may be alloyml
+    models or specs too. `max_tokens` caps every completion (small local models ramble past the end marker).
+    The metric may return a number or `dspy.Prediction(score=..., feedback=...)` (GEPA reads the feedback).
     """
     import dspy
 
@@ -190,23 +269,51 @@ def run_dspy_optimizer(
         raise InvalidInputError(f"unknown DSPy optimizer {optimizer!r}; known: {sorted(OPTIMIZERS)}")
     if not trainset or not devset:
         raise InvalidInputError("trainset and devset must be non-empty lists of dspy.Example")
+    if valset is not None and not valset:
+        raise InvalidInputError("valset must be None (the optimiser's own split of trainset) or non-empty")
+    held_out = {_example_key(ex) for ex in devset}
+    for name, split in (("trainset", trainset), ("valset", valset or ())):
+        leaked = sum(_example_key(ex) in held_out for ex in split)
+        if leaked:
+            raise InvalidInputError(f"{leaked} example(s) of {name} are also in devset, the reported split; "
+                                    "the optimiser must not see it")
+    options = dict(options or {})
     model = dspy_lm(lm, max_tokens=max_tokens)
+    named = [options.pop(k, None) for k in ("prompt_model", "reflection_lm")]
+    supplied = next((m for m in named if m is not None), prompt_lm)
+    proposer = model if supplied is None else _as_dspy_lm(supplied, max_tokens)
     engine = model.engine
     start = time.perf_counter()
     with dspy.context(lm=model):
         before = evaluate_program(program, devset, metric)
-        teleprompter, compile_kwargs = OPTIMIZERS[optimizer](metric, model, seed, devset, **(options or {}))
+        teleprompter, compile_kwargs = OPTIMIZERS[optimizer](metric, model, proposer, seed, valset, **options)
         compiled = teleprompter.compile(program.deepcopy(), trainset=list(trainset), **compile_kwargs)
         after = evaluate_program(compiled, devset, metric)
-    result = DSPyRunResult(optimizer, before, after, compiled, time.perf_counter() - start, engine.total_tokens)
+    tokens = engine.total_tokens + (proposer.engine.total_tokens if proposer is not model and
+                                    isinstance(getattr(proposer, "engine", None), AlloyEngine) else 0)
+    result = DSPyRunResult(optimizer, before, after, compiled, time.perf_counter() - start, tokens)
     if on_trial is not None:
         on_trial(
             TrialRecord(
                 trial_id=f"dspy-{optimizer}",
-                config={"optimizer": optimizer, "seed": seed, **(options or {})},
+                config={"optimizer": optimizer, "seed": seed, **{k: v for k, v in options.items()
+                                                                   if isinstance(v, str | int | float | bool)}},
                 metrics={"score_before": before, "score_after": after},
                 cost=float(result.tokens),
                 seconds=result.seconds,
             )
         )
     return result
+
+
+def _example_key(example) -> str:
+    """What makes two examples the same for the leak check: their fields and values."""
+    data = example.toDict() if hasattr(example, "toDict") else dict(example)
+    return repr(sorted((str(k), repr(v)) for k, v in data.items()))
+
+
+def _as_dspy_lm(model, max_tokens: int):
+    """A DSPy LM as given, or an alloyml model / spec wrapped as one."""
+    import dspy
+
+    return model if isinstance(model, dspy.BaseLM) else dspy_lm(model, max_tokens=max_tokens)

@@ -39,7 +39,9 @@ def check_template(template: str) -> str:
 
 
 def render(template: str, instruction: str, text: str) -> str:
-    return template.format(instruction=instruction, input=text)
+    """The prompt for one input; with no instruction, the whitespace that would have followed it goes too."""
+    prompt = template.format(instruction=instruction, input=text)
+    return prompt if instruction else prompt.lstrip()
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A small built-in task suite in the instruction-induction style (Honovich et al. 2022), chosen so a
 135M-parameter chat model gets some of each right: word transformations, lookups and a two-way
-classification. Each task has a hand-written instruction to compare searched ones against.
+classification. Each task has a hand-written instruction to compare searched ones against, and 50
+examples: after 5 demonstrations and a dev set of up to 15, at least 30 remain for the test split.
 
 Small chat models answer in a sentence ("The plural form of the word is cats"), so tasks score with
 the `final_word` metric: the expected one-word answer must be the first or last word of the reply.
@@ -71,6 +72,36 @@ _task(
     chair | chairs
     fox | foxes
     lady | ladies
+    lamp | lamps
+    church | churches
+    brush | brushes
+    cherry | cherries
+    key | keys
+    boy | boys
+    day | days
+    watch | watches
+    hat | hats
+    map | maps
+    cup | cups
+    desk | desks
+    bench | benches
+    berry | berries
+    pony | ponies
+    class | classes
+    kiss | kisses
+    toy | toys
+    road | roads
+    shoe | shoes
+    coin | coins
+    door | doors
+    ship | ships
+    bell | bells
+    cake | cakes
+    girl | girls
+    dress | dresses
+    fly | flies
+    penny | pennies
+    wish | wishes
     """,
 )
 _task(
@@ -97,6 +128,36 @@ _task(
     Cuba | Havana
     Hungary | Budapest
     Finland | Helsinki
+    Canada | Ottawa
+    China | Beijing
+    Belgium | Brussels
+    Denmark | Copenhagen
+    Netherlands | Amsterdam
+    Switzerland | Bern
+    Turkey | Ankara
+    Iran | Tehran
+    Iraq | Baghdad
+    Syria | Damascus
+    Lebanon | Beirut
+    Jordan | Amman
+    Afghanistan | Kabul
+    Pakistan | Islamabad
+    Bangladesh | Dhaka
+    Nepal | Kathmandu
+    Vietnam | Hanoi
+    Indonesia | Jakarta
+    Philippines | Manila
+    Chile | Santiago
+    Venezuela | Caracas
+    Ecuador | Quito
+    Ghana | Accra
+    Morocco | Rabat
+    Tunisia | Tunis
+    Algeria | Algiers
+    Ukraine | Kyiv
+    Romania | Bucharest
+    Bulgaria | Sofia
+    Serbia | Belgrade
     """,
 )
 _task(
@@ -123,6 +184,36 @@ _task(
     loud | quiet
     first | last
     win | lose
+    inside | outside
+    push | pull
+    day | night
+    left | right
+    black | white
+    buy | sell
+    true | false
+    thick | thin
+    wide | narrow
+    heavy | light
+    clean | dirty
+    cheap | expensive
+    love | hate
+    give | take
+    near | far
+    north | south
+    east | west
+    always | never
+    before | after
+    sweet | sour
+    alive | dead
+    deep | shallow
+    tall | short
+    question | answer
+    enter | exit
+    ancient | modern
+    friend | enemy
+    top | bottom
+    male | female
+    boy | girl
     """,
 )
 _task(
@@ -149,6 +240,36 @@ _task(
     Never going back to that restaurant. | negative
     Fantastic support team. | positive
     The package arrived damaged. | negative
+    The hotel was clean and quiet. | positive
+    I regret buying this blender. | negative
+    Best pizza in town! | positive
+    The screen cracked on the first day. | negative
+    A truly inspiring speech. | positive
+    The instructions were confusing and useless. | negative
+    The garden looks lovely in spring. | positive
+    The train was late again. | negative
+    I am very happy with my new bike. | positive
+    The soup was cold and tasteless. | negative
+    Such a fun and friendly place. | positive
+    Worst customer service ever. | negative
+    The movie made me smile all evening. | positive
+    The shoes fell apart in a week. | negative
+    Lovely people and great music. | positive
+    The app keeps crashing. | negative
+    This course taught me so much. | positive
+    The noise kept me awake all night. | negative
+    Perfect fit and very comfortable. | positive
+    The waiter ignored us for an hour. | negative
+    An absolute joy to read. | positive
+    The coffee tasted burnt. | negative
+    The trip was well organised and fun. | positive
+    My order never arrived. | negative
+    I would happily recommend this dentist. | positive
+    The laptop overheats constantly. | negative
+    Brilliant performance by the whole cast. | positive
+    The hike was muddy and miserable. | negative
+    Fresh bread and a warm welcome. | positive
+    Cheap materials and poor design. | negative
     """,
 )
 _task(
@@ -175,5 +296,35 @@ _task(
     yellow | y
     engine | e
     violin | v
+    queen | q
+    jacket | j
+    umbrella | u
+    xylophone | x
+    zebra | z
+    island | i
+    button | b
+    candle | c
+    doctor | d
+    eagle | e
+    forest | f
+    guitar | g
+    helmet | h
+    insect | i
+    jungle | j
+    ladder | l
+    market | m
+    needle | n
+    ocean | o
+    puzzle | p
+    rabbit | r
+    saddle | s
+    tunnel | t
+    valley | v
+    wagon | w
+    yogurt | y
+    anchor | a
+    kettle | k
+    planet | p
+    marble | m
     """,
 )

@@ -1,7 +1,10 @@
 """Every language model alloyml uses as a component, behind one interface, built from one spec union.
 
 - `LanguageModel.generate(prompts, n=, temperature=, top_p=, max_tokens=, stop=, seed=)` returns one
-  `Generation` (texts, prompt_tokens, completion_tokens) per prompt; tokens are the cost unit.
+  `Generation` (texts, prompt_tokens, completion_tokens) per prompt; tokens are the cost unit. A chat
+  prompt ending with an assistant turn is continued (prefill); samples are seeded per (prompt, sample).
+- `LanguageModel.logprob(prompt, continuation)` / `logprobs(pairs)`: log P(continuation | prompt) where
+  `supports_logprob` (HF, alloyml, scripted with a `score`); otherwise `LogprobUnsupportedError`.
 - Models: `ConstantLM` (a stub), `ScriptedLM` (a function of the prompt), `RecurrentLM` (alloyml's own
   `LinearLM`s), `HFCausalLM` / `load_smollm2` (local Hugging Face causal LMs), `LiteLLMChat` (remote chat).
 - `build_lm(spec)` builds any of them from a validated spec (`LMSpec`: kinds constant, scripted, alloyml,
@@ -16,12 +19,15 @@ from alloyml.lm.alloy import RecurrentLM
 from alloyml.lm.base import (
     Generation,
     LanguageModel,
+    LogprobUnsupportedError,
     Message,
     Prompt,
     SamplingParams,
     as_messages,
     as_text,
+    continues_final_message,
     cut_at_stop,
+    row_seed,
 )
 from alloyml.lm.constant import ConstantLM
 from alloyml.lm.hf import HFCausalLM, load_smollm2
@@ -55,6 +61,7 @@ __all__ = [
     "LanguageModel",
     "LiteLLMChat",
     "LiteLLMSpec",
+    "LogprobUnsupportedError",
     "Message",
     "ModelLike",
     "Price",
@@ -69,8 +76,10 @@ __all__ = [
     "as_messages",
     "as_text",
     "build_lm",
+    "continues_final_message",
     "cut_at_stop",
     "load_smollm2",
     "parse_lm_spec",
+    "row_seed",
     "word_tokens",
 ]

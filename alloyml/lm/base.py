@@ -5,21 +5,48 @@ unit everywhere (budgeted tuning, cascades): `prompt_tokens` is charged once per
 `completion_tokens` sums over the `n` samples, as remote chat APIs bill them.
 
 A prompt is either plain text (sent as one user turn to chat models) or a list of chat messages
-`{"role": ..., "content": ...}`.
+`{"role": ..., "content": ...}`. A chat prompt whose last message is an `assistant` turn is a *prefill*:
+the model continues that message instead of opening a fresh reply (`continues_final_message`), which is
+how a completion-style template ("...The instruction was to") reaches a chat model.
+
+`logprob(prompt, continuation)` scores a continuation: the summed log-probability of its tokens after the
+prompt (rendered as `generate` renders it). Models that cannot score say so with `supports_logprob`;
+asking one anyway raises `LogprobUnsupportedError`.
+
+Sampling is seeded per (prompt, sample): a sample's text depends on the seed, the prompt and its index,
+never on which other prompts share the call (`row_seed`), so searches that evaluate a configuration in
+chunks see what one call over every example would return.
 """
 
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from alloyml.errors import InvalidInputError
+from alloyml.errors import AlloyError, InvalidInputError
 
 Message = Mapping[str, str]
 Prompt = str | Sequence[Message]
 
 _ROLES = ("system", "user", "assistant")
+
+
+class LogprobUnsupportedError(AlloyError, NotImplementedError):
+    """The model (e.g. a chat endpoint without logprobs) cannot score a continuation."""
+
+
+def row_seed(seed: int, text: str, index: int) -> int:
+    """The seed of sample `index` of the prompt rendered as `text`: a 63-bit hash of all three, so samples
+    are independent of one another and of the batch they are drawn in."""
+    digest = hashlib.sha256(f"{int(seed)}\0{int(index)}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def continues_final_message(prompt: Prompt) -> bool:
+    """Whether the prompt is a prefill: a chat prompt ending with an assistant turn to continue."""
+    return not isinstance(prompt, str) and bool(prompt) and prompt[-1].get("role") == "assistant"
 
 
 @dataclass(frozen=True)
@@ -129,6 +156,39 @@ class LanguageModel(abc.ABC):
             return []
         return self._generate(list(prompts), params)
 
+    supports_logprob: bool = False
+
+    def fingerprint(self) -> str:
+        """A short hash of what determines this model's answers (weights, code, endpoint), for cache keys:
+        a changed model under the same name gets a different fingerprint."""
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}\0{self.name}".encode())
+        for part in self._fingerprint_parts():
+            digest.update(b"\0" + part)
+        return digest.hexdigest()[:16]
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        """Bytes that identify the model beyond its class and name; subclasses add their weights or code."""
+        return []
+
+    def logprob(self, prompt: Prompt, continuation: str) -> float:
+        """log P(continuation | prompt), summed over the continuation's tokens (0.0 when it is empty)."""
+        return self.logprobs([(prompt, continuation)])[0]
+
+    def logprobs(self, pairs: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """`logprob` of each (prompt, continuation) pair, batched where the model can."""
+        if not self.supports_logprob:
+            raise LogprobUnsupportedError(f"model {self.name!r} ({type(self).__name__}) gives no log-probabilities")
+        pairs = list(pairs)
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str)):
+                raise InvalidInputError(f"logprobs pair {i} must be (prompt, continuation str), got {pair!r}")
+            if not isinstance(pair[0], str):
+                as_messages(pair[0])
+        return self._logprobs(pairs) if pairs else []
+
+    def _logprobs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        raise LogprobUnsupportedError(f"model {self.name!r} ({type(self).__name__}) gives no log-probabilities")
+
     @abc.abstractmethod
     def _generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
         """Complete validated prompts."""
@@ -136,3 +196,14 @@ class LanguageModel(abc.ABC):
     @abc.abstractmethod
     def count_tokens(self, prompt: Prompt) -> int:
         """Prompt tokens `generate` will charge for `prompt` (after any chat template)."""
+
+
+def module_fingerprint_parts(module) -> list[bytes]:
+    """Every parameter and buffer of a torch module, by name, as bytes (for `fingerprint`)."""
+    import torch
+
+    parts = []
+    for key, tensor in module.state_dict().items():
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        parts += [key.encode(), raw.numpy().tobytes()]
+    return parts

@@ -20,6 +20,9 @@ class ConstantLM(LanguageModel):
         self.tokens = tokens
         self.name = name
 
+    def _fingerprint_parts(self) -> list[bytes]:
+        return [repr((self.text, self.tokens)).encode()]
+
     def count_tokens(self, prompt: Prompt) -> int:
         return 0
 

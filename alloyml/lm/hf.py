@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from alloyml.errors import ConfigError, NotFoundError
+from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
 from alloyml.home import alloyml_home
 from alloyml.lm.base import (
     Generation,
@@ -20,7 +20,9 @@ from alloyml.lm.base import (
     SamplingParams,
     as_messages,
     as_text,
+    continues_final_message,
     cut_at_stop,
+    row_seed,
 )
 
 SMOLLM2_DIR = "smollm2-135m-instruct"
@@ -31,9 +33,17 @@ class HFCausalLM(LanguageModel):
     """A `transformers` causal LM and its tokenizer.
 
     Chat prompts go through the tokenizer's chat template when it has one (`chat=True`), plain text
-    otherwise. Prompts are batched with left padding; `n > 1` at temperature 0 decodes once and
-    repeats the answer, still charging `n` completions (what a sampling API would bill).
+    otherwise. A chat prompt ending with an assistant turn is continued (the template's
+    `continue_final_message`) rather than answered. Prompts are batched with left padding; `n > 1` at
+    temperature 0 decodes once and repeats the answer, still charging `n` completions (what a sampling API
+    would bill).
+
+    Sampling is Gumbel-max on the temperature-scaled, nucleus-filtered logits with one generator per
+    (prompt, sample) row, seeded by `row_seed`: a sample is the same whatever batch it is drawn in.
+    `logprob` scores every pair of a batch in one forward pass.
     """
+
+    supports_logprob = True
 
     def __init__(self, model, tokenizer, name: str = "hf", chat: bool = True, batch_size: int = 8):
         self.model = model
@@ -62,7 +72,10 @@ class HFCausalLM(LanguageModel):
 
     def _render(self, prompt: Prompt) -> str:
         if self.uses_chat_template:
-            return self.tokenizer.apply_chat_template(as_messages(prompt), add_generation_prompt=True, tokenize=False)
+            prefill = continues_final_message(prompt)
+            return self.tokenizer.apply_chat_template(
+                as_messages(prompt), add_generation_prompt=not prefill, continue_final_message=prefill, tokenize=False
+            )
         return as_text(prompt)
 
     def _encode(self, text: str) -> list[int]:
@@ -81,30 +94,25 @@ class HFCausalLM(LanguageModel):
     def _generate_batch(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
         import torch
 
-        encoded = [self._encode(self._render(p)) for p in prompts]
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id
-        width = max(len(ids) for ids in encoded)
-        device = self.model.device
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in encoded], device=device)  # [B, T]
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], device=device)
+        rendered = [self._render(p) for p in prompts]
+        encoded = [self._encode(text) for text in rendered]
+        pad_id = self._pad_id()
         samples = 1 if params.greedy else params.n
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            pad_token_id=pad_id,
-            num_return_sequences=samples,
-            do_sample=not params.greedy,
-        )
+        rows = [ids for ids in encoded for _ in range(samples)]  # prompt-major, one row per sample
+        width = max(len(ids) for ids in rows)
+        device = self.model.device
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in rows], device=device)  # [R, T]
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows], device=device)
+        kwargs = dict(max_new_tokens=params.max_tokens, pad_token_id=pad_id, do_sample=False)
         if not params.greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            base = params.seed if params.seed is not None else int(torch.randint(2**62, ()).item())
+            seeds = [row_seed(base, text, k) for text in rendered for k in range(samples)]
+            kwargs["logits_processor"] = [_RowSampler(seeds, params.temperature, params.top_p)]
         if params.stop:
             kwargs["stopping_criteria"] = [_StopOnText(self.tokenizer, params.stop, width)]
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
+        with torch.no_grad():
             sequences = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        new = sequences[:, width:].tolist()  # [B * samples, <= max_tokens]
+        new = sequences[:, width:].tolist()  # [R, <= max_tokens]
         ends = {self.tokenizer.eos_token_id, pad_id}
         results = []
         for i, ids in enumerate(encoded):
@@ -120,6 +128,79 @@ class HFCausalLM(LanguageModel):
                 texts, reasons, used = texts * params.n, reasons * params.n, used * params.n
             results.append(Generation(texts, len(ids), used, reasons))
         return results
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        from alloyml.lm.base import module_fingerprint_parts
+
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        return [repr(vocab).encode(), repr(self.chat).encode(), *module_fingerprint_parts(self.model)]
+
+    def _pad_id(self) -> int:
+        pad_id = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad_id is None else pad_id
+
+    def _logprobs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        out: list[float] = []
+        for start in range(0, len(pairs), self.batch_size):
+            out.extend(self._logprob_batch(pairs[start : start + self.batch_size]))
+        return out
+
+    def _logprob_batch(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        """One forward pass over right-padded prompt + continuation rows. The continuation is tokenized on
+        its own (no special tokens) and appended to the rendered prompt's ids."""
+        import torch
+
+        rows = []
+        for i, (prompt, continuation) in enumerate(pairs):
+            head = self._encode(self._render(prompt))
+            tail = self.tokenizer(continuation, add_special_tokens=False)["input_ids"] if continuation else []
+            if tail and not head:
+                raise InvalidInputError(f"logprobs pair {i}: the prompt encodes to no token to condition on")
+            rows.append((head, tail))
+        width = max(len(h) + len(t) for h, t in rows)
+        pad_id, device = self._pad_id(), self.model.device
+        ids = torch.tensor([h + t + [pad_id] * (width - len(h) - len(t)) for h, t in rows], device=device)
+        mask = torch.tensor([[1] * (len(h) + len(t)) + [0] * (width - len(h) - len(t)) for h, t in rows],
+                            device=device)
+        with torch.no_grad():
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # [B,T,V]
+        out = []
+        for b, (head, tail) in enumerate(rows):
+            # Token j of the continuation sits at position len(head) + j and is predicted one position earlier.
+            pos = torch.arange(len(head) - 1, len(head) + len(tail) - 1, device=device)
+            target = torch.tensor(tail, dtype=torch.long, device=device)
+            out.append(float(logp[b, pos, target].sum()) if tail else 0.0)
+        return out
+
+
+class _RowSampler:
+    """A logits processor that turns greedy decoding into sampling, row by row.
+
+    Each row adds Gumbel noise from its own generator to its temperature-scaled, nucleus-filtered log
+    probabilities; the argmax that greedy decoding then takes is an exact draw from that distribution. The
+    nucleus is the smallest set of tokens whose probability reaches top_p (as `alloyml.models.generate`).
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logp = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # [R, V]
+        if self.top_p < 1.0:
+            sorted_logp, order = logp.sort(-1, descending=True)
+            probs = sorted_logp.exp()
+            before = probs.cumsum(-1) - probs  # mass ranked above each token; the top token always stays
+            drop = torch.zeros_like(logp, dtype=torch.bool).scatter(-1, order, before >= self.top_p)
+            logp = logp.masked_fill(drop, float("-inf"))
+        vocab = logp.shape[-1]
+        uniform = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(1e-300, 1.0 - 1e-16)))
+        return (logp.double().cpu() + gumbel).to(device=scores.device, dtype=torch.float32)
 
 
 class _StopOnText:

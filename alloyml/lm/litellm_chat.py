@@ -90,6 +90,10 @@ class LiteLLMChat(LanguageModel):
             request["mock_response"] = cfg.mock_response
         return request
 
+    def _fingerprint_parts(self) -> list[bytes]:
+        # A remote model can change behind the same endpoint; what is known is the configuration.
+        return [self.config.model_dump_json(exclude={"api_key_env"}).encode()]
+
     def count_tokens(self, prompt: Prompt) -> int:
         """litellm's count for the model's tokenizer (its generic one for models it does not know)."""
         import litellm

@@ -36,12 +36,35 @@ class ScriptedLM(LanguageModel):
     Tokens are word-or-punctuation pieces (`word_tokens`). The response is cut to `max_tokens` tokens and
     then before the first stop string, as a model that stops on either would; `completion_tokens`
     counts the tokens of what is returned. `sample.rng` is seeded from `(seed, prompt, sample index)`,
-    so a call is reproducible and independent of batch order.
+    so a call is reproducible and independent of batch order. `score(prompt_text, continuation) -> float`,
+    when given, is what `logprob` returns (a scripted log-probability, for tests of scoring code).
     """
 
-    def __init__(self, respond: Callable[[str, Sample], str], name: str = "scripted"):
+    def __init__(self, respond: Callable[[str, Sample], str], name: str = "scripted",
+                 score: Callable[[str, str], float] | None = None):
         self.respond = respond
         self.name = name
+        self.score = score
+
+    @property
+    def supports_logprob(self) -> bool:  # type: ignore[override]
+        return self.score is not None
+
+    def _logprobs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        return [float(self.score(as_text(p), c)) for p, c in pairs]
+
+    def _fingerprint_parts(self) -> list[bytes]:
+        # The function's code, constants and captured values (a closure over "Paris" differs from one over
+        # "Lyon"); a value without a stable repr only makes the fingerprint change more often.
+        parts = []
+        for fn in (self.respond, self.score):
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                parts.append(repr(fn).encode())
+                continue
+            cells = [c.cell_contents for c in (fn.__closure__ or ())]
+            parts.append(code.co_code + repr((code.co_consts, fn.__qualname__, cells)).encode())
+        return parts
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(word_tokens(as_text(prompt)))

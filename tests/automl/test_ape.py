@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from alloyml.automl.ape import PROPOSE_TEMPLATE, ape, clean_instruction
+from alloyml.automl.ape import FORWARD_TEMPLATE, ape, clean_instruction
 from alloyml.automl.prompting import Example
 from alloyml.errors import InvalidInputError
 from alloyml.lm import ScriptedLM
@@ -40,7 +40,7 @@ def _follow(instruction: str, word: str) -> str:
 
 def _target():
     def respond(prompt, s):
-        instruction, rest = prompt.split("\n\nInput: ")
+        instruction, _, rest = prompt.rpartition("Input: ")  # no instruction: the prompt opens with "Input: "
         return _follow(instruction, rest.split("\n")[0])
 
     return ScriptedLM(respond, name="target")
@@ -65,8 +65,9 @@ def test_proposal_prompts_carry_demonstrations():
     proposer = ScriptedLM(lambda p, s: seen.append(p) or "Reverse the word.")
     ape(proposer, _target(), DEMOS, DEV, n_proposals=3, demos_per_proposal=2, n_rounds=0)
     assert len(seen) == 3
-    for prompt in seen:
-        assert prompt.startswith(PROPOSE_TEMPLATE.split("{demos}")[0])
+    for prompt in seen:  # a text model sees the user turn, a blank line, then the prefill it continues
+        assert prompt.startswith(FORWARD_TEMPLATE.user.split("{count}")[0] + "2 inputs")
+        assert prompt.endswith("\n\nThe instruction was to")
         assert sum(f"Input: {d.input}\nOutput: {d.output}" in prompt for d in DEMOS) == 2
 
 
@@ -82,8 +83,9 @@ def test_seed_instructions_are_scored_and_callback_sees_each_trial():
         seed_instructions=["Reverse the word."],
         on_trial=trials.append,
     )
-    assert [r.instruction for r in result.table] == ["Reverse the word.", "Repeat the word."]
-    assert [t.metrics["score"] for t in trials] == [1.0, 0.0]
+    assert [r.instruction for r in result.table] == ["", "Reverse the word.", "Repeat the word."]
+    assert [r.origin for r in result.table] == ["empty", "given", "proposal"]
+    assert [t.metrics["score"] for t in trials] == [0.0, 1.0, 0.0]
     assert result.best_instruction == "Reverse the word."
 
 
@@ -91,3 +93,83 @@ def test_clean_instruction_and_bad_input():
     assert clean_instruction('  "Instruction: Do it."\nmore') == "Do it."
     with pytest.raises(InvalidInputError):
         ape(_proposer(), _target(), [], DEV)
+
+
+def test_seed_and_empty_instruction_are_always_candidates():
+    """Whatever the proposer writes (the seed verbatim, nothing, or junk), both baselines are in the table once."""
+    seed_text = "Reverse the word."
+    for answer in [seed_text, "", "   ", "reverse the word.", "Spell the word backwards."]:
+        for seed in range(3):
+            result = ape(ScriptedLM(lambda p, s, a=answer: a), _target(), DEMOS, DEV, n_proposals=3, n_rounds=1,
+                         seed_instructions=[seed_text], seed=seed)
+            instructions = [r.instruction for r in result.table]
+            assert instructions.count("") == 1 and instructions.count(seed_text) == 1
+            assert {r.origin for r in result.table if r.instruction in ("", seed_text)} == {"empty", "given"}
+            # APE never returns something worse on dev than either baseline
+            assert result.best_score >= max(r.score for r in result.table if r.origin in ("empty", "given"))
+
+
+class _Recording(ScriptedLM):
+    """A scripted LM that keeps the raw prompts (chat messages included) it was sent."""
+
+    def __init__(self, respond):
+        super().__init__(respond, name="recording")
+        self.raw = []
+
+    def _generate(self, prompts, params):
+        self.raw.extend(prompts)
+        return super()._generate(prompts, params)
+
+
+def test_proposals_and_variations_are_prefilled_completions():
+    from alloyml.lm import continues_final_message
+
+    proposer = _Recording(lambda p, s: " reverse the letters of the word.")
+    result = ape(proposer, _target(), DEMOS, DEV, n_proposals=2, n_rounds=1, n_keep=1, n_variations=1)
+    assert len(proposer.raw) == 3
+    for prompt in proposer.raw:
+        assert continues_final_message(prompt) and prompt[0]["role"] == "user"
+    assert [m["content"] for m in proposer.raw[0]][1] == "The instruction was to"
+    assert proposer.raw[2][1]["content"] == "New instruction:"
+    # the continuation of "The instruction was to" is the instruction itself
+    assert "Reverse the letters of the word." in [r.instruction for r in result.table]
+    insert = _Recording(lambda p, s: "x")
+    ape(insert, _target(), DEMOS, DEV, n_proposals=1, n_rounds=0, proposal_mode="insert")
+    user, prefill = insert.raw[0]
+    assert "Input: " in user["content"] and prefill["content"].endswith("instructed my friend to")
+
+
+def _scored_target(score):
+    def respond(prompt, s):
+        instruction, _, rest = prompt.rpartition("Input: ")
+        return _follow(instruction, rest.split("\n")[0])
+
+    return ScriptedLM(respond, name="scored", score=score)
+
+
+def _lp(prompt: str, continuation: str) -> float:
+    """A scripted log-probability: instructions mentioning "letters" make outputs likelier."""
+    return -len(continuation) / (2.0 if "letters" in prompt else 1.0) - 0.01 * len(prompt)
+
+
+def test_accuracy_ties_are_broken_by_logprob():
+    ideas = iter(["Repeat the word.", "Repeat the letters."])  # both accuracy 0 on DEV (no palindromes)
+    proposer = ScriptedLM(lambda p, s: next(ideas))
+    result = ape(proposer, _scored_target(_lp), DEMOS, DEV, n_proposals=2, n_rounds=0)
+    for row in result.table:
+        expect = sum(_lp(f"{row.instruction}\n\nInput: {ex.input}\nOutput:".lstrip(), " " + ex.output)
+                     for ex in DEV) / len(DEV)
+        assert row.logprob == pytest.approx(expect)
+        assert row.score == 0.0
+    assert result.best_instruction == "Repeat the letters."  # first by order would be ""
+
+
+def test_logprob_scoring_and_targets_without_logprobs():
+    result = ape(_proposer(), _scored_target(_lp), DEMOS, DEV, n_proposals=4, n_rounds=0, scoring="logprob",
+                 seed=2)
+    assert all(r.score == r.logprob for r in result.table)
+    assert result.best_score == max(r.logprob for r in result.table)
+    called = []
+    with pytest.raises(InvalidInputError, match="log-probabilities"):
+        ape(ScriptedLM(lambda p, s: called.append(p) or "x"), _target(), DEMOS, DEV, scoring="logprob")
+    assert called == []  # refused before any proposal

@@ -79,9 +79,10 @@ def test_ape_builds_proposer_and_target_from_specs():
     dev = [Example("a", "yes"), Example("b", "no")]
     result = ape({"kind": "constant", "text": "Answer yes."}, {"kind": "constant", "text": "yes", "tokens": 1},
                  dev, dev, n_proposals=3, n_rounds=0)
-    # every proposal is the same instruction (scored once); the target says "yes": right on 1 of 2
-    assert [(r.instruction, r.score, r.tokens) for r in result.table] == [("Answer yes.", 0.5, 2)]
-    assert result.best_instruction == "Answer yes."
+    # every proposal is the same instruction (scored once), after the empty baseline; the target says "yes":
+    # right on 1 of 2 either way
+    assert [(r.instruction, r.score, r.tokens) for r in result.table] == [("", 0.5, 2), ("Answer yes.", 0.5, 2)]
+    assert result.best_instruction == ""  # a proposal must beat the empty baseline, not tie it
 
 
 def test_dspy_engine_builds_its_model_from_a_spec(endpoint):

@@ -48,7 +48,27 @@ def test_task_splits_are_disjoint_and_seeded():
     with pytest.raises(InvalidInputError, match="plural"):
         get_task("nope")
     with pytest.raises(InvalidInputError, match="n_demos"):
-        get_task("plural").split(20)
+        get_task("plural").split(len(get_task("plural").examples))
+
+
+def _regular_plural(word: str) -> str:
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def test_every_task_leaves_at_least_30_test_examples_with_checkable_labels():
+    for task in PROMPT_TASKS.values():
+        _, rest = task.split(5, seed=0)
+        test = rest[15:]  # after a dev set of 15
+        assert len(test) >= 30, task.name
+        assert len({e.input for e in task.examples}) == len(task.examples), task.name
+    assert all(e.output == e.input[0] for e in get_task("first_letter").examples)
+    assert all(e.output == _regular_plural(e.input) for e in get_task("plural").examples)
+    labels = [e.output for e in get_task("sentiment").examples]
+    assert set(labels) == {"positive", "negative"} and labels.count("positive") == labels.count("negative")
 
 
 def test_evaluate_prompt_scores_and_counts_tokens():

@@ -43,7 +43,7 @@ def _serve(args) -> int:
     print(f"dashboard at http://{args.address}:{args.port} (pid {child.pid})", flush=True)
 
     def stop(signum, _frame):
-        _stop_group(child, STOP_GRACE_S)
+        stop_process_group(child, STOP_GRACE_S)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -53,10 +53,10 @@ def _serve(args) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if child.poll() is None:
-            _stop_group(child, STOP_GRACE_S)
+            stop_process_group(child, STOP_GRACE_S)
 
 
-def _stop_group(child, grace_s: float) -> None:
+def stop_process_group(child, grace_s: float) -> None:
     """SIGTERM the child's process group, then SIGKILL it if still alive after `grace_s`."""
     import os
     import signal

@@ -8,7 +8,6 @@ Playwright never downloads a browser of its own here.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alloyml.commands.ui import stop_process_group
 from alloyml.errors import AlloyError, NotFoundError
 from tests.waiting import wait_until
 
@@ -54,21 +54,9 @@ def running_dashboard(env: dict[str, str], port: int | None = None, timeout: flo
         wait_until(healthy, timeout, interval=0.25, message=f"the dashboard answering {base}/_stcore/health")
         yield base
     finally:
-        _stop_group(server)
+        stop_process_group(server, 10.0)
         server.stdout.close()
 
-
-def _stop_group(server: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextmanager

@@ -60,6 +60,7 @@ def _hpo(args: argparse.Namespace) -> int:
 
     from alloyml.automl import hyperparameter_search
     from alloyml.automl.config import HPOConfig, load_tune_config
+    from alloyml.automl.hpo import describe_search, warm_start_count
     from alloyml.platform.client import Platform
     from alloyml.platform.settings import display_url
     from alloyml.workflows.recording import trial_recorder
@@ -72,14 +73,21 @@ def _hpo(args: argparse.Namespace) -> int:
     params = {"search": "hpo", "metric": config.metric, "mode": config.mode,
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
     with Platform() as platform, platform.run("tune", name=name, params=params) as run:
-        console.print(f"[bold]tune hpo[/bold] {name!r}: {config.num_samples} trials, {config.searcher} search, "
-                      f"{config.scheduler} scheduler — run {run.id} in {display_url(platform.settings.db_url)}")
+        n_warm = warm_start_count(config.num_samples, config.prior_fraction, bool(config.priors))
+        console.print(f"[bold]tune hpo[/bold] {name!r}: {config.searcher} search, {config.scheduler} scheduler — "
+                      f"run {run.id} in {display_url(platform.settings.db_url)}")
+        console.print(describe_search(config.searcher, config.num_samples, n_warm), highlight=False)
         record = trial_recorder(platform, run.id)
+        done = 0
 
-        def on_trial(trial) -> None:
+        def on_trial(trial) -> None:  # streamed as each trial finishes: a crash keeps what was recorded
+            nonlocal done
             record(trial)
+            done += 1
             score = trial.metrics.get(config.metric, float("nan"))
-            console.print(f"  trial {trial.trial_id} {trial.status}: {config.metric} {score:.4f}", highlight=False)
+            why = f" ({trial.error})" if trial.error else ""
+            console.print(f"  [{done}/{config.num_samples}] trial {trial.trial_id} {trial.status}: "
+                          f"{config.metric} {score:.4f}{why}", highlight=False, markup=False)
 
         result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial)
         run.log_metrics(best_score=result.best_score, trials=len(result.trials), best_config=result.best_config)

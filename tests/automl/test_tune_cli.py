@@ -89,6 +89,9 @@ def test_hpo_best_score_is_the_cross_validated_score_and_every_trial_is_recorded
     assert best["run_id"] == run.id and (best["metric"], best["mode"]) == ("score", "max")
     assert best["score"] == pytest.approx(cv_score(best["config"]["logisticregression__C"]), rel=1e-12)
     assert f"{best['score']:.4f}" in printed
+    # 4 trials, no priors: TPE's startup is max(2, min(10, 4 // 3)) = 2 random trials, said before the trials
+    assert printed.index("4 trials: 2 random startup, 2 guided by TPE") < printed.index("[1/4] trial")
+    assert "[4/4] trial" in printed
     assert run.status == "done" and (run.params["metric"], run.params["mode"]) == ("score", "max")
     assert run.metrics["best_score"] == best["score"] and run.metrics["best_config"] == best["config"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +155,19 @@ def hyperparameter_search(
     seed: int = 0,
     storage_path: str | Path | None = None,
     on_trial: TrialCallback | None = None,
+    previous: Sequence[TrialRecord] = (),
 ) -> SearchResult:
     """Run `num_samples` trials of `objective` over `space` on Ray Tune and return every trial.
 
-    `max_iterations` is the number of `report` calls a full trial makes (ASHA's `max_t`).
+    `max_iterations` is the number of `report` calls a full trial makes (ASHA's `max_t`). `previous`: the
+    trials of an interrupted search over the same space (from the store); they count towards
+    `num_samples`, are not run again, are returned first, and TPE learns from them. `on_trial` is called
+    for the new trials only.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from alloyml.automl.searchers import build_searcher
-    from alloyml.raycluster import ensure_ray
 
     parsed = parse_space(space)
     if mode not in ("max", "min"):
@@ -176,7 +179,16 @@ def hyperparameter_search(
     if not 0.0 <= prior_fraction <= 1.0:
         raise InvalidInputError(f"prior_fraction must be in [0, 1], got {prior_fraction}")
     points = sample_prior(parsed, priors or {}, warm_start_count(num_samples, prior_fraction, bool(priors)), seed=seed)
-    search = build_searcher(searcher, num_samples=num_samples, max_iterations=max_iterations, points=points, seed=seed)
+    previous = list(previous)
+    for t in previous:
+        if set(t.config) != set(parsed):
+            raise InvalidInputError(f"previous trial {t.trial_id} has parameters {sorted(t.config)}; the space has "
+                                    f"{sorted(parsed)}")
+    done = [t.config for t in previous]
+    points = [p for p in points if p not in done]  # the same seed draws the same warm-start points
+    evaluated = [(t.config, t.metrics.get(metric), t.status) for t in previous]
+    search = build_searcher(searcher, num_samples=num_samples, max_iterations=max_iterations, points=points,
+                            seed=seed, evaluated=evaluated)
     scheduler = (
         ASHAScheduler(max_t=max_iterations, grace_period=grace_period, reduction_factor=reduction_factor)
         if asha
@@ -187,6 +199,25 @@ def hyperparameter_search(
     root.mkdir(parents=True, exist_ok=True)
     name = f"search-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     records: list[TrialRecord] = []
+    remaining = num_samples - len(previous)
+    if remaining > 0:
+        _fit(tune, objective, parsed, metric, mode, remaining, search, scheduler, max_concurrent, root, name,
+             _record_callback(on_trial, records, max_iterations))
+    records = previous + records
+    full = [t for t in records if t.status == "completed" and metric in t.metrics] or [
+        t for t in records if metric in t.metrics
+    ]
+    if not full:
+        raise _no_result_error(records, metric)
+    sign = 1.0 if mode == "max" else -1.0
+    best = max(full, key=lambda t: sign * t.metrics[metric])
+    return SearchResult(records, best.config, best.metrics[metric], metric=metric, mode=mode,
+                        seconds=time.perf_counter() - start, storage_path=str(root / name))
+
+
+def _fit(tune, objective, parsed, metric, mode, num_samples, search, scheduler, max_concurrent, root, name,
+         recorder) -> None:
+    from alloyml.raycluster import ensure_ray
 
     ensure_ray()
     tuner = tune.Tuner(
@@ -204,20 +235,11 @@ def hyperparameter_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(root.resolve()),
-            callbacks=[_record_callback(on_trial, records, max_iterations)],
+            callbacks=[recorder],
             verbose=0,
         ),
     )
     tuner.fit()
-    full = [t for t in records if t.status == "completed" and metric in t.metrics] or [
-        t for t in records if metric in t.metrics
-    ]
-    if not full:
-        raise _no_result_error(records, metric)
-    sign = 1.0 if mode == "max" else -1.0
-    best = max(full, key=lambda t: sign * t.metrics[metric])
-    return SearchResult(records, best.config, best.metrics[metric], metric=metric, mode=mode,
-                        seconds=time.perf_counter() - start, storage_path=str(root / name))
 
 
 def _no_result_error(records: list[TrialRecord], metric: str) -> Exception:

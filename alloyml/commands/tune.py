@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     hpo.add_argument("config", help="YAML config: objective, space, priors, num_samples, scheduler, searcher, seed")
     hpo.add_argument("--out", metavar="FILE", help='write {"config", "metric", "mode", "score", "run_id"} of the best '
                                                    "trial to this JSON file")
+    hpo.add_argument("--resume", metavar="RUN_ID", type=int,
+                     help="continue an interrupted search of the same config: its recorded trials count towards "
+                          "num_samples and are not run again (a new run holds them and the rest)")
     hpo.set_defaults(func=_hpo)
 
     inference = sub.add_parser(
@@ -58,27 +61,42 @@ def register(subparsers) -> None:
 def _hpo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from alloyml.automl import hyperparameter_search
     from alloyml.automl.config import HPOConfig, load_tune_config
-    from alloyml.automl.hpo import describe_search, warm_start_count
     from alloyml.platform.client import Platform
-    from alloyml.platform.settings import display_url
-    from alloyml.workflows.recording import trial_recorder
 
     out = _checked_out(args.out)
     config = load_tune_config(args.config, HPOConfig)
-    objective = config.objective.build()
     console = Console()
     name = config.name or f"hpo {Path(args.config).name}"
     params = {"search": "hpo", "metric": config.metric, "mode": config.mode,
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
-    with Platform() as platform, platform.run("tune", name=name, params=params) as run:
+    with Platform() as platform:
+        previous = _resumed_trials(platform, args.resume, params["config"]) if args.resume is not None else []
+        if args.resume is not None:
+            params["resumed_from"] = args.resume
+        _hpo_run(platform, config, name, params, previous, console, out)
+    return 0
+
+
+def _hpo_run(platform, config, name, params, previous, console, out) -> None:
+    from alloyml.automl import hyperparameter_search
+    from alloyml.automl.hpo import describe_search, warm_start_count
+    from alloyml.platform.settings import display_url
+    from alloyml.workflows.recording import trial_recorder
+
+    objective = config.objective.build()
+    with platform.run("tune", name=name, params=params) as run:
         n_warm = warm_start_count(config.num_samples, config.prior_fraction, bool(config.priors))
         console.print(f"[bold]tune hpo[/bold] {name!r}: {config.searcher} search, {config.scheduler} scheduler — "
                       f"run {run.id} in {display_url(platform.settings.db_url)}")
         console.print(describe_search(config.searcher, config.num_samples, n_warm), highlight=False)
         record = trial_recorder(platform, run.id)
-        done = 0
+        for trial in previous:  # the new run holds the whole search
+            record(trial)
+        if previous:
+            console.print(f"resuming run {params['resumed_from']}: {len(previous)} trials recorded, "
+                          f"{max(0, config.num_samples - len(previous))} to run", highlight=False)
+        done = len(previous)
 
         def on_trial(trial) -> None:  # streamed as each trial finishes: a crash keeps what was recorded
             nonlocal done
@@ -89,7 +107,8 @@ def _hpo(args: argparse.Namespace) -> int:
             console.print(f"  [{done}/{config.num_samples}] trial {trial.trial_id} {trial.status}: "
                           f"{config.metric} {score:.4f}{why}", highlight=False, markup=False)
 
-        result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial)
+        result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial,
+                                       previous=previous)
         run.log_metrics(best_score=result.best_score, trials=len(result.trials), best_config=result.best_config)
     console.print(_hpo_table(result, list(config.space)))
     console.print(f"best {result.metric} ({result.mode}) {result.best_score:.4f}: {_plain_dict(result.best_config)}",
@@ -98,7 +117,27 @@ def _hpo(args: argparse.Namespace) -> int:
         _write_json(out, {"config": result.best_config, "metric": result.metric, "mode": result.mode,
                           "score": result.best_score, "run_id": run.id})
         console.print(f"best config written to {out}")
-    return 0
+
+
+def _resumed_trials(platform, run_id: int, config: dict):
+    """The trials recorded by tune run `run_id`, checked to be a search of the same config (num_samples may
+    grow), as TrialRecords."""
+    from alloyml.errors import InvalidInputError
+    from alloyml.trials import TrialRecord
+
+    run = platform.store.get_run(run_id)
+    if run.kind != "tune" or run.params.get("search") != "hpo":
+        raise InvalidInputError(f"--resume {run_id}: run {run_id} is a {run.kind} run, not a tune hpo search")
+    recorded = dict(run.params.get("config") or {})
+    differs = sorted(k for k in set(recorded) | set(config)
+                     if k != "num_samples" and recorded.get(k) != config.get(k))
+    if differs:
+        raise InvalidInputError(f"--resume {run_id}: the config differs from that run's in {differs}; "
+                                "resume with the same config (only num_samples may change)")
+    return [TrialRecord(trial_id=f"run{run_id}-{t.number}", config=dict(t.config), metrics=dict(t.metrics),
+                        cost=float(t.cost or 0.0), seconds=float(t.seconds or 0.0), status=t.status,
+                        extra={"resumed_from": run_id})
+            for t in sorted(platform.store.list_trials(run_id), key=lambda t: t.number)]
 
 
 def _inference(args: argparse.Namespace) -> int:

@@ -273,3 +273,30 @@ def test_example_configs_are_valid(name, kind):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_tune_config(tmp_path / "nope.yaml", HPOConfig)
+
+
+@pytest.mark.ray
+def test_hpo_resume_runs_only_the_missing_trials(ray_session, alloy_home, tmp_path, capsys):
+    first = {**HPO_CONFIG, "num_samples": 3, "scheduler": "fifo"}
+    assert main(["tune", "hpo", str(_write(tmp_path / "hpo.yaml", first))]) == 0
+    [(old, old_trials)] = _tune_runs()
+    capsys.readouterr()
+
+    more = _write(tmp_path / "more.yaml", {**first, "num_samples": 5})
+    out = tmp_path / "best.json"
+    assert main(["tune", "hpo", str(more), "--resume", str(old.id), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming run {old.id}: 3 trials recorded, 2 to run" in printed
+    assert "[4/5] trial" in printed and "[5/5] trial" in printed and "[1/5] trial" not in printed
+
+    [(new, trials)] = [(run, t) for run, t in _tune_runs() if run.id != old.id]
+    assert new.params["resumed_from"] == old.id and len(trials) == 5
+    assert [(t.config, t.metrics) for t in trials[:3]] == [(t.config, t.metrics) for t in old_trials]
+    new_configs = [t.config for t in trials[3:]]
+    assert all(c not in [t.config for t in old_trials] for c in new_configs)  # nothing ran twice
+    best = json.loads(out.read_text())
+    assert best["run_id"] == new.id and best["score"] == max(t.metrics["score"] for t in trials)
+
+    changed = _write(tmp_path / "changed.yaml", {**first, "num_samples": 5, "seed": 1})
+    assert main(["tune", "hpo", str(changed), "--resume", str(old.id)]) == 2
+    assert "differs from that run's in ['seed']" in capsys.readouterr().err

@@ -5,6 +5,7 @@ the store as a run of kind "tune" with one trial per configuration tried."""
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 _HPO_EXAMPLE = """\
@@ -97,18 +98,20 @@ def _hpo_run(platform, config, name, params, previous, console, out) -> None:
             console.print(f"resuming run {params['resumed_from']}: {len(previous)} trials recorded, "
                           f"{max(0, config.num_samples - len(previous))} to run", highlight=False)
         done = len(previous)
+        with _trial_progress(console, config.num_samples, "trials", completed=done) as advance:
 
-        def on_trial(trial) -> None:  # streamed as each trial finishes: a crash keeps what was recorded
-            nonlocal done
-            record(trial)
-            done += 1
-            score = trial.metrics.get(config.metric, float("nan"))
-            why = f" ({trial.error})" if trial.error else ""
-            console.print(f"  [{done}/{config.num_samples}] trial {trial.trial_id} {trial.status}: "
-                          f"{config.metric} {score:.4f}{why}", highlight=False, markup=False)
+            def on_trial(trial) -> None:  # streamed as each trial finishes: a crash keeps what was recorded
+                nonlocal done
+                record(trial)
+                done += 1
+                advance()
+                score = trial.metrics.get(config.metric, float("nan"))
+                why = f" ({trial.error})" if trial.error else ""
+                console.print(f"  [{done}/{config.num_samples}] trial {trial.trial_id} {trial.status}: "
+                              f"{config.metric} {score:.4f}{why}", highlight=False, markup=False)
 
-        result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial,
-                                       previous=previous)
+            result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial,
+                                           previous=previous)
         run.log_metrics(best_score=result.best_score, trials=len(result.trials), best_config=result.best_config)
     console.print(_hpo_table(result, list(config.space)))
     console.print(f"best {result.metric} ({result.mode}) {result.best_score:.4f}: {_plain_dict(result.best_config)}",
@@ -159,9 +162,15 @@ def _inference(args: argparse.Namespace) -> int:
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
     with Platform() as platform, platform.run("tune", name=name, params=params) as run:
         n_configs = len(config.space.configs())
-        with console.status(f"tuning {n_configs} configurations on {len(examples)} examples (run {run.id})"):
-            result = tune_inference(lm, examples, config.space, **config.tune_kwargs(),
-                                    on_trial=trial_recorder(platform, run.id))
+        record = trial_recorder(platform, run.id)
+        label = f"{n_configs} configurations on {len(examples)} examples (run {run.id})"
+        with _trial_progress(console, n_configs, label) as advance:
+
+            def on_trial(trial) -> None:
+                record(trial)
+                advance()
+
+            result = tune_inference(lm, examples, config.space, **config.tune_kwargs(), on_trial=on_trial)
         best = result.best.model_dump() if result.best is not None else None
         run.log_metrics(best_utility=result.best_utility, best_cost=result.best_cost, tuning_cost=result.tuning_cost,
                         status_counts=result.status_counts, best_config=best)
@@ -179,6 +188,17 @@ def _inference(args: argparse.Namespace) -> int:
                           "run_id": run.id})
         console.print(f"chosen config written to {out}")
     return 0
+
+
+@contextmanager
+def _trial_progress(console, total: int, label: str, completed: int = 0):
+    """A rich progress bar of trials done out of `total` (drawn only on a terminal); yields `advance()`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total, completed=completed)
+        yield lambda: progress.advance(task)
 
 
 def _hpo_table(result, names: list[str]):

@@ -300,3 +300,17 @@ def test_hpo_resume_runs_only_the_missing_trials(ray_session, alloy_home, tmp_pa
     changed = _write(tmp_path / "changed.yaml", {**first, "num_samples": 5, "seed": 1})
     assert main(["tune", "hpo", str(changed), "--resume", str(old.id)]) == 2
     assert "differs from that run's in ['seed']" in capsys.readouterr().err
+
+
+def test_inference_progress_counts_every_configuration_on_a_terminal(alloy_home, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"input": f"say {w}", "target": w}) + "\n" for w in WORDS))
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    monkeypatch.setattr("rich.console.Console", lambda *a, **k: terminal)
+    assert main(["tune", "inference", str(_write(tmp_path / "inf.yaml", INFERENCE_CONFIG))]) == 0
+    n = len(InferenceSpace.model_validate(INFERENCE_CONFIG["space"]).configs())
+    assert f"{n}/{n}" in screen.getvalue()  # the bar reached every configuration

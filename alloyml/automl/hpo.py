@@ -212,7 +212,7 @@ def hyperparameter_search(
     sign = 1.0 if mode == "max" else -1.0
     best = max(full, key=lambda t: sign * t.metrics[metric])
     return SearchResult(records, best.config, best.metrics[metric], metric=metric, mode=mode,
-                        seconds=time.perf_counter() - start, storage_path=str(root / name))
+                        seconds=time.perf_counter() - start, storage_path=str(root / name) if remaining > 0 else None)
 
 
 def _fit(tune, objective, parsed, metric, mode, num_samples, search, scheduler, max_concurrent, root, name,

@@ -310,3 +310,19 @@ def test_same_seed_same_trials_and_warm_start_points_are_the_prior_draws(ray_ses
     first, again, other = search(5), search(5), search(6)
     assert first == again and first != other
     assert first[:2] == sample_prior(space, priors, round(7 * 0.3), seed=5)  # evaluated first, in order
+
+
+def test_resumed_trials_are_told_to_the_study_before_it_suggests():
+    import optuna
+
+    from alloyml.automl.searchers import build_searcher
+
+    evaluated = [({"x": 0.2}, -0.5, "completed"), ({"x": 0.9}, -2.0, "stopped_early"), ({"x": 0.4}, None, "error")]
+    search = build_searcher("optuna", num_samples=6, max_iterations=4, points=[], seed=0, evaluated=evaluated)
+    configs = _drive(search, {"x": Uniform(low=0.0, high=1.0)}, [4], 4, lambda c, step: -c["x"])
+    told = search._ot_study.trials
+    states = optuna.trial.TrialState
+    assert [(t.params, t.state) for t in told[:3]] == [
+        ({"x": 0.2}, states.COMPLETE), ({"x": 0.9}, states.PRUNED), ({"x": 0.4}, states.FAIL)]
+    assert told[0].value == -0.5 and told[1].intermediate_values == {1: -2.0}
+    assert told[3].params == configs[0] and told[3].value == pytest.approx(-configs[0]["x"])

@@ -31,3 +31,7 @@ class SchemaOutdatedError(StoreError):
 
 class WorkflowError(AlloyError):
     """A workflow step failed after its retries, or a workflow was cancelled."""
+
+
+class TrialsFailedError(AlloyError):
+    """No trial of a search produced a result; the message carries the trials' own errors."""

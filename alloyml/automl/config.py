@@ -182,7 +182,7 @@ class HPOConfig(BaseModel):
 
     `metric` / `mode` default to the objective's (`score` / max for sklearn, `loss` / min for LM training).
     `scheduler: asha` stops poor trials after `grace_period` reports (`reduction_factor` per rung); `fifo`
-    runs every trial to the end. A `prior_fraction` of the trials is drawn from `priors` first.
+    runs every trial to the end. Warm start: a `prior_fraction` of the trials is drawn from `priors` first.
     """
 
     model_config = ConfigDict(extra="forbid")

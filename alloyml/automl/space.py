@@ -1,4 +1,4 @@
-"""Search-space parameters and PriorBand-style user priors over them.
+"""Search-space parameters and user priors over them (where good values are believed to lie).
 
 A parameter is a pydantic model (`Uniform`, `IntUniform`, `Choice`); `to_tune` turns it into a Ray
 Tune domain. A `Prior` states where the user believes good values lie: a centre and a width (a

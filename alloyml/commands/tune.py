@@ -5,6 +5,7 @@ the store as a run of kind "tune" with one trial per configuration tried."""
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from pathlib import Path
 
 _HPO_EXAMPLE = """\
@@ -40,6 +41,9 @@ def register(subparsers) -> None:
     hpo.add_argument("config", help="YAML config: objective, space, priors, num_samples, scheduler, searcher, seed")
     hpo.add_argument("--out", metavar="FILE", help='write {"config", "metric", "mode", "score", "run_id"} of the best '
                                                    "trial to this JSON file")
+    hpo.add_argument("--resume", metavar="RUN_ID", type=int,
+                     help="continue an interrupted search of the same config: its recorded trials count towards "
+                          "num_samples and are not run again (a new run holds them and the rest)")
     hpo.set_defaults(func=_hpo)
 
     inference = sub.add_parser(
@@ -58,30 +62,56 @@ def register(subparsers) -> None:
 def _hpo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from alloyml.automl import hyperparameter_search
     from alloyml.automl.config import HPOConfig, load_tune_config
     from alloyml.platform.client import Platform
-    from alloyml.platform.settings import display_url
-    from alloyml.workflows.recording import trial_recorder
 
     out = _checked_out(args.out)
     config = load_tune_config(args.config, HPOConfig)
-    objective = config.objective.build()
     console = Console()
     name = config.name or f"hpo {Path(args.config).name}"
     params = {"search": "hpo", "metric": config.metric, "mode": config.mode,
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
-    with Platform() as platform, platform.run("tune", name=name, params=params) as run:
-        console.print(f"[bold]tune hpo[/bold] {name!r}: {config.num_samples} trials, {config.searcher} search, "
-                      f"{config.scheduler} scheduler — run {run.id} in {display_url(platform.settings.db_url)}")
+    with Platform() as platform:
+        previous = _resumed_trials(platform, args.resume, params["config"]) if args.resume is not None else []
+        if args.resume is not None:
+            params["resumed_from"] = args.resume
+        _hpo_run(platform, config, name, params, previous, console, out)
+    return 0
+
+
+def _hpo_run(platform, config, name, params, previous, console, out) -> None:
+    from alloyml.automl import hyperparameter_search
+    from alloyml.automl.hpo import describe_search, warm_start_count
+    from alloyml.platform.settings import display_url
+    from alloyml.workflows.recording import trial_recorder
+
+    objective = config.objective.build()
+    with platform.run("tune", name=name, params=params) as run:
+        n_warm = warm_start_count(config.num_samples, config.prior_fraction, bool(config.priors))
+        console.print(f"[bold]tune hpo[/bold] {name!r}: {config.searcher} search, {config.scheduler} scheduler — "
+                      f"run {run.id} in {display_url(platform.settings.db_url)}")
+        console.print(describe_search(config.searcher, config.num_samples, n_warm), highlight=False)
         record = trial_recorder(platform, run.id)
-
-        def on_trial(trial) -> None:
+        for trial in previous:  # the new run holds the whole search
             record(trial)
-            score = trial.metrics.get(config.metric, float("nan"))
-            console.print(f"  trial {trial.trial_id} {trial.status}: {config.metric} {score:.4f}", highlight=False)
+        if previous:
+            console.print(f"resuming run {params['resumed_from']}: {len(previous)} trials recorded, "
+                          f"{max(0, config.num_samples - len(previous))} to run", highlight=False)
+        done = len(previous)
+        with _trial_progress(console, config.num_samples, "trials", completed=done) as advance:
 
-        result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial)
+            def on_trial(trial) -> None:  # streamed as each trial finishes: a crash keeps what was recorded
+                nonlocal done
+                record(trial)
+                done += 1
+                advance()
+                score = trial.metrics.get(config.metric, float("nan"))
+                why = f" ({trial.error})" if trial.error else ""
+                console.print(f"  [{done}/{config.num_samples}] trial {trial.trial_id} {trial.status}: "
+                              f"{config.metric} {score:.4f}{why}", highlight=False, markup=False)
+
+            result = hyperparameter_search(objective, config.space, **config.search_kwargs(), on_trial=on_trial,
+                                           previous=previous)
         run.log_metrics(best_score=result.best_score, trials=len(result.trials), best_config=result.best_config)
     console.print(_hpo_table(result, list(config.space)))
     console.print(f"best {result.metric} ({result.mode}) {result.best_score:.4f}: {_plain_dict(result.best_config)}",
@@ -90,7 +120,27 @@ def _hpo(args: argparse.Namespace) -> int:
         _write_json(out, {"config": result.best_config, "metric": result.metric, "mode": result.mode,
                           "score": result.best_score, "run_id": run.id})
         console.print(f"best config written to {out}")
-    return 0
+
+
+def _resumed_trials(platform, run_id: int, config: dict):
+    """The trials recorded by tune run `run_id`, checked to be a search of the same config (num_samples may
+    grow), as TrialRecords."""
+    from alloyml.errors import InvalidInputError
+    from alloyml.trials import TrialRecord
+
+    run = platform.store.get_run(run_id)
+    if run.kind != "tune" or run.params.get("search") != "hpo":
+        raise InvalidInputError(f"--resume {run_id}: run {run_id} is a {run.kind} run, not a tune hpo search")
+    recorded = dict(run.params.get("config") or {})
+    differs = sorted(k for k in set(recorded) | set(config)
+                     if k != "num_samples" and recorded.get(k) != config.get(k))
+    if differs:
+        raise InvalidInputError(f"--resume {run_id}: the config differs from that run's in {differs}; "
+                                "resume with the same config (only num_samples may change)")
+    return [TrialRecord(trial_id=f"run{run_id}-{t.number}", config=dict(t.config), metrics=dict(t.metrics),
+                        cost=float(t.cost or 0.0), seconds=float(t.seconds or 0.0), status=t.status,
+                        extra={"resumed_from": run_id})
+            for t in sorted(platform.store.list_trials(run_id), key=lambda t: t.number)]
 
 
 def _inference(args: argparse.Namespace) -> int:
@@ -112,9 +162,15 @@ def _inference(args: argparse.Namespace) -> int:
               "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
     with Platform() as platform, platform.run("tune", name=name, params=params) as run:
         n_configs = len(config.space.configs())
-        with console.status(f"tuning {n_configs} configurations on {len(examples)} examples (run {run.id})"):
-            result = tune_inference(lm, examples, config.space, **config.tune_kwargs(),
-                                    on_trial=trial_recorder(platform, run.id))
+        record = trial_recorder(platform, run.id)
+        label = f"{n_configs} configurations on {len(examples)} examples (run {run.id})"
+        with _trial_progress(console, n_configs, label) as advance:
+
+            def on_trial(trial) -> None:
+                record(trial)
+                advance()
+
+            result = tune_inference(lm, examples, config.space, **config.tune_kwargs(), on_trial=on_trial)
         best = result.best.model_dump() if result.best is not None else None
         run.log_metrics(best_utility=result.best_utility, best_cost=result.best_cost, tuning_cost=result.tuning_cost,
                         status_counts=result.status_counts, best_config=best)
@@ -132,6 +188,17 @@ def _inference(args: argparse.Namespace) -> int:
                           "run_id": run.id})
         console.print(f"chosen config written to {out}")
     return 0
+
+
+@contextmanager
+def _trial_progress(console, total: int, label: str, completed: int = 0):
+    """A rich progress bar of trials done out of `total` (drawn only on a terminal); yields `advance()`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total, completed=completed)
+        yield lambda: progress.advance(task)
 
 
 def _hpo_table(result, names: list[str]):

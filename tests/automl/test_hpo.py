@@ -92,7 +92,13 @@ def _bowl(config, report):
 
 
 @pytest.mark.ray
-def test_tune_search_with_asha_tpe_and_priors(ray_session, tmp_path):
+def test_tune_search_with_asha_tpe_and_priors(ray_session, tmp_path, monkeypatch):
+    import optuna
+
+    from alloyml.automl import searchers
+
+    built, build = [], searchers.build_searcher
+    monkeypatch.setattr(searchers, "build_searcher", lambda *a, **k: built.append(build(*a, **k)) or built[-1])
     seen = []
     result = hyperparameter_search(
         _bowl,
@@ -118,6 +124,15 @@ def test_tune_search_with_asha_tpe_and_priors(ray_session, tmp_path):
     best = max(completed, key=lambda t: t.metrics["score"])
     assert result.best_config == best.config and result.best_score == best.metrics["score"]
     assert abs(result.best_config["x"] - 3.0) < 0.8
+    # What the searcher was told: ASHA's stops as pruned, full trials with their final score.
+    [search] = built
+    study = {t.number: t for t in search._ot_study.trials}
+    for t in result.trials:
+        told = study[search._ot_trials[t.trial_id].number]
+        if t.status == "completed":
+            assert told.state == optuna.trial.TrialState.COMPLETE and told.value == pytest.approx(t.metrics["score"])
+        else:
+            assert told.state == optuna.trial.TrialState.PRUNED
 
 
 def test_search_rejects_bad_arguments():
@@ -186,3 +201,128 @@ def test_tune_search_over_alloyml_lm_training(ray_session, tmp_path):
     completed = [t for t in result.trials if t.status == "completed"]
     assert result.best_score == min(t.metrics["loss"] for t in completed)
     assert all(t.cost == 8 * 8 * 2 * t.extra["iterations"] for t in result.trials)
+
+
+def _drive(search, space: dict, steps_per_trial: list[int], max_iterations: int, score):
+    """Tune's calls to a searcher, without Tune: suggest, one result per step, then completion with the last
+    result (what Tune passes when a trial ends or ASHA stops it). Returns the suggested configs."""
+    from ray.tune.search.optuna import OptunaSearch  # noqa: F401  (the search needs Ray's Tune importable)
+
+    from alloyml.automl.space import to_tune
+
+    assert search.set_search_properties("score", "max", {k: to_tune(p) for k, p in parse_space(space).items()})
+    configs = []
+    for i, steps in enumerate(steps_per_trial):
+        config = search.suggest(f"t{i}")
+        configs.append(config)
+        result = None
+        for step in range(1, steps + 1):
+            result = {"score": score(config, step), "training_iteration": step}
+            search.on_trial_result(f"t{i}", result)
+        search.on_trial_complete(f"t{i}", result=result)
+    return configs
+
+
+def test_tpe_startup_trials_fit_the_example_budget(monkeypatch):
+    """examples/tune_hpo.yaml's 8 trials: TPE must model the results for some of them (Optuna's default
+    of 10 random startup trials would leave none)."""
+    from optuna.samplers import TPESampler
+
+    from alloyml.automl.config import HPOConfig, load_tune_config
+    from alloyml.automl.hpo import describe_search, tpe_startup_trials, warm_start_count
+    from alloyml.automl.searchers import build_searcher
+
+    config = load_tune_config(Path(__file__).resolve().parents[2] / "examples" / "tune_hpo.yaml", HPOConfig)
+    kwargs = config.search_kwargs()
+    assert kwargs["searcher"] == "optuna"
+    n = kwargs["num_samples"]
+    n_warm = warm_start_count(n, kwargs["prior_fraction"], bool(kwargs["priors"]))
+    points = sample_prior(config.space, config.priors, n_warm, seed=config.seed)
+    search = build_searcher("optuna", num_samples=n, max_iterations=kwargs["max_iterations"], points=points,
+                            seed=config.seed)
+    assert search._sampler._n_startup_trials == max(2, min(10, n // 3)) == tpe_startup_trials(n) < n
+
+    modelled = []  # TPE's own model runs only once the startup trials are done
+    original = TPESampler._sample
+    monkeypatch.setattr(TPESampler, "_sample", lambda self, *a, **k: modelled.append(1) or original(self, *a, **k))
+    configs = _drive(search, config.space, [kwargs["max_iterations"]] * n, kwargs["max_iterations"],
+                     lambda c, step: -abs(math.log(c["logisticregression__C"])))
+    assert configs[:n_warm] == points  # the warm-start points come first, unchanged
+    startup = max(search._sampler._n_startup_trials, n_warm)
+    assert len(modelled) == n - startup > 0
+    assert describe_search("optuna", n, n_warm) == (
+        f"{n} trials: {n_warm} warm-start from the priors, {startup - n_warm} random startup, "
+        f"{n - startup} guided by TPE")
+
+
+def test_early_stopped_trials_are_pruned_for_optuna_not_final():
+    """A score that falls with training: a trial stopped after step 1 has a partial score higher than any
+    full trial's, which the searcher must not take for a result."""
+    import optuna
+
+    from alloyml.automl.searchers import build_searcher
+
+    search = build_searcher("optuna", num_samples=6, max_iterations=4, points=[], seed=0)
+    space = {"x": Uniform(low=0.0, high=1.0)}
+
+    def score(config, step):
+        return config["x"] - step  # step 1 beats step 4 by 3 for every x in [0, 1]
+
+    configs = _drive(search, space, [4, 1, 4, 1, 2, 4], 4, score)
+    trials = search._ot_study.trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE if s == 4 else optuna.trial.TrialState.PRUNED
+                                         for s in [4, 1, 4, 1, 2, 4]]
+    full = [i for i, s in enumerate([4, 1, 4, 1, 2, 4]) if s == 4]
+    assert [trials[i].value for i in full] == pytest.approx([configs[i]["x"] - 4 for i in full])
+    assert search._ot_study.best_value == pytest.approx(max(configs[i]["x"] - 4 for i in full))
+
+
+def _fails(config, report):
+    raise ValueError(f"objective broke at x={config['x']:.3f}")
+
+
+@pytest.mark.ray
+def test_when_every_trial_fails_the_error_carries_their_exceptions(ray_session, tmp_path):
+    from alloyml.errors import AlloyError
+
+    with pytest.raises(AlloyError) as caught:
+        hyperparameter_search(_fails, {"x": Uniform(low=0.0, high=1.0)}, max_iterations=1, num_samples=2,
+                              searcher="random", seed=0, storage_path=tmp_path)
+    message = str(caught.value)
+    assert "2 of 2 trials failed" in message and "ValueError: objective broke at x=" in message
+
+
+def _quick(config, report):
+    for k in range(1, 3):
+        report({"score": -abs(config["x"] - 0.3) - abs(config["y"] - 2) / 10 - (2 - k), "cost": float(k)})
+
+
+@pytest.mark.ray
+def test_same_seed_same_trials_and_warm_start_points_are_the_prior_draws(ray_session, tmp_path):
+    space = {"x": Uniform(low=0.0, high=1.0), "y": IntUniform(low=0, high=5)}
+    priors = {"x": Prior(center=0.3, width=0.05)}
+
+    def search(seed):
+        result = hyperparameter_search(_quick, space, max_iterations=2, num_samples=7, priors=priors,
+                                       prior_fraction=0.3, max_concurrent=1, seed=seed, storage_path=tmp_path)
+        return [t.config for t in result.trials]
+
+    first, again, other = search(5), search(5), search(6)
+    assert first == again and first != other
+    assert first[:2] == sample_prior(space, priors, round(7 * 0.3), seed=5)  # evaluated first, in order
+
+
+def test_resumed_trials_are_told_to_the_study_before_it_suggests():
+    import optuna
+
+    from alloyml.automl.searchers import build_searcher
+
+    evaluated = [({"x": 0.2}, -0.5, "completed"), ({"x": 0.9}, -2.0, "stopped_early"), ({"x": 0.4}, None, "error")]
+    search = build_searcher("optuna", num_samples=6, max_iterations=4, points=[], seed=0, evaluated=evaluated)
+    configs = _drive(search, {"x": Uniform(low=0.0, high=1.0)}, [4], 4, lambda c, step: -c["x"])
+    told = search._ot_study.trials
+    states = optuna.trial.TrialState
+    assert [(t.params, t.state) for t in told[:3]] == [
+        ({"x": 0.2}, states.COMPLETE), ({"x": 0.9}, states.PRUNED), ({"x": 0.4}, states.FAIL)]
+    assert told[0].value == -0.5 and told[1].intermediate_values == {1: -2.0}
+    assert told[3].params == configs[0] and told[3].value == pytest.approx(-configs[0]["x"])

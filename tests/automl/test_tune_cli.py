@@ -89,6 +89,9 @@ def test_hpo_best_score_is_the_cross_validated_score_and_every_trial_is_recorded
     assert best["run_id"] == run.id and (best["metric"], best["mode"]) == ("score", "max")
     assert best["score"] == pytest.approx(cv_score(best["config"]["logisticregression__C"]), rel=1e-12)
     assert f"{best['score']:.4f}" in printed
+    # 4 trials, no priors: TPE's startup is max(2, min(10, 4 // 3)) = 2 random trials, said before the trials
+    assert printed.index("4 trials: 2 random startup, 2 guided by TPE") < printed.index("[1/4] trial")
+    assert "[4/4] trial" in printed
     assert run.status == "done" and (run.params["metric"], run.params["mode"]) == ("score", "max")
     assert run.metrics["best_score"] == best["score"] and run.metrics["best_config"] == best["config"]
 
@@ -273,3 +276,44 @@ def test_example_configs_are_valid(name, kind):
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_tune_config(tmp_path / "nope.yaml", HPOConfig)
+
+
+@pytest.mark.ray
+def test_hpo_resume_runs_only_the_missing_trials(ray_session, alloy_home, tmp_path, capsys):
+    first = {**HPO_CONFIG, "num_samples": 3, "scheduler": "fifo"}
+    assert main(["tune", "hpo", str(_write(tmp_path / "hpo.yaml", first))]) == 0
+    [(old, old_trials)] = _tune_runs()
+    capsys.readouterr()
+
+    more = _write(tmp_path / "more.yaml", {**first, "num_samples": 5})
+    out = tmp_path / "best.json"
+    assert main(["tune", "hpo", str(more), "--resume", str(old.id), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming run {old.id}: 3 trials recorded, 2 to run" in printed
+    assert "[4/5] trial" in printed and "[5/5] trial" in printed and "[1/5] trial" not in printed
+
+    [(new, trials)] = [(run, t) for run, t in _tune_runs() if run.id != old.id]
+    assert new.params["resumed_from"] == old.id and len(trials) == 5
+    assert [(t.config, t.metrics) for t in trials[:3]] == [(t.config, t.metrics) for t in old_trials]
+    new_configs = [t.config for t in trials[3:]]
+    assert all(c not in [t.config for t in old_trials] for c in new_configs)  # nothing ran twice
+    best = json.loads(out.read_text())
+    assert best["run_id"] == new.id and best["score"] == max(t.metrics["score"] for t in trials)
+
+    changed = _write(tmp_path / "changed.yaml", {**first, "num_samples": 5, "seed": 1})
+    assert main(["tune", "hpo", str(changed), "--resume", str(old.id)]) == 2
+    assert "differs from that run's in ['seed']" in capsys.readouterr().err
+
+
+def test_inference_progress_counts_every_configuration_on_a_terminal(alloy_home, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps({"input": f"say {w}", "target": w}) + "\n" for w in WORDS))
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, width=120)
+    monkeypatch.setattr("rich.console.Console", lambda *a, **k: terminal)
+    assert main(["tune", "inference", str(_write(tmp_path / "inf.yaml", INFERENCE_CONFIG))]) == 0
+    n = len(InferenceSpace.model_validate(INFERENCE_CONFIG["space"]).configs())
+    assert f"{n}/{n}" in screen.getvalue()  # the bar reached every configuration

@@ -246,6 +246,8 @@ class SqlStore(Store):
             return _runs(s, list(s.scalars(query.limit(limit).offset(offset))))
 
     def set_tags(self, run_id, tags=None, /, **more):
+        if tags is not None and not isinstance(tags, dict):
+            raise InvalidInputError(f"tags must be a dict of name -> string; got {type(tags).__name__}")
         items = _tag_items({**(tags or {}), **more})
         with self._session(write=True) as s:
             self._get(s, orm.RunRow, run_id, "run")

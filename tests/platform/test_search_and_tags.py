@@ -43,6 +43,8 @@ def test_tags_set_replace_delete_and_show_on_runs(platform):
     with pytest.raises(NotFoundError, match="run id 999"):
         store.set_tags(999, owner="x")
     assert store.set_tags(other.id) == {"owner": "bo"}  # nothing to set: a read
+    with pytest.raises(InvalidInputError, match="tags must be a dict"):
+        store.set_tags(other.id, [("owner", "x")])
 
 
 @pytest.mark.parametrize(("tags", "message"), [

@@ -47,6 +47,10 @@ class RunHandle:
         self.platform.store.log_metrics(self.id, metrics, step=step)
         self.metrics.update(metrics)
 
+    def set_tags(self, tags: dict[str, str] | None = None, /, **more: str) -> dict[str, str]:
+        """Tag the run (`run.set_tags(owner="ana")`, or a dict for keys such as 'team.name'); returns all tags."""
+        return self.platform.store.set_tags(self.id, tags, **more)
+
 
 class Platform:
     """Client over the metadata store and the artifact store."""

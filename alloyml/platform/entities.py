@@ -57,6 +57,7 @@ class Run:
     workflow_id: int | None = None
     dataset_id: int | None = None
     model_id: int | None = None
+    tags: dict = field(default_factory=dict)
 
     @property
     def seconds(self) -> float | None:

@@ -124,6 +124,17 @@ class MetricLatestRow(Base):
     time: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class RunTagRow(Base):
+    """A tag on a run (free-form string key and value, as MLflow's run tags). One row per (run, key):
+    the primary key makes "set a tag" one atomic upsert, so concurrent writers never lose each other's tags."""
+
+    __tablename__ = "run_tag"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(250), primary_key=True, doc="Tag name.")
+    value: Mapped[str] = mapped_column(String(5000), doc="Tag value (a string).")
+
+
 class DataValueRow(Base):
     """One row per (run, training point), clustered by point. Millions per run: written in bulk, never
     through the ORM. Rows are inserted in primary-key order, so the write is a sequential append."""

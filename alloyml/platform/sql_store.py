@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from sqlalchemy import case, func, insert, select, text, update
+from sqlalchemy import case, delete, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -168,7 +169,7 @@ class SqlStore(Store):
                              workflow_id=workflow_id, dataset_id=dataset_id, model_id=model_id))
             s.add(row)
             s.flush()
-            return _run(row, {})
+            return _run(row, {}, {})
 
     def finish_run(self, run_id, status="done", metrics=None, error=None):
         if status not in e.RUN_STATUSES:
@@ -181,14 +182,16 @@ class SqlStore(Store):
             row.finished_at = orm.utcnow()
             _checked(row)
             _log_metrics(s, run_id, items, 0)
-            return _run(row, _latest_metrics(s, [run_id])[run_id])
+            [run] = _runs(s, [row])
+            return run
 
     def log_metrics(self, run_id, metrics, step=None):
         items, step = _metric_items(metrics, "metrics"), _metric_step(step)
         with self._session(write=True) as s:
             row = self._get(s, orm.RunRow, run_id, "run")
             _log_metrics(s, run_id, items, step)
-            return _run(row, _latest_metrics(s, [run_id])[run_id])
+            [run] = _runs(s, [row])
+            return run
 
     def log_metric_series(self, run_id, key, values, steps=None):
         _metric_key(key)
@@ -226,20 +229,45 @@ class SqlStore(Store):
     def get_run(self, run_id):
         with self._session() as s:
             row = self._get(s, orm.RunRow, run_id, "run")
-            return _run(row, _latest_metrics(s, [run_id])[run_id])
+            [run] = _runs(s, [row])
+            return run
 
     def list_runs(self, kind=None, status=None, limit=50, offset=0, filter=None):
         query = select(orm.RunRow).order_by(orm.RunRow.started_at.desc(), orm.RunRow.id.desc())
-        for clause in parse_filter(filter):
-            query = query.where(_search_condition(clause))
+        clauses = parse_filter(filter)  # refused before any SQL runs
+        dialect = self._read_engine.dialect.name
+        for clause in clauses:
+            query = query.where(_search_condition(clause, dialect))
         if kind is not None:
             query = query.where(orm.RunRow.kind == kind)
         if status is not None:
             query = query.where(orm.RunRow.status == status)
         with self._session() as s:
-            rows = list(s.scalars(query.limit(limit).offset(offset)))
-            metrics = _latest_metrics(s, [r.id for r in rows])
-            return [_run(r, metrics[r.id]) for r in rows]
+            return _runs(s, list(s.scalars(query.limit(limit).offset(offset))))
+
+    def set_tags(self, run_id, tags=None, /, **more):
+        if tags is not None and not isinstance(tags, dict):
+            raise InvalidInputError(f"tags must be a dict of name -> string; got {type(tags).__name__}")
+        items = _tag_items({**(tags or {}), **more})
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            if items:
+                _upsert(s, orm.RunTagRow.__table__, [{"run_id": run_id, "key": k, "value": v} for k, v in items],
+                        ("run_id", "key"), ("value",))
+            return _tags_of(s, [run_id])[run_id]
+
+    def tags(self, run_id):
+        with self._session() as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            return _tags_of(s, [run_id])[run_id]
+
+    def delete_tag(self, run_id, key):
+        t = orm.RunTagRow
+        with self._session(write=True) as s:
+            self._get(s, orm.RunRow, run_id, "run")
+            deleted = s.execute(delete(t).where(t.run_id == run_id, t.key == key)).rowcount
+            if not deleted:
+                raise NotFoundError(f"run {run_id} has no tag {key!r}")
 
     def run_counts(self):
         query = select(orm.RunRow.kind, orm.RunRow.status, func.count()).group_by(
@@ -655,20 +683,67 @@ def _log_metrics(s, run_id: int, items, step: int) -> None:
                         "time": now} for k, v, h, has in items])
 
 
-def _upsert_latest(s, rows: list[dict]) -> None:
-    """One atomic statement per batch: insert each (run, key), or replace it unless it holds a higher step."""
+def _upsert(s, table, rows: list[dict], keys: tuple[str, ...], columns: tuple[str, ...], where=None) -> None:
+    """One atomic INSERT ... ON CONFLICT DO UPDATE (both backends): insert each row, or set `columns` of
+    the row with the same `keys` (only where `where(excluded)` holds, when given)."""
     if s.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    table = orm.MetricLatestRow.__table__
     statement = dialect_insert(table).values(rows)
     statement = statement.on_conflict_do_update(
-        index_elements=[table.c.run_id, table.c.key],
-        set_={"step": statement.excluded.step, "value": statement.excluded.value,
-              "number": statement.excluded.number, "time": statement.excluded.time},
-        where=statement.excluded.step >= table.c.step)
+        index_elements=[table.c[k] for k in keys], set_={c: statement.excluded[c] for c in columns},
+        where=None if where is None else where(statement.excluded))
     s.execute(statement)
+
+
+def _upsert_latest(s, rows: list[dict]) -> None:
+    """Insert each (run, key), or replace it unless it holds a higher step."""
+    table = orm.MetricLatestRow.__table__
+    _upsert(s, table, rows, ("run_id", "key"), ("step", "value", "number", "time"),
+            where=lambda excluded: excluded.step >= table.c.step)
+
+
+TAG_KEY_MAX, TAG_VALUE_MAX = 250, 5000  # the run_tag columns' widths (MLflow's limits)
+
+
+def _tag_items(tags: dict) -> list[tuple[str, str]]:
+    """Validated (key, value) pairs: both strings without control characters (they would garble the CLI
+    table and the terminal), keys non-empty and free of `=` (the CLI's KEY=VALUE) and backticks (search
+    quotes names with them), each within its column's width."""
+    items = []
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key.strip() or len(key) > TAG_KEY_MAX or any(c in key for c in "=`"):
+            raise InvalidInputError(f"tag name {key!r} must be a non-empty string of at most {TAG_KEY_MAX} "
+                                    "characters without '=' or '`'")
+        if not isinstance(value, str):
+            raise InvalidInputError(f"tag {key!r} must be a string; got {type(value).__name__} {value!r:.60} "
+                                    "(write str(value) to store its text)")
+        if len(value) > TAG_VALUE_MAX:
+            raise InvalidInputError(f"tag {key!r} is {len(value)} characters long; at most {TAG_VALUE_MAX} fit")
+        for where, text_ in (("name", key), ("value", value)):
+            bad = [c for c in text_ if unicodedata.category(c) == "Cc"]
+            if bad:
+                raise InvalidInputError(f"tag {key!r}: the {where} contains the control character {bad[0]!r}")
+        items.append((key, value))
+    return items
+
+
+def _tags_of(s, run_ids: list[int]) -> dict[int, dict]:
+    tags = {run_id: {} for run_id in run_ids}
+    if run_ids:
+        t = orm.RunTagRow
+        for run_id, key, value in s.execute(select(t.run_id, t.key, t.value).where(t.run_id.in_(run_ids))
+                                            .order_by(t.run_id, t.key)):
+            tags[run_id][key] = value
+    return tags
+
+
+def _runs(s, rows) -> list[e.Run]:
+    """Entities for run rows: their latest metrics and tags in one query each."""
+    ids = [r.id for r in rows]
+    metrics, tags = _latest_metrics(s, ids), _tags_of(s, ids)
+    return [_run(r, metrics[r.id], tags[r.id]) for r in rows]
 
 
 def _latest_metrics(s, run_ids: list[int]) -> dict[int, dict]:
@@ -686,19 +761,52 @@ def _compare(column, op: str, value):
             ">": column > value, ">=": column >= value}[op]
 
 
-def _search_condition(clause):
+def _like(column, op: str, pattern: str, dialect: str):
+    """LIKE with one meaning on both backends: `%` and `_` are the wildcards, everything else literal;
+    LIKE is case-sensitive and ILIKE is not. SQLite's LIKE ignores ASCII case, so there LIKE becomes
+    the equivalent GLOB; PostgreSQL's LIKE treats a backslash as an escape, so it is doubled."""
+    if dialect == "postgresql":
+        pattern = pattern.replace("\\", "\\\\")
+        return column.ilike(pattern) if op == "ILIKE" else column.like(pattern)
+    if op == "ILIKE":
+        return func.lower(column).like(func.lower(pattern))
+    glob = "".join({"%": "*", "_": "?", "*": "[*]", "?": "[?]", "[": "[[]"}.get(c, c) for c in pattern)
+    return column.op("GLOB")(glob)
+
+
+def _match(column, clause, dialect: str):
+    if clause.op in ("LIKE", "ILIKE"):
+        return _like(column, clause.op, clause.value, dialect)
+    return _compare(column, clause.op, clause.value)
+
+
+def _param(clause, dialect: str):
+    """A run's param `clause.name` as a number or a string (NULL when it is missing or of the other JSON
+    type), so a clause matches only params of its value's type."""
+    params, want_number = orm.RunRow.params, isinstance(clause.value, float)
+    if dialect == "postgresql":
+        kind = func.json_typeof(params[clause.name])
+        value = params[clause.name].as_float() if want_number else params[clause.name].as_string()
+        return case((kind == ("number" if want_number else "string"), value))
+    path = literal('$."' + clause.name + '"')  # a bound parameter; search refuses names holding '"'
+    kind = func.json_type(params, path)
+    return case((kind.in_(("integer", "real")) if want_number else kind == "text", func.json_extract(params, path)))
+
+
+def _search_condition(clause, dialect: str):
     """One parsed filter clause as a SQL condition; names and values are bound parameters."""
     run = orm.RunRow
     if clause.scope == "metrics":
         m = orm.MetricLatestRow
         return select(m.run_id).where(m.run_id == run.id, m.key == clause.name,
                                       _compare(m.number, clause.op, clause.value)).exists()
+    if clause.scope == "tags":
+        t = orm.RunTagRow
+        return select(t.run_id).where(t.run_id == run.id, t.key == clause.name,
+                                      _match(t.value, clause, dialect)).exists()
     if clause.scope == "params":
-        text_value = run.params[clause.name].as_string()
-        if clause.op == "!=":
-            return (text_value != clause.value) | text_value.is_(None)
-        return text_value == clause.value
-    return _compare(getattr(run, clause.name), clause.op, clause.value)
+        return _match(_param(clause, dialect), clause, dialect)
+    return _match(getattr(run, clause.name), clause, dialect)
 
 
 def _serialize(s, *what: str) -> None:
@@ -810,9 +918,9 @@ def _model(r) -> e.Model:
     return e.Model(r.id, r.name, r.architecture, r.n_params, r.artifact, dict(r.metrics), r.created_at)
 
 
-def _run(r, metrics: dict) -> e.Run:
+def _run(r, metrics: dict, tags: dict) -> e.Run:
     return e.Run(r.id, r.kind, r.name, r.status, dict(r.params), dict(metrics), r.error, r.started_at,
-                 r.finished_at, r.workflow_id, r.dataset_id, r.model_id)
+                 r.finished_at, r.workflow_id, r.dataset_id, r.model_id, dict(tags))
 
 
 def _merge(r, inputs) -> e.Merge:

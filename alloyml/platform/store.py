@@ -88,6 +88,18 @@ class Store(ABC):
         """Newest first; `filter` is the search language of `alloyml.platform.search`."""
 
     @abstractmethod
+    def set_tags(self, run_id: int, tags: dict[str, str] | None = None, /, **more: str) -> dict[str, str]:
+        """Set tags (string key -> string value; `tags` for keys that are not identifiers, e.g. 'mlflow.user')
+        in one atomic upsert, replacing a key's old value; returns all the run's tags."""
+
+    @abstractmethod
+    def tags(self, run_id: int) -> dict[str, str]: ...
+
+    @abstractmethod
+    def delete_tag(self, run_id: int, key: str) -> None:
+        """Remove one tag; NotFoundError when the run has no such tag."""
+
+    @abstractmethod
     def run_counts(self) -> dict[tuple[str, str], int]:
         """Number of runs per (kind, status)."""
 

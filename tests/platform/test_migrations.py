@@ -30,6 +30,7 @@ def _populate(platform: Platform) -> None:
     run = store.start_run("valuation", name="v", params={"k": 5}, workflow_id=workflow.id,
                           dataset_id=dataset.id, model_id=child.id)
     store.log_metrics(run.id, {"loss": 0.25, "acc": 0.75})
+    store.set_tags(run.id, {"owner": "ana", "team.name": "ml"})
     store.write_data_values(run.id, np.array([0.3, -0.1, 0.2]), np.array([0.01, 0.02, 0.03]),
                             np.array([3, 4, 5]), np.array([10, 20, 30]))
     store.finish_run(run.id, metrics={"auc": 0.5})

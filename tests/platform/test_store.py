@@ -313,6 +313,7 @@ def test_run_search_matches_a_python_filter(platform):
         lambda m, a, s, k: m != "loo" and s == "done" and k == "valuation")
     assert ids("metrics.missing > 0") == [] and ids("metrics.label > 0") == []
     assert ids("metrics.noise_auc >= 0") == brute(lambda *a: True)
-    for bad in ("metrics.x >", "params.k > 3", "owner = 'me'", "metrics.x = 'a'", "1; DROP TABLE run"):
+    assert ids("params.k > 3") == sorted(i for i, *_ in expected if int(store.get_run(i).params["k"]) > 3)
+    for bad in ("metrics.x >", "params.k LIKE 3", "owner = 'me'", "metrics.x = 'a'", "1; DROP TABLE run"):
         with pytest.raises(InvalidInputError, match="run filter"):
             store.list_runs(filter=bad)

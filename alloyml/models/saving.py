@@ -6,6 +6,9 @@ see model.py; no tied or shared tensors, so every name is stored once) and `conf
 
 This is the Hugging Face-style layout that `alloyml.merging` and mergekit's raw-state-dict path read.
 Derived tensors (RetNet's fixed decays) are not stored: they are rebuilt from the config.
+
+`load_model` also reads the Hugging Face layout of `hf_bridge` (`save_pretrained`): the same tensors under
+the same names, with the ModelConfig fields flat in config.json next to `model_type: "alloyml-linear"`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ ARCHITECTURE = "alloyml.LinearLM"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+HF_MODEL_TYPE = "alloyml-linear"
+# config.json names of the Hugging Face layout that differ from ModelConfig's (transformers reads a
+# top-level `top_k` as a sampling setting, so the MoE's experts-per-token is `moe_top_k` there).
+HF_RENAMED = {"top_k": "moe_top_k"}
 
 
 def save_model(model, directory, metadata: dict | None = None) -> Path:
@@ -58,9 +65,23 @@ def load_config(directory):
     if not path.is_file():
         raise NotFoundError(f"{directory} has no {CONFIG_FILE}; expected a directory written by save_model")
     info = json.loads(path.read_text())
+    if info.get("model_type") == HF_MODEL_TYPE:
+        return config_from_hf(info)
     if info.get("architecture") != ARCHITECTURE or "config" not in info:
         raise ConfigError(f"{path} does not describe an {ARCHITECTURE} (architecture={info.get('architecture')!r})")
     return ModelConfig.from_dict(info["config"])
+
+
+def config_from_hf(info: dict):
+    """The ModelConfig in a Hugging Face layout config.json (transformers' own keys are ignored)."""
+    from alloyml.models.config import ModelConfig
+
+    fields = {}
+    for name in ModelConfig.__dataclass_fields__:
+        key = HF_RENAMED.get(name, name)
+        if key in info:
+            fields[name] = info[key]
+    return ModelConfig(**fields)
 
 
 def load_model(directory, device="cpu"):

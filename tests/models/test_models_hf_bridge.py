@@ -1,0 +1,197 @@
+"""alloyml models through transformers: the Auto classes load a saved folder, and forward logits and
+`generate()` ids equal alloyml's own forward and `generate.prefill`/`decode`, for every mixer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alloyml.errors import InvalidInputError
+from alloyml.models import LinearLM, ModelConfig, decode, load_model, prefill, save_model
+from alloyml.models.mixers import MIXERS
+
+MIXER_NAMES = sorted(MIXERS)
+
+
+def _tiny(mixer: str, seed: int = 0, **overrides) -> LinearLM:
+    torch.manual_seed(seed)
+    cfg = ModelConfig.named(mixer, **{"d_model": 32, "n_layers": 2, "n_heads": 2, **overrides})
+    return LinearLM(cfg).eval()
+
+
+def _ours(model, prompts, max_tokens):
+    logits, states = prefill(model, prompts)
+    return decode(model, logits, states, max_tokens=max_tokens)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """mixer -> (alloyml model, folder written by hf_bridge.save_pretrained)."""
+    from alloyml.models.hf_bridge import save_pretrained
+
+    out = {}
+    for i, mixer in enumerate(MIXER_NAMES):
+        model = _tiny(mixer, seed=i)
+        out[mixer] = (model, save_pretrained(model, tmp_path_factory.mktemp(mixer)))
+    return out
+
+
+def test_importing_alloyml_does_not_import_transformers_or_torch():
+    code = "import sys, alloyml, alloyml.models; print('transformers' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_registration_happens_on_importing_the_bridge():
+    code = (
+        "from transformers import AutoConfig\n"
+        "try:\n    AutoConfig.for_model('alloyml-linear'); print('known')\nexcept ValueError:\n    print('unknown')\n"
+        "import alloyml.models.hf_bridge\n"
+        "print(type(AutoConfig.for_model('alloyml-linear', mixer='gla')).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["unknown", "AlloyLinearConfig"]
+
+
+def test_standard_layout_on_disk(saved):
+    _, folder = saved["mamba"]
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer_config.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    info = json.loads((folder / "config.json").read_text())
+    assert info["model_type"] == "alloyml-linear"
+    assert info["architectures"] == ["AlloyLinearForCausalLM"]
+    assert info["mixer"] == "mamba" and info["d_model"] == 32 and "top_k" not in info
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_auto_model_logits_and_greedy_ids_equal_alloyml(saved, mixer):
+    from transformers import AutoModelForCausalLM
+
+    from alloyml.models.hf_bridge import AlloyLinearForCausalLM
+
+    model, folder = saved[mixer]
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert isinstance(hf, AlloyLinearForCausalLM)
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
+
+    prompt = [72, 105, 33, 7, 200]
+    out = hf.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False)
+    assert out[0, : len(prompt)].tolist() == prompt
+    assert out[0, len(prompt):].tolist() == _ours(model, [prompt], 8)[0]
+
+
+@pytest.mark.parametrize("mixer", MIXER_NAMES)
+def test_left_padded_batch_equals_each_prompt_alone(saved, mixer):
+    from transformers import AutoModelForCausalLM
+
+    model, folder = saved[mixer]
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompts = [[10, 20, 30, 40, 50], [60, 70], [80, 90, 100]]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    out = hf.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    alone = [_ours(model, [p], 6)[0] for p in prompts]
+    assert out[:, width:].tolist() == alone
+
+
+def test_sampling_scores_follow_the_sampled_sequence():
+    """Under sampling (with a temperature), every step's scores equal alloyml's forward over the prompt plus
+    the tokens sampled so far, divided by the temperature: the cache carried the right state."""
+    from alloyml.models.hf_bridge import AlloyLinearForCausalLM
+
+    model = _tiny("gla", seed=3)
+    hf = AlloyLinearForCausalLM.from_linear_lm(model)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+    torch.manual_seed(0)
+    out = hf.generate(prompt, do_sample=True, temperature=0.7, top_k=0, max_new_tokens=6,
+                      output_scores=True, return_dict_in_generate=True, num_return_sequences=2)
+    seqs = out.sequences
+    assert seqs.shape == (2, 10)
+    with torch.no_grad():
+        full = model(seqs).logits  # [2, 10, V]
+    for step, scores in enumerate(out.scores):
+        torch.testing.assert_close(scores, full[:, 3 + step] / 0.7, rtol=0, atol=1e-5)
+    assert seqs[0, 4:].tolist() != seqs[1, 4:].tolist()  # two different samples, not greedy copies
+
+
+def test_beam_search_is_refused(saved):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(saved["rwkv"][1])
+    with pytest.raises(InvalidInputError, match="beam search"):
+        hf.generate(torch.tensor([[1, 2]]), num_beams=2, max_new_tokens=2)
+
+
+def test_labels_loss_is_shifted_cross_entropy(saved):
+    from transformers import AutoModelForCausalLM
+
+    model, folder = saved["retnet"]
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.randint(0, 256, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        loss = hf(ids, labels=ids).loss
+        logits = model(ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    torch.testing.assert_close(loss, expected)
+
+
+def test_moe_config_round_trips_and_loads_in_alloyml(tmp_path):
+    from transformers import AutoConfig
+
+    from alloyml.models.hf_bridge import save_pretrained
+
+    model = _tiny("mamba", ffn="moe", n_experts=4, top_k=2)
+    folder = save_pretrained(model, tmp_path / "moe")
+    assert AutoConfig.from_pretrained(folder).model_config() == model.config
+    back = load_model(folder)  # alloyml's own loader reads the Hugging Face layout too
+    assert back.config == model.config
+    ids = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_tokenizer_is_the_byte_tokenizer(saved):
+    from transformers import AutoTokenizer
+
+    from alloyml.models import ByteTokenizer
+
+    tok = AutoTokenizer.from_pretrained(saved["softmax"][1])
+    text = "héllo, wörld ✓"
+    assert tok(text).input_ids == ByteTokenizer().encode(text)
+    assert tok.decode(ByteTokenizer().encode(text)) == text
+    batch = tok(["ab", "abcd"], padding=True, return_tensors="pt")
+    assert batch.input_ids.tolist() == [[0, 0, 97, 98], [97, 98, 99, 100]]
+    assert batch.attention_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+
+
+def test_old_checkpoints_convert(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from alloyml.models.hf_bridge import convert_checkpoint
+
+    model = _tiny("linear_attn")
+    old = save_model(model, tmp_path / "old")
+    assert "model_type" not in json.loads((old / "config.json").read_text())
+    new = convert_checkpoint(old, tmp_path / "new")
+    hf = AutoModelForCausalLM.from_pretrained(new).eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=0, atol=0)
+    with pytest.raises(InvalidInputError, match="already"):
+        convert_checkpoint(new, tmp_path / "again")
+
+
+def test_bad_padding_is_refused(saved):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(saved["gla"][1])
+    with pytest.raises(InvalidInputError, match="left padding"):
+        hf(torch.tensor([[1, 2, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))

@@ -195,3 +195,16 @@ def test_bad_padding_is_refused(saved):
     hf = AutoModelForCausalLM.from_pretrained(saved["gla"][1])
     with pytest.raises(InvalidInputError, match="left padding"):
         hf(torch.tensor([[1, 2, 0]]), attention_mask=torch.tensor([[1, 1, 0]]))
+
+
+def test_cli_converts_old_checkpoints(tmp_path, capsys):
+    from alloyml.cli import main
+    from alloyml.models import load_config
+
+    model = _tiny("rwkv")
+    save_model(model, tmp_path / "old")
+    assert main(["models", "convert", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "alloyml-linear"
+    assert load_config(tmp_path / "new") == model.config
+    assert main(["models", "convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
+    assert "has no config.json" in capsys.readouterr().err

@@ -6,10 +6,11 @@ Registration happens when this module is imported (it imports transformers and t
 and `import alloyml.models` never do); `alloyml.models.load_model` and the mergekit bridge import it when
 they meet a folder in this layout.
 
-One folder layout serves both worlds: `save_pretrained` writes `config.json` (with `model_type`),
-`model.safetensors` under alloyml's own parameter names (model.py) and `generation_config.json`, and
-`alloyml.models.load_model` reads it back as a plain `LinearLM`. Folders written by `save_model` before
-this bridge (config.json without `model_type`) convert with `convert_checkpoint`.
+One folder layout serves both worlds (saving.py): `alloyml.models.save_model` writes `config.json` with
+`model_type`, `model.safetensors` under alloyml's own parameter names and `generation_config.json`;
+`save_pretrained` here adds the tokenizer files, and the wrapper's own `save_pretrained` (transformers')
+writes the same tensors and a config that `load_model` reads too. Folders of format version 1 (config.json
+without `model_type`) convert with `convert_checkpoint` (`alloyml models convert`).
 
 Generation: greedy and sampling (any of transformers' logits processors), `num_return_sequences`, and
 batches of prompts of different lengths given left-padded with an attention mask: a padded prefill runs
@@ -28,7 +29,6 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    GenerationConfig,
     GenerationMixin,
     PretrainedConfig,
     PreTrainedModel,
@@ -274,12 +274,13 @@ def register() -> None:
 register()
 
 
-def save_pretrained(model: LinearLM, directory, tokenizer: bool = True) -> Path:
-    """Write `model` in the Hugging Face layout (config.json, model.safetensors, generation_config.json and,
-    with `tokenizer`, the byte tokenizer's files)."""
-    hf = model if isinstance(model, AlloyLinearForCausalLM) else AlloyLinearForCausalLM.from_linear_lm(model)
-    hf.generation_config = GenerationConfig(pad_token_id=0, do_sample=False)
-    hf.save_pretrained(str(directory))
+def save_pretrained(model, directory, tokenizer: bool = True, metadata: dict | None = None) -> Path:
+    """Write `model` (a LinearLM or its wrapper) with `alloyml.models.save_model` (whose layout is the
+    Hugging Face one) plus, with `tokenizer`, the byte tokenizer's files, so AutoTokenizer loads too."""
+    from alloyml.models.saving import save_model
+
+    core = model.core if isinstance(model, AlloyLinearForCausalLM) else model
+    directory = save_model(core, directory, metadata=metadata)
     if tokenizer:
         AlloyByteTokenizer().save_pretrained(str(directory))
     return Path(directory)
@@ -294,4 +295,7 @@ def convert_checkpoint(src, dst) -> Path:
     info = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
     if info.get("model_type") == MODEL_TYPE:
         raise InvalidInputError(f"{src} is already in the Hugging Face layout (model_type {MODEL_TYPE!r})")
-    return save_pretrained(load_model(src), dst)
+    # Training metadata (step, ...) travels along; the fields save_model writes itself are rewritten.
+    keep = {k: v for k, v in info.items() if k not in {"architecture", "mixer", "ffn", "num_params",
+                                                      "num_active_params", "format_version", "config"}}
+    return save_pretrained(load_model(src), dst, metadata=keep)

@@ -1,14 +1,16 @@
 """A model on disk: a directory with `model.safetensors` (the state dict under its plain parameter names,
-see model.py; no tied or shared tensors, so every name is stored once) and `config.json`:
+see model.py; no tied or shared tensors, so every name is stored once), `generation_config.json` and
+`config.json`, which is at once alloyml's description and a Hugging Face config (format version 2):
 
     {"architecture": "alloyml.LinearLM", "mixer": "mamba", "ffn": "moe", "num_params": 1234,
-     "num_active_params": 1000, "format_version": 1, "config": {...ModelConfig fields...}}
+     "num_active_params": 1000, "format_version": 2, "config": {...ModelConfig fields...},
+     "model_type": "alloyml-linear", "architectures": ["AlloyLinearForCausalLM"],
+     ...the ModelConfig fields again, flat (MoE `top_k` as `moe_top_k`)..., "pad_token_id": 0}
 
-This is the Hugging Face-style layout that `alloyml.merging` and mergekit's raw-state-dict path read.
+So transformers' Auto classes (with `alloyml.models.hf_bridge` imported), mergekit (with
+`alloyml.models.mergekit_arch` registered), `alloyml.merging` and `load_model` all read the same folder.
+Format version 1 (no `model_type`) still loads here; `hf_bridge.convert_checkpoint` rewrites it.
 Derived tensors (RetNet's fixed decays) are not stored: they are rebuilt from the config.
-
-`load_model` also reads the Hugging Face layout of `hf_bridge` (`save_pretrained`): the same tensors under
-the same names, with the ModelConfig fields flat in config.json next to `model_type: "alloyml-linear"`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from alloyml.atomic import atomic_directory
 from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
 
 ARCHITECTURE = "alloyml.LinearLM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GENERATION_CONFIG_FILE = "generation_config.json"
+HF_ARCHITECTURE = "AlloyLinearForCausalLM"  # the class in hf_bridge; mergekit looks definitions up by it
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 HF_MODEL_TYPE = "alloyml-linear"
@@ -48,12 +52,15 @@ def save_model(model, directory, metadata: dict | None = None) -> Path:
         "num_active_params": model.num_params(active=True),
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
+        **hf_fields(cfg),
         **(metadata or {}),
     }
     config_json = json.dumps(info, indent=2) + "\n"  # a bad metadata value fails here, before any write
     with atomic_directory(directory, overwrite=True) as staging:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(config_json)
+        # Greedy by default; byte 0 pads (there is no end-of-sequence token).
+        (staging / GENERATION_CONFIG_FILE).write_text(json.dumps({"do_sample": False, "pad_token_id": 0}) + "\n")
     return directory
 
 
@@ -70,6 +77,17 @@ def load_config(directory):
     if info.get("architecture") != ARCHITECTURE or "config" not in info:
         raise ConfigError(f"{path} does not describe an {ARCHITECTURE} (architecture={info.get('architecture')!r})")
     return ModelConfig.from_dict(info["config"])
+
+
+def hf_fields(cfg) -> dict:
+    """The Hugging Face half of config.json for ModelConfig `cfg` (what `AlloyLinearConfig` reads)."""
+    return {
+        "model_type": HF_MODEL_TYPE,
+        "architectures": [HF_ARCHITECTURE],
+        **{HF_RENAMED.get(name, name): value for name, value in cfg.to_dict().items()},
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+    }
 
 
 def config_from_hf(info: dict):

@@ -172,15 +172,44 @@ def test_tokenizer_is_the_byte_tokenizer(saved):
     assert batch.attention_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
 
 
+def _format_v1(model, folder):
+    """A folder as save_model wrote it before the bridge (format version 1: no Hugging Face keys)."""
+    save_model(model, folder, metadata={"step": 7})
+    info = json.loads((folder / "config.json").read_text())
+    old = {k: info[k] for k in ("architecture", "mixer", "ffn", "num_params", "num_active_params", "config", "step")}
+    (folder / "config.json").write_text(json.dumps({**old, "format_version": 1}))
+    (folder / "generation_config.json").unlink()
+    return folder
+
+
+def test_save_model_folders_load_with_auto_classes(tmp_path):
+    """What alloyml itself saves (trainer checkpoints included) is a Hugging Face folder as it stands."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = _tiny("mamba", ffn="moe", n_experts=2)
+    folder = save_model(model, tmp_path / "m", metadata={"step": 3})
+    assert AutoConfig.from_pretrained(folder).model_config() == model.config
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([[9, 8, 7, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=0, atol=0)
+    # transformers' own save_pretrained of the wrapper gives a folder alloyml loads back.
+    hf.save_pretrained(tmp_path / "again")
+    assert load_model(tmp_path / "again").config == model.config
+
+
 def test_old_checkpoints_convert(tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from alloyml.models.hf_bridge import convert_checkpoint
 
     model = _tiny("linear_attn")
-    old = save_model(model, tmp_path / "old")
-    assert "model_type" not in json.loads((old / "config.json").read_text())
+    old = _format_v1(model, tmp_path / "old")
+    with pytest.raises(ValueError, match="model_type"):  # what users met before the bridge
+        AutoConfig.from_pretrained(old)
+    assert load_model(old).config == model.config  # still loads in alloyml
     new = convert_checkpoint(old, tmp_path / "new")
+    assert json.loads((new / "config.json").read_text())["step"] == 7
     hf = AutoModelForCausalLM.from_pretrained(new).eval()
     ids = torch.tensor([[3, 1, 4, 1, 5]])
     with torch.no_grad():
@@ -202,7 +231,7 @@ def test_cli_converts_old_checkpoints(tmp_path, capsys):
     from alloyml.models import load_config
 
     model = _tiny("rwkv")
-    save_model(model, tmp_path / "old")
+    _format_v1(model, tmp_path / "old")
     assert main(["models", "convert", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
     assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "alloyml-linear"
     assert load_config(tmp_path / "new") == model.config

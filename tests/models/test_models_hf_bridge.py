@@ -237,3 +237,17 @@ def test_cli_converts_old_checkpoints(tmp_path, capsys):
     assert load_config(tmp_path / "new") == model.config
     assert main(["models", "convert", str(tmp_path / "missing"), str(tmp_path / "x")]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_hf_language_model_over_an_alloyml_folder_equals_recurrent_lm(tmp_path):
+    """`alloyml.lm.HFCausalLM` (transformers' generate) on a plain save_model folder, tokenizer files
+    absent, writes what `RecurrentLM` (alloyml's own decoding) writes."""
+    from alloyml.lm import RecurrentLM
+    from alloyml.lm.hf import HFCausalLM
+
+    model = _tiny("gla", seed=5)
+    folder = save_model(model, tmp_path / "m")
+    ours = RecurrentLM(model).generate(["abc", "hello world"], max_tokens=6, temperature=0.0)
+    theirs = HFCausalLM.from_pretrained(folder).generate(["abc", "hello world"], max_tokens=6, temperature=0.0)
+    assert [g.texts for g in theirs] == [g.texts for g in ours]
+    assert [g.prompt_tokens for g in theirs] == [3, 11]

@@ -12,10 +12,11 @@ One folder layout serves both worlds (saving.py): `alloyml.models.save_model` wr
 writes the same tensors and a config that `load_model` reads too. Folders of format version 1 (config.json
 without `model_type`) convert with `convert_checkpoint` (`alloyml models convert`).
 
-Generation: greedy and sampling (any of transformers' logits processors), `num_return_sequences`, and
+Generation: greedy, sampling (any of transformers' logits processors), beam search (the cache reorders its
+rows with `select_states`), `num_return_sequences`, `use_cache=False` (the whole sequence each step), and
 batches of prompts of different lengths given left-padded with an attention mask: a padded prefill runs
 each row on its own real tokens (the pads never enter the state), so each row continues exactly as if it
-were alone. Beam search is not supported (the cache does not reorder beams).
+were alone.
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ class RecurrentCache:
     """The per-layer states of `LinearLM` (fixed-size for the linear mixers, a KV cache for softmax), one
     row per sequence, carried between `generate()` steps."""
 
-    def __init__(self, states: list):
-        self.states = states
+    def __init__(self, core: LinearLM, states: list):
+        self.core, self.states = core, states
 
-    def reorder_cache(self, beam_idx):  # beam search would need this to follow beams; refused instead
-        raise InvalidInputError("alloyml models do not support beam search (num_beams must be 1)")
+    def reorder_cache(self, beam_idx):
+        """Beam search: row i continues the sequence that was row beam_idx[i]."""
+        self.states = self.core.select_states(self.states, beam_idx.to(torch.long))
 
 
 @dataclass
@@ -143,14 +145,12 @@ class AlloyLinearForCausalLM(PreTrainedModel, GenerationMixin):
         transformers (shifted inside, -100 ignored)."""
         if input_ids is None:
             raise InvalidInputError("alloyml models take input_ids (inputs_embeds is not supported)")
-        if kwargs.get("num_beams", 1) != 1:
-            raise InvalidInputError("alloyml models do not support beam search (num_beams must be 1)")
         core = self.core
         if cache is not None:
             if input_ids.shape[1] != 1:
                 raise InvalidInputError(f"with a cache, input_ids must hold one new token, got {input_ids.shape[1]}")
             logits, states = core.step(input_ids[:, 0], cache.states)
-            return AlloyCausalLMOutput(logits=logits[:, None], cache=RecurrentCache(states))
+            return AlloyCausalLMOutput(logits=logits[:, None], cache=RecurrentCache(core, states))
         padded = attention_mask is not None and not bool(attention_mask.all())
         if padded:
             logits, states = self._padded_prefill(input_ids, attention_mask)
@@ -168,7 +168,8 @@ class AlloyLinearForCausalLM(PreTrainedModel, GenerationMixin):
             )
             if aux is not None:
                 loss = loss + self.config.aux_loss_weight * aux
-        return AlloyCausalLMOutput(loss=loss, logits=logits, cache=RecurrentCache(states), aux_loss=aux)
+        cache = None if use_cache is False else RecurrentCache(core, states)
+        return AlloyCausalLMOutput(loss=loss, logits=logits, cache=cache, aux_loss=aux)
 
     def _padded_prefill(self, input_ids, attention_mask):
         """Each row on its own unpadded tokens (as `generate.prefill` does), states regrouped into one batch."""
@@ -189,25 +190,20 @@ class AlloyLinearForCausalLM(PreTrainedModel, GenerationMixin):
             states.append(out.states)
         return logits, self.core.cat_states(states)
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, use_cache=None, **kwargs):
         if cache is not None:  # decoding: only the newest token; the state already holds the rest
             return {"input_ids": input_ids[:, -1:], "cache": cache}
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+        # First step, or every step with use_cache=False (the whole sequence again each time).
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": use_cache}
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
                                             num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
         )
-        model_kwargs["cache"] = outputs.cache
+        if outputs.cache is not None:
+            model_kwargs["cache"] = outputs.cache
         return model_kwargs
-
-    def generate(self, *args, **kwargs):
-        config = kwargs.get("generation_config")
-        beams = kwargs.get("num_beams", getattr(config, "num_beams", None) or self.generation_config.num_beams)
-        if beams not in (None, 1):
-            raise InvalidInputError(f"alloyml models do not support beam search (num_beams must be 1, got {beams})")
-        return super().generate(*args, **kwargs)
 
 
 def _byte_token(b: int) -> str:

@@ -122,12 +122,47 @@ def test_sampling_scores_follow_the_sampled_sequence():
     assert seqs[0, 4:].tolist() != seqs[1, 4:].tolist()  # two different samples, not greedy copies
 
 
-def test_beam_search_is_refused(saved):
+def _naive_beam_search(model, prompt, beams, steps):
+    """Beam search by brute force: every step rescores each beam's whole sequence with the parallel
+    forward (no state carried) and keeps the `beams` best total log-probabilities."""
+    alive = [(list(prompt), 0.0)]
+    for _ in range(steps):
+        candidates = []
+        for seq, score in alive:
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([seq])).logits[0, -1].float(), -1)
+            candidates += [(seq + [t], score + logp[t].item()) for t in range(logp.shape[0])]
+        alive = sorted(candidates, key=lambda c: -c[1])[:beams]
+    return alive[0][0]
+
+
+@pytest.mark.parametrize("mixer", ["mamba", "softmax"])
+def test_beam_search_equals_brute_force_beams(saved, mixer):
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(saved["rwkv"][1])
-    with pytest.raises(InvalidInputError, match="beam search"):
-        hf.generate(torch.tensor([[1, 2]]), num_beams=2, max_new_tokens=2)
+    model, folder = saved[mixer]
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = [5, 6, 7]
+    out = hf.generate(torch.tensor([prompt]), num_beams=3, max_new_tokens=4, do_sample=False, length_penalty=0.0)
+    assert out[0].tolist() == _naive_beam_search(model, prompt, beams=3, steps=4)
+
+
+def test_without_cache_generation_is_the_same(saved):
+    from transformers import AutoModelForCausalLM
+
+    model, folder = saved["retnet"]
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    prompt = torch.tensor([[40, 41, 42]])
+    lengths = []
+    hook = hf.embed.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[-1]))
+    cached = hf.generate(prompt, max_new_tokens=5, do_sample=False)
+    assert lengths == [3, 1, 1, 1, 1]  # one prefill, then one token a step
+    lengths.clear()
+    recomputed = hf.generate(prompt, max_new_tokens=5, do_sample=False, use_cache=False)
+    hook.remove()
+    assert lengths == [3, 4, 5, 6, 7]  # the whole sequence every step
+    assert cached.tolist() == recomputed.tolist()
+    assert cached[0, 3:].tolist() == _ours(model, [[40, 41, 42]], 5)[0]
 
 
 def test_labels_loss_is_shifted_cross_entropy(saved):

@@ -135,3 +135,22 @@ def test_alloyml_models_mergekit_yaml_subcommand(families, tmp_path):
     assert main(["models", "mergekit-yaml", str(path), str(tmp_path / "mk"), "--no-copy-tokenizer", "--quiet"]) == 0
     assert _run_cli([str(path), str(tmp_path / "ours")]) == 0
     _assert_same(tmp_path / "ours", tmp_path / "mk", families["moe-mamba"]["base"])
+
+
+@pytest.mark.parametrize("ffn", ["mlp", "moe", "none"])
+def test_every_family_definition_lists_exactly_the_saved_tensors(ffn, tmp_path):
+    """For every mixer with each feed-forward, mergekit's view of a saved model names every saved tensor."""
+    from mergekit.architecture import arch_info_for_config
+    from transformers import AutoConfig
+
+    from alloyml.models import LinearLM, ModelConfig, save_model
+    from alloyml.models.mergekit_arch import register
+    from alloyml.models.mixers import MIXERS
+
+    register()
+    for mixer in sorted(MIXERS):
+        model = LinearLM(ModelConfig(mixer=mixer, ffn=ffn, d_model=16, n_layers=3, n_heads=2, n_experts=3))
+        folder = save_model(model, tmp_path / f"{mixer}-{ffn}")
+        hf_config = AutoConfig.from_pretrained(folder)
+        names = [w.name for w in arch_info_for_config(hf_config).all_weights(hf_config)]
+        assert sorted(names) == sorted(load_file(f"{folder}/model.safetensors")), mixer

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "alloyml.commands.serve",
     "alloyml.commands.merge",
     "alloyml.commands.tune",
+    "alloyml.commands.models",
 )
 
 

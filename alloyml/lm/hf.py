@@ -29,6 +29,16 @@ SMOLLM2_DIR = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def _register_alloyml_models(path: Path) -> None:
+    """alloyml's own model folders (model_type alloyml-linear) need its transformers classes registered."""
+    import json
+
+    from alloyml.models.saving import HF_MODEL_TYPE
+
+    if json.loads((path / "config.json").read_text()).get("model_type") == HF_MODEL_TYPE:
+        import alloyml.models.hf_bridge  # noqa: F401
+
+
 class HFCausalLM(LanguageModel):
     """A `transformers` causal LM and its tokenizer.
 
@@ -61,6 +71,7 @@ class HFCausalLM(LanguageModel):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise NotFoundError(f"model folder {path} has no config.json")
+        _register_alloyml_models(path)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).to(device).eval()
         kwargs.setdefault("name", path.name)

@@ -34,6 +34,20 @@ def _expected_tensors(config: MergeConfig) -> set[str]:
             ckpt.close()
 
 
+def _register_alloyml_architecture(config: MergeConfig) -> None:
+    """alloyml's own models (Hugging Face layout) need alloyml's mergekit definition, registered in-process."""
+    import json
+
+    from alloyml.models.saving import HF_MODEL_TYPE
+
+    for name in config.referenced_models():
+        if json.loads((Path(name) / "config.json").read_text()).get("model_type") == HF_MODEL_TYPE:
+            from alloyml.models.mergekit_arch import register
+
+            register()
+            return
+
+
 def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwrite: bool = False) -> MergeResult:
     """Merge with mergekit into `out_dir`; raises if mergekit's output lacks any tensor it should have."""
     if out_dir is None:
@@ -45,6 +59,7 @@ def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwri
                 f"backend 'mergekit' needs Hugging Face model directories; {name} has no config.json"
             )
     expected = _expected_tensors(config)
+    _register_alloyml_architecture(config)
 
     start = time.perf_counter()
     from mergekit.config import MergeConfiguration

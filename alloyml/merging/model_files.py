@@ -18,7 +18,7 @@ HF_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
 def _with_layer_count(model_config: dict[str, Any], layers: int, path: Path) -> dict[str, Any]:
-    from alloyml.models.saving import ARCHITECTURE
+    from alloyml.models.saving import ARCHITECTURE, hf_fields
 
     if model_config.get("architecture") == ARCHITECTURE:
         import torch
@@ -32,6 +32,8 @@ def _with_layer_count(model_config: dict[str, Any], layers: int, path: Path) -> 
         return {
             **model_config,
             "config": config.to_dict(),
+            # format 2 repeats the fields flat for transformers; they must say the same
+            **(hf_fields(config) if "model_type" in model_config else {}),
             "num_params": model.num_params(),
             "num_active_params": model.num_params(active=True),
         }

@@ -14,6 +14,9 @@ _EXPORTS = {
     "Trainer": "trainer", "StepMetrics": "trainer", "CheckpointInfo": "trainer", "list_checkpoints": "trainer",
     "tracin_checkpoints": "trainer", "lr_at": "trainer", "pack_documents": "trainer",
     "train_data_parallel": "distributed", "DistributedResult": "distributed",
+    # importing these registers alloyml-linear with transformers' Auto classes
+    "AlloyLinearConfig": "hf_bridge", "AlloyLinearForCausalLM": "hf_bridge", "AlloyByteTokenizer": "hf_bridge",
+    "save_pretrained": "hf_bridge", "convert_checkpoint": "hf_bridge",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

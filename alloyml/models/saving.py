@@ -1,10 +1,15 @@
 """A model on disk: a directory with `model.safetensors` (the state dict under its plain parameter names,
-see model.py; no tied or shared tensors, so every name is stored once) and `config.json`:
+see model.py; no tied or shared tensors, so every name is stored once), `generation_config.json` and
+`config.json`, which is at once alloyml's description and a Hugging Face config (format version 2):
 
     {"architecture": "alloyml.LinearLM", "mixer": "mamba", "ffn": "moe", "num_params": 1234,
-     "num_active_params": 1000, "format_version": 1, "config": {...ModelConfig fields...}}
+     "num_active_params": 1000, "format_version": 2, "config": {...ModelConfig fields...},
+     "model_type": "alloyml-linear", "architectures": ["AlloyLinearForCausalLM"],
+     ...the ModelConfig fields again, flat (MoE `top_k` as `moe_top_k`)..., "pad_token_id": 0}
 
-This is the Hugging Face-style layout that `alloyml.merging` and mergekit's raw-state-dict path read.
+So transformers' Auto classes (with `alloyml.models.hf_bridge` imported), mergekit (with
+`alloyml.models.mergekit_arch` registered), `alloyml.merging` and `load_model` all read the same folder.
+Format version 1 (no `model_type`) still loads here; `hf_bridge.convert_checkpoint` rewrites it.
 Derived tensors (RetNet's fixed decays) are not stored: they are rebuilt from the config.
 """
 
@@ -17,9 +22,15 @@ from alloyml.atomic import atomic_directory
 from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
 
 ARCHITECTURE = "alloyml.LinearLM"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+GENERATION_CONFIG_FILE = "generation_config.json"
+HF_ARCHITECTURE = "AlloyLinearForCausalLM"  # the class in hf_bridge; mergekit looks definitions up by it
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+HF_MODEL_TYPE = "alloyml-linear"
+# config.json names of the Hugging Face layout that differ from ModelConfig's (transformers reads a
+# top-level `top_k` as a sampling setting, so the MoE's experts-per-token is `moe_top_k` there).
+HF_RENAMED = {"top_k": "moe_top_k"}
 
 
 def save_model(model, directory, metadata: dict | None = None) -> Path:
@@ -41,12 +52,15 @@ def save_model(model, directory, metadata: dict | None = None) -> Path:
         "num_active_params": model.num_params(active=True),
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
+        **hf_fields(cfg),
         **(metadata or {}),
     }
     config_json = json.dumps(info, indent=2) + "\n"  # a bad metadata value fails here, before any write
     with atomic_directory(directory, overwrite=True) as staging:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / CONFIG_FILE).write_text(config_json)
+        # Greedy by default; byte 0 pads (there is no end-of-sequence token).
+        (staging / GENERATION_CONFIG_FILE).write_text(json.dumps({"do_sample": False, "pad_token_id": 0}) + "\n")
     return directory
 
 
@@ -58,9 +72,34 @@ def load_config(directory):
     if not path.is_file():
         raise NotFoundError(f"{directory} has no {CONFIG_FILE}; expected a directory written by save_model")
     info = json.loads(path.read_text())
+    if info.get("model_type") == HF_MODEL_TYPE:
+        return config_from_hf(info)
     if info.get("architecture") != ARCHITECTURE or "config" not in info:
         raise ConfigError(f"{path} does not describe an {ARCHITECTURE} (architecture={info.get('architecture')!r})")
     return ModelConfig.from_dict(info["config"])
+
+
+def hf_fields(cfg) -> dict:
+    """The Hugging Face half of config.json for ModelConfig `cfg` (what `AlloyLinearConfig` reads)."""
+    return {
+        "model_type": HF_MODEL_TYPE,
+        "architectures": [HF_ARCHITECTURE],
+        **{HF_RENAMED.get(name, name): value for name, value in cfg.to_dict().items()},
+        "pad_token_id": 0,
+        "tie_word_embeddings": False,
+    }
+
+
+def config_from_hf(info: dict):
+    """The ModelConfig in a Hugging Face layout config.json (transformers' own keys are ignored)."""
+    from alloyml.models.config import ModelConfig
+
+    fields = {}
+    for name in ModelConfig.__dataclass_fields__:
+        key = HF_RENAMED.get(name, name)
+        if key in info:
+            fields[name] = info[key]
+    return ModelConfig(**fields)
 
 
 def load_model(directory, device="cpu"):

@@ -159,7 +159,7 @@ def test_alloyml_model_frankenmerge_loads_and_runs(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(ids).logits, expected.eval()(ids).logits, rtol=0, atol=0)
     info = json.loads((tmp_path / "merged" / "config.json").read_text())
-    assert info["config"]["n_layers"] == 3 and len(merged.blocks) == 3
+    assert info["config"]["n_layers"] == info["n_layers"] == 3 and len(merged.blocks) == 3
     assert info["num_params"] == info["num_active_params"] == expected.num_params()
 
 

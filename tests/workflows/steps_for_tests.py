@@ -120,10 +120,11 @@ def always_crashes(log: str) -> None:
     os._exit(1)
 
 
-@step(timeout_s=5.0, max_retries=1, retry_backoff_s=0.1)
+@step(timeout_s=20.0, max_retries=1, retry_backoff_s=0.1)
 def slow_first(log: str, first_sleep_s: float) -> int:
-    """Sleeps `first_sleep_s` on its first attempt (past its 5 s timeout, generous because a fresh Ray worker
-    may take seconds to start), returns at once after that."""
+    """Sleeps `first_sleep_s` on its first attempt (past its 20 s timeout, generous because the timeout runs
+    from submission and a fresh Ray worker may take many seconds to start on a loaded machine), returns at
+    once after that."""
     attempt = len(log_lines(log, "slow")) + 1
     _log(log, "slow", time.time())
     if attempt == 1:

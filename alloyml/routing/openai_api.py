@@ -95,8 +95,8 @@ async def handle(ingress, path: str, body) -> JSONResponse:
         record = await ingress.route(query, body.get("user") if isinstance(body.get("user"), str) else None)
     except NoStageAnsweredError as err:
         return error(str(err), 503, "server_error")
-    extra = {k: record[k] for k in ("model", "stage_reached", "score", "scores", "cost", "version", "frontier_point",
-                                    "errors")}
+    extra = {k: record[k] for k in ("request_id", "model", "stage_reached", "score", "scores", "cost", "version",
+                                    "frontier_point", "errors")}
     common = {"created": int(time.time()), "model": ingress.name,
               "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "alloyml": extra}
     if chat:

@@ -430,6 +430,8 @@ class SqlStore(Store):
     def label_cascade_requests(self, name, labels, where=None):
         labels = list(labels)
         where = list(where) if where is not None else [f"label {i}" for i in range(len(labels))]
+        if len(where) != len(labels):
+            raise InvalidInputError(f"got {len(labels)} labels but {len(where)} origins in `where`")
         for (request_id, model, correct), at in zip(labels, where, strict=True):
             if not isinstance(request_id, str) or not request_id:
                 raise InvalidInputError(f"{at}: request_id must be a non-empty string, got {request_id!r}")

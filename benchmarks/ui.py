@@ -96,8 +96,8 @@ def seed(home: Path, n_runs: int, n_points: int, rng: np.random.Generator) -> di
                                    [e.MergeInput(p.id, 0.5) for p in pair], merged.id, run.id)
 
         costs = [0.2, 1.0, 6.0]
-        frontier = [{"cost": c, "accuracy": a} for c, a in ((0.2, 0.71), (0.5, 0.80), (0.9, 0.86), (1.6, 0.89),
-                                                            (3.0, 0.905), (7.2, 0.91))]
+        frontier = [{"stages": [{"model": "gla-170m"}], "mean_cost": c, "accuracy": a}  # the stored plan's shape
+                    for c, a in ((0.2, 0.71), (0.5, 0.80), (0.9, 0.86), (1.6, 0.89), (3.0, 0.905), (7.2, 0.91))]
         for version, chosen in ((1, 1), (2, 2), (3, 3)):
             cascade = store.save_cascade("support-bot", ["gla-170m", "gla-1b", "api-large"], [0.8, 0.7], costs, 1.8,
                                          {"frontier": frontier, "chosen": chosen, "version_note": f"v{version}"})

@@ -11,6 +11,42 @@ from alloyml.platform.client import Platform
 from alloyml.workflows.builtin.demo import DEMO_CONFIGS
 
 
+def _walk_chain(plan, test) -> np.ndarray:
+    """[Q] cost of each query, walking the chosen chain query by query with the plan's own scorer."""
+    from alloyml.routing.scorer import scorer_from_dict
+
+    scorer = scorer_from_dict(plan.scorer)
+    paid = np.zeros(test.n_queries)
+    for q in range(test.n_queries):
+        for stage in plan.point.stages:
+            m = test.model_index(stage.model)
+            paid[q] += test.cost[q, m]
+            if stage.threshold is None or scorer.predict_proba(
+                    [test.queries[q]], [test.answers[q, m]], [stage.model])[0] >= stage.threshold:
+                break
+    return paid
+
+
+@pytest.mark.parametrize("data_seed", range(5))
+def test_demo_cascade_spends_within_its_budget_on_its_held_out_half(data_seed):
+    """The demo's cascade fit (budget halfway between the merged and the large model, the demo's split of
+    the demo's query count) on logged responses shaped like the demo's: held-out spend <= 1.05 x budget."""
+    from alloyml.routing.responses import LoggedResponses
+    from alloyml.routing.synthetic import make_logged_responses
+    from alloyml.workflows.builtin.demo_cascade import fit_demo_cascade
+
+    config = DEMO_CONFIGS["full"]
+    logs = make_logged_responses(config["cascade_queries"], 3, seed=data_seed)
+    logs = LoggedResponses(logs.query_ids, logs.queries, ("small", "merged", "large"), logs.answers, logs.correct,
+                           logs.cost)
+    fitted = fit_demo_cascade(logs, config["seed"])
+    _, test = logs.split(0.5, seed=config["seed"])
+    assert fitted["test_queries"] == test.n_queries == config["cascade_queries"] // 2
+    assert fitted["mean_cost"] == pytest.approx(_walk_chain(fitted["plan"], test).mean())
+    assert fitted["mean_cost"] <= 1.05 * fitted["budget"]
+    assert fitted["planned_mean_cost"] + 1.645 * fitted["plan"].point.cost_se <= fitted["budget"] * (1 + 1e-9)
+
+
 @pytest.mark.ray
 def test_reduced_demo_leaves_everything_in_the_store(alloy_home, ray_session):
     summary = run_demo(quick=True)
@@ -52,6 +88,13 @@ def test_reduced_demo_leaves_everything_in_the_store(alloy_home, ray_session):
         assert merged.n_params == models["demo-small"].n_params  # a merge keeps the base's shape
 
         [cascade] = store.list_cascades()
+        # The demo's cascade holds its budget on the demo's own held-out queries.
+        planned = summary["cascade"]
+        assert planned["mean_cost"] <= 1.05 * planned["budget"] == pytest.approx(1.05 * cascade.budget)
+        [route] = store.list_runs(kind="route")
+        assert route.metrics["mean_cost"] == pytest.approx(planned["mean_cost"])
+        assert route.metrics["planned_mean_cost"] == pytest.approx(cascade.plan["frontier"][cascade.plan["chosen"]]
+                                                                   ["mean_cost"])
         requests = store.cascade_requests(cascade.id)
         assert len(requests) == config["serve_requests"] == summary["serving"]["requests"]
         assert all(0 <= r.stage_reached < len(cascade.stages) for r in requests)

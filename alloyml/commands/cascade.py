@@ -1,4 +1,5 @@
-"""`alloyml cascade fit|eval`: budgeted FrugalGPT cascades from logged responses (CSV or Parquet)."""
+"""`alloyml cascade fit|label|eval`: budgeted FrugalGPT cascades from logged responses (CSV or Parquet, or
+the labelled requests a served cascade logged)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="cascade_command", metavar="ACTION", required=True)
 
     fit = sub.add_parser("fit", help="find the cost-accuracy frontier and the best cascade under a budget")
-    fit.add_argument("responses", help="logged responses: CSV/Parquet with query_id,query,model,answer,correct,cost")
+    fit.add_argument("responses", nargs="?", default=None,
+                     help="logged responses: CSV/Parquet with query_id,query,model,answer,correct,cost")
+    fit.add_argument("--from-log", metavar="NAME", default=None,
+                     help="instead of a file: the labelled served requests of stored cascade NAME "
+                          "(see `alloyml cascade label`)")
     fit.add_argument("--budget", type=float, required=True, help="max mean cost per query")
     fit.add_argument("--missing", choices=["error", "drop"], default="error",
                      help="queries some model did not answer: refuse the log (default) or drop those queries")
@@ -29,6 +34,12 @@ def register(subparsers) -> None:
                      help="also store the plan as a new version of cascade NAME (for `alloyml serve cascade`)")
     fit.set_defaults(func=_fit)
 
+    label = sub.add_parser("label", help="attach correctness labels to served requests of a stored cascade")
+    label.add_argument("name", help="cascade name in the store")
+    label.add_argument("file", help="JSONL or CSV with request_id, correct (and optionally model: which stage's "
+                                    "answer; default the answer returned)")
+    label.set_defaults(func=_label)
+
     ev = sub.add_parser("eval", help="accuracy and cost of a plan on (held-out) logged responses")
     ev.add_argument("plan", help="plan JSON written by `alloyml cascade fit`")
     ev.add_argument("responses", help="logged responses (CSV/Parquet)")
@@ -42,10 +53,13 @@ def register(subparsers) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from alloyml.errors import InvalidInputError
     from alloyml.routing.cascade import COST_Z, FrugalCascade
     from alloyml.routing.responses import load_responses
 
     args.cost_z = COST_Z if args.cost_z is None else args.cost_z
+    if (args.responses is None) == (args.from_log is None):
+        raise InvalidInputError("give either a responses file or --from-log NAME (exactly one)")
     _check_fit_args(args)
     specs = None
     if args.models:
@@ -53,7 +67,14 @@ def _fit(args: argparse.Namespace) -> int:
 
         specs = _read_specs(args.models)
         check_model_specs(specs)  # build each once: a spec that cannot be built fails here, not at deploy
-    responses = load_responses(args.responses, missing=args.missing)
+    if args.from_log:
+        from alloyml.platform.client import Platform
+        from alloyml.workflows.recording import served_responses
+
+        with Platform() as platform:
+            responses = served_responses(platform, args.from_log, missing=args.missing)
+    else:
+        responses = load_responses(args.responses, missing=args.missing)
     cascade = FrugalCascade(
         budget=args.budget, max_length=args.max_length, n_thresholds=args.thresholds, folds=args.folds,
         seed=args.seed, cost_z=args.cost_z,
@@ -135,6 +156,17 @@ def _read_specs(path: str) -> dict:
         except ConfigError as err:
             raise ConfigError(f"--models {path!r}: {err}") from None
     return specs
+
+
+def _label(args: argparse.Namespace) -> int:
+    from alloyml.platform.client import Platform
+    from alloyml.routing.labels import read_labels
+
+    labels, where = read_labels(args.file)
+    with Platform() as platform:
+        count = platform.store.label_cascade_requests(args.name, labels, where)
+    print(f"labelled {count} answers of cascade {args.name!r} from {args.file}")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:

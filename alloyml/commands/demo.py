@@ -74,9 +74,16 @@ def _print_summary(console: Console, summary: dict) -> None:
     for column in ("policy", "accuracy", "mean cost"):
         table.add_column(column)
     table.add_row("cascade", f"{cascade['accuracy']:.3f}", f"{cascade['mean_cost']:.2f}")
+    if "planned_mean_cost" in cascade:  # a summary stored by an older alloyml lacks it
+        table.add_row("cascade as planned (training)", f"{cascade['planned_accuracy']:.3f}",
+                      f"{cascade['planned_mean_cost']:.2f}")
     for model, numbers in cascade["singles"].items():
         table.add_row(f"{model} alone", f"{numbers['accuracy']:.3f}", f"{numbers['mean_cost']:.2f}")
     console.print(table)
+    if "planned_mean_cost" in cascade:
+        verdict = "within" if cascade["mean_cost"] <= cascade["budget"] else "OVER"
+        console.print(f"cascade spend on {cascade['test_queries']} held-out queries: {cascade['mean_cost']:.2f} "
+                      f"= {cascade['mean_cost'] / cascade['budget']:.0%} of the budget ({verdict} budget)")
     tuning, serving = summary["tuning"], summary["serving"]
     console.print(f"inference tuning of the merged model: best {tuning['best']} "
                   f"(utility {tuning['best_utility']:.2f}, {tuning['best_cost']:.1f} tokens per query)")

@@ -132,6 +132,16 @@ class CascadeRequest:
     scores: list = field(default_factory=list)
     frontier_point: int | None = None
     created_at: dt.datetime | None = None
+    # What was asked and answered (None on requests logged before the store kept them).
+    request_id: str | None = None
+    query_id: str | None = None
+    query: str | None = None
+    answer: str | None = None
+    model: str | None = None
+    score: float | None = None
+    calls: list = field(default_factory=list)  # each stage that answered: {model, answer, cost, score}
+    errors: list = field(default_factory=list)  # stage failures: {model, error}
+    labels: dict = field(default_factory=dict)  # model -> correct, attached by `alloyml cascade label`
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import datetime as dt
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -217,7 +218,7 @@ class CascadeRow(Base):
 
 class CascadeRequestRow(Base):
     __tablename__ = "cascade_request"
-    __table_args__ = (Index(None, "cascade_id", "created_at"),)
+    __table_args__ = (Index(None, "cascade_id", "created_at"), Index(None, "request_id", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     cascade_id: Mapped[int] = mapped_column(ForeignKey("cascade.id", ondelete="CASCADE"))
@@ -226,6 +227,26 @@ class CascadeRequestRow(Base):
     cost: Mapped[float] = mapped_column(Float)
     latency_ms: Mapped[float] = mapped_column(Float)
     frontier_point: Mapped[int | None] = mapped_column(Integer, doc="Budget-guard frontier index in force.")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # Since revision 0004; NULL on older rows.
+    request_id: Mapped[str | None] = mapped_column(String(64), doc="Id the ingress gave it (labels refer to it).")
+    query_id: Mapped[str | None] = mapped_column(String(200), doc="The caller's query id, if it sent one.")
+    query: Mapped[str | None] = mapped_column(Text, doc="Query text.")
+    answer: Mapped[str | None] = mapped_column(Text, doc="Answer returned.")
+    model: Mapped[str | None] = mapped_column(String(200), doc="Model whose answer was returned.")
+    score: Mapped[float | None] = mapped_column(Float, doc="Scorer output for the returned answer.")
+    calls: Mapped[list | None] = mapped_column(JSON, doc="Each stage that answered: model, answer, cost, score.")
+    errors: Mapped[list | None] = mapped_column(JSON, doc="Stage failures met on the way: model, error.")
+
+
+class CascadeLabelRow(Base):
+    __tablename__ = "cascade_label"
+    __table_args__ = (UniqueConstraint("request_id", "model"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("cascade_request.id", ondelete="CASCADE"))
+    model: Mapped[str] = mapped_column(String(200), doc="Model whose answer to the request is labelled.")
+    correct: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -444,15 +444,69 @@ class SqlStore(Store):
             s.add_all([_checked(orm.CascadeRequestRow(
                 cascade_id=cascade_id, stage_reached=r.stage_reached, scores=[float(x) for x in r.scores],
                 cost=float(r.cost), latency_ms=float(r.latency_ms), frontier_point=r.frontier_point,
-                created_at=r.created_at or orm.utcnow())) for r in requests])
+                created_at=r.created_at or orm.utcnow(), request_id=r.request_id, query_id=r.query_id,
+                query=r.query, answer=r.answer, model=r.model, score=r.score, calls=list(r.calls),
+                errors=list(r.errors))) for r in requests])
             return len(requests)
 
     def cascade_requests(self, cascade_id, limit=10_000):
         r = orm.CascadeRequestRow
         with self._session() as s:
-            rows = s.scalars(select(r).where(r.cascade_id == cascade_id).order_by(r.id.desc()).limit(limit))
-            return [e.CascadeRequest(x.stage_reached, x.cost, x.latency_ms, x.scores, x.frontier_point,
-                                     x.created_at) for x in rows]
+            rows = list(s.scalars(select(r).where(r.cascade_id == cascade_id).order_by(r.id.desc()).limit(limit)))
+            return _cascade_requests(s, rows)
+
+    def label_cascade_requests(self, name, labels, where=None):
+        labels = list(labels)
+        where = list(where) if where is not None else [f"label {i}" for i in range(len(labels))]
+        if len(where) != len(labels):
+            raise InvalidInputError(f"got {len(labels)} labels but {len(where)} origins in `where`")
+        for (request_id, model, correct), at in zip(labels, where, strict=True):
+            if not isinstance(request_id, str) or not request_id:
+                raise InvalidInputError(f"{at}: request_id must be a non-empty string, got {request_id!r}")
+            if model is not None and not isinstance(model, str):
+                raise InvalidInputError(f"{at}: model must be a string, got {model!r}")
+            if not isinstance(correct, bool | np.bool_):
+                raise InvalidInputError(f"{at}: correct must be a boolean, got {correct!r}")
+        r = orm.CascadeRequestRow
+        with self._session(write=True) as s:
+            versions = select(orm.CascadeRow.id).where(orm.CascadeRow.name == name)
+            if s.scalar(select(func.count()).select_from(versions.subquery())) == 0:
+                raise NotFoundError(f"cascade {name!r} does not exist")
+            rows = {}
+            ids = sorted({request_id for request_id, _, _ in labels})
+            for start in range(0, len(ids), 500):  # bounded IN lists
+                chunk = ids[start:start + 500]
+                rows.update((x.request_id, x) for x in s.scalars(
+                    select(r).where(r.request_id.in_(chunk), r.cascade_id.in_(versions))))
+            chosen: dict[tuple[int, str], bool] = {}
+            for (request_id, model, correct), at in zip(labels, where, strict=True):
+                row = rows.get(request_id)
+                if row is None:
+                    raise NotFoundError(f"{at}: request_id {request_id!r} is not a logged request of cascade "
+                                        f"{name!r}")
+                answered = [c.get("model") for c in (row.calls or [])] or [row.model]
+                model = row.model if model is None else model
+                if model not in answered:
+                    raise InvalidInputError(f"{at}: model {model!r} did not answer request {request_id!r}; "
+                                            f"these did: {answered}")
+                chosen[(row.id, model)] = bool(correct)  # a later line for the same answer wins
+            label = orm.CascadeLabelRow
+            for (row_id, model) in chosen:  # relabelling replaces the earlier label
+                s.execute(label.__table__.delete().where(label.request_id == row_id, label.model == model))
+            now = orm.utcnow()
+            s.add_all([_checked(label(request_id=row_id, model=model, correct=correct, created_at=now))
+                       for (row_id, model), correct in chosen.items()])
+            return len(chosen)
+
+    def labelled_cascade_requests(self, name):
+        r, label = orm.CascadeRequestRow, orm.CascadeLabelRow
+        versions = select(orm.CascadeRow.id).where(orm.CascadeRow.name == name)
+        with self._session() as s:
+            if s.scalar(select(func.count()).select_from(versions.subquery())) == 0:
+                raise NotFoundError(f"cascade {name!r} does not exist")
+            labelled = select(label.request_id)
+            rows = list(s.scalars(select(r).where(r.cascade_id.in_(versions), r.id.in_(labelled)).order_by(r.id)))
+            return _cascade_requests(s, rows)
 
     # -- trials ---------------------------------------------------------------------------------------------
     def add_trial(self, run_id, number, config, metrics=None, cost=None, seconds=None, status="done"):
@@ -925,6 +979,21 @@ def _run(r, metrics: dict, tags: dict) -> e.Run:
 
 def _merge(r, inputs) -> e.Merge:
     return e.Merge(r.id, r.run_id, r.method, dict(r.config), r.output_model_id, list(inputs), r.created_at)
+
+
+def _cascade_requests(session, rows) -> list[e.CascadeRequest]:
+    """Request entities of `rows`, with their labels."""
+    labels: dict[int, dict] = {}
+    ids = [x.id for x in rows]
+    label = orm.CascadeLabelRow
+    for start in range(0, len(ids), 500):
+        for x in session.scalars(select(label).where(label.request_id.in_(ids[start:start + 500]))
+                                 .order_by(label.id)):
+            labels.setdefault(x.request_id, {})[x.model] = bool(x.correct)
+    return [e.CascadeRequest(x.stage_reached, x.cost, x.latency_ms, x.scores, x.frontier_point, x.created_at,
+                             request_id=x.request_id, query_id=x.query_id, query=x.query, answer=x.answer,
+                             model=x.model, score=x.score, calls=list(x.calls or []), errors=list(x.errors or []),
+                             labels=labels.get(x.id, {})) for x in rows]
 
 
 def _cascade(r) -> e.Cascade:

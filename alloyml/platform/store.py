@@ -152,7 +152,20 @@ class Store(ABC):
     def log_cascade_requests(self, cascade_id: int, requests: Sequence[e.CascadeRequest]) -> int: ...
 
     @abstractmethod
-    def cascade_requests(self, cascade_id: int, limit: int = 10_000) -> list[e.CascadeRequest]: ...
+    def cascade_requests(self, cascade_id: int, limit: int = 10_000) -> list[e.CascadeRequest]:
+        """The latest `limit` requests of one cascade version, newest first, with their labels."""
+
+    @abstractmethod
+    def label_cascade_requests(self, name: str, labels: Sequence[tuple[str, str | None, bool]],
+                               where: Sequence[str] | None = None) -> int:
+        """Attach correctness labels `(request_id, model, correct)` to logged requests of any version of
+        cascade `name`; model None means the model whose answer was returned. A label replaces an earlier
+        one for the same answer. `where` names each label's origin (e.g. "labels.csv line 3") in errors.
+        All or nothing; returns the number of answers labelled."""
+
+    @abstractmethod
+    def labelled_cascade_requests(self, name: str) -> list[e.CascadeRequest]:
+        """Every logged request of any version of cascade `name` that has a label, oldest first."""
 
     @abstractmethod
     def add_trial(self, run_id: int, number: int, config: dict, metrics: dict | None = None,

@@ -4,15 +4,15 @@
 `/{name}/v1/completions` take OpenAI's request shapes with `model` = the cascade name, so OpenAI
 clients (base URL `http://127.0.0.1:PORT/NAME/v1`) and LiteLLM can call a cascade. The chat route
 answers the last user message. Answers carry OpenAI's response shape plus an `alloyml` field: which
-stage answered, its score and the cost. Bodies over the size limit get 413, malformed JSON 400, wrong
-types 422, an unknown model 404, a cascade none of whose stages answered 503.
+stage answered, its score, the cost and the request id that labels refer to (the response id ends in
+it too). Bodies over the size limit get 413, malformed JSON 400, wrong types 422, an unknown model
+404, a cascade none of whose stages answered 503.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 
 from starlette.responses import JSONResponse
 
@@ -95,14 +95,14 @@ async def handle(ingress, path: str, body) -> JSONResponse:
         record = await ingress.route(query, body.get("user") if isinstance(body.get("user"), str) else None)
     except NoStageAnsweredError as err:
         return error(str(err), 503, "server_error")
-    extra = {k: record[k] for k in ("model", "stage_reached", "score", "scores", "cost", "version", "frontier_point",
-                                    "errors")}
+    extra = {k: record[k] for k in ("request_id", "model", "stage_reached", "score", "scores", "cost", "version",
+                                    "frontier_point", "errors")}
     common = {"created": int(time.time()), "model": ingress.name,
               "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}, "alloyml": extra}
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": record["answer"]}, "finish_reason": "stop"}
-        return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+        return JSONResponse({"id": f"chatcmpl-{record['request_id']}", "object": "chat.completion",
                              "choices": [choice], **common})
     choice = {"index": 0, "text": record["answer"], "finish_reason": "stop", "logprobs": None}
-    return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "choices": [choice],
+    return JSONResponse({"id": f"cmpl-{record['request_id']}", "object": "text_completion", "choices": [choice],
                          **common})

@@ -21,8 +21,8 @@ from alloyml.errors import InvalidInputError
 COLUMNS = ("query_id", "query", "model", "answer", "correct", "cost")
 WIDE_SEPARATOR = "|"  # wide columns are f"{model}|correct", f"{model}|cost", f"{model}|answer"
 MISSING = ("error", "drop")
-_TRUE = {"1", "true", "t", "yes", "y", "1.0"}
-_FALSE = {"0", "false", "f", "no", "n", "0.0"}
+TRUE_WORDS = {"1", "true", "t", "yes", "y", "1.0"}
+FALSE_WORDS = {"0", "false", "f", "no", "n", "0.0"}
 
 
 @dataclass(frozen=True)
@@ -231,11 +231,11 @@ def _as_bool(column, where: str):
     if column.dtype == bool:
         return column
     text = column.astype(str).str.strip().str.lower()
-    known = text.isin(_TRUE | _FALSE)
+    known = text.isin(TRUE_WORDS | FALSE_WORDS)
     if not known.all():
         bad = column[~known]
         raise InvalidInputError(
             f"{where}: column 'correct' must be boolean (true/false or 0/1); got {bad.iloc[0]!r} at row "
             f"{bad.index[0]}"
         )
-    return text.isin(_TRUE)
+    return text.isin(TRUE_WORDS)

@@ -12,14 +12,16 @@ Serve takes an old ingress replica out of routing and lets it finish its in-flig
 still call the old stage applications; those are deleted only once no old ingress replica is left.
 So a swap drops no request.
 
-Each request is recorded (stage reached, scores, cost, latency, frontier point, version) through a
-`log_callback` in batches; a `BudgetGuard` watches spend and steps down to cheaper frontier points.
+Each request is recorded (its request id, query, answer, every stage call with its answer, cost and
+score, stage reached, latency, errors, frontier point, version) through a `log_callback` in batches;
+a `BudgetGuard` watches spend and steps down to cheaper frontier points.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 
 from ray import serve
@@ -144,6 +146,7 @@ class CascadeIngress:
             point = self.plan.frontier[self.points[slot]]
             cost, scores, errors = 0.0, [], []
             answered = []  # (score, stage index, answer) of stages that answered
+            calls = []  # every stage that answered, logged so served traffic can be labelled and refitted on
             final = None
             stage_ms = []  # wall time of each stage call, so the ingress's own share is measured
             for j, stage in enumerate(point.stages):
@@ -155,10 +158,12 @@ class CascadeIngress:
                 finally:
                     stage_ms.append((time.perf_counter() - called) * 1e3)
                 cost += stage_cost
+                calls.append({"model": stage.model, "answer": answer, "cost": float(stage_cost), "score": None})
                 if stage.threshold is None:
                     final = (j, answer)
                     break
                 score = await self._score(query, answer, stage.model)
+                calls[-1]["score"] = score
                 scores.append(score)
                 answered.append((score, j, answer))
                 if score >= stage.threshold:
@@ -172,6 +177,7 @@ class CascadeIngress:
                 raise NoStageAnsweredError(f"no stage of cascade {self.name!r} answered: {errors}")
             reached, answer = final
             record = {
+                "request_id": uuid.uuid4().hex,  # what labels refer to (`alloyml cascade label`)
                 "query_id": query_id,
                 "query": query,
                 "answer": answer,
@@ -185,6 +191,7 @@ class CascadeIngress:
                 "frontier_point": self.points[slot],
                 "version": self.version,
                 "errors": errors,
+                "calls": calls,
             }
         finally:
             self.in_flight -= 1

@@ -59,6 +59,22 @@ def stage_hit_rates(stage_reached: np.ndarray, n_stages: int) -> np.ndarray:
     return counts / max(len(stage_reached), 1)
 
 
+def frontier_frame(plan: dict) -> pd.DataFrame:
+    """The cost–accuracy frontier of a stored plan (`CascadePlan.model_dump()`): one row per point with
+    point, cost (training mean cost per query), cost_se, accuracy, cascade (the chain as text) and chosen."""
+    rows = []
+    for i, point in enumerate(plan.get("frontier") or []):
+        stages = point.get("stages") or []
+        chain = " → ".join(str(s.get("model")) + (f" (≥ {s['threshold']:.3f})" if s.get("threshold") is not None
+                                                  else "") for s in stages)
+        cost_se = point.get("cost_se")
+        rows.append({"point": i, "cost": float(point["mean_cost"]), "accuracy": float(point["accuracy"]),
+                     "cost_se": np.nan if cost_se is None else float(cost_se), "cascade": chain})
+    frame = pd.DataFrame(rows, columns=["point", "cost", "cost_se", "accuracy", "cascade"])
+    frame["chosen"] = frame["point"] == plan.get("chosen")
+    return frame
+
+
 @dataclass(frozen=True)
 class BudgetState:
     """Where a cascade's spending stands against its budget, over the last `window` requests."""

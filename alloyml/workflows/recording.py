@@ -89,9 +89,34 @@ class StoreRequestLog:
             self._platform = Platform(self.db_url, self.home)
         now = utcnow()
         self._platform.store.log_cascade_requests(self.cascade_id, [
-            e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now)
+            e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now,
+                             request_id=r.get("request_id"), query_id=r.get("query_id"), query=r.get("query"),
+                             answer=r.get("answer"), model=r.get("model"), score=r.get("score"),
+                             calls=r.get("calls", []), errors=r.get("errors", []))
             for r in records
         ])
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_platform"} | {"_platform": None}
+
+
+def served_responses(platform, name: str, missing: str = "error"):
+    """Logged responses built from the labelled served requests of cascade `name` (every version): one
+    row per labelled answer, with the cost of that stage's call. The log is sparse (a request carries
+    the answers of the stages it reached only); `missing` is `load_responses`' policy for that."""
+    import pandas as pd
+
+    from alloyml.errors import InvalidInputError
+    from alloyml.routing.responses import COLUMNS, load_responses
+
+    rows = []
+    for request in platform.store.labelled_cascade_requests(name):
+        calls = {c["model"]: c for c in request.calls}
+        for model, correct in request.labels.items():
+            # A writer that logged no stage calls left only the returned answer and the total cost.
+            call = calls.get(model) or {"answer": request.answer, "cost": request.cost}
+            rows.append((request.request_id, request.query, model, call["answer"], correct, call["cost"]))
+    if not rows:
+        raise InvalidInputError(f"cascade {name!r} has no labelled requests; attach labels with "
+                                f"`alloyml cascade label {name} FILE` first")
+    return load_responses(pd.DataFrame(rows, columns=list(COLUMNS)), missing=missing)

@@ -37,7 +37,13 @@ def _populate(platform: Platform) -> None:
     store.record_merge("linear", {"w": [0.5, 0.5]}, [e.MergeInput(base.id, 0.5), e.MergeInput(child.id, 0.5)],
                        child.id, run_id=run.id)
     cascade = store.save_cascade("c", ["a", "b"], [0.5], [1.0, 2.0], 1.5, plan={"p": 1})
-    store.log_cascade_requests(cascade.id, [e.CascadeRequest(1, 2.0, 3.0, [0.1, 0.9], 0, dt.datetime(2026, 1, 1))])
+    store.log_cascade_requests(cascade.id, [
+        e.CascadeRequest(1, 2.0, 3.0, [0.1, 0.9], 0, dt.datetime(2026, 1, 1)),  # as logged before revision 0004
+        e.CascadeRequest(1, 3.0, 4.0, [0.2], 0, dt.datetime(2026, 1, 2), request_id="r1", query_id="q1", query="hi",
+                         answer="yes", model="b", calls=[{"model": "a", "answer": "no", "cost": 1.0, "score": 0.2},
+                                                         {"model": "b", "answer": "yes", "cost": 2.0, "score": None}],
+                         errors=[{"model": "a", "error": "timeout"}])])
+    store.label_cascade_requests("c", [("r1", None, True), ("r1", "a", False)])
     store.add_trial(run.id, 0, {"lr": 0.1}, {"acc": 0.5}, cost=1.0, seconds=2.0)
 
 
@@ -103,6 +109,10 @@ def test_every_revision_down_and_up_keeps_every_row(db_url, tmp_path):
             [run] = platform.store.list_runs()
             assert run.metrics == {"loss": 0.25, "acc": 0.75, "auc": 0.5}  # carried through run.metrics
             np.testing.assert_array_equal(platform.store.all_values(run.id).indices, [10, 20, 30])
+            [cascade] = platform.store.list_cascades()  # both request rows readable; what 0004 added was
+            logged = platform.store.cascade_requests(cascade.id)  # dropped on the way down, so it reads empty
+            assert [(r.stage_reached, r.cost, r.request_id, r.labels) for r in logged] == [(1, 3.0, None, {}),
+                                                                                          (1, 2.0, None, {})]
     finally:
         engine.dispose()
 

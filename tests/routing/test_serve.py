@@ -207,3 +207,8 @@ def test_cli_serves_stored_cascade_logs_to_store_and_follows_new_versions(setup,
     with Platform() as platform:
         logged = platform.store.cascade_requests(v1.id)
     assert sorted((r.stage_reached, r.cost) for r in logged) == sorted((a["stage_reached"], a["cost"]) for a in by_v1)
+    # The log keeps what was asked and answered, under the id the client got back (labels refer to it).
+    assert sorted((r.request_id, r.query, r.answer, r.model, r.score) for r in logged) == sorted(
+        (a["request_id"], a["query"], a["answer"], a["model"], a["score"]) for a in by_v1)
+    assert all([c["model"] for c in r.calls] == v1.stages[: r.stage_reached + 1] and r.calls[-1]["answer"] == r.answer
+               for r in logged)

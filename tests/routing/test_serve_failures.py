@@ -195,6 +195,7 @@ def test_http_validation_and_openai_routes(serve_port):
     assert chat.choices[0].message.content == "sure a1" and chat.model == "oai"
     extra = chat.model_extra["alloyml"]
     assert (extra["model"], extra["stage_reached"], extra["score"], extra["cost"]) == ("good", 0, 0.5, 2.0)
+    assert chat.id == f"chatcmpl-{extra['request_id']}" and len(extra["request_id"]) == 32  # what labels name
     text = client.completions.create(model="oai", prompt="w3")
     assert text.choices[0].text == "sure a1" and text.model_extra["alloyml"]["cost"] == 2.0
     with pytest.raises(openai.NotFoundError):

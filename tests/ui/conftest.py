@@ -22,6 +22,7 @@ class Seeded:
     flipped: np.ndarray | None = None
     model_scores: dict[str, dict] = field(default_factory=dict)
     cascade_costs: list[float] = field(default_factory=list)
+    frontier: list[tuple[float, float]] = field(default_factory=list)
     stages: np.ndarray | None = None
     request_costs: np.ndarray | None = None
     trials: list[dict] = field(default_factory=list)
@@ -76,7 +77,13 @@ def seed_store(home: Path) -> Seeded:
         seeded.model_scores = {**scores, "merged-ab": {"task_a": 0.87, "task_b": 0.84}}
 
         seeded.cascade_costs = [1.0, 5.0, 20.0]
-        frontier = [{"cost": 1.0, "accuracy": 0.70}, {"cost": 3.0, "accuracy": 0.82}, {"cost": 8.0, "accuracy": 0.90}]
+        # Stored as `save_cascade_plan` stores a fitted plan (`CascadePlan.model_dump()`).
+        chains = [[("small", None)], [("small", 0.85), ("medium", None)],
+                  [("small", 0.85), ("medium", 0.7), ("large", None)]]
+        frontier = [{"stages": [{"model": m, "threshold": t} for m, t in chain], "accuracy": accuracy,
+                     "mean_cost": cost, "cost_se": 0.25 * cost}
+                    for chain, cost, accuracy in zip(chains, (1.0, 3.0, 8.0), (0.70, 0.82, 0.90), strict=True)]
+        seeded.frontier = [(f["mean_cost"], f["accuracy"]) for f in frontier]
         platform.store.save_cascade("qa", ["small", "medium", "large"], [0.9, 0.8], seeded.cascade_costs, 4.0,
                                     {"frontier": frontier[:2], "chosen": 1})
         cascade = platform.store.save_cascade("qa", ["small", "medium", "large"], [0.85, 0.7],

@@ -100,3 +100,16 @@ def test_graphs_escape_names_and_colour_states():
     dot = graphs.workflow_dot(steps)
     assert '"a\\ndone · 3.0s"' in dot and '"b\\nrunning · 2 attempts"' in dot and "s0 -> s1;" in dot
     assert graphs.STATE_COLORS["running"] in dot
+
+
+def test_frontier_frame_reads_a_fitted_plan():
+    from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.synthetic import make_logged_responses
+
+    plan = FrugalCascade(budget=8, n_thresholds=4, folds=2).fit(make_logged_responses(200, 3, seed=2)).plan_
+    frame = analysis.frontier_frame(plan.model_dump())
+    assert frame["cost"].tolist() == [p.mean_cost for p in plan.frontier]
+    assert frame["accuracy"].tolist() == [p.accuracy for p in plan.frontier]
+    assert frame["cost_se"].tolist() == [p.cost_se for p in plan.frontier]
+    assert frame["chosen"].tolist() == [i == plan.chosen for i in range(len(plan.frontier))]
+    assert frame["cascade"].iloc[-1].count("→") == len(plan.frontier[-1].stages) - 1

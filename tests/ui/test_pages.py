@@ -36,6 +36,13 @@ def chart_fields(spec) -> list[str]:
     return []
 
 
+def chart_frames(chart) -> list[pd.DataFrame]:
+    """The data sets a chart element ships (Arrow IPC streams in the proto)."""
+    import pyarrow as pa
+
+    return [pa.ipc.open_stream(d.data.data).read_pandas() for d in chart.proto.datasets]
+
+
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -122,7 +129,28 @@ def test_cascades_page_hit_rates_cost_and_guard(seeded_env):
     mean_cost = float(np.mean(s.request_costs))
     assert metrics(at)["Mean cost"] == f"{mean_cost:.4g}"
     assert mean_cost > 4.0 and any("Over budget" in e.value for e in at.error)
-    assert "Chosen point 1: cost 3" in " ".join(c.value for c in at.caption)
+    assert "Chosen point 1: small (≥ 0.850) → medium, cost 3" in " ".join(c.value for c in at.caption)
+
+
+def test_cascades_page_draws_the_frontier_with_planned_and_served_spend(seeded_env):
+    s = seeded_env
+    at = render("cascades")
+    drawn = frame_with(at, "accuracy")  # the frontier's table, what the chart is drawn from
+    assert list(zip(drawn["cost"], drawn["accuracy"], strict=True)) == s.frontier
+    assert np.isfinite(drawn["cost"]).all()
+    [chart] = [c for c in at.get("vega_lite_chart") if "accuracy" in chart_fields(json.loads(c.proto.spec))]
+    data = chart_frames(chart)  # what the chart is drawn from: the line, the chosen point, the spend rules
+    line = [d for d in data if "accuracy" in d.columns and len(d) == 3]
+    assert len(line) == 1 and list(zip(line[0]["cost"], line[0]["accuracy"], strict=True)) == s.frontier
+    chosen = [d for d in data if "accuracy" in d.columns and len(d) == 1]
+    assert len(chosen) == 1 and (chosen[0]["cost"].item(), chosen[0]["accuracy"].item()) == s.frontier[1]
+    [rules] = [d for d in data if "spend" in d.columns]
+    assert dict(zip(rules["spend"], rules["cost"], strict=True)) == pytest.approx(
+        {"budget": 4.0, "served": float(np.mean(s.request_costs))})
+    shown = metrics(at)
+    assert shown["Planned spend"] == f"{s.frontier[1][0]:.4g}"
+    assert shown["Served spend"] == f"{float(np.mean(s.request_costs)):.4g}"
+    assert shown["Budget"] == "4"
 
 
 def test_workflows_page_dag_timings_and_traceback(seeded_env):

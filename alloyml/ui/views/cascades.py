@@ -1,5 +1,5 @@
-"""Cascades: versions, the cost–accuracy frontier with the chosen point, and — from the request log — live
-stage hit rates, cost, latency and the budget guard's state."""
+"""Cascades: versions, the cost–accuracy frontier with the chosen point and planned vs served spend, and —
+from the request log — live stage hit rates, cost, latency and the budget guard's state."""
 
 import altair as alt
 import pandas as pd
@@ -30,22 +30,38 @@ cascade = versions[st.selectbox("Version", sorted(versions, reverse=True))]
 chosen = cascade.plan.get("chosen")
 
 st.subheader("Cost–accuracy frontier")
-frontier = pd.DataFrame(cascade.plan.get("frontier", []), columns=["cost", "accuracy"])
+frontier = analysis.frontier_frame(cascade.plan)
+served = queries.cascade_requests(key, cascade.id)
 if frontier.empty:
     st.info("This version's plan holds no frontier.")
 else:
-    frontier["point"] = range(len(frontier))
-    frontier["chosen"] = frontier["point"] == chosen
+    tooltip = ["point", "cascade", alt.Tooltip("cost:Q", format=".4g"), alt.Tooltip("accuracy:Q", format=".4f")]
     line = alt.Chart(frontier).mark_line(point=True).encode(
         x=alt.X("cost:Q", title="mean cost per query"), y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False)),
-        tooltip=["point", "cost", "accuracy"])
+        tooltip=tooltip)
     marker = alt.Chart(frontier[frontier["chosen"]]).mark_point(size=250, color="#e53935", filled=True).encode(
-        x="cost:Q", y="accuracy:Q", tooltip=["point", "cost", "accuracy"])
-    budget = alt.Chart(pd.DataFrame({"budget": [cascade.budget]})).mark_rule(strokeDash=[4, 4]).encode(x="budget:Q")
-    st.altair_chart((line + marker + budget).properties(height=280), width="stretch")
+        x="cost:Q", y="accuracy:Q", tooltip=tooltip)
+    # Vertical rules: the budget (dashed) and, once requests are logged, what serving really spent.
+    spend = pd.DataFrame({"spend": ["budget"], "cost": [cascade.budget]})
+    if not served.empty:
+        spend = pd.concat([spend, pd.DataFrame({"spend": ["served"], "cost": [float(served["cost"].mean())]})])
+    rules = alt.Chart(spend).mark_rule(strokeDash=[4, 4]).encode(
+        x="cost:Q", color=alt.Color("spend:N", scale=alt.Scale(domain=["budget", "served"],
+                                                                range=["#555555", "#fb8c00"])),
+        tooltip=["spend", alt.Tooltip("cost:Q", format=".4g")])
+    st.altair_chart((line + marker + rules).properties(height=280), width="stretch")
     if chosen is not None and 0 <= chosen < len(frontier):
-        st.caption(f"Chosen point {chosen}: cost {frontier['cost'][chosen]:g}, "
-                   f"accuracy {frontier['accuracy'][chosen]:.4f} (budget {cascade.budget:g}).")
+        point = frontier.iloc[chosen]
+        st.caption(f"Chosen point {chosen}: {point['cascade']}, cost {point['cost']:g}, "
+                   f"accuracy {point['accuracy']:.4f} (budget {cascade.budget:g}).")
+        columns = st.columns(3)
+        margin = "" if pd.isna(point["cost_se"]) else f" ± {point['cost_se']:.2g}"
+        columns[0].metric("Planned spend", f"{point['cost']:.4g}", help="training mean cost per query" + margin)
+        columns[1].metric("Served spend", f"{served['cost'].mean():.4g}" if not served.empty else "—",
+                          delta=None if served.empty else f"{served['cost'].mean() - point['cost']:+.4g} vs planned",
+                          delta_color="inverse", help="mean cost of the latest logged requests of this version")
+        columns[2].metric("Budget", f"{cascade.budget:g}")
+    st.dataframe(frontier.drop(columns="chosen"), hide_index=True)
 
 live = st.toggle("Refresh every 5 s", value=False)
 
@@ -53,7 +69,7 @@ live = st.toggle("Refresh every 5 s", value=False)
 @st.fragment(run_every="5s" if live else None)
 def request_log() -> None:
     st.subheader("Requests")
-    requests = queries.cascade_requests(key, cascade.id)
+    requests = queries.cascade_requests(key, cascade.id)  # again: this part refreshes on its own
     if requests.empty:
         st.info("No requests logged for this version yet — serve it with `alloyml.routing`.")
         return

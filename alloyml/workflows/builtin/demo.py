@@ -52,7 +52,8 @@ def summarize(cleaned: dict, merged: dict, cascade: dict, tuned: dict, served: d
     """The numbers `alloyml demo` prints at the end."""
     return {"cleaning": cleaned, "merge": {"method": merged["method"], "scores": merged["scores"],
                                            "scores_by_method": merged["scores_by_method"]},
-            "cascade": {k: cascade[k] for k in ("accuracy", "mean_cost", "budget", "singles", "version")},
+            "cascade": {k: cascade[k] for k in ("accuracy", "mean_cost", "planned_mean_cost", "planned_accuracy",
+                                                "test_queries", "budget", "singles", "version")},
             "tuning": tuned, "serving": served}
 
 

@@ -39,7 +39,7 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
     import pandas as pd
 
     from alloyml.lm import RecurrentLM
-    from alloyml.routing import FrugalCascade, load_responses
+    from alloyml.routing import load_responses
 
     models = _load({"small": small, "merged": merged, "large": large})
     queries = _queries(config["cascade_queries"], seed=20_000)
@@ -51,20 +51,37 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
                   "correct": g.text.strip() == a, "cost": price.cost(g.prompt_tokens, g.completion_tokens)}
                  for i, ((q, a), g) in enumerate(zip(queries, generations, strict=True))]
     responses = load_responses(pd.DataFrame(rows))
-    train, test = responses.split(0.5, seed=config["seed"])
+    fitted = fit_demo_cascade(responses, config["seed"])
+    budget, plan = fitted["budget"], fitted["plan"]
+    with open_platform(store) as platform, platform.run("route", name="fit demo cascade",
+                                                        params={"budget": budget, "queries": len(queries)}) as run:
+        stored = save_cascade_plan(platform, CASCADE_NAME, plan, fitted["train"], budget)
+        run.log_metrics(**{k: fitted[k] for k in ("accuracy", "mean_cost", "planned_mean_cost", "planned_accuracy",
+                                                  "test_queries", "singles")},
+                        chain=list(plan.point.models))
+    return {"cascade_id": stored.id, "version": stored.version, "plan": plan.model_dump(),
+            **{k: v for k, v in fitted.items() if k not in ("plan", "train")}}
+
+
+def fit_demo_cascade(responses, seed: int) -> dict:
+    """Fit the demo's cascade on half the queries and measure it on the other half: budget halfway
+    between always calling the merged model and always calling the large one (training means), the
+    calibrated fit (thresholds chosen on out-of-fold scores and served with the fold ensemble that
+    produced them, the plan kept `COST_Z` standard errors of its training spend below the budget), and
+    the held-out spend next to the planned one."""
+    from alloyml.routing.cascade import COST_Z, FrugalCascade
+
+    train, test = responses.split(0.5, seed=seed)
     mean_cost = train.cost.mean(axis=0)
     budget = float((mean_cost[train.model_index("merged")] + mean_cost[train.model_index("large")]) / 2)
-    cascade = FrugalCascade(budget=budget).fit(train)
+    cascade = FrugalCascade(budget=budget, cost_z=COST_Z).fit(train)
     held_out = cascade.evaluate(test)
     singles = {m: {"accuracy": float(test.correct[:, i].mean()), "mean_cost": float(test.cost[:, i].mean())}
                for i, m in enumerate(test.models)}
-    with open_platform(store) as platform, platform.run("route", name="fit demo cascade",
-                                                        params={"budget": budget, "queries": len(queries)}) as run:
-        stored = save_cascade_plan(platform, CASCADE_NAME, cascade.plan_, train, budget)
-        run.log_metrics(accuracy=held_out.accuracy, mean_cost=held_out.mean_cost, singles=singles,
-                        chain=list(cascade.plan_.point.models))
-    return {"cascade_id": stored.id, "version": stored.version, "budget": budget, "plan": cascade.plan_.model_dump(),
-            "accuracy": held_out.accuracy, "mean_cost": held_out.mean_cost, "singles": singles}
+    planned = cascade.plan_.point
+    return {"budget": budget, "plan": cascade.plan_, "train": train, "accuracy": held_out.accuracy,
+            "mean_cost": held_out.mean_cost, "planned_mean_cost": planned.mean_cost,
+            "planned_accuracy": planned.accuracy, "test_queries": test.n_queries, "singles": singles}
 
 
 @step(num_cpus=1)

@@ -1,6 +1,6 @@
 """run tags: free-form string key/value pairs per run
 
-Revision ID: 0004_run_tag
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-12-03 08:00:00
 
@@ -10,7 +10,7 @@ One row per (run, key); the composite primary key is what makes setting a tag a 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004_run_tag'
+revision = '0004'
 down_revision = '0003'
 branch_labels = None
 depends_on = None

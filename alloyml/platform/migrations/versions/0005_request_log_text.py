@@ -1,7 +1,7 @@
 """request log keeps what was asked and answered; correctness labels
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-03 08:00:00
 
 A served request was stored as stage, scores, cost and latency only, so production traffic could not be
@@ -14,8 +14,8 @@ later (one per request and model). Old rows keep NULL in the new columns and sta
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = '0005'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

@@ -38,6 +38,9 @@ def _populate(platform: Platform) -> None:
     cascade = store.save_cascade("c", ["a", "b"], [0.5], [1.0, 2.0], 1.5, plan={"p": 1})
     store.log_cascade_requests(cascade.id, [e.CascadeRequest(1, 2.0, 3.0, [0.1, 0.9], 0, dt.datetime(2026, 1, 1))])
     store.add_trial(run.id, 0, {"lr": 0.1}, {"acc": 0.5}, cost=1.0, seconds=2.0)
+    schedule = store.add_schedule("nightly", "demo", "0 3 * * *", "Europe/Berlin", {"config": "quick"}, "latest")
+    firing = store.claim_firing(schedule.id, dt.datetime(2026, 1, 1, 2, 0))
+    store.finish_firing(firing, "submitted", workflow_id=workflow.id)
 
 
 def _snapshot(engine) -> dict[str, list[dict]]:

@@ -100,7 +100,11 @@ def _scheduler(args) -> int:
 
     if not args.interval > 0 or not args.grace >= 0:  # also refuses NaN
         raise InvalidInputError(f"--interval must be > 0 and --grace >= 0 seconds; got {args.interval}, {args.grace}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    handler = logging.StreamHandler()  # the scheduler's own lines only, not every library's INFO chatter
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger("alloyml.scheduler")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())  # finish the current tick, then exit 0

@@ -547,7 +547,7 @@ class SqlStore(Store):
             return _workflow(row)
 
     # -- schedules ------------------------------------------------------------------------------------------
-    def add_schedule(self, name, workflow, cron, timezone, inputs, catch_up):
+    def add_schedule(self, name, workflow, cron, timezone, inputs, catch_up, now=None):
         if catch_up not in e.CATCH_UP_POLICIES:
             raise InvalidInputError(f"catch-up policy {catch_up!r} is not one of {e.CATCH_UP_POLICIES}")
         if not isinstance(name, str) or not name.strip():
@@ -558,7 +558,7 @@ class SqlStore(Store):
                                         "another name")
             row = _checked(orm.ScheduleRow(name=name, workflow=workflow, cron=cron, timezone=timezone,
                                            inputs=dict(inputs), catch_up=catch_up, paused=False,
-                                           active_since=orm.utcnow()))
+                                           active_since=now or orm.utcnow()))
             s.add(row)
             s.flush()
             return _schedule(row)
@@ -578,11 +578,11 @@ class SqlStore(Store):
         with self._session() as s:
             return [_schedule(r) for r in s.scalars(select(orm.ScheduleRow).order_by(orm.ScheduleRow.name))]
 
-    def set_schedule_paused(self, name, paused):
+    def set_schedule_paused(self, name, paused, now=None):
         with self._session(write=True) as s:
             row = self._schedule_row(s, name, lock=True)
             if row.paused and not paused:
-                row.active_since = orm.utcnow()
+                row.active_since = now or orm.utcnow()
             row.paused = bool(paused)
             return _schedule(row)
 

@@ -200,8 +200,9 @@ class Store(ABC):
     # -- schedules --------------------------------------------------------------------------------------
     @abstractmethod
     def add_schedule(self, name: str, workflow: str, cron: str, timezone: str, inputs: dict,
-                     catch_up: str) -> e.Schedule:
-        """A new active schedule; the caller has validated cron, timezone and workflow (workflows layer)."""
+                     catch_up: str, now: dt.datetime | None = None) -> e.Schedule:
+        """A new active schedule, active since `now` (default: the store's clock); the workflows layer has
+        validated cron, timezone, workflow and inputs."""
 
     @abstractmethod
     def get_schedule(self, name: str) -> e.Schedule: ...
@@ -210,8 +211,9 @@ class Store(ABC):
     def list_schedules(self) -> list[e.Schedule]: ...
 
     @abstractmethod
-    def set_schedule_paused(self, name: str, paused: bool) -> e.Schedule:
-        """Pause, or resume: resuming moves `active_since` to now, so slots of the pause never come due."""
+    def set_schedule_paused(self, name: str, paused: bool, now: dt.datetime | None = None) -> e.Schedule:
+        """Pause, or resume: resuming moves `active_since` to `now` (default: the store's clock), so slots
+        of the pause never come due."""
 
     @abstractmethod
     def remove_schedule(self, name: str) -> None:

@@ -28,9 +28,10 @@ SubmitFunction = Callable[[object, e.Schedule], int]
 
 
 def add_schedule(platform, name: str, workflow: str, cron: str, *, inputs: dict | None = None,
-                 timezone: str = "UTC", catch_up: str = "latest") -> e.Schedule:
+                 timezone: str = "UTC", catch_up: str = "latest", now: dt.datetime | None = None) -> e.Schedule:
     """Store a schedule that runs built-in `workflow` with `inputs` at every slot of `cron` (on the wall
-    clock of `timezone`). A workflow input named `store` defaults to this store's location."""
+    clock of `timezone`), from `now` (naive UTC; default the current time) on. A workflow input named
+    `store` defaults to this store's location."""
     cron = check_cron(cron)
     check_timezone(timezone)
     if catch_up not in e.CATCH_UP_POLICIES:
@@ -42,16 +43,17 @@ def add_schedule(platform, name: str, workflow: str, cron: str, *, inputs: dict 
     built.check_inputs(inputs)
     encoded = {key: encode_input(value, platform.artifacts, f"input {key!r}") for key, value in inputs.items()}
     _refuse_credentials(platform, encoded)
-    return platform.store.add_schedule(name, workflow, cron, timezone, encoded, catch_up)
+    return platform.store.add_schedule(name, workflow, cron, timezone, encoded, catch_up, now=now)
 
 
 def pause_schedule(platform, name: str) -> e.Schedule:
     return platform.store.set_schedule_paused(name, True)
 
 
-def resume_schedule(platform, name: str) -> e.Schedule:
-    """Slots that fell in the pause are not caught up: the timetable restarts from now."""
-    return platform.store.set_schedule_paused(name, False)
+def resume_schedule(platform, name: str, now: dt.datetime | None = None) -> e.Schedule:
+    """Slots that fell in the pause are not caught up: the timetable restarts from `now` (default: the
+    current time)."""
+    return platform.store.set_schedule_paused(name, False, now=now)
 
 
 def remove_schedule(platform, name: str) -> None:

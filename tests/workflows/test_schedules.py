@@ -293,34 +293,31 @@ def test_the_store_location_input_is_stored_as_a_reference(sqlite_platform):
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
-def _cli(*argv, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "alloyml.cli", *argv], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=Path(__file__).resolve().parents[2])
-
-
 @pytest.fixture
 def cli_env(tmp_path):
     return dict(os.environ, ALLOYML_HOME=str(tmp_path / "home"), PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
-def test_cli_errors_are_one_line_without_a_traceback(cli_env):
-    add = ("schedule", "add", "s", "--input", 'config="quick"')
+def test_cli_errors_are_one_line_without_a_traceback(alloy_home, capsys):
+    from alloyml.cli import main
+
+    add = ["schedule", "add", "s", "--input", 'config="quick"']
     for argv, message in [
-        ((*add, "--workflow", "demo", "--cron", "0 25 * * *"), "not a valid cron"),
-        ((*add, "--workflow", "nope", "--cron", "0 3 * * *"), "no built-in workflow named 'nope'"),
-        ((*add, "--workflow", "demo", "--cron", "0 3 * * *", "--timezone", "Nowhere/City"), "time zone"),
-        (("schedule", "pause", "missing"), "no schedule named 'missing'"),
-        (("scheduler", "--interval", "0"), "--interval must be > 0"),
+        ([*add, "--workflow", "demo", "--cron", "0 25 * * *"], "not a valid cron"),
+        ([*add, "--workflow", "nope", "--cron", "0 3 * * *"], "no built-in workflow named 'nope'"),
+        ([*add, "--workflow", "demo", "--cron", "0 3 * * *", "--timezone", "Nowhere/City"], "time zone"),
+        (["schedule", "pause", "missing"], "no schedule named 'missing'"),
+        (["scheduler", "--interval", "0"], "--interval must be > 0"),
     ]:
-        result = _cli(*argv, env=cli_env)
-        assert result.returncode == 2, (argv, result.stdout, result.stderr)
-        assert result.stderr.startswith("alloyml: error:") and message in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr + result.stdout
-    ok = _cli(*add, "--workflow", "demo", "--cron", "0 3 * * *", "--timezone", "Europe/Berlin", env=cli_env)
-    assert ok.returncode == 0 and "schedule 's' added" in ok.stdout, ok.stderr
-    assert _cli("schedule", "pause", "s", env=cli_env).returncode == 0
-    listing = _cli("schedule", "list", env=cli_env)
-    assert listing.returncode == 0 and "paused" in listing.stdout
+        assert main(argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith("alloyml: error:") and message in captured.err, captured.err
+        assert "Traceback" not in captured.err + captured.out
+    assert main([*add, "--workflow", "demo", "--cron", "0 3 * * *", "--timezone", "Europe/Berlin"]) == 0
+    assert "schedule 's' added" in capsys.readouterr().out
+    assert main(["schedule", "pause", "s"]) == 0
+    assert main(["schedule", "list"]) == 0
+    assert "paused" in capsys.readouterr().out
 
 
 def test_scheduler_process_exits_cleanly_on_sigterm(cli_env):
@@ -328,7 +325,7 @@ def test_scheduler_process_exits_cleanly_on_sigterm(cli_env):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env,
                                cwd=Path(__file__).resolve().parents[2])
     try:
-        assert "scheduler running" in process.stdout.readline()
+        assert "scheduler running" in process.stdout.readline()  # printed once the store is open
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     finally:

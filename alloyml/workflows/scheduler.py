@@ -23,9 +23,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from alloyml.cron import slots
 from alloyml.platform import entities as e
 from alloyml.platform.orm import utcnow
-from alloyml.workflows.cron import slots
 from alloyml.workflows.schedules import SubmitFunction, fire, submit_scheduled
 
 log = logging.getLogger("alloyml.scheduler")

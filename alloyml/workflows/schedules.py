@@ -12,13 +12,13 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
+from alloyml.cron import check_cron, check_timezone, next_slot
 from alloyml.errors import InvalidInputError
 from alloyml.platform import entities as e
 from alloyml.platform.orm import utcnow
 from alloyml.workflows.api import _refuse_credentials, submit
 from alloyml.workflows.builtin import get_builtin
 from alloyml.workflows.codec import decode, encode_input
-from alloyml.workflows.cron import check_cron, check_timezone, next_slot
 from alloyml.workflows.recording import store_location
 
 log = logging.getLogger("alloyml.scheduler")

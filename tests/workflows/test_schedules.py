@@ -19,10 +19,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from alloyml.cron import next_slot, slots
 from alloyml.errors import InvalidInputError, NotFoundError
 from alloyml.platform.client import Platform
 from alloyml.workflows import schedules
-from alloyml.workflows.cron import next_slot, slots
 from alloyml.workflows.scheduler import Scheduler
 
 UTC = dt.UTC

@@ -1,4 +1,5 @@
-"""Cron timetables on a time zone's wall clock: which UTC instants a schedule's slots fall on.
+"""Cron timetables on a time zone's wall clock: which UTC instants a schedule's slots fall on. A base
+module (it imports only `errors`) because the scheduler fires by it and the dashboard shows next firings.
 
 croniter parses the expression and walks matching wall-clock times (naive, so it applies no DST rules of
 its own); zoneinfo maps each wall time to UTC. The two DST edge cases follow classic cron:

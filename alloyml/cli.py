@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "alloyml.commands.db",
     "alloyml.commands.runs",
     "alloyml.commands.workflow",
+    "alloyml.commands.schedule",
     "alloyml.commands.demo",
     "alloyml.commands.ui",
     "alloyml.commands.cascade",

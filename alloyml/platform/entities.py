@@ -10,6 +10,8 @@ import numpy as np
 RUN_STATUSES = ("running", "done", "failed")
 STEP_STATES = ("pending", "running", "done", "failed", "cancelled")
 LINEAGE_ROLES = ("base", "fine-tune", "merge input", "expert", "cascade stage")
+CATCH_UP_POLICIES = ("skip", "latest", "all")
+FIRING_OUTCOMES = ("claimed", "submitted", "failed", "skipped")
 
 
 @dataclass(frozen=True)
@@ -182,3 +184,31 @@ class Trial:
     cost: float | None
     seconds: float | None
     status: str
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: int
+    name: str
+    workflow: str
+    cron: str
+    timezone: str
+    inputs: dict
+    catch_up: str
+    paused: bool
+    active_since: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ScheduleFiring:
+    id: int
+    schedule_id: int
+    slot: dt.datetime
+    manual: bool
+    outcome: str
+    missed: int
+    workflow_id: int | None
+    error: str | None
+    fired_at: dt.datetime
+    workflow_status: str | None = None  # of the submitted workflow, when it still exists

@@ -298,3 +298,40 @@ class TrialRow(Base):
     cost: Mapped[float | None] = mapped_column(Float, doc="Cost unit of the search (tokens, CPU-seconds).")
     seconds: Mapped[float | None] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(20), default="done")
+
+
+class ScheduleRow(Base):
+    """A built-in workflow run on a cron timetable (see `alloyml.workflows.schedules`)."""
+
+    __tablename__ = "schedule"
+    __table_args__ = (UniqueConstraint("name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), doc="Unique schedule name.")
+    workflow: Mapped[str] = mapped_column(String(200), doc="Built-in workflow name.")
+    cron: Mapped[str] = mapped_column(String(200), doc="Five-field cron expression, in `timezone`.")
+    timezone: Mapped[str] = mapped_column(String(64), doc="IANA time zone of the cron's wall clock.")
+    inputs: Mapped[dict] = mapped_column(JSON, default=dict, doc="Encoded inputs (store references, never URLs).")
+    catch_up: Mapped[str] = mapped_column(String(10), doc="skip, latest or all: what fires after downtime.")
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    active_since: Mapped[dt.datetime] = mapped_column(
+        DateTime, default=utcnow, doc="Created or last resumed: slots before it never come due.")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ScheduleFiringRow(Base):
+    """One slot of a schedule that came due. Inserting the row claims the slot: the unique constraint
+    makes a second scheduler's insert fail, so a slot fires at most once."""
+
+    __tablename__ = "schedule_firing"
+    __table_args__ = (UniqueConstraint("schedule_id", "slot"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedule.id", ondelete="CASCADE"))
+    slot: Mapped[dt.datetime] = mapped_column(DateTime, doc="The cron slot (naive UTC); `run-now` time if manual.")
+    manual: Mapped[bool] = mapped_column(Boolean, default=False, doc="Fired by `run-now`, not by the timetable.")
+    outcome: Mapped[str] = mapped_column(String(20), doc="claimed, submitted, failed or skipped.")
+    missed: Mapped[int] = mapped_column(Integer, default=0, doc="Earlier due slots this row stands for, unfired.")
+    workflow_id: Mapped[int | None] = mapped_column(ForeignKey("workflow.id", ondelete="SET NULL"))
+    error: Mapped[str | None] = mapped_column(Text, doc="Why the submission failed.")
+    fired_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -628,6 +628,87 @@ class SqlStore(Store):
                     step.error = step_error
             return _workflow(row)
 
+    # -- schedules ------------------------------------------------------------------------------------------
+    def add_schedule(self, name, workflow, cron, timezone, inputs, catch_up, now=None):
+        if catch_up not in e.CATCH_UP_POLICIES:
+            raise InvalidInputError(f"catch-up policy {catch_up!r} is not one of {e.CATCH_UP_POLICIES}")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInputError(f"schedule name {name!r} must be a non-empty string")
+        with self._session(write=True) as s:
+            if s.scalar(select(orm.ScheduleRow.id).where(orm.ScheduleRow.name == name)) is not None:
+                raise InvalidInputError(f"a schedule named {name!r} already exists; remove it first or pick "
+                                        "another name")
+            row = _checked(orm.ScheduleRow(name=name, workflow=workflow, cron=cron, timezone=timezone,
+                                           inputs=dict(inputs), catch_up=catch_up, paused=False,
+                                           active_since=now or orm.utcnow()))
+            s.add(row)
+            s.flush()
+            return _schedule(row)
+
+    def _schedule_row(self, s, name, *, lock=False):
+        query = select(orm.ScheduleRow).where(orm.ScheduleRow.name == name)
+        row = s.scalars(query.with_for_update() if lock else query).first()
+        if row is None:
+            raise NotFoundError(f"no schedule named {name!r}; see `alloyml schedule list`")
+        return row
+
+    def get_schedule(self, name):
+        with self._session() as s:
+            return _schedule(self._schedule_row(s, name))
+
+    def list_schedules(self):
+        with self._session() as s:
+            return [_schedule(r) for r in s.scalars(select(orm.ScheduleRow).order_by(orm.ScheduleRow.name))]
+
+    def set_schedule_paused(self, name, paused, now=None):
+        with self._session(write=True) as s:
+            row = self._schedule_row(s, name, lock=True)
+            if row.paused and not paused:
+                row.active_since = now or orm.utcnow()
+            row.paused = bool(paused)
+            return _schedule(row)
+
+    def remove_schedule(self, name):
+        with self._session(write=True) as s:
+            row = self._schedule_row(s, name, lock=True)
+            s.execute(orm.ScheduleFiringRow.__table__.delete().where(orm.ScheduleFiringRow.schedule_id == row.id))
+            s.delete(row)
+
+    def last_slot(self, schedule_id):
+        f = orm.ScheduleFiringRow
+        with self._session() as s:
+            return s.scalar(select(func.max(f.slot)).where(f.schedule_id == schedule_id, f.manual.is_(False)))
+
+    def claim_firing(self, schedule_id, slot, *, outcome="claimed", missed=0, manual=False):
+        if outcome not in e.FIRING_OUTCOMES:
+            raise InvalidInputError(f"firing outcome {outcome!r} is not one of {e.FIRING_OUTCOMES}")
+        table = orm.ScheduleFiringRow.__table__
+        with self._session(write=True) as s:
+            self._get(s, orm.ScheduleRow, schedule_id, "schedule")
+            # One statement that cannot fail on a taken slot (no exception, no aborted PostgreSQL
+            # transaction): the row comes back only when this insert made it.
+            statement = _dialect_insert(s)(table).values(
+                schedule_id=schedule_id, slot=slot, manual=manual, outcome=outcome, missed=int(missed),
+                fired_at=orm.utcnow()).on_conflict_do_nothing(
+                index_elements=[table.c.schedule_id, table.c.slot]).returning(table.c.id)
+            return s.execute(statement).scalar()
+
+    def finish_firing(self, firing_id, outcome, workflow_id=None, error=None):
+        if outcome not in e.FIRING_OUTCOMES:
+            raise InvalidInputError(f"firing outcome {outcome!r} is not one of {e.FIRING_OUTCOMES}")
+        with self._session(write=True) as s:
+            row = self._locked(s, orm.ScheduleFiringRow, firing_id, "schedule firing")
+            row.outcome, row.workflow_id, row.error = outcome, workflow_id, error
+            return _firing(_checked(row))
+
+    def list_firings(self, schedule_id=None, limit=100):
+        f, w = orm.ScheduleFiringRow, orm.WorkflowRow
+        query = select(f, w.status).outerjoin(w, w.id == f.workflow_id).order_by(f.slot.desc(), f.id.desc())
+        if schedule_id is not None:
+            query = query.where(f.schedule_id == schedule_id)
+        with self._session() as s:
+            return [_firing(row, status) for row, status in s.execute(query.limit(limit))]
+
 
 # -- helpers ---------------------------------------------------------------------------------------------------
 _INT_RANGE = {"Integer": 2**31, "BigInteger": 2**63}  # PostgreSQL's integer and bigint; SQLite stores either
@@ -737,14 +818,19 @@ def _log_metrics(s, run_id: int, items, step: int) -> None:
                         "time": now} for k, v, h, has in items])
 
 
+def _dialect_insert(s):
+    """The backend's INSERT, which has ON CONFLICT (both PostgreSQL and SQLite support it)."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
 def _upsert(s, table, rows: list[dict], keys: tuple[str, ...], columns: tuple[str, ...], where=None) -> None:
     """One atomic INSERT ... ON CONFLICT DO UPDATE (both backends): insert each row, or set `columns` of
     the row with the same `keys` (only where `where(excluded)` holds, when given)."""
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    statement = dialect_insert(table).values(rows)
+    statement = _dialect_insert(s)(table).values(rows)
     statement = statement.on_conflict_do_update(
         index_elements=[table.c[k] for k in keys], set_={c: statement.excluded[c] for c in columns},
         where=None if where is None else where(statement.excluded))
@@ -1008,6 +1094,16 @@ def _trial(r) -> e.Trial:
 def _workflow(r) -> e.Workflow:
     return e.Workflow(r.id, r.name, r.status, dict(r.inputs), dict(r.spec), r.result_artifact, r.error,
                       r.created_at, r.updated_at)
+
+
+def _schedule(r) -> e.Schedule:
+    return e.Schedule(r.id, r.name, r.workflow, r.cron, r.timezone, dict(r.inputs), r.catch_up, bool(r.paused),
+                      r.active_since, r.created_at)
+
+
+def _firing(r, workflow_status: str | None = None) -> e.ScheduleFiring:
+    return e.ScheduleFiring(r.id, r.schedule_id, r.slot, bool(r.manual), r.outcome, r.missed, r.workflow_id,
+                            r.error, r.fired_at, workflow_status)
 
 
 def _step(r) -> e.WorkflowStep:

@@ -221,3 +221,43 @@ class Store(ABC):
                         result_artifact: str | None = None) -> e.Workflow:
         """In one transaction: set the workflow's status (and error / result), and move every step whose
         state is in `steps_from` to `steps_to` (with `step_error` when given)."""
+
+    # -- schedules --------------------------------------------------------------------------------------
+    @abstractmethod
+    def add_schedule(self, name: str, workflow: str, cron: str, timezone: str, inputs: dict,
+                     catch_up: str, now: dt.datetime | None = None) -> e.Schedule:
+        """A new active schedule, active since `now` (default: the store's clock); the workflows layer has
+        validated cron, timezone, workflow and inputs."""
+
+    @abstractmethod
+    def get_schedule(self, name: str) -> e.Schedule: ...
+
+    @abstractmethod
+    def list_schedules(self) -> list[e.Schedule]: ...
+
+    @abstractmethod
+    def set_schedule_paused(self, name: str, paused: bool, now: dt.datetime | None = None) -> e.Schedule:
+        """Pause, or resume: resuming moves `active_since` to `now` (default: the store's clock), so slots
+        of the pause never come due."""
+
+    @abstractmethod
+    def remove_schedule(self, name: str) -> None:
+        """Delete a schedule and its firing history."""
+
+    @abstractmethod
+    def last_slot(self, schedule_id: int) -> dt.datetime | None:
+        """The latest timetable (not manual) slot recorded for a schedule, whatever its outcome."""
+
+    @abstractmethod
+    def claim_firing(self, schedule_id: int, slot: dt.datetime, *, outcome: str = "claimed", missed: int = 0,
+                     manual: bool = False) -> int | None:
+        """Insert the firing row of (schedule, slot) in one statement; its id, or None when the slot was
+        already claimed (by this or another scheduler)."""
+
+    @abstractmethod
+    def finish_firing(self, firing_id: int, outcome: str, workflow_id: int | None = None,
+                      error: str | None = None) -> e.ScheduleFiring: ...
+
+    @abstractmethod
+    def list_firings(self, schedule_id: int | None = None, limit: int = 100) -> list[e.ScheduleFiring]:
+        """Newest slot first, with each submitted workflow's current status."""

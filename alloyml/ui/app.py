@@ -18,6 +18,7 @@ PAGES = (
     ("merges.py", "Merges", ":material/merge:"),
     ("cascades.py", "Cascades", ":material/account_tree:"),
     ("workflows.py", "Workflows", ":material/schema:"),
+    ("schedules.py", "Schedules", ":material/schedule:"),
     ("models.py", "Models & training", ":material/model_training:"),
     ("automl.py", "AutoML", ":material/tune:"),
 )

@@ -43,6 +43,17 @@ def _store(key: StoreKey):
     return platform(key).store
 
 
+# -- schedules ---------------------------------------------------------------------------------------------------
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def schedules(key: StoreKey) -> list[e.Schedule]:
+    return _store(key).list_schedules()
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def schedule_firings(key: StoreKey, schedule_id: int | None = None, limit: int = 200) -> list[e.ScheduleFiring]:
+    return _store(key).list_firings(schedule_id, limit=limit)
+
+
 # -- runs and workflows -----------------------------------------------------------------------------------
 def run_rows(runs: list[e.Run]) -> pd.DataFrame:
     return pd.DataFrame({

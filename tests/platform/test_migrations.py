@@ -45,6 +45,9 @@ def _populate(platform: Platform) -> None:
                          errors=[{"model": "a", "error": "timeout"}])])
     store.label_cascade_requests("c", [("r1", None, True), ("r1", "a", False)])
     store.add_trial(run.id, 0, {"lr": 0.1}, {"acc": 0.5}, cost=1.0, seconds=2.0)
+    schedule = store.add_schedule("nightly", "demo", "0 3 * * *", "Europe/Berlin", {"config": "quick"}, "latest")
+    firing = store.claim_firing(schedule.id, dt.datetime(2026, 1, 1, 2, 0))
+    store.finish_firing(firing, "submitted", workflow_id=workflow.id)
 
 
 def _snapshot(engine) -> dict[str, list[dict]]:

@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "alloyml.workflows.builtin.demo",
     "alloyml.workflows.builtin.valuation",
     "alloyml.workflows.builtin.merge",
+    "alloyml.workflows.builtin.revalue",
 )
 
 

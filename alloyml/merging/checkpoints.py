@@ -2,7 +2,8 @@
 
 `open_checkpoint(source)` accepts a Hugging Face-style directory (single `model.safetensors`, sharded with
 `model.safetensors.index.json`, or `pytorch_model.bin`), a single `.safetensors` / `.bin` / `.pt` file, or
-an in-memory `{name: tensor}` dict. Opening reads only headers; `read(name)` returns one fresh tensor.
+an in-memory `{name: tensor}` dict, or `base+adapter` (a LoRA adapter folded in, `alloyml.merging.lora`).
+Opening reads only headers; `read(name)` returns one fresh tensor.
 
 Safetensors are read with plain `readinto` rather than `safetensors.safe_open`: safe_open memory-maps
 the file, and every page it touches stays resident (and counts in RSS) until the file is closed, so
@@ -259,6 +260,11 @@ def open_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], labe
     """Open a checkpoint directory, weight file or in-memory state dict (headers only)."""
     if isinstance(source, Mapping):
         return StateDictCheckpoint(source, label or "<state dict>")
+    from alloyml.merging.lora import open_lora_checkpoint, split_lora_path
+
+    base, adapter = split_lora_path(source)
+    if adapter is not None:  # mergekit's `base+adapter`: the base with a LoRA adapter folded in
+        return open_lora_checkpoint(base, adapter, label or os.fspath(source))
     path = Path(source)
     label = label or str(path)
     if not path.exists():

@@ -1,7 +1,7 @@
 """A base model with a LoRA adapter folded in, read like any checkpoint: mergekit's `base+adapter` syntax.
 
 `open_checkpoint("path/base+path/adapter")` gives the base's tensors with each adapted weight replaced by
-W + scale · B @ A (computed in float32, returned in W's dtype), one tensor at a time; nothing full-rank is
+W + scale · B @ A (computed in float32 or wider, returned in W's dtype), one tensor at a time; nothing full-rank is
 held beyond the tensor being read. The adapter is a PEFT folder: `adapter_config.json` (`r`, `lora_alpha`,
 `use_rslora`, `fan_in_fan_out`, `rank_pattern`, `alpha_pattern`) and `adapter_model.safetensors` (or
 `.bin`) with `<module>.lora_A.weight` (r × in) and `<module>.lora_B.weight` (out × r), embeddings as
@@ -122,8 +122,9 @@ class LoraCheckpoint(Checkpoint):
         update = self.updates.get(name)
         if update is None:
             return weight
-        delta = self.adapter.read(update.b).float() @ self.adapter.read(update.a).float()
-        merged = weight.float() + update.scale * (delta.T if update.transpose else delta)
+        compute = torch.promote_types(weight.dtype, torch.float32)  # float32 at least; float64 stays float64
+        delta = self.adapter.read(update.b).to(compute) @ self.adapter.read(update.a).to(compute)
+        merged = weight.to(compute) + update.scale * (delta.T if update.transpose else delta)
         return merged.to(weight.dtype)
 
     def close(self) -> None:

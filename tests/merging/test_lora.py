@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from merge_helpers import tiny_llama
 from safetensors.torch import load_file, save_file
 
 from alloyml.errors import InvalidInputError, NotFoundError
@@ -92,12 +93,8 @@ def test_bad_adapters_are_refused_when_opened(tmp_path):
 
 def test_matches_peft_merge_and_unload_on_a_tiny_llama(tmp_path):
     peft = pytest.importorskip("peft")
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    base = transformers.LlamaForCausalLM(config)
-    base.save_pretrained(tmp_path / "base")
+    pytest.importorskip("transformers")
+    base = tiny_llama(tmp_path / "base")
     lora = peft.LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "v_proj", "down_proj", "embed_tokens"],
                            rank_pattern={"down_proj": 2}, alpha_pattern={"v_proj": 3}, init_lora_weights=False)
     adapted = peft.get_peft_model(base, lora)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from merge_helpers import tiny_llama
 from safetensors.torch import save_file
 
 from alloyml.errors import InvalidInputError
@@ -88,11 +89,7 @@ def test_several_adapters_merge_as_task_vectors(tmp_path):
 def test_peft_applies_an_extracted_adapter_as_alloyml_does(tmp_path):
     peft = pytest.importorskip("peft")
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    base = transformers.LlamaForCausalLM(config)
-    base.save_pretrained(tmp_path / "base")
+    base = tiny_llama(tmp_path / "base")
     with torch.no_grad():
         for name, p in base.named_parameters():
             if name.endswith(("q_proj.weight", "up_proj.weight")):

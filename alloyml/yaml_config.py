@@ -41,7 +41,7 @@ def describe_error(err: Exception) -> str:
     return validation_problems(err) if isinstance(err, ValidationError) else str(err)
 
 
-def _read(source: dict | str | os.PathLike, what: str) -> tuple[Any, str, Path | None]:
+def read_yaml(source: dict | str | os.PathLike, what: str) -> tuple[Any, str, Path | None]:
     """(parsed data, label for messages, the file's folder or None)."""
     if isinstance(source, dict):
         return source, "<dict>", None
@@ -67,7 +67,7 @@ def load_yaml_model(source: Model | dict | str | os.PathLike, model: type[Model]
     folder as `info.context["base_dir"]` (None for text or a mapping), to read relative paths from it."""
     if isinstance(source, model):
         return source
-    data, label, folder = _read(source, what)
+    data, label, folder = read_yaml(source, what)
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {label}: expected a mapping of keys, got {type(data).__name__}")
     try:

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     parser.add_argument("--shard-size", type=float, default=2.0, help="largest output shard in GiB (default 2)")
     parser.add_argument("--methods", action="store_true", help="list the merge methods and exit")
+    parser.add_argument("--extract-lora", nargs=3, metavar=("BASE", "FINETUNED", "OUT_DIR"),
+                        help="write the rank --rank LoRA adapter (PEFT folder) that turns BASE into FINETUNED")
+    parser.add_argument("--rank", type=int, default=16, help="rank of the extracted LoRA (default 16)")
     parser.set_defaults(func=_run)
 
 
@@ -37,6 +40,15 @@ def _run(args: argparse.Namespace) -> int:
             method = get_method(name)
             params = ", ".join(p.name for p in method.parameters)
             print(f"{name:16s} {params:45s} {method.reference}")
+        return 0
+    if args.extract_lora:
+        from alloyml.merging.lora_extract import extract_lora
+
+        base, finetuned, out = args.extract_lora
+        extracted = extract_lora(base, finetuned, out, rank=args.rank, overwrite=args.overwrite)
+        worst = max(extracted.tail_norms.values(), default=0.0)
+        print(f"LoRA rank {args.rank}: {len(extracted.modules)} weights, {len(extracted.copied)} tensors copied "
+              f"whole -> {extracted.path} (largest Frobenius error {worst:.3g}); apply it as {base}+{out}")
         return 0
     if not (args.config and args.out_dir):
         from alloyml.errors import InvalidInputError

@@ -1,6 +1,7 @@
-"""`alloyml tune hpo|inference CONFIG.yaml`: a Ray Tune hyperparameter search, or budgeted inference tuning of a
-language model, from a YAML config that is validated whole before anything runs. Each search is recorded in
-the store as a run of kind "tune" with one trial per configuration tried."""
+"""`alloyml tune hpo|inference|merge CONFIG.yaml`: a Ray Tune hyperparameter search, budgeted inference tuning
+of a language model, or a search over merge parameters (CMA-ES), from a YAML config that is validated whole
+before anything runs. Each search is recorded in the store as a run of kind "tune" with one trial per
+configuration tried."""
 
 from __future__ import annotations
 
@@ -23,6 +24,13 @@ example (see README, "AutoML"):
   task: plural            # a built-in task, or data: FILE.jsonl of {"input": ..., "target": ...} rows
   space: {n: [1, 3], temperature: [0.0, 0.8], max_tokens: [8, 16], templates: ["{instruction} {input}"]}
   budget: 60              # mean tokens per example
+"""
+
+_MERGE_EXAMPLE = """\
+example (see README, "Merging"):
+  template: {merge_method: task_arithmetic, base_model: ckpt/base, models: [{model: ckpt/a}, {model: ckpt/b}]}
+  metric: mypkg.evals:score   # function(state_dict) -> float, higher is better
+  search: [weight]            # layer_groups: 2, n_trials: 24, popsize, bounds: {weight: [0, 1]}, seed
 """
 
 
@@ -57,6 +65,17 @@ def register(subparsers) -> None:
     inference.add_argument("--out", metavar="FILE", help='write {"config", "utility", "mean_cost", "run_id"} of the '
                                                          "chosen configuration to this JSON file")
     inference.set_defaults(func=_inference)
+
+    merge = sub.add_parser(
+        "merge", help="search merge parameters (CMA-ES over per-layer-group weights, densities, t) for a metric",
+        description="Search the parameters of a mergekit-style merge template to maximise a metric of the merged\n"
+                    "state dict; every merge evaluated is recorded as a trial (see alloyml.merging.search_config).",
+        epilog=_MERGE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("config", help="YAML config: template, metric, search, layer_groups, n_trials, bounds, seed")
+    merge.add_argument("--out", metavar="FILE", help="write the best merge config (YAML, ready for `alloyml merge`) "
+                                                     "to this file")
+    merge.set_defaults(func=_merge_search)
 
 
 def _hpo(args: argparse.Namespace) -> int:
@@ -199,6 +218,42 @@ def _trial_progress(console, total: int, label: str, completed: int = 0):
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(label, total=total, completed=completed)
         yield lambda: progress.advance(task)
+
+
+def _merge_search(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from alloyml.merging.search import search_merge
+    from alloyml.merging.search_config import load_merge_search_config
+    from alloyml.platform.client import Platform
+    from alloyml.platform.settings import display_url
+    from alloyml.workflows.recording import trial_recorder
+
+    out = _checked_out(args.out)
+    config = load_merge_search_config(args.config)
+    metric = config.build_metric()
+    console = Console()
+    name = config.name or f"merge search {Path(args.config).name}"
+    params = {"search": "merge", "metric": "score", "mode": "max", "method": config.template["merge_method"],
+              "config_file": str(Path(args.config).resolve()), "config": config.model_dump(mode="json")}
+    with Platform() as platform, platform.run("tune", name=name, params=params) as run:
+        console.print(f"[bold]tune merge[/bold] {name!r}: {config.n_trials} trials of {config.template['merge_method']}"
+                      f" — run {run.id} in {display_url(platform.settings.db_url)}")
+        record = trial_recorder(platform, run.id)
+
+        def on_trial(trial) -> None:
+            record(trial)
+            score = trial.metrics.get("score")
+            shown = f"score {score:.4f}" if score is not None else trial.error
+            console.print(f"  trial {trial.trial_id} {trial.status}: {shown}", highlight=False, markup=False)
+
+        result = search_merge(config.template, metric, **config.search_kwargs(), on_trial=on_trial)
+        run.log_metrics(best_score=result.best_score, trials=len(result.trials), best_config=result.best_config)
+    console.print(f"best score {result.best_score:.4f} of {len(result.trials)} trials (run {run.id})", highlight=False)
+    if out is not None:
+        out.write_text(result.best_yaml)
+        console.print(f"best merge config written to {out}")
+    return 0
 
 
 def _hpo_table(result, names: list[str]):

@@ -2,12 +2,19 @@
 
 `open_checkpoint(source)` accepts a Hugging Face-style directory (single `model.safetensors`, sharded with
 `model.safetensors.index.json`, or `pytorch_model.bin`), a single `.safetensors` / `.bin` / `.pt` file, or
-an in-memory `{name: tensor}` dict. Opening reads only headers; `read(name)` returns one fresh tensor.
+an in-memory `{name: tensor}` dict, or `base+adapter` (a LoRA adapter folded in, `alloyml.merging.lora`).
+Opening reads only headers; `read(name)` returns one fresh tensor.
 
 Safetensors are read with plain `readinto` rather than `safetensors.safe_open`: safe_open memory-maps
 the file, and every page it touches stays resident (and counts in RSS) until the file is closed, so
 streaming three 0.5 GB checkpoints through it holds 1.5 GB. Reading each tensor into its own buffer
 keeps resident memory to the tensors currently in use.
+
+PyTorch `.bin` / `.pt` files are never unpickled beyond tensors (`torch.load(weights_only=True)`) and are
+memory-mapped, not read whole (`mmap=True`). A mapping's touched pages stay resident while it lives, so
+each file's mapping is dropped after `TorchCheckpoint.RELEASE_BYTES` have been read through it and reopened
+on the next read: peak memory stays flat however large the checkpoint (reopening costs only the small
+pickled index, not the data). Legacy (pre-zip) pickles cannot be mapped and are refused with a hint.
 """
 
 from __future__ import annotations
@@ -159,14 +166,61 @@ def _safetensors_header(path: Path) -> dict[str, tuple[TensorInfo, int, int]]:
     return out
 
 
+class TorchCheckpoint(Checkpoint):
+    """PyTorch zip-format weight files (one or many shards), memory-mapped per file and read one tensor at a
+    time. Only headers (the pickled tensor index) are kept between reads."""
+
+    RELEASE_BYTES = 64 * 1024**2  # read through the open mappings before they are dropped (bounds their pages)
+
+    def __init__(self, files: list[Path], label: str, directory: Path | None):
+        self.label, self.directory = label, directory
+        self.infos: dict[str, TensorInfo] = {}
+        self._file_of: dict[str, Path] = {}
+        self._mapped: dict[Path, dict[str, torch.Tensor]] = {}
+        self._read_since_release = 0
+        for path in files:
+            state = _torch_state_dict(path)
+            for name, tensor in state.items():
+                self.infos[name] = TensorInfo(tuple(tensor.shape), tensor.dtype)
+                self._file_of[name] = path
+            del state  # unmaps the file: opening touched no data pages
+
+    def read(self, name: str) -> torch.Tensor:
+        path = self._file_of[name]
+        state = self._mapped.get(path)
+        if state is None:
+            state = self._mapped[path] = _torch_state_dict(path)
+        tensor = state[name].detach().clone(memory_format=torch.contiguous_format)
+        # One budget for all of this checkpoint's mappings: reads that hop between shards hold no more.
+        self._read_since_release += tensor.nbytes
+        if self._read_since_release >= self.RELEASE_BYTES:
+            self.close()
+        return tensor
+
+    def close(self) -> None:
+        self._mapped.clear()
+        self._read_since_release = 0
+
+
 def _torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
     # weights_only refuses arbitrary pickled objects; mmap avoids reading the whole file up front.
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises RuntimeError, pickle's UnpicklingError, EOFError, ... for bad files
-        raise InvalidInputError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        hint = ""
+        if "zipfile" in str(err) or "mmap" in str(err):
+            hint = (" It is a legacy (pre-zip) pickle, which cannot be memory-mapped: convert it to safetensors "
+                    "(safetensors.torch.save_file) or re-save it with torch.save, then merge that.")
+        raise InvalidInputError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err}).{hint}"
+        ) from None
     if not isinstance(state, Mapping):
         raise InvalidInputError(f"{path}: expected a state dict, found {type(state).__name__}")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InvalidInputError(
+            f"{path}: expected a flat {{name: tensor}} state dict; entries {bad[:5]} are not tensors"
+        )
     return dict(state)
 
 
@@ -206,6 +260,11 @@ def open_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], labe
     """Open a checkpoint directory, weight file or in-memory state dict (headers only)."""
     if isinstance(source, Mapping):
         return StateDictCheckpoint(source, label or "<state dict>")
+    from alloyml.merging.lora import open_lora_checkpoint, split_lora_path
+
+    base, adapter = split_lora_path(source)
+    if adapter is not None:  # mergekit's `base+adapter`: the base with a LoRA adapter folded in
+        return open_lora_checkpoint(base, adapter, label or os.fspath(source))
     path = Path(source)
     label = label or str(path)
     if not path.exists():
@@ -220,7 +279,4 @@ def open_checkpoint(source: str | os.PathLike | Mapping[str, torch.Tensor], labe
         raise InvalidInputError(f"checkpoint {label!r}: expected a directory or one of {WEIGHT_SUFFIXES}")
     if kind == "safetensors":
         return SafetensorsCheckpoint(files, label, directory)
-    state: dict[str, torch.Tensor] = {}
-    for file in files:
-        state.update(_torch_state_dict(file))
-    return StateDictCheckpoint(state, label, directory)
+    return TorchCheckpoint(files, label, directory)

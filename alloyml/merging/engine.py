@@ -23,6 +23,7 @@ from alloyml.atomic import atomic_directory
 from alloyml.errors import InvalidInputError
 from alloyml.merging.checkpoints import Checkpoint, open_checkpoint
 from alloyml.merging.config import MergeConfig, load_merge_config
+from alloyml.merging.lora import split_lora_path
 from alloyml.merging.model_files import copy_model_files, output_model_config
 from alloyml.merging.plan import TensorSource, TensorTask, plan_merge, torch_dtype
 from alloyml.merging.registry import get_method
@@ -133,9 +134,11 @@ def check_output_dir(out_dir: str | os.PathLike, inputs: Mapping[str, Any]) -> N
         raise InvalidInputError(f"output {out} is a file; give a directory path for the merged model")
     target = out.resolve()
     for name, source in inputs.items():
-        if isinstance(source, str | os.PathLike):
-            path = Path(source).resolve()
-            if path == target or target in path.parents:
+        if not isinstance(source, str | os.PathLike):
+            continue
+        for part in split_lora_path(source):  # a `base+adapter` input: neither may be replaced
+            path = Path(part).resolve() if part is not None else None
+            if path is not None and (path == target or target in path.parents):
                 raise InvalidInputError(
                     f"output directory {out} is (or contains) input model {name!r}; writing the merge there "
                     "would replace that input, so choose another output directory"

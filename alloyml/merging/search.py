@@ -50,6 +50,49 @@ def _trial_config(template: dict, slots, groups: int, x, bounds) -> tuple[dict, 
     return config, values
 
 
+def check_template(
+    template: MergeConfig | dict | str,
+    search: Sequence[str] = ("weight",),
+    layer_groups: int = 4,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+) -> tuple[dict, list[tuple[str, str | None]], dict[str, tuple[float, float]]]:
+    """(template as a dict, searched slots, bounds) once the template, filled in at the centre of the
+    bounds, is a valid merge config: so a bad template fails before any trial runs. A template file
+    need not set the searched parameters."""
+    if isinstance(template, MergeConfig):
+        template = template.model_dump(mode="json", exclude_defaults=True)
+    elif not isinstance(template, dict):
+        template = _read_template(template)
+    if "models" not in template:
+        raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
+    if not (isinstance(template["models"], list)
+            and all(isinstance(m, dict) and "model" in m and isinstance(m.get("parameters") or {}, dict)
+                    for m in template["models"])):
+        raise InvalidInputError("the merge-search template's `models` must be a list of {model, parameters} mappings")
+    if layer_groups < 1:
+        raise InvalidInputError(f"layer_groups must be >= 1, got {layer_groups}")
+    if "merge_method" not in template:
+        raise InvalidInputError("the merge-search template names no `merge_method`")
+    bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
+    slots = _slots(template, search)
+    missing = sorted({name for name, _ in slots} - set(bounds))
+    if missing:
+        raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
+    centre = [0.5] * (len(slots) * layer_groups)
+    load_merge_config(_trial_config(template, slots, layer_groups, centre, bounds)[0])
+    return template, slots, bounds
+
+
+def _read_template(source) -> dict:
+    """A template from YAML text or a file, read as a mapping (validated once filled in)."""
+    from alloyml.yaml_config import read_yaml
+
+    data, label, _ = read_yaml(source, "merge-search template")
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"merge-search template {label}: expected a mapping, got {type(data).__name__}")
+    return data
+
+
 def evaluate_merge(config: dict, sources: Mapping[str, Any] | None, metric: Callable[[dict], float]) -> float:
     """Merge `config` in memory and score the merged state dict with `metric` (higher is better)."""
     from alloyml.merging.engine import merge
@@ -81,22 +124,10 @@ def search_merge(
     import cma
 
     start = time.perf_counter()
-    if isinstance(template, MergeConfig):
-        template = template.model_dump(mode="json", exclude_defaults=True)
-    elif not isinstance(template, dict):
-        template = load_merge_config(template).model_dump(mode="json", exclude_defaults=True)
-    if "models" not in template:
-        raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
     if layer_groups < 1 or n_trials < 1:
         raise InvalidInputError(f"layer_groups and n_trials must be >= 1, got {layer_groups} and {n_trials}")
-    bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
-    slots = _slots(template, search)
-    missing = sorted({name for name, _ in slots} - set(bounds))
-    if missing:
-        raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
-    dims = len(slots) * layer_groups
-    x0 = [0.5] * dims
-    load_merge_config(_trial_config(template, slots, layer_groups, x0, bounds)[0])  # fail before any trial runs
+    template, slots, bounds = check_template(template, search, layer_groups, bounds)
+    x0 = [0.5] * (len(slots) * layer_groups)
 
     options = {"bounds": [0, 1], "seed": seed + 1, "verbose": -9}  # cma treats seed 0 as "random"
     if popsize:

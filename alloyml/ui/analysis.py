@@ -105,12 +105,32 @@ def budget_state(requests: pd.DataFrame, budget: float, chosen_point: int | None
 
 
 # -- AutoML -----------------------------------------------------------------------------------------------
+def trial_params(config: dict) -> dict:
+    """A trial's parameters as flat columns. A merge search's trial config is a whole merge config: its
+    searched values are shown as `<model>.<parameter>` (the model's folder name when those are unique)
+    and shared `<parameter>`, with gradient anchors as `<name>[i]`."""
+    if not (isinstance(config.get("merge_method"), str) and isinstance(config.get("models"), list)):
+        return config
+    paths = [str(m.get("model")) for m in config["models"]]
+    short = [p.rstrip("/").rsplit("/", 1)[-1] for p in paths]
+    names = short if len(set(short)) == len(short) else paths
+    flat = {"merge_method": config["merge_method"]}
+    scoped = [(f"{name}.", m.get("parameters") or {}) for name, m in zip(names, config["models"], strict=True)]
+    for prefix, parameters in [*scoped, ("", config.get("parameters") or {})]:
+        for key, value in parameters.items():
+            if isinstance(value, list):
+                flat.update({f"{prefix}{key}[{i}]": v for i, v in enumerate(value)})
+            else:
+                flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def flatten_trials(trials) -> pd.DataFrame:
     """One row per trial: number, status, cost, seconds, then `param.<name>` and `metric.<name>` columns."""
     rows = []
     for t in trials:
         row = {"trial": t.number, "status": t.status, "cost": t.cost, "seconds": t.seconds}
-        row.update({f"param.{k}": v for k, v in t.config.items()})
+        row.update({f"param.{k}": v for k, v in trial_params(t.config).items()})
         row.update({f"metric.{k}": v for k, v in t.metrics.items() if isinstance(v, int | float)})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -55,3 +55,15 @@ def assert_same_weights(ours: dict, theirs: dict, atol: float = 1e-6) -> None:
     for name in ours:
         assert ours[name].dtype == theirs[name].dtype, name
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol, msg=name)
+
+
+def tiny_llama(folder):
+    """A seeded two-layer Hugging Face Llama saved (safetensors) to `folder`; returns the model."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    return model

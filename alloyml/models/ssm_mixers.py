@@ -1,0 +1,70 @@
+"""The vector-state state-space mixers: LRU (Orvieto et al. 2023) and Hawk's RG-LRU block (De et al. 2024).
+
+Their state is one vector per sequence (complex for the LRU), run on the parallel diagonal scan of
+`alloyml.kernels` for whole sequences and on the ops' steps for decoding. Conventions (forward / step,
+packed `cu_seqlens`, tuple states) are those of `alloyml.models.mixers`, where these register. The state
+math runs in float32 (complex64) whatever the model's dtype; outputs return to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alloyml.models.config import ModelConfig
+from alloyml.models.mixers import Mixer, check_packed, register_mixer
+
+# ----------------------------------------------------------------------------------------------------------
+# LRU (Orvieto et al. 2023): u -> x = B u (complex) -> h_t = lambda h_{t-1} + gamma x_t -> y = Re(C h) + D u,
+# then the paper's GELU and GLU output. State size N = d_model complex channels. Initialisation as in the
+# paper: |lambda| uniform on the ring [r_min, r_max] (by area), phase uniform in [0, max_phase], gamma at
+# its normalising value sqrt(1 - |lambda|^2) and trained from there.
+
+LRU_R_MIN, LRU_R_MAX, LRU_MAX_PHASE = 0.9, 0.999, math.pi / 10
+
+
+@register_mixer("lru")
+class LRU(Mixer):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D = N = cfg.d_model
+        self.backend = cfg.backend
+        u = torch.rand(N)
+        modulus = (u * (LRU_R_MAX**2 - LRU_R_MIN**2) + LRU_R_MIN**2).sqrt()
+        self.nu_log = nn.Parameter((-modulus.log()).log())  # |lambda| = exp(-exp(nu_log))
+        self.theta_log = nn.Parameter((torch.rand(N) * LRU_MAX_PHASE).clamp_min(1e-4).log())
+        self.gamma_log = nn.Parameter(0.5 * (1 - modulus**2).log())
+        self.B = nn.Parameter(torch.randn(2, N, D) / math.sqrt(2 * D))  # real and imaginary parts
+        self.C = nn.Parameter(torch.randn(2, D, N) / math.sqrt(N))
+        self.D = nn.Parameter(torch.randn(D))
+        self.glu = nn.Linear(D, 2 * D)
+
+    def _input(self, u):  # u: [..., D] -> B u: [..., N] complex, in float32 or float64
+        real = torch.promote_types(u.dtype, torch.float32)
+        return torch.complex(F.linear(u, self.B[0]).to(real), F.linear(u, self.B[1]).to(real))
+
+    def _output(self, h, u):  # h: [..., N] complex -> [..., D] in u's dtype
+        real = h.real.dtype
+        y = F.linear(h.real, self.C[0].to(real)) - F.linear(h.imag, self.C[1].to(real))
+        y = (y + self.D.to(real) * u.to(real)).to(u.dtype)
+        value, gate = self.glu(F.gelu(y)).chunk(2, dim=-1)
+        return value * torch.sigmoid(gate)
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import lru
+
+        check_packed(x, state, cu_seqlens)
+        h, final = lru(self._input(x), self.nu_log, self.theta_log, self.gamma_log,
+                       initial_state=None if state is None else state[0], cu_seqlens=cu_seqlens,
+                       backend=self.backend)
+        return self._output(h, x), (final,)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import lru_step
+
+        h, _ = lru_step(self._input(x), self.nu_log, self.theta_log, self.gamma_log,
+                        None if state is None else state[0])
+        return self._output(h, x), (h,)

@@ -68,3 +68,60 @@ class LRU(Mixer):
         h, _ = lru_step(self._input(x), self.nu_log, self.theta_log, self.gamma_log,
                         None if state is None else state[0])
         return self._output(h, x), (h,)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hawk (De et al. 2024): Griffin's recurrent block without its local attention. Two branches of width
+# expand * d_model: GeLU(W_g x), and W_x x -> a short causal depthwise conv -> the RG-LRU, whose gates
+# r_t = sigmoid(W_a u_t + b_a), i_t = sigmoid(W_i u_t + b_i) read the conv output u_t (dense projections
+# here; the paper's are block-diagonal per head); the branches multiply and project back. Lambda is set
+# so that a^c = sigmoid(Lambda)^8 is uniform in [0.9, 0.999], as in the paper.
+
+HAWK_A_MIN, HAWK_A_MAX = 0.9, 0.999
+
+
+@register_mixer("hawk")
+class Hawk(Mixer):
+    def __init__(self, cfg: ModelConfig):
+        from alloyml.kernels.rglru import RGLRU_C
+
+        super().__init__()
+        width = self.width = cfg.expand * cfg.d_model
+        self.backend = cfg.backend
+        self.in_proj = nn.Linear(cfg.d_model, 2 * width, bias=False)  # gate branch, recurrent branch
+        self.conv = nn.Conv1d(width, width, cfg.d_conv, groups=width)
+        self.gates = nn.Linear(width, 2 * width)  # recurrence gate r, input gate i
+        base = (torch.empty(width).uniform_(HAWK_A_MIN, HAWK_A_MAX)) ** (1 / RGLRU_C)
+        self.Lambda = nn.Parameter(torch.log(base / (1 - base)))
+        self.out = nn.Linear(width, cfg.d_model, bias=False)
+
+    def _branches(self, x, conv_past, cu_seqlens=None):
+        """x: [B, T, D] -> (gate branch, conv output u, r, i, next conv state), all [B, T, width]."""
+        from alloyml.models.mixers import causal_conv, causal_conv_packed
+
+        gate, u = self.in_proj(x).chunk(2, dim=-1)
+        if cu_seqlens is not None:
+            u, conv_state = causal_conv_packed(u, self.conv.weight, self.conv.bias, cu_seqlens)
+        else:
+            if conv_past is None:
+                conv_past = x.new_zeros(x.shape[0], self.conv.kernel_size[0] - 1, self.width)
+            u, conv_state = causal_conv(u, self.conv.weight, self.conv.bias, conv_past)
+        r, i = torch.sigmoid(self.gates(u)).chunk(2, dim=-1)
+        return F.gelu(gate), u, r, i, conv_state
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import rglru
+
+        check_packed(x, state, cu_seqlens)
+        conv_past, h0 = (None, None) if state is None else state
+        gate, u, r, i, conv_state = self._branches(x, conv_past, cu_seqlens)
+        h, final = rglru(u, r, i, self.Lambda, initial_state=h0, cu_seqlens=cu_seqlens, backend=self.backend)
+        return self.out(h * gate), (conv_state, final)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import rglru_step
+
+        conv_past, h0 = (None, None) if state is None else state
+        gate, u, r, i, conv_state = self._branches(x[:, None], conv_past)
+        h, new = rglru_step(u[:, 0], r[:, 0], i[:, 0], self.Lambda, h0)
+        return self.out(h * gate[:, 0]), (conv_state, new)

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ssm_cases import TIMESCALES, TOL, as64, assert_match, grads, rel_rms
 
 from alloyml.errors import InvalidInputError
 from alloyml.kernels import lru, lru_step
 from alloyml.kernels.lru import naive_lru
-
-TOL = 1e-5
-# (low, high) of |lambda|: fast (memory of a few steps), the paper's ring, near the unit circle
-TIMESCALES = [(0.3, 0.8), (0.9, 0.999), (0.999, 0.9999)]
-
-
-def rel_rms(got, want) -> float:
-    got, want = (torch.view_as_real(t) if t.is_complex() else t for t in (got, want))
-    got, want = got.double(), want.double()
-    return ((got - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt().clamp_min(1e-300)).item()
 
 
 def make(b, T, N, timescale, gen, dtype=torch.float32, gamma=True, state_rows=None):
@@ -37,16 +28,6 @@ def make(b, T, N, timescale, gen, dtype=torch.float32, gamma=True, state_rows=No
             for k, v in inputs.items()}
 
 
-def grads(fn, inputs, gen):
-    """(h, final, gradients of a random real functional of h and final w.r.t. every input)."""
-    h, final = fn(inputs)
-    wh = torch.randn(h.shape, generator=gen, dtype=torch.complex128).to(h.dtype)
-    wf = torch.randn(final.shape, generator=gen, dtype=torch.complex128).to(final.dtype)
-    loss = (h * wh.conj()).real.sum() + (final * wf.conj()).real.sum()
-    names = [k for k, v in inputs.items() if v is not None]
-    return h, final, dict(zip(names, torch.autograd.grad(loss, [inputs[k] for k in names]), strict=True))
-
-
 def run_scan(backend, cu_seqlens=None):
     def fn(i):
         return lru(i["x"], i["nu_log"], i["theta_log"], i["gamma_log"], initial_state=i["initial_state"],
@@ -60,28 +41,6 @@ def run_steps(i):
         h, state = lru_step(i["x"][:, t], i["nu_log"], i["theta_log"], i["gamma_log"], state)
         hs.append(h)
     return torch.stack(hs, 1), state
-
-
-def as64(inputs):
-    """Float64 / complex128 copies of the inputs, leaves of their own: the reference runs on these."""
-    return {k: None if v is None else v.detach().to(torch.complex128 if v.is_complex() else torch.float64)
-            .requires_grad_() for k, v in inputs.items()}
-
-
-def errors(got, want) -> dict:
-    (h, f, g), (hw, fw, gw) = got, want
-    assert g.keys() == gw.keys()
-    return {"h": rel_rms(h, hw), "final": rel_rms(f, fw), **{k: rel_rms(g[k], gw[k]) for k in g}}
-
-
-def assert_match(got, want, loop32=None):
-    """Every error against the float64 reference within TOL; where the float32 reference loop (`loop32`,
-    the same recurrence in the same precision) is itself past TOL (phases up to 3 rad over hundreds of
-    steps at |lambda| ~ 0.9999: the problem's own float32 conditioning), within 1.5x of that loop."""
-    got_err = errors(got, want)
-    floor = errors(loop32, want) if loop32 is not None else {}
-    for name, err in got_err.items():
-        assert err <= max(TOL, 1.5 * floor.get(name, 0.0)), (name, err, floor.get(name))
 
 
 @pytest.mark.parametrize("timescale", TIMESCALES)

@@ -8,7 +8,7 @@ import torch
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
 
-SSM_MIXERS = ["lru"]
+SSM_MIXERS = ["lru", "hawk"]
 
 
 def rel_rms(got, want):

@@ -1,4 +1,5 @@
-"""The vector-state state-space mixers: LRU (Orvieto et al. 2023) and Hawk's RG-LRU block (De et al. 2024).
+"""The diagonal state-space mixers: LRU (Orvieto et al. 2023), Hawk's RG-LRU block (De et al. 2024) and
+S4D (Gu et al. 2022).
 
 Their state is one vector per sequence (complex for the LRU), run on the parallel diagonal scan of
 `alloyml.kernels` for whole sequences and on the ops' steps for decoding. Conventions (forward / step,
@@ -16,6 +17,13 @@ from torch import nn
 
 from alloyml.models.config import ModelConfig
 from alloyml.models.mixers import Mixer, check_packed, register_mixer
+
+
+def gelu_glu(glu: nn.Linear, y):
+    """The output of the LRU and S4D layers in their papers: GELU, then a GLU (value * sigmoid(gate))."""
+    value, gate = glu(F.gelu(y)).chunk(2, dim=-1)
+    return value * torch.sigmoid(gate)
+
 
 # ----------------------------------------------------------------------------------------------------------
 # LRU (Orvieto et al. 2023): u -> x = B u (complex) -> h_t = lambda h_{t-1} + gamma x_t -> y = Re(C h) + D u,
@@ -49,9 +57,7 @@ class LRU(Mixer):
     def _output(self, h, u):  # h: [..., N] complex -> [..., D] in u's dtype
         real = h.real.dtype
         y = F.linear(h.real, self.C[0].to(real)) - F.linear(h.imag, self.C[1].to(real))
-        y = (y + self.D.to(real) * u.to(real)).to(u.dtype)
-        value, gate = self.glu(F.gelu(y)).chunk(2, dim=-1)
-        return value * torch.sigmoid(gate)
+        return gelu_glu(self.glu, (y + self.D.to(real) * u.to(real)).to(u.dtype))
 
     def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import lru
@@ -125,3 +131,46 @@ class Hawk(Mixer):
         gate, u, r, i, conv_state = self._branches(x[:, None], conv_past)
         h, new = rglru_step(u[:, 0], r[:, 0], i[:, 0], self.Lambda, h0)
         return self.out(h * gate[:, 0]), (conv_state, new)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# S4D (Gu et al. 2022): one diagonal SSM of N = d_state (N / 2 complex modes) per channel, A trained from
+# S4D-Lin (or S4D-Inv, `init`), dt log-uniform in [1e-3, 1e-1], C complex normal, D skip; then the paper's
+# GELU and GLU output. Whole sequences run as an FFT convolution, decoding as the recurrence.
+
+S4D_DT_MIN, S4D_DT_MAX = 1e-3, 1e-1
+
+
+@register_mixer("s4d")
+class S4D(Mixer):
+    init = "lin"  # S4D-Lin; a subclass may set "inv"
+
+    def __init__(self, cfg: ModelConfig):
+        from alloyml.kernels.s4d import s4d_init
+
+        super().__init__()
+        H = cfg.d_model
+        self.backend = cfg.backend
+        A_real_log, A_imag = s4d_init(self.init, H, cfg.d_state)
+        self.A_real_log, self.A_imag = nn.Parameter(A_real_log), nn.Parameter(A_imag)
+        self.log_dt = nn.Parameter(torch.empty(H).uniform_(math.log(S4D_DT_MIN), math.log(S4D_DT_MAX)))
+        self.C = nn.Parameter(torch.randn(H, cfg.d_state // 2, 2) * math.sqrt(0.5))
+        self.D = nn.Parameter(torch.randn(H))
+        self.glu = nn.Linear(H, 2 * H)
+
+    def _params(self):
+        return self.log_dt, self.A_real_log, self.A_imag, self.C, self.D
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import s4d
+
+        check_packed(x, state, cu_seqlens)
+        y, final = s4d(x, *self._params(), initial_state=None if state is None else state[0],
+                       cu_seqlens=cu_seqlens, backend=self.backend)
+        return gelu_glu(self.glu, y), (final,)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import s4d_step
+
+        y, new = s4d_step(x, *self._params(), None if state is None else state[0])
+        return gelu_glu(self.glu, y), (new,)

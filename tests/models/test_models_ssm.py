@@ -1,4 +1,4 @@
-"""The vector-state mixers (LRU, Hawk) in half precision: the recurrence runs in float32 (complex64 for
+"""The diagonal state-space mixers (LRU, Hawk, S4D) in half precision: the recurrence runs in float32 (complex64 for
 the LRU) whatever the model's dtype, and a bfloat16 model's state matches float64 math on the same
 (rounded) weights."""
 
@@ -8,7 +8,7 @@ import torch
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
 
-SSM_MIXERS = ["lru", "hawk"]
+SSM_MIXERS = ["lru", "hawk", "s4d"]
 
 
 def rel_rms(got, want):

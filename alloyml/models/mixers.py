@@ -463,5 +463,5 @@ class SoftmaxAttention(Mixer):
         return KVCache(torch.cat(k), torch.cat(v), length, torch.cat(start))
 
 
-# The diagonal state-space mixers (LRU, Hawk, S4D) live in their own module; importing it registers them.
+# The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1) live in their own module; importing it registers them.
 from alloyml.models import ssm_mixers  # noqa: E402, F401

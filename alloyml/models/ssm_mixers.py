@@ -1,5 +1,5 @@
-"""The diagonal state-space mixers: LRU (Orvieto et al. 2023), Hawk's RG-LRU block (De et al. 2024) and
-S4D (Gu et al. 2022).
+"""The diagonal state-space mixers: LRU (Orvieto et al. 2023), Hawk's RG-LRU block (De et al. 2024),
+S4D (Gu et al. 2022) and Mamba-1's S6 block (Gu & Dao 2023).
 
 Their state is one vector per sequence (complex for the LRU), run on the parallel diagonal scan of
 `alloyml.kernels` for whole sequences and on the ops' steps for decoding. Conventions (forward / step,
@@ -174,3 +174,66 @@ class S4D(Mixer):
 
         y, new = s4d_step(x, *self._params(), None if state is None else state[0])
         return gelu_glu(self.glu, y), (new,)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Mamba-1 (Gu & Dao 2023): in_proj to (x, z) of width expand * d_model; a short causal depthwise conv and
+# SiLU on x; x_proj to (dt of rank ceil(d_model / 16), B, C); dt_proj back to the width, softplus with
+# the dt bias set so that dt starts log-uniform in [1e-3, 1e-1]; the S6 scan with A_d,n = -(n + 1)
+# (S4D-Real), D = 1 and the gate silu(z); out_proj. dt, A and the state math stay float32.
+
+MAMBA1_DT_MIN, MAMBA1_DT_MAX = 1e-3, 1e-1
+
+
+@register_mixer("mamba1")
+class Mamba1(Mixer):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width = self.width = cfg.expand * cfg.d_model
+        self.backend, self.d_state = cfg.backend, cfg.d_state
+        self.dt_rank = math.ceil(cfg.d_model / 16)
+        self.in_proj = nn.Linear(cfg.d_model, 2 * width, bias=False)
+        self.conv = nn.Conv1d(width, width, cfg.d_conv, groups=width)
+        self.x_proj = nn.Linear(width, self.dt_rank + 2 * cfg.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, width)
+        dt = torch.exp(torch.empty(width).uniform_(math.log(MAMBA1_DT_MIN), math.log(MAMBA1_DT_MAX)))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.A_log = nn.Parameter(torch.arange(1, cfg.d_state + 1, dtype=torch.float32).log().repeat(width, 1))
+        self.D = nn.Parameter(torch.ones(width))
+        self.out = nn.Linear(width, cfg.d_model, bias=False)
+
+    def _scan_inputs(self, x, conv_past, cu_seqlens=None):
+        """x: [B, T, D] -> (the scan's x, dt, A, B, C, z, next conv state)."""
+        from alloyml.models.mixers import causal_conv, causal_conv_packed
+
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        if cu_seqlens is not None:
+            xs, conv_state = causal_conv_packed(xs, self.conv.weight, self.conv.bias, cu_seqlens)
+        else:
+            if conv_past is None:
+                conv_past = x.new_zeros(x.shape[0], self.conv.kernel_size[0] - 1, self.width)
+            xs, conv_state = causal_conv(xs, self.conv.weight, self.conv.bias, conv_past)
+        xs = F.silu(xs)
+        dt_in, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        # dt in float32 whatever the model's dtype: exp(dt A) compounds over the sequence
+        dt = F.softplus(F.linear(dt_in.float(), self.dt_proj.weight.float(), self.dt_proj.bias.float()))
+        return xs, dt, -self.A_log.float().exp(), Bm, Cm, z, conv_state
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import s6
+
+        check_packed(x, state, cu_seqlens)
+        conv_past, h0 = (None, None) if state is None else state
+        *scan, conv_state = self._scan_inputs(x, conv_past, cu_seqlens)
+        xs, dt, A, Bm, Cm, z = scan
+        y, final = s6(xs, dt, A, Bm, Cm, self.D, z, initial_state=h0, cu_seqlens=cu_seqlens, backend=self.backend)
+        return self.out(y), (conv_state, final)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import s6_step
+
+        conv_past, h0 = (None, None) if state is None else state
+        xs, dt, A, Bm, Cm, z, conv_state = self._scan_inputs(x[:, None], conv_past)
+        y, new = s6_step(xs[:, 0], dt[:, 0], A, Bm[:, 0], Cm[:, 0], self.D, z[:, 0], h0)
+        return self.out(y), (conv_state, new)

@@ -99,7 +99,7 @@ def test_config_accepts_exactly_the_registered_layers(monkeypatch):
     from alloyml.models.mixers import MIXERS, Mixer, register_mixer
     from alloyml.models.moe import FFNS
 
-    assert set(MIXERS) == {"linear_attn", "retnet", "gla", "mamba", "rwkv", "softmax", "lru", "hawk", "s4d"}
+    assert set(MIXERS) == {"linear_attn", "retnet", "gla", "mamba", "rwkv", "softmax", "lru", "hawk", "s4d", "mamba1"}
     for mixer in MIXERS:
         assert ModelConfig.named(mixer).mixer == mixer
     with pytest.raises(ConfigError, match="mixer must be one of"):

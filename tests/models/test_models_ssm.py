@@ -1,6 +1,6 @@
-"""The diagonal state-space mixers (LRU, Hawk, S4D) in half precision: the recurrence runs in float32 (complex64 for
-the LRU) whatever the model's dtype, and a bfloat16 model's state matches float64 math on the same
-(rounded) weights."""
+"""The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1) in half precision: the recurrence runs in
+float32 (complex64 for the LRU and S4D) whatever the model's dtype, and a half model's state matches
+float64 math on the same (rounded) weights to about one rounding of the inputs."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import torch
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
 
-SSM_MIXERS = ["lru", "hawk", "s4d"]
+SSM_MIXERS = ["lru", "hawk", "s4d", "mamba1"]
 
 
 def rel_rms(got, want):

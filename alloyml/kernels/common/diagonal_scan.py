@@ -60,7 +60,7 @@ def diagonal_scan(log_a, b, first=None):
     k = 1
     while k < T:
         # position t absorbs the block ending at t - k: H_t <- H_t + A_t H_{t-k}, A_t = exp(log A_t)
-        A = log_a[:, k:].exp()
+        A = _exp(log_a[:, k:])
         if cut is not None:
             A = torch.where(cut[:, k:], torch.zeros((), dtype=A.dtype, device=A.device), A)
         b = torch.cat([b[:, :k], b[:, k:] + A * b[:, :-k]], dim=1)
@@ -70,6 +70,47 @@ def diagonal_scan(log_a, b, first=None):
                 cut = torch.cat([cut[:, :k], cut[:, k:] | cut[:, :-k]], dim=1)
         k *= 2
     return b
+
+
+CHUNK = 64  # constant_decay_scan's chunk: a [L, L] decay matrix per channel
+
+
+def constant_decay_scan(log_a, b):
+    """diagonal_scan for a decay that is the same at every step (LRU, S4D): log_a: [...] per channel;
+    b: [B, T, ...]. Chunked: inside each chunk of CHUNK steps, h = W b with W[t, s] = a^(t - s) (t >= s),
+    one batched matrix product shared by all chunks (O(T L) work per channel, on BLAS); the chunk-end
+    states then come from diagonal_scan over the T / L chunks with decay a^L, and each chunk adds
+    a^(t + 1) times the state entering it. Every power is exp of an exponent <= 0 (no division)."""
+    import torch
+
+    Bsz, T = b.shape[:2]
+    L = min(CHUNK, T)
+    n_chunks = -(-T // L)
+    rest = b.shape[2:]
+    x = torch.nn.functional.pad(b.flatten(2), (0, 0, 0, n_chunks * L - T)).view(Bsz, n_chunks, L, -1)
+    la = log_a.expand(rest).reshape(-1)  # [M]
+    steps = torch.arange(L, device=b.device)
+    lag = steps[:, None] - steps[None, :]  # [L, L]: t - s
+    W = _exp(lag.clamp_min(0).to(la.real.dtype)[..., None] * la)  # [L, L, M]
+    W = torch.where((lag >= 0)[..., None], W, torch.zeros((), dtype=W.dtype, device=W.device))
+    intra = torch.einsum("tsm,bcsm->bctm", W, x)  # [B, C, L, M]
+    ends = diagonal_scan((L * la).expand(1, n_chunks, -1), intra[:, :, -1])  # [B, C, M] states at chunk ends
+    entering = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)  # [B, C, M]
+    carry = _exp((steps + 1).to(la.real.dtype)[:, None] * la)  # [L, M]: a^(t + 1)
+    h = intra + entering[:, :, None] * carry
+    return h.reshape(Bsz, n_chunks * L, *rest)[:, :T]
+
+
+def _exp(z):
+    """exp for real or complex z; complex from real exp, cos and sin, which PyTorch's CPU kernels vectorise
+    (its complex exp runs ~15x slower; torch.polar's backward divides by the modulus, NaN once it
+    underflows to 0)."""
+    import torch
+
+    if not z.is_complex():
+        return z.exp()
+    r = z.real.exp()
+    return torch.complex(r * torch.cos(z.imag), r * torch.sin(z.imag))
 
 
 def final_states(h, cu_seqlens):

@@ -20,7 +20,8 @@ def lru_coefficients(nu_log, theta_log, gamma_log, dtype):
     import torch
 
     nu, theta = nu_log.to(dtype).exp(), theta_log.to(dtype).exp()
-    lam = torch.polar((-nu).exp(), theta)  # |lambda| = exp(-nu), arg lambda = theta
+    modulus = (-nu).exp()  # |lambda| = exp(-nu), arg lambda = theta (not torch.polar: NaN gradient at 0)
+    lam = torch.complex(modulus * theta.cos(), modulus * theta.sin())
     if gamma_log is None:
         gamma = (-torch.expm1(-2 * nu)).sqrt()
     else:

@@ -60,7 +60,7 @@ def diagonal_scan(log_a, b, first=None):
     k = 1
     while k < T:
         # position t absorbs the block ending at t - k: H_t <- H_t + A_t H_{t-k}, A_t = exp(log A_t)
-        A = _exp(log_a[:, k:])
+        A = complex_exp(log_a[:, k:])
         if cut is not None:
             A = torch.where(cut[:, k:], torch.zeros((), dtype=A.dtype, device=A.device), A)
         b = torch.cat([b[:, :k], b[:, k:] + A * b[:, :-k]], dim=1)
@@ -91,17 +91,17 @@ def constant_decay_scan(log_a, b):
     la = log_a.expand(rest).reshape(-1)  # [M]
     steps = torch.arange(L, device=b.device)
     lag = steps[:, None] - steps[None, :]  # [L, L]: t - s
-    W = _exp(lag.clamp_min(0).to(la.real.dtype)[..., None] * la)  # [L, L, M]
+    W = complex_exp(lag.clamp_min(0).to(la.real.dtype)[..., None] * la)  # [L, L, M]
     W = torch.where((lag >= 0)[..., None], W, torch.zeros((), dtype=W.dtype, device=W.device))
     intra = torch.einsum("tsm,bcsm->bctm", W, x)  # [B, C, L, M]
     ends = diagonal_scan((L * la).expand(1, n_chunks, -1), intra[:, :, -1])  # [B, C, M] states at chunk ends
     entering = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)  # [B, C, M]
-    carry = _exp((steps + 1).to(la.real.dtype)[:, None] * la)  # [L, M]: a^(t + 1)
+    carry = complex_exp((steps + 1).to(la.real.dtype)[:, None] * la)  # [L, M]: a^(t + 1)
     h = intra + entering[:, :, None] * carry
     return h.reshape(Bsz, n_chunks * L, *rest)[:, :T]
 
 
-def _exp(z):
+def complex_exp(z):
     """exp for real or complex z; complex from real exp, cos and sin, which PyTorch's CPU kernels vectorise
     (its complex exp runs ~15x slower; torch.polar's backward divides by the modulus, NaN once it
     underflows to 0)."""

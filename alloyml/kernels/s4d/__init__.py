@@ -92,10 +92,12 @@ def _s4d_fft(u, log_dt, A_real_log, A_imag, C, initial_state, cu_seqlens):
     """The convolution form: K from the Vandermonde powers A_bar^l, y = K * u by a zero-padded FFT."""
     import torch
 
+    from alloyml.kernels.common.diagonal_scan import complex_exp
+
     f, log_A_bar, B_bar, Cc = s4d_coefficients(u, log_dt, A_real_log, A_imag, C)
     T = u.shape[1]
     steps = torch.arange(T, device=u.device, dtype=f)
-    powers = torch.exp(log_A_bar[..., None] * steps)  # [H, N2, T]: A_bar^l
+    powers = complex_exp(log_A_bar[..., None] * steps)  # [H, N2, T]: A_bar^l
     K = 2 * torch.einsum("hn,hnt->th", Cc * B_bar, powers).real  # [T, H]
     size = 1 << (2 * T - 1).bit_length()  # >= 2T - 1: the circular convolution is the linear one
     uf = u.to(f)

@@ -19,6 +19,18 @@ from alloyml.models.config import ModelConfig
 from alloyml.models.mixers import Mixer, check_packed, register_mixer
 
 
+def conv_branch(conv: nn.Conv1d, u, past, cu_seqlens):
+    """Hawk's and Mamba-1's short causal depthwise conv over u: [B, T, C], continuing from `past` (the
+    previous W - 1 inputs, zeros when None), or restarting at each packed start. Returns (out, next past)."""
+    from alloyml.models.mixers import causal_conv, causal_conv_packed
+
+    if cu_seqlens is not None:
+        return causal_conv_packed(u, conv.weight, conv.bias, cu_seqlens)
+    if past is None:
+        past = u.new_zeros(u.shape[0], conv.kernel_size[0] - 1, u.shape[-1])
+    return causal_conv(u, conv.weight, conv.bias, past)
+
+
 def gelu_glu(glu: nn.Linear, y):
     """The output of the LRU and S4D layers in their papers: GELU, then a GLU (value * sigmoid(gate))."""
     value, gate = glu(F.gelu(y)).chunk(2, dim=-1)
@@ -103,15 +115,8 @@ class Hawk(Mixer):
 
     def _branches(self, x, conv_past, cu_seqlens=None):
         """x: [B, T, D] -> (gate branch, conv output u, r, i, next conv state), all [B, T, width]."""
-        from alloyml.models.mixers import causal_conv, causal_conv_packed
-
         gate, u = self.in_proj(x).chunk(2, dim=-1)
-        if cu_seqlens is not None:
-            u, conv_state = causal_conv_packed(u, self.conv.weight, self.conv.bias, cu_seqlens)
-        else:
-            if conv_past is None:
-                conv_past = x.new_zeros(x.shape[0], self.conv.kernel_size[0] - 1, self.width)
-            u, conv_state = causal_conv(u, self.conv.weight, self.conv.bias, conv_past)
+        u, conv_state = conv_branch(self.conv, u, conv_past, cu_seqlens)
         r, i = torch.sigmoid(self.gates(u)).chunk(2, dim=-1)
         return F.gelu(gate), u, r, i, conv_state
 
@@ -205,15 +210,8 @@ class Mamba1(Mixer):
 
     def _scan_inputs(self, x, conv_past, cu_seqlens=None):
         """x: [B, T, D] -> (the scan's x, dt, A, B, C, z, next conv state)."""
-        from alloyml.models.mixers import causal_conv, causal_conv_packed
-
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        if cu_seqlens is not None:
-            xs, conv_state = causal_conv_packed(xs, self.conv.weight, self.conv.bias, cu_seqlens)
-        else:
-            if conv_past is None:
-                conv_past = x.new_zeros(x.shape[0], self.conv.kernel_size[0] - 1, self.width)
-            xs, conv_state = causal_conv(xs, self.conv.weight, self.conv.bias, conv_past)
+        xs, conv_state = conv_branch(self.conv, xs, conv_past, cu_seqlens)
         xs = F.silu(xs)
         dt_in, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         # dt in float32 whatever the model's dtype: exp(dt A) compounds over the sequence

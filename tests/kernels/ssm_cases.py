@@ -48,3 +48,12 @@ def assert_match(got, want, loop32=None):
     floor = errors(loop32, want) if loop32 is not None else {}
     for name, err in got_err.items():
         assert err <= max(TOL, 1.5 * floor.get(name, 0.0)), (name, err, floor.get(name))
+
+
+def check_forms_against_naive(naive, forms, inputs, seed=1):
+    """Each fast form (a function of the input dict -> (out, final)) against the float64 naive, with the
+    float32 naive as the conditioning floor (assert_match)."""
+    want = grads(naive, as64(inputs), torch.Generator().manual_seed(seed))
+    loop32 = grads(naive, inputs, torch.Generator().manual_seed(seed))
+    for form in forms:
+        assert_match(grads(form, inputs, torch.Generator().manual_seed(seed)), want, loop32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ssm_cases import TIMESCALES, TOL, as64, assert_match, grads, rel_rms
+from ssm_cases import TIMESCALES, TOL, as64, assert_match, check_forms_against_naive, grads, rel_rms
 
 from alloyml.errors import InvalidInputError
 from alloyml.kernels import lru, lru_step
@@ -48,10 +48,7 @@ def run_steps(i):
 def test_scan_and_step_match_naive(timescale, b, T, N, gamma):
     gen = torch.Generator().manual_seed(T * N)
     inputs = make(b, T, N, timescale, gen, gamma=gamma)
-    want = grads(run_scan("naive"), as64(inputs), torch.Generator().manual_seed(1))
-    loop32 = grads(run_scan("naive"), inputs, torch.Generator().manual_seed(1))
-    assert_match(grads(run_scan("auto"), inputs, torch.Generator().manual_seed(1)), want, loop32)
-    assert_match(grads(run_steps, inputs, torch.Generator().manual_seed(1)), want, loop32)
+    check_forms_against_naive(run_scan("naive"), [run_scan("auto"), run_steps], inputs)
 
 
 @pytest.mark.parametrize("timescale", TIMESCALES[:2])

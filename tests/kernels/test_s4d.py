@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from ssm_cases import TOL, as64, assert_match, grads, rel_rms
+from ssm_cases import TOL, as64, assert_match, check_forms_against_naive, grads, rel_rms
 
 from alloyml.errors import InvalidInputError
 from alloyml.kernels import s4d, s4d_step
@@ -59,11 +59,8 @@ def run_whole_scan(a):  # the parallel-scan form on one sequence (a packing of o
                                                         (1, 301, 17, 8, "lin"), (1, 200, 3, 16, "inv")])
 def test_convolution_recurrence_and_naive_agree(dt_range, b, T, H, N, init):
     inputs = make(b, T, H, N, init, dt_range, torch.Generator().manual_seed(T * H))
-    want = grads(run("naive"), as64(inputs), torch.Generator().manual_seed(1))
-    loop32 = grads(run("naive"), inputs, torch.Generator().manual_seed(1))
     forms = [run("auto"), run_steps] + ([run_whole_scan] if b == 1 else [])
-    for form in forms:
-        assert_match(grads(form, inputs, torch.Generator().manual_seed(1)), want, loop32)
+    check_forms_against_naive(run("naive"), forms, inputs)
 
 
 @pytest.mark.parametrize("init", ["lin", "inv"])

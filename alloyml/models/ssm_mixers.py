@@ -1,8 +1,9 @@
 """The diagonal state-space mixers: LRU (Orvieto et al. 2023), Hawk's RG-LRU block (De et al. 2024),
 S4D (Gu et al. 2022) and Mamba-1's S6 block (Gu & Dao 2023).
 
-Their state is one vector per sequence (complex for the LRU), run on the parallel diagonal scan of
-`alloyml.kernels` for whole sequences and on the ops' steps for decoding. Conventions (forward / step,
+Their state is one vector (or [D, N] array) per sequence, complex for the LRU and S4D; whole sequences
+run on the ops' fast paths in `alloyml.kernels` (parallel scans, S4D's FFT convolution), decoding on
+their steps. Conventions (forward / step,
 packed `cu_seqlens`, tuple states) are those of `alloyml.models.mixers`, where these register. The state
 math runs in float32 (complex64) whatever the model's dtype; outputs return to it.
 """

@@ -8,6 +8,9 @@ from zero); ceil(log2 T) rounds of whole-tensor multiply-adds give every h_t. Wo
 channel, depth O(log T), no Python loop over T, and only products of decays (|a| <= 1 in every use)
 and sums: nothing is divided by a decay, so nothing overflows however fast a channel forgets.
 
+A decay constant in time (LRU, S4D) has a cheaper chunked form, `constant_decay_scan`: one [L, L]
+decay matrix per channel shared by every chunk, a batched matmul, and the doubling scan over chunk ends.
+
 Packed sequences: a_t = 0 at a sequence's first step cuts the carry from the previous sequence exactly;
 an initial state enters as a * h0 added to that step's input.
 Works for real and complex tensors; autograd runs through the rounds.

@@ -54,15 +54,16 @@ def test_scan_and_step_match_naive(timescale, b, T, D):
 
 
 @pytest.mark.parametrize("timescale", TIMESCALES[:2])
-def test_packed_sequences_restart_from_their_initial_state(timescale):
-    cu = torch.tensor([0, 1, 40, 41, 97, 130])
+@pytest.mark.parametrize("cu", [[0, 1, 40, 41, 97, 130], [0, 32, 64, 65, 96, 130]])  # starts mid-chunk / on chunk edges
+def test_packed_sequences_restart_from_their_initial_state(timescale, cu):
+    cu = torch.tensor(cu)
     inputs = make(1, 130, 7, timescale, torch.Generator().manual_seed(5), state_rows=5)
     want = grads(run_scan("naive", cu), as64(inputs), torch.Generator().manual_seed(2))
     assert_match(grads(run_scan("auto", cu), inputs, torch.Generator().manual_seed(2)), want)
-    i64 = as64(inputs)
-    alone = {k: v[:, 41:97] if v.dim() == 3 else v for k, v in i64.items()}
+    i64, (start, end) = as64(inputs), cu[3:5].tolist()
+    alone = {k: v[:, start:end] if v.dim() == 3 else v for k, v in i64.items()}
     h, f = run_scan("naive")({**alone, "initial_state": i64["initial_state"][3:4]})
-    assert torch.equal(h, want[0][:, 41:97]) and torch.equal(f, want[1][3:4])
+    assert torch.equal(h, want[0][:, start:end]) and torch.equal(f, want[1][3:4])
 
 
 def test_naive_matches_two_steps_by_hand():

@@ -5,6 +5,12 @@ recurrent.py its token-by-token step for decoding."""
 
 from alloyml.kernels.gla import gla, gla_step
 from alloyml.kernels.linear_attn import linear_attn, linear_attn_step
+from alloyml.kernels.lru import lru, lru_step
+from alloyml.kernels.rglru import rglru, rglru_step
+from alloyml.kernels.s4d import s4d, s4d_step
+from alloyml.kernels.s6 import s6, s6_step
 from alloyml.kernels.selective_scan import selective_scan, selective_scan_step
 
-__all__ = ["gla", "gla_step", "linear_attn", "linear_attn_step", "selective_scan", "selective_scan_step"]
+__all__ = ["gla", "gla_step", "linear_attn", "linear_attn_step", "lru", "lru_step", "rglru", "rglru_step",
+           "s4d", "s4d_step", "s6", "s6_step", "selective_scan",
+           "selective_scan_step"]

@@ -461,3 +461,7 @@ class SoftmaxAttention(Mixer):
             v.append(F.pad(s.v[:, : s.length], (0, 0, 0, 0, pad, 0)))
             start.append(s.start + pad)
         return KVCache(torch.cat(k), torch.cat(v), length, torch.cat(start))
+
+
+# The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1) live in their own module; importing it registers them.
+from alloyml.models import ssm_mixers  # noqa: E402, F401

@@ -50,13 +50,16 @@ def default_scale(scale: float | None, K: int) -> float:
     return K**-0.5 if scale is None else float(scale)
 
 
-def check_tensor(name: str, x, shape: tuple, ref) -> None:
-    """`x` is a floating tensor of `shape` (entries None match anything) on `ref`'s device."""
+def check_tensor(name: str, x, shape: tuple, ref, allow_complex: bool = False) -> None:
+    """`x` is a floating tensor (or complex, with `allow_complex`) of `shape` (entries None match anything)
+    on `ref`'s device."""
     import torch
 
     if not isinstance(x, torch.Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
+    if allow_complex and x.is_complex():
+        pass
+    elif not x.is_floating_point():
         raise InvalidInputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.device != ref.device:
         raise InvalidInputError(f"{name} is on {x.device} but the inputs are on {ref.device}")
@@ -98,6 +101,15 @@ def check_cu_seqlens(cu_seqlens, B: int, T: int) -> int:
                 f"cu_seqlens must rise strictly from 0 to T = {T} (no empty sequences), got {offsets}"
             )
     return cu_seqlens.numel() - 1
+
+
+def diagonal_backend(backend: str) -> str:
+    """The backend of an op with a vector state (common/diagonal_scan.py): "naive" (the reference loop)
+    or the parallel scan, which runs on any device; every other name in BACKENDS selects the scan, so a
+    model configured for Triton still runs these ops (they have no Triton form)."""
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return "naive" if backend == "naive" else "scan"
 
 
 def check_state(name: str, state, N: int, H: int, K: int, V: int, ref) -> None:

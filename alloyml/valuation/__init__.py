@@ -9,6 +9,7 @@ Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine w
 from alloyml.valuation.classwise import ClasswiseUtility, classwise_shapley, exact_classwise_shapley
 from alloyml.valuation.evaluation import flip_labels, noisy_label_detection, point_removal_curve
 from alloyml.valuation.games import AdditiveGame, AirportGame, VotingGame
+from alloyml.valuation.grouptesting import group_testing_samples, group_testing_shapley
 from alloyml.valuation.knn import knn_shapley
 from alloyml.valuation.leastcore import least_core
 from alloyml.valuation.methods import (
@@ -43,7 +44,8 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
-    "ClasswiseUtility", "classwise_shapley", "exact_classwise_shapley",
+    "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",
+    "exact_classwise_shapley",
     "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",
     "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
     "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",

@@ -7,6 +7,7 @@ Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine w
 """
 
 from alloyml.valuation.classwise import ClasswiseUtility, classwise_shapley, exact_classwise_shapley
+from alloyml.valuation.datamodeling import LDSResult, linear_datamodeling_score, random_subsets
 from alloyml.valuation.evaluation import flip_labels, noisy_label_detection, point_removal_curve
 from alloyml.valuation.games import AdditiveGame, AirportGame, VotingGame
 from alloyml.valuation.grouptesting import group_testing_samples, group_testing_shapley
@@ -44,6 +45,7 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
+    "LDSResult", "linear_datamodeling_score", "random_subsets",
     "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",
     "exact_classwise_shapley",
     "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",

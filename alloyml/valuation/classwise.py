@@ -44,6 +44,7 @@ class ClasswiseUtility:
         self.n = utility.n
         self.labels = utility.y_train
         self._correct: dict[bytes, np.ndarray] = {}
+        self._seed = utility.fit_seed  # cached predictions belong to one fit seed (see Utility.reseed)
 
     @property
     def fits(self) -> int:
@@ -55,6 +56,8 @@ class ClasswiseUtility:
 
     def correct(self, subset) -> np.ndarray:
         """[n_test] bool: which test rows the model fitted on `subset` predicts correctly."""
+        if self.utility.fit_seed != self._seed:
+            self._correct, self._seed = {}, self.utility.fit_seed
         subset = np.sort(np.asarray(subset, dtype=np.int64))
         key = _digest(subset)
         hit = self._correct.get(key)

@@ -81,3 +81,17 @@ def test_bad_input():
         classwise_shapley(regression, 10)
     with pytest.raises(InvalidInputError, match="n_samples"):
         classwise_shapley(_utility(), 1)
+
+
+def test_unseeded_tree_same_seed_same_values_and_cache_follows_the_seed():
+    from sklearn.tree import DecisionTreeClassifier
+
+    from alloyml.valuation import ClasswiseUtility
+
+    data = _data()
+    game = ClasswiseUtility(Utility(DecisionTreeClassifier(max_features=1), *data))
+    first = classwise_shapley(game, 20, seed=1).values
+    classwise_shapley(game, 20, seed=2)  # another seed must not reuse the first seed's fits
+    np.testing.assert_array_equal(classwise_shapley(game, 20, seed=1).values, first)
+    fresh = ClasswiseUtility(Utility(DecisionTreeClassifier(max_features=1), *data))
+    np.testing.assert_array_equal(classwise_shapley(fresh, 20, seed=1).values, first)

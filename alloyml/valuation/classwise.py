@@ -23,6 +23,7 @@ from math import comb
 import numpy as np
 
 from alloyml.errors import InvalidInputError
+from alloyml.valuation.progress import counted_progress
 from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.runner import run_entropy, sample_rng
 from alloyml.valuation.utility import Utility, _digest, report_failures
@@ -97,7 +98,7 @@ def exact_classwise_shapley(utility) -> ValuationResult:
     if n > MAX_EXACT_CLASSWISE_POINTS:
         raise InvalidInputError(f"exact class-wise Shapley needs n <= {MAX_EXACT_CLASSWISE_POINTS}, got {n}")
     fits_before, failures_before = game.fits, game.fit_failures
-    game.utility.check_full_set()
+    game.correct(np.arange(n))  # a model that cannot fit every row raises FitFailureError here
     values = np.zeros(n)
     masks = np.arange(2**n)
     bits = ((masks[:, None] >> np.arange(n)) & 1).astype(bool)
@@ -116,11 +117,12 @@ def exact_classwise_shapley(utility) -> ValuationResult:
                            utility_evaluations=game.fits - fits_before, fit_failures=failures)
 
 
-def classwise_shapley(utility, n_samples: int, *, seed: int | None = None) -> ValuationResult:
+def classwise_shapley(utility, n_samples: int, *, seed: int | None = None, progress=False) -> ValuationResult:
     """Monte Carlo class-wise Shapley: `n_samples` draws per class of (uniform out-of-class subset T,
     random in-class permutation); each draw gives one marginal contribution for every in-class point.
 
-    Each draw uses its own generator derived from (seed, draw), so values depend only on the seed."""
+    Each draw uses its own generator derived from (seed, draw), so values depend only on the seed.
+    progress: True shows a rich bar over the draws."""
     game = _classwise(utility)
     if not isinstance(n_samples, int) or n_samples < 2:
         raise InvalidInputError(f"n_samples must be an int >= 2 (for a standard error), got {n_samples!r}")
@@ -128,22 +130,24 @@ def classwise_shapley(utility, n_samples: int, *, seed: int | None = None) -> Va
     entropy = run_entropy(seed)
     game.utility.reseed(entropy)
     fits_before, failures_before = game.fits, game.fit_failures
-    game.utility.check_full_set()
+    game.correct(np.arange(n))  # a model that cannot fit every row raises FitFailureError here
     total, squares = np.zeros(n), np.zeros(n)
     labels = np.unique(game.labels)
-    for draw in range(n_samples):
-        rng = sample_rng(entropy, draw)
-        for label in labels:
-            inside = np.flatnonzero(game.labels == label)
-            outside = np.flatnonzero(game.labels != label)
-            context = outside[rng.random(len(outside)) < 0.5]
-            order = rng.permutation(inside)
-            previous = game(context, label)
-            for step in range(len(order)):
-                score = game(np.concatenate([context, order[: step + 1]]), label)
-                total[order[step]] += score - previous
-                squares[order[step]] += (score - previous) ** 2
-                previous = score
+    with counted_progress(progress, "classwise_shapley", n_samples) as advance:
+        for draw in range(n_samples):
+            rng = sample_rng(entropy, draw)
+            for label in labels:
+                inside = np.flatnonzero(game.labels == label)
+                outside = np.flatnonzero(game.labels != label)
+                context = outside[rng.random(len(outside)) < 0.5]
+                order = rng.permutation(inside)
+                previous = game(context, label)
+                for step in range(len(order)):
+                    score = game(np.concatenate([context, order[: step + 1]]), label)
+                    total[order[step]] += score - previous
+                    squares[order[step]] += (score - previous) ** 2
+                    previous = score
+            advance(1)
     values = total / n_samples
     stderr = np.sqrt(np.maximum(squares / n_samples - values**2, 0.0) / (n_samples - 1))
     failures = game.fit_failures - failures_before

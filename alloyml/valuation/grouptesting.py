@@ -24,6 +24,7 @@ import math
 import numpy as np
 
 from alloyml.errors import InvalidInputError
+from alloyml.valuation.progress import counted_progress
 from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.runner import run_entropy, sample_rng
 from alloyml.valuation.utility import report_failures
@@ -55,10 +56,11 @@ def group_testing_samples(n: int, epsilon: float, delta: float, utility_range: f
     return math.ceil(8 * math.log(n * (n - 1) / (2 * delta)) / ((1 - q_tot**2) * h))
 
 
-def group_testing_shapley(utility, n_samples: int, *, epsilon: float, seed: int | None = None) -> ValuationResult:
+def group_testing_shapley(utility, n_samples: int, *, epsilon: float, seed: int | None = None,
+                          progress=False) -> ValuationResult:
     """Shapley values from `n_samples` group tests (see `group_testing_samples` for how many give an
     (epsilon, delta) guarantee); `params["violation"]` is the solution's largest pairwise violation, to be
-    compared with the paper's tolerance epsilon / (2 sqrt n)."""
+    compared with the paper's tolerance epsilon / (2 sqrt n). progress: True shows a rich bar."""
     from scipy.optimize import linprog
 
     if not (hasattr(utility, "n") and callable(utility)):
@@ -78,11 +80,13 @@ def group_testing_shapley(utility, n_samples: int, *, epsilon: float, seed: int 
     z, q = _size_distribution(n)
     members = np.zeros((n_samples, n))
     scores = np.empty(n_samples)
-    for t in range(n_samples):  # one generator per sample: values depend only on the seed
-        rng = sample_rng(entropy, t)
-        subset = rng.choice(n, size=rng.choice(np.arange(1, n), p=q), replace=False)
-        members[t, subset] = 1.0
-        scores[t] = utility(subset)
+    with counted_progress(progress, "group_testing_shapley", n_samples) as advance:
+        for t in range(n_samples):  # one generator per sample: values depend only on the seed
+            rng = sample_rng(entropy, t)
+            subset = rng.choice(n, size=rng.choice(np.arange(1, n), p=q), replace=False)
+            members[t, subset] = 1.0
+            scores[t] = utility(subset)
+            advance(1)
     weighted = z / n_samples * (members.T @ scores)  # dU_ij = weighted_i - weighted_j
     i, j = np.triu_indices(n, 1)
     pairs = len(i)

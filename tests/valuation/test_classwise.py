@@ -68,7 +68,7 @@ def test_sampled_converges_to_exact_and_is_seeded():
     assert np.all(np.abs(result.values - exact) <= 4 * result.stderr + 1e-12)
     assert np.max(result.stderr) < 0.05
     assert np.max(np.abs(result.values - exact)) < 0.05
-    again = classwise_shapley(_utility(), 400, seed=0)
+    again = classwise_shapley(_utility(), 400, seed=0, progress=True)
     np.testing.assert_array_equal(again.values, result.values)
 
 
@@ -96,3 +96,18 @@ def test_unseeded_tree_same_seed_same_values_and_cache_follows_the_seed():
                                seed=s).values for s in (1, 2)]
     np.testing.assert_array_equal(first, fresh[0])
     np.testing.assert_array_equal(second, fresh[1])
+
+
+def test_a_model_that_cannot_fit_all_rows_raises_before_sampling():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    from alloyml.valuation.utility import FitFailureError
+
+    class Broken(ClassifierMixin, BaseEstimator):
+        def fit(self, x, y):
+            raise ValueError("cannot fit")
+
+    utility = Utility(Broken(), *_data())
+    with pytest.raises(FitFailureError, match="full training set"):
+        classwise_shapley(utility, 10, seed=0)
+    assert utility.fits == 1

@@ -45,7 +45,7 @@ def test_converges_on_additive_game():
 def test_seeded_and_bad_input():
     game = AirportGame([0.1, 0.2, 0.3, 0.4])
     a = group_testing_shapley(game, 300, epsilon=1.0, seed=5).values
-    np.testing.assert_array_equal(a, group_testing_shapley(game, 300, epsilon=1.0, seed=5).values)
+    np.testing.assert_array_equal(a, group_testing_shapley(game, 300, epsilon=1.0, seed=5, progress=True).values)
     with pytest.raises(InvalidInputError, match="n_samples"):
         group_testing_shapley(game, 0, epsilon=1.0)
     with pytest.raises(InvalidInputError, match="epsilon"):

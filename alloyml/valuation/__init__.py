@@ -6,8 +6,11 @@ Parts: a `Utility` (model + data + scorer) or a closed-form game; a `Semivalue` 
 Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine with & and |).
 """
 
+from alloyml.valuation.classwise import ClasswiseUtility, classwise_shapley, exact_classwise_shapley
+from alloyml.valuation.datamodeling import LDSResult, linear_datamodeling_score, random_subsets
 from alloyml.valuation.evaluation import flip_labels, noisy_label_detection, point_removal_curve
 from alloyml.valuation.games import AdditiveGame, AirportGame, VotingGame
+from alloyml.valuation.grouptesting import group_testing_samples, group_testing_shapley
 from alloyml.valuation.knn import knn_shapley
 from alloyml.valuation.leastcore import least_core
 from alloyml.valuation.methods import (
@@ -42,6 +45,9 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
+    "LDSResult", "linear_datamodeling_score", "random_subsets",
+    "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",
+    "exact_classwise_shapley",
     "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",
     "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
     "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",

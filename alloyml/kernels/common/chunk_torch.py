@@ -221,9 +221,19 @@ def _sub_chunk_sums(sub_total):
 
 
 def _run_sums(g):
-    """g: [.., L, K] -> (sum over steps 0..i, sum over steps j+1..L-1), each [.., L, K], both cumulative
-    sums in their own direction: each entry a direct sum of exactly its gates, never a difference of two
-    long sums."""
-    import torch.nn.functional as F
+    """g: [.., L, K] -> (sum over steps 0..i, sum over steps j+1..L-1), each [.., L, K], as products with
+    0/1 triangular masks: each entry a direct sum of exactly its gates, never a difference of two long
+    sums. One matrix product per direction (and one per direction back) replaces cumulative sums along
+    a strided axis and the flips a reverse sum needs, the memory-bound passes that dominated here."""
 
-    return g.cumsum(-2), F.pad(g.flip(-2).cumsum(-2).flip(-2)[..., 1:, :], (0, 0, 0, 1))
+    return _triangular_sums(g, inclusive=True), _triangular_sums(g, inclusive=False, reverse=True)
+
+
+def _triangular_sums(x, inclusive: bool, reverse: bool = False):
+    """Sums along dim -2 of x: [.., L, D] as mask @ x: forward (s <= i or s < i) or reverse (s >= i or
+    s > i)."""
+    L = x.shape[-2]
+    mask = torch.ones(L, L, dtype=x.dtype, device=x.device)
+    diagonal = 0 if inclusive else 1
+    mask = mask.triu(diagonal) if reverse else mask.tril(-diagonal)
+    return mask @ x

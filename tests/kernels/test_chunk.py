@@ -155,3 +155,15 @@ def test_diagonal_blocks_match_running_products_on_both_sides_of_the_bound(gate_
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
     for a, b in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("step_gate", [0.3, 1.0, 2.0])
+def test_gla_matches_naive_on_each_side_of_the_factoring_bounds(step_gate):
+    """Per-step gates in [-step_gate, -0.9 step_gate]: 0.3 keeps every 64-step chunk's sum above
+    -FACTORED_DIAGONAL_BOUND (whole chunk factored), 1.0 only each 16-step sub-chunk's (factored diagonal
+    blocks), 2.0 neither (exact running products); each against the float64 recurrence."""
+    case = OPS["gla"]
+    inputs, h0 = make_case(case, B=2, T=150, H=2, K=12, V=10, seed=4)
+    gen = torch.Generator().manual_seed(9)
+    inputs["g"] = -step_gate * (0.9 + 0.1 * torch.rand(inputs["g"].shape, generator=gen, dtype=torch.float64))
+    assert_matches_naive(case, inputs, h0)

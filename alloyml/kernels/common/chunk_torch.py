@@ -228,11 +228,8 @@ FACTORED_DIAGONAL_BOUND = 20.0
 def _factored_chunks(q, k, v, g, T: int, initial_state):
     """Chunks [B, H, N, C, K] whose gates are mild: attention (q_i exp(G_i - G_m)) (k_j exp(G_m - G_j))
     with G_m the sums to the chunk's middle step; the state reads and writes as in `_vector_gated`."""
-    C = q.shape[-2]
     to_i, after_j = _run_sums(g)
-    middle = to_i[..., C // 2 : C // 2 + 1, :]
-    attn = (q * (to_i - middle).exp()) @ (k * (middle - to_i).exp()).transpose(-1, -2)
-    attn = attn.masked_fill(~_causal(C, q.device), 0.0)
+    attn = _factored_attention(q, k, to_i)
     delta = (k * after_j.exp()).transpose(-1, -2) @ v
     starts, state = _carry(delta, to_i[..., -1, :].exp()[..., None], initial_state)
     o = attn @ v + (q * to_i.exp()) @ starts
@@ -247,11 +244,17 @@ def _diagonal_blocks(q, k, g, to_i, sub_total):
     Otherwise (gate scales like 50, where exp(-G) overflows): the exact per-diagonal running products of
     `decayed_attention`, which never form a difference of sums."""
     if bool(sub_total.min() >= -FACTORED_DIAGONAL_BOUND):
-        c = q.shape[-2]
-        middle = to_i[..., c // 2 : c // 2 + 1, :]
-        attn = (q * (to_i - middle).exp()) @ (k * (middle - to_i).exp()).transpose(-1, -2)
-        return attn.masked_fill(~_causal(c, q.device), 0.0)
+        return _factored_attention(q, k, to_i)
     return decayed_attention(q, k, g)
+
+
+def _factored_attention(q, k, to_i):
+    """Causal attention inside blocks [.., L, K] from the sums to each step to_i, as (q_i exp(G_i - G_m))
+    (k_j exp(G_m - G_j)) around the middle step m; callers guarantee the block's gates sum to >= -bound."""
+    L = q.shape[-2]
+    middle = to_i[..., L // 2 : L // 2 + 1, :]
+    attn = (q * (to_i - middle).exp()) @ (k * (middle - to_i).exp()).transpose(-1, -2)
+    return attn.masked_fill(~_causal(L, q.device), 0.0)
 
 
 def _sub_chunk_sums(sub_total):

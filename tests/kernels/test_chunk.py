@@ -125,3 +125,45 @@ def test_no_final_state_when_not_asked(name):
     for backend in ("naive", "chunk"):
         o, state = case(inputs, output_final_state=False, backend=backend)
         assert state is None and o.shape[:2] == (1, 9)
+
+
+@pytest.mark.parametrize("gate_sum", [-0.5, -19.5, -25.0])
+def test_diagonal_blocks_match_running_products_on_both_sides_of_the_bound(gate_sum):
+    """The factored diagonal (taken while every sub-chunk's gates sum to >= -FACTORED_DIAGONAL_BOUND) and
+    the exact running products (taken beyond it) agree with a float64 pair-by-pair sum, values and grads."""
+    from alloyml.kernels.common import chunk_torch as ct
+
+    gen = torch.Generator().manual_seed(5)
+    c, K = ct.VECTOR_GATE_SUBCHUNK, 8
+    q, k = (torch.randn(1, 2, 3, 2, c, K, generator=gen) for _ in range(2))
+    weights = torch.rand(1, 2, 3, 2, c, K, generator=gen) + 0.1
+    g = weights / weights.sum(-2, keepdim=True) * gate_sum  # each sub-chunk's gates sum to gate_sum
+    leaves = [x.clone().requires_grad_() for x in (q, k, g)]
+    to_i = leaves[2].cumsum(-2)
+    got = ct._diagonal_blocks(*leaves, to_i, to_i[..., -1, :])
+    d_out = torch.randn(got.shape, generator=gen)
+    got_grads = torch.autograd.grad((got * d_out).sum(), leaves)
+
+    ref_leaves = [x.double().requires_grad_() for x in (q, k, g)]
+    qd, kd, gd = ref_leaves
+    want = torch.zeros(*got.shape, dtype=torch.float64)
+    for i in range(c):
+        for j in range(i + 1):
+            decay = gd[..., j + 1 : i + 1, :].sum(-2).exp()  # sum over j < s <= i
+            want[..., i, j] = (qd[..., i, :] * kd[..., j, :] * decay).sum(-1)
+    want_grads = torch.autograd.grad((want * d_out.double()).sum(), ref_leaves)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("step_gate", [0.3, 1.0, 2.0])
+def test_gla_matches_naive_on_each_side_of_the_factoring_bounds(step_gate):
+    """Per-step gates in [-step_gate, -0.9 step_gate]: 0.3 keeps every 64-step chunk's sum above
+    -FACTORED_DIAGONAL_BOUND (whole chunk factored), 1.0 only each 16-step sub-chunk's (factored diagonal
+    blocks), 2.0 neither (exact running products); each against the float64 recurrence."""
+    case = OPS["gla"]
+    inputs, h0 = make_case(case, B=2, T=150, H=2, K=12, V=10, seed=4)
+    gen = torch.Generator().manual_seed(9)
+    inputs["g"] = -step_gate * (0.9 + 0.1 * torch.rand(inputs["g"].shape, generator=gen, dtype=torch.float64))
+    assert_matches_naive(case, inputs, h0)

@@ -20,17 +20,12 @@ value but not in autograd, where its two gradient paths cancel only to rounding,
 divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
 through these same safe ops.
 
-Scalar gates (and none) use one level: chunks of 32 with the full 32 x 32 decayed attention matrix (32
-rather than 64: the intra-chunk products cost T C K each, the state's T K V, so at K = V = 64 the
-smaller chunk does a quarter fewer flops for twice as many steps of the state loop; measured faster at
-T = 4096 on one thread).
+Scalar gates (and none) use one level: chunks of 64 with the full 64 x 64 decayed attention matrix.
 Vector gates need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
 chunks of 64 split into 4 sub-chunks of 16. Only pairs inside one sub-chunk get decays of their own (the
 lower triangle, built one diagonal at a time as running products of exp(g) <= 1, with a hand-written
-backward; or, where every sub-chunk's gates sum to >= -FACTORED_DIAGONAL_BOUND, one factored matrix
-product whose exponents are bounded by that check); pairs in different sub-chunks factor at the
-sub-chunk boundaries into a matrix product; pairs in different chunks go through the state, carried
-from chunk to chunk (T / 64 steps of a Python loop).
+backward); pairs in different sub-chunks factor at the sub-chunk boundaries into a matrix product; pairs
+in different chunks go through the state, carried from chunk to chunk (T / 64 steps of a Python loop).
 Every tensor stays at the size of the inputs, never [C, C, K].
 """
 
@@ -42,7 +37,7 @@ import torch
 
 from alloyml.kernels.common.decayed_attention import decayed_attention
 
-SCALAR_GATE_CHUNK = 32
+SCALAR_GATE_CHUNK = 64
 VECTOR_GATE_CHUNK = 64
 VECTOR_GATE_SUBCHUNK = 16
 
@@ -142,17 +137,13 @@ def _scalar_gated(q, k, v, g, scale: float, initial_state):
 def _step_decays(g):
     """Per-step scalar gates g: [B, H, N, C] -> the sums of gates over (j < s <= i: [B, H, N, C, C], -inf
     for j > i; 0..i; j+1..C-1: [B, H, N, C]; the whole chunk: [B, H, N]), each a direct sum."""
+    import torch.nn.functional as F
 
-    # Each sum is g times a 0/1 mask over the steps s it covers: small matrix products instead of
-    # cumulative sums along strided axes and the flips a reverse sum needs (memory-bound passes).
     C = g.shape[-1]
     causal = _causal(C, g.device)
-    s = torch.arange(C, device=g.device)
-    to_i = g @ (s[:, None] <= s[None, :]).to(g.dtype)  # [s, i]: s <= i
-    after_j = g @ (s[:, None] > s[None, :]).to(g.dtype)  # [s, j]: s > j
-    i, j = s[:, None], s[None, :]
-    covers = ((j[None] < s[:, None, None]) & (s[:, None, None] <= i[None])).to(g.dtype)  # [s, i, j]
-    between = (g @ covers.view(C, C * C)).unflatten(-1, (C, C))  # [B, H, N, C(i), C(j)]
+    to_i = g.cumsum(-1)
+    after_j = F.pad(g.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))
+    between = (g[..., :, None] * causal.tril(-1).to(g.dtype)).cumsum(-2)  # [B, H, N, C(i), C(j)]
     return between.masked_fill(~causal, -math.inf), to_i, after_j, to_i[..., -1]
 
 
@@ -183,11 +174,6 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
     q, k, v, g = (_blocks(x, (N, S, c), compute) for x in (q, k, v, g))  # [B, H, N, S, c, D]
     q = q * scale
     B, H, _, _, _, K = q.shape
-    if bool(g.sum(-2).sum(-2).min() >= -FACTORED_DIAGONAL_BOUND):
-        # Mild gates (every chunk's gates sum to >= -bound): the whole chunk factors as one matrix product,
-        # no sub-chunk structure needed (the same exponent bound as `_diagonal_blocks`).
-        flat = (B, H, N, C, K)
-        return _factored_chunks(q.view(flat), k.view(flat), v.view(B, H, N, C, -1), g.view(flat), T, initial_state)
 
     # Every decay from step j to step i splits at the sub-chunk boundaries into (j + 1 .. end of j's
     # sub-chunk) + (whole sub-chunks between) + (start of i's sub-chunk .. i): the first on k's side,
@@ -199,7 +185,7 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
 
     # The chunk's C x C attention, row block by row block: sub-chunk b's queries see the keys of each
     # sub-chunk a < b through `between`, and the pairs inside b through per-pair decays.
-    diagonal = _diagonal_blocks(q, k, g, to_i, sub_total).unbind(3)  # S x [B, H, N, c, c]
+    diagonal = decayed_attention(q, k, g).unbind(3)  # S x [B, H, N, c, c]
     q_rows, k_subs = q_sub.unbind(3), k_sub.unbind(3)
     between = between.exp()
     rows = [F.pad(diagonal[0], (0, C - c))]
@@ -219,44 +205,6 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
     return _unblock(o, T), state
 
 
-# The factored diagonal block is used only where no sub-chunk's gates sum below this: every exponent it
-# forms then lies in [-2 * bound, 2 * bound], far inside float32's range (exp(40) ~ 2e17), and a pair's
-# decay exp(G_i - G_j) >= exp(-bound) is not a tiny difference of large sums.
-FACTORED_DIAGONAL_BOUND = 20.0
-
-
-def _factored_chunks(q, k, v, g, T: int, initial_state):
-    """Chunks [B, H, N, C, K] whose gates are mild: attention (q_i exp(G_i - G_m)) (k_j exp(G_m - G_j))
-    with G_m the sums to the chunk's middle step; the state reads and writes as in `_vector_gated`."""
-    to_i, after_j = _run_sums(g)
-    attn = _factored_attention(q, k, to_i)
-    delta = (k * after_j.exp()).transpose(-1, -2) @ v
-    starts, state = _carry(delta, to_i[..., -1, :].exp()[..., None], initial_state)
-    o = attn @ v + (q * to_i.exp()) @ starts
-    return _unblock(o, T), state
-
-
-def _diagonal_blocks(q, k, g, to_i, sub_total):
-    """The causal attention inside each sub-chunk, [B, H, N, S, c, c].
-
-    Mild gates (checked on their sums, one reduction): factored as (q_i exp(G_i - G_m)) (k_j exp(G_m -
-    G_j)) with G_m the sums to the sub-chunk's middle step, one batched matrix product and autograd.
-    Otherwise (gate scales like 50, where exp(-G) overflows): the exact per-diagonal running products of
-    `decayed_attention`, which never form a difference of sums."""
-    if bool(sub_total.min() >= -FACTORED_DIAGONAL_BOUND):
-        return _factored_attention(q, k, to_i)
-    return decayed_attention(q, k, g)
-
-
-def _factored_attention(q, k, to_i):
-    """Causal attention inside blocks [.., L, K] from the sums to each step to_i, as (q_i exp(G_i - G_m))
-    (k_j exp(G_m - G_j)) around the middle step m; callers guarantee the block's gates sum to >= -bound."""
-    L = q.shape[-2]
-    middle = to_i[..., L // 2 : L // 2 + 1, :]
-    attn = (q * (to_i - middle).exp()) @ (k * (middle - to_i).exp()).transpose(-1, -2)
-    return attn.masked_fill(~_causal(L, q.device), 0.0)
-
-
 def _sub_chunk_sums(sub_total):
     """Sums over whole sub-chunks from their totals [.., S, K]: (between [.., S(b), S(a), K], the sum over
     sub-chunks a < m < b (used where a < b); before [.., S, K], over m < b; after, over m > a; total
@@ -273,19 +221,9 @@ def _sub_chunk_sums(sub_total):
 
 
 def _run_sums(g):
-    """g: [.., L, K] -> (sum over steps 0..i, sum over steps j+1..L-1), each [.., L, K], as products with
-    0/1 triangular masks: each entry a direct sum of exactly its gates, never a difference of two long
-    sums. One matrix product per direction (and one per direction back) replaces cumulative sums along
-    a strided axis and the flips a reverse sum needs, the memory-bound passes that dominated here."""
+    """g: [.., L, K] -> (sum over steps 0..i, sum over steps j+1..L-1), each [.., L, K], both cumulative
+    sums in their own direction: each entry a direct sum of exactly its gates, never a difference of two
+    long sums."""
+    import torch.nn.functional as F
 
-    return _triangular_sums(g, inclusive=True), _triangular_sums(g, inclusive=False, reverse=True)
-
-
-def _triangular_sums(x, inclusive: bool, reverse: bool = False):
-    """Sums along dim -2 of x: [.., L, D] as mask @ x: forward (s <= i or s < i) or reverse (s >= i or
-    s > i)."""
-    L = x.shape[-2]
-    mask = torch.ones(L, L, dtype=x.dtype, device=x.device)
-    diagonal = 0 if inclusive else 1
-    mask = mask.triu(diagonal) if reverse else mask.tril(-diagonal)
-    return mask @ x
+    return g.cumsum(-2), F.pad(g.flip(-2).cumsum(-2).flip(-2)[..., 1:, :], (0, 0, 0, 1))

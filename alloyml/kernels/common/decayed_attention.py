@@ -73,8 +73,9 @@ class DecayedAttention(torch.autograd.Function):
         # q_t dq_t - k_t dk_t): pairs with both ends before s cancel. The undecayed pairs (d = 0) are
         # left out of dq and dk until the end, rather than left to cancel to a rounding error the size
         # of q.k, which would swamp the gradient of a strong decay.
-        flow = (q * dq).addcmul_(k, dk, value=-1.0).cumsum(-2)
-        dg = torch.zeros_like(g)
-        dg[..., 1:, :] = flow[..., :-1, :].neg()  # g_0 decays no pair inside the block
+        # The sum over t < s (g_0 decays no pair inside the block) as one product with a -1/0 strictly
+        # lower-triangular mask: a cumulative sum along this strided axis is a slow memory-bound pass.
+        flow = (q * dq).addcmul_(k, dk, value=-1.0)
+        dg = torch.full((C, C), -1.0, dtype=g.dtype, device=g.device).tril(-1) @ flow
         d0 = torch.diagonal(d_attn, 0, -2, -1)[..., None]  # [.., C, 1]
         return dq.addcmul_(d0, k), dk.addcmul_(d0, q), dg

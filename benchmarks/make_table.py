@@ -46,7 +46,9 @@ def table_for(result: dict) -> str:
 def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
-    tables = [table_for(json.loads(p.read_text())) for p in sorted((HERE / "results").glob("*.json"))]
+    results = [json.loads(p.read_text()) for p in sorted((HERE / "results").glob("*.json"))]
+    # kernels.compile.json is the compile-inspection table (kernel x dtype x registers), not benchmark rows
+    tables = [table_for(r) for r in results if all("case" in row for row in r.get("rows", []))]
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     readme.write_text(head + BEGIN + "\n\n" + "\n\n".join(tables) + "\n\n" + END + tail)

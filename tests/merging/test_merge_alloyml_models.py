@@ -20,6 +20,7 @@ from alloyml.merging import merge
 FAMILIES = {
     "gla": dict(mixer="gla", ffn="mlp"),
     "moe-mamba": dict(mixer="mamba", ffn="moe", n_experts=2, top_k=1),
+    "ttt_mlp": dict(mixer="ttt_mlp", ffn="mlp"),  # per-head 3-D inner weights
 }
 
 

@@ -216,13 +216,97 @@ def gpu_rows(ops) -> list[dict]:
     return rows
 
 
+# --- delta rule and TTT (CPU) -----------------------------------------------------------------------------
+# DeltaNet, Gated DeltaNet and TTT-Linear: the fast forms (chunked WY / UT transform; TTT's mini-batch dual
+# form) against their naive loops, at the shapes of the rows above. Kept apart so it can run alone:
+# `--delta` writes benchmarks/results/kernels_delta.json.
+
+DELTA_OPS = ("deltanet", "gated_deltanet", "ttt_linear")
+
+
+def delta_inputs(op: str, B: int, T: int, H: int, D: int) -> tuple:
+    """(function of (backend, **inputs) -> (o, a final-state tensor), inputs): unit keys and
+    beta = sigmoid(.) for the delta rule, the gated form's decays log alpha = logsigmoid(.) / 16;
+    TTT-Linear with its LayerNorm, mini-batch 16 and eta = sigmoid(.) / D."""
+    import torch
+    import torch.nn.functional as F
+
+    from alloyml.kernels.delta import delta_rule, gated_delta_rule
+    from alloyml.kernels.ttt import ttt
+
+    gen = torch.Generator().manual_seed(0)
+
+    def randn(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=gen)).requires_grad_()
+
+    qkv = {"q": randn(B, T, H, D), "k": F.normalize(torch.randn(B, T, H, D, generator=gen), dim=-1).requires_grad_(),
+           "v": randn(B, T, H, D)}
+    if op == "ttt_linear":
+        args = {**qkv, "eta": (torch.sigmoid(torch.randn(B, T, H, generator=gen)) / D).requires_grad_(),
+                "W": randn(H, D, D, scale=0.02), "b": randn(H, D, scale=0.0),
+                "nw": (1 + torch.zeros(H, D)).requires_grad_(), "nb": randn(H, D, scale=0.0)}
+
+        def fn(backend, q, k, v, eta, W, b, nw, nb):
+            z, state = ttt(q, k, v, eta, (W, b), norm=(nw, nb), backend=backend)
+            return z, state[0]
+        return fn, args
+    beta = torch.sigmoid(torch.randn(B, T, H, generator=gen)).requires_grad_()
+    if op == "deltanet":
+        return (lambda backend, **a: delta_rule(**a, backend=backend)), {**qkv, "beta": beta}
+    g = (F.logsigmoid(torch.randn(B, T, H, generator=gen)) / 16).requires_grad_()
+    return (lambda backend, **a: gated_delta_rule(**a, backend=backend)), {**qkv, "g": g, "beta": beta}
+
+
+def delta_seconds(op: str, backend: str, T: int, repeats: int) -> tuple[float, float]:
+    """(best CPU seconds, its wall seconds) of forward + backward at B=2, H=4, D=64."""
+    fn, args = delta_inputs(op, 2, T, 4, 64)
+    best = (float("inf"), 0.0)
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fwd_bwd(lambda **a: fn(backend, **a), args)
+        best = min(best, (time.process_time() - cpu, time.perf_counter() - wall))
+    return round(best[0], 4), round(best[1], 4)
+
+
+def delta_rows() -> list[dict]:
+    """T = 4096; the naive loops timed over their first 1024 steps and scaled by 4 (their cost per step
+    does not depend on T), as --quick does above; one thread for both sides."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(1)
+    rows, T = [], 4096
+    for op in DELTA_OPS:
+        load_before = os.getloadavg()
+        naive_cpu, naive_wall = (round(4 * x, 4) for x in delta_seconds(op, "naive", 1024, repeats=1))
+        fast_cpu, fast_wall = delta_seconds(op, "chunk", T, repeats=3)
+        r = ratio(fast_cpu, naive_cpu)
+        rows.append(row(
+            f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", fast_cpu,
+            peers={"naive recurrence": naive_cpu}, ratio=r, target=">= 20x naive recurrence",
+            met=r is not None and r >= 20,
+            notes=f"wall seconds: fast {fast_wall}, naive {naive_wall}; one thread; fast: best of 3 runs; naive: "
+                  f"1024 steps timed, scaled by 4; load average before {tuple(round(x, 2) for x in load_before)}"
+                  f" on {os.cpu_count()} cores",
+            wall_seconds={"fast": fast_wall, "naive": naive_wall}, load_average=[round(x, 2) for x in load_before],
+        ))
+        print(rows[-1]["case"], fast_cpu, naive_cpu, r, flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="T up to 4096 only")
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
+    parser.add_argument("--delta", action="store_true", help="only the delta-rule and TTT rows (CPU)")
     args = parser.parse_args()
     import torch
+
+    if args.delta:
+        write_results("kernels_delta", delta_rows())
+        return
 
     ops = args.ops.split(",")
     if not args.gpu_only:

@@ -53,11 +53,13 @@ def naive_ttt(q, k, v, eta, weights, *, norm=None, mini_batch=16, eps=1e-6, init
                 theta = [p if p.requires_grad else p.detach().requires_grad_() for p in params]
                 loss = 0.5 * (inner_model(k_t, theta, nrm, eps) - v_t).pow(2).sum()
                 step = torch.autograd.grad(loss, theta, create_graph=True)
-            pending = [G + e_t.reshape(*e_t.shape, *[1] * (G.dim() - 2)) * s for G, s in zip(pending, step, strict=True)]
+            pending = [G + e_t.reshape(*e_t.shape, *[1] * (G.dim() - 2)) * s
+                       for G, s in zip(pending, step, strict=True)]
             outs.append(inner_model(q_t, [p - G for p, G in zip(params, pending, strict=True)], nrm, eps))
             count = count + 1
             full = count == mini_batch
-            params = [torch.where(full.reshape(B, *[1] * (p.dim() - 1)), p - G, p) for p, G in zip(params, pending, strict=True)]
+            params = [torch.where(full.reshape(B, *[1] * (p.dim() - 1)), p - G, p)
+                      for p, G in zip(params, pending, strict=True)]
             pending = [torch.where(full.reshape(B, *[1] * (G.dim() - 1)), 0.0, G) for G in pending]
             count = torch.where(full, 0, count)
         return torch.stack(outs, dim=1).to(dtype), (*params, *pending, count)

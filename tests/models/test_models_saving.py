@@ -10,7 +10,8 @@ from alloyml.models.model import LinearLM
 from alloyml.models.saving import load_model, save_model
 
 
-@pytest.mark.parametrize("name", ["moe-mamba", "retnet", "rwkv", "lru", "hawk", "s4d", "mamba1", "gated_deltanet", "ttt_mlp"])
+@pytest.mark.parametrize("name", ["moe-mamba", "retnet", "rwkv", "lru", "hawk", "s4d", "mamba1", "gated_deltanet",
+                                  "ttt_mlp"])
 def test_save_load_round_trips_exactly(tmp_path, name):
     torch.manual_seed(0)
     cfg = ModelConfig.named(name, vocab_size=50, d_model=32, n_layers=2, n_heads=2, n_experts=4)

@@ -39,10 +39,10 @@ def _chunked(x, C):
     return x.movedim(3, 1).contiguous()  # contiguous once here, not inside every batched matmul
 
 
-def _decay(gamma, include_diagonal: bool):
-    """e^{gamma_t - gamma_s} on s <= t (s < t without the diagonal), 0 above: [..., C, C]."""
+def _decay(gamma):
+    """e^{gamma_t - gamma_s} on s <= t, 0 above: [..., C, C]."""
     C = gamma.shape[-1]
-    keep = torch.ones(C, C, dtype=torch.bool, device=gamma.device).tril(0 if include_diagonal else -1)
+    keep = torch.ones(C, C, dtype=torch.bool, device=gamma.device).tril()
     diff = gamma[..., :, None] - gamma[..., None, :]  # [..., C, C], <= 0 where kept
     return diff.masked_fill(~keep, -math.inf).exp()
 
@@ -73,9 +73,10 @@ def chunk_delta_rule_torch(q, k, v, beta, g, scale, initial_state, chunk_size=DE
         k_end, q_start, end_decay = k, q, None
     else:
         gamma = _chunked(F.pad(g.to(c), (0, 0, 0, pad)), C).cumsum(-1)  # [B, H, n, C]
-        A = beta[..., :, None] * kk * _decay(gamma, include_diagonal=False)
+        decay = _decay(gamma)
+        A = beta[..., :, None] * kk * (decay * strict)
         rhs = beta[..., None] * torch.cat([v, gamma.exp()[..., None] * k], dim=-1)
-        qk = qk * _decay(gamma, include_diagonal=True)
+        qk = qk * decay
         k_end = k * (gamma[..., -1:] - gamma).exp()[..., None]  # k_s e^{gamma_C - gamma_s}
         q_start = q * gamma.exp()[..., None]
         end_decay = gamma[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]

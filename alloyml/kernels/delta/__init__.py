@@ -3,8 +3,9 @@
 instead of only added to.
 
 The op is defined here: checks, then the chunked WY / UT-transform form of chunk.py. naive.py is the
-reference recurrence, recurrent.py the one-token step for decoding. There is no Triton form yet: every
-backend name other than "naive" runs the chunked PyTorch form, on any device.
+reference recurrence, recurrent.py the one-token step for decoding. chunk_triton.py runs the chunk-to-chunk
+pass as a Triton kernel (backend="triton"; forward in Triton, backward by recomputing the PyTorch pass);
+"auto" picks the PyTorch form on every device until that kernel has been checked on a GPU.
 """
 
 from __future__ import annotations
@@ -34,19 +35,33 @@ def check_delta_inputs(q, k, v, beta, g, state, cu_seqlens, token=False, state_n
     return dims
 
 
+def delta_backend(backend: str, ref) -> str:
+    """"naive", "chunk" (PyTorch, on any device) or "triton" (the chunk-to-chunk pass and the outputs as a
+    Triton kernel; "triton_recurrent" maps to it: there is no step-by-step kernel). "auto" is "chunk" on
+    every device: the kernel has run only in Triton's CPU interpreter so far, never on a GPU."""
+    from alloyml.kernels.common import checks
+
+    if backend == "auto":
+        checks.resolve_backend(backend, ref)
+        return "chunk"
+    resolved = checks.resolve_backend(backend, ref)
+    return "triton" if resolved in checks.TRITON_BACKENDS else resolved
+
+
 def _run(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens, chunk_size, l2_normalize,
          backend):
     from alloyml.errors import InvalidInputError
     from alloyml.kernels.common import checks
     from alloyml.kernels.common.varlen import pad_sequences, padding_index, unpad_sequences
-    from alloyml.kernels.delta.chunk import chunk_delta_rule_torch
+    from alloyml.kernels.delta.chunk import chunk_delta_rule
 
     check_delta_inputs(q, k, v, beta, g, initial_state, cu_seqlens, state_name="initial_state")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise InvalidInputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if l2_normalize:
         q, k = l2_normalized(q), l2_normalized(k)
-    if checks.diagonal_backend(backend) == "naive":
+    backend = delta_backend(backend, q)
+    if backend == "naive":
         return naive_delta_rule(q, k, v, beta, g, scale=scale, initial_state=initial_state,
                                 output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     dtype = q.dtype
@@ -54,8 +69,8 @@ def _run(q, k, v, beta, g, scale, initial_state, output_final_state, cu_seqlens,
         index, valid = padding_index(cu_seqlens)
         q, k, v, beta = (pad_sequences(x, index) for x in (q, k, v, beta))
         g = None if g is None else pad_sequences(g, index)
-    o, state = chunk_delta_rule_torch(q, k, v, beta, g, checks.default_scale(scale, q.shape[-1]), initial_state,
-                                      chunk_size)
+    o, state = chunk_delta_rule(q, k, v, beta, g, checks.default_scale(scale, q.shape[-1]), initial_state,
+                                chunk_size, backend)
     if cu_seqlens is not None:
         o = unpad_sequences(o, valid)
     return o.to(dtype), (state if output_final_state else None)
@@ -72,7 +87,8 @@ def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_st
     packed sequences); cu_seqlens: int64 offsets [N + 1] of packed sequences in a batch of one;
     chunk_size: tokens per chunk of the chunked form; l2_normalize: divide q and k by their L2 norms
     first (what the DeltaNet layer does); backend: "naive" (the reference recurrence, float64 for float64
-    inputs) or any other name in checks.BACKENDS for the chunked form (PyTorch on any device; no Triton form).
+    inputs), "auto" or "chunk" (the chunked form in PyTorch, any device), "triton" / "triton_recurrent" (its
+    chunk-to-chunk pass as a Triton kernel: CUDA, or TRITON_INTERPRET=1 on CPU).
     Returns (o: [B, T, H, V] in q's dtype, final_state: [N, H, K, V] float32 (float64 for float64 input),
     or None when `output_final_state` is False)."""
     return _run(q, k, v, beta, None, scale, initial_state, output_final_state, cu_seqlens, chunk_size,

@@ -47,11 +47,13 @@ def _decay(gamma):
     return diff.masked_fill(~keep, -math.inf).exp()
 
 
-def chunk_delta_rule_torch(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_CHUNK):
-    """q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: [B, T, H] log-gates or None (DeltaNet);
-    initial_state: [B, H, K, V] or None. Returns (o: [B, T, H, V], final_state: [B, H, K, V]) in float32
-    (float64 for float64 input)."""
-    B, T, H, K = q.shape
+def ut_transform(q, k, v, beta, g, chunk_size):
+    """The per-chunk quantities of the module docstring, for all chunks at once (no dependence between
+    chunks). q, k: [B, T, H, K]; v: [B, T, H, V]; beta, g: [B, T, H] (g None: DeltaNet).
+    Returns (q_start, qk, u_part, w, k_end, end_decay), with a chunk axis n after the head axis:
+    q_start = e^gamma q, qk = causal decayed Q K^T [B, H, n, C, C], u_part = T V, w = T e^gamma K,
+    k_end = e^{gamma_C - gamma} k, end_decay = e^{gamma_C} [B, H, n, 1, 1] (None without gates)."""
+    T = q.shape[1]
     V = v.shape[-1]
     c = torch.promote_types(q.dtype, torch.float32)
     C = min(chunk_size, T)
@@ -81,9 +83,14 @@ def chunk_delta_rule_torch(q, k, v, beta, g, scale, initial_state, chunk_size=DE
         q_start = q * gamma.exp()[..., None]
         end_decay = gamma[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]
     solved = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-    u_part, w = solved.split([V, K], dim=-1)  # [B, H, n, C, V], [B, H, n, C, K]
+    u_part, w = solved.split([V, k.shape[-1]], dim=-1)  # [B, H, n, C, V], [B, H, n, C, K]
+    return q_start, qk, u_part, w, k_end, end_decay
 
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(c)
+
+def chunk_scan_torch(q_start, qk, u_part, w, k_end, end_decay, S, scale):
+    """The pass from chunk to chunk (U = U_part - W S_0, then the state update), and the outputs of all
+    chunks in one batch. S: [B, H, K, V] entering the first chunk. Returns (o [B, H, n, C, V], final S)."""
+    n = u_part.shape[2]
     starts, pseudo_values = [], []
     per_chunk = zip(u_part.unbind(2), w.unbind(2), k_end.unbind(2),
                     (end_decay.unbind(2) if end_decay is not None else [None] * n), strict=True)
@@ -94,6 +101,24 @@ def chunk_delta_rule_torch(q, k, v, beta, g, scale, initial_state, chunk_size=DE
         S = (S if a_i is None else a_i * S) + k_i.transpose(-1, -2) @ u
     S0 = torch.stack(starts, dim=2)  # [B, H, n, K, V]
     U = torch.stack(pseudo_values, dim=2)  # [B, H, n, C, V]
-    o = scale * (q_start @ S0 + qk @ U)  # [B, H, n, C, V]
+    return scale * (q_start @ S0 + qk @ U), S
+
+
+def chunk_delta_rule(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_CHUNK, backend="chunk"):
+    """q, k: [B, T, H, K]; v: [B, T, H, V]; beta: [B, T, H]; g: [B, T, H] log-gates or None (DeltaNet);
+    initial_state: [B, H, K, V] or None; backend: "chunk" (the chunk-to-chunk pass in PyTorch) or
+    "triton" (that pass as a Triton kernel, chunk_triton.py). Returns (o: [B, T, H, V], final_state:
+    [B, H, K, V]) in float32 (float64 for float64 input)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    parts = ut_transform(q, k, v, beta, g, chunk_size)
+    S = parts[0].new_zeros(B, H, K, V) if initial_state is None else initial_state.to(parts[0].dtype)
+    if backend == "triton":
+        from alloyml.kernels.delta.chunk_triton import chunk_scan_triton
+
+        o, S = chunk_scan_triton(*parts, S, scale)
+    else:
+        o, S = chunk_scan_torch(*parts, S, scale)
+    n, C = o.shape[2], o.shape[3]
     o = o.movedim(1, 3).reshape(B, n * C, H, V)[:, :T]
     return o, S

@@ -37,12 +37,13 @@ def layer_norm(z, weight, bias, eps):
     return (z - mu) * (var + eps).rsqrt() * weight + bias
 
 
-def layer_norm_input_grad(z, d_out, weight, eps):
-    """d loss / d z for d loss / d LN(z) = d_out (LN(z) = weight * (z - mean) / std + bias)."""
+def layer_norm_residual_grad(z, x, y, weight, bias, eps):
+    """d/dz of 1/2 ||x + LN(z) - y||^2 (LN(z) = weight * (z - mean) / std + bias), the normalisation
+    computed once for the forward value and the backward."""
     zc = z - z.mean(-1, keepdim=True)
     rstd = (zc.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
     x_hat = zc * rstd
-    dx = d_out * weight
+    dx = (x + x_hat * weight + bias - y) * weight  # d loss / d x_hat
     return rstd * (dx - dx.mean(-1, keepdim=True) - x_hat * (dx * x_hat).mean(-1, keepdim=True))
 
 
@@ -74,7 +75,7 @@ def inner_gradients(x, y, params, norm, eps):
     if norm is None:
         g = x + z - y
     else:
-        g = layer_norm_input_grad(z, x + layer_norm(z, *norm, eps) - y, norm[0], eps)
+        g = layer_norm_residual_grad(z, x, y, *norm, eps)
     grads = [g]
     for i in range(len(layers) - 1, 0, -1):  # back through the GELU layers
         grads.insert(0, (grads[0] @ layers[i][0].transpose(-1, -2)) * gelu_grad(pre[i - 1]))

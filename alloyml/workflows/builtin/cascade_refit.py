@@ -120,6 +120,7 @@ def refit_cascade(store: dict, cascade: str, seed: int = DEFAULTS["seed"],
         params = {"cascade": cascade, "old_version": stored.version, "seed": seed, "test_fraction": test_fraction,
                   "tolerance": tolerance, "budget": stored.budget, "budget_slack": BUDGET_SLACK,
                   "old_chain": old_plan.point.models, "new_chain": new_plan.point.models,
+                  "new_plan_artifact": platform.artifacts.put_json(new_plan.model_dump(), kind="cascade-plan"),
                   "held_out_artifact": platform.artifacts.put_json(held_out.query_ids.astype(str).tolist(),
                                                                    kind="held-out")}
         with platform.run(RUN_KIND, name=f"refit {cascade}", params=params) as run:

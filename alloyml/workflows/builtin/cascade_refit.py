@@ -31,6 +31,7 @@ fitting with an AlloyError naming the cascade.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -125,10 +126,14 @@ def refit_cascade(store: dict, cascade: str, seed: int = DEFAULTS["seed"],
                                                                    kind="held-out")}
         with platform.run(RUN_KIND, name=f"refit {cascade}", params=params) as run:
             new_version = served = None
+            deployed = {}
             if decision.promote:
                 new_version = save_cascade_plan(platform, cascade, new_plan, train, stored.budget).version
+                deployed["new_version"] = new_version
                 if served_version(cascade) is not None:
+                    saved_at = time.monotonic()
                     served = wait_for_version(cascade, new_version, rollout_timeout_s)
+                    deployed["rollout_seconds"] = time.monotonic() - saved_at
             else:
                 served = served_version(cascade)
             run.log_metrics(old_accuracy=decision.old_accuracy, old_mean_cost=decision.old_mean_cost,
@@ -136,7 +141,7 @@ def refit_cascade(store: dict, cascade: str, seed: int = DEFAULTS["seed"],
                             accuracy_diff_se=decision.accuracy_diff_se, promoted=float(decision.promote),
                             old_stage_share=old_eval.stage_share.tolist(),
                             new_stage_share=new_eval.stage_share.tolist(),
-                            **counts, **({} if new_version is None else {"new_version": new_version}))
+                            **counts, **deployed)
             run.set_tags(cascade=cascade, decision="promoted" if decision.promote else "kept",
                          reason=decision.reason, served_version="not served" if served is None else served)
     return {"run_id": run.id, "promoted": decision.promote, "reason": decision.reason,

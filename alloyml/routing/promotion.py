@@ -58,7 +58,8 @@ def decide_promotion(old_correct, new_correct, old_cost, new_cost, budget: float
     if n == 0 or not all(len(a) == n for a in (new_correct, old_cost, new_cost)):
         raise InvalidInputError(f"promotion needs the same >= 1 held-out queries for both plans; got "
                                 f"{[len(a) for a in (old_correct, new_correct, old_cost, new_cost)]}")
-    if not (np.isfinite(old_cost).all() and np.isfinite(new_cost).all()) or (old_cost < 0).any() or (new_cost < 0).any():
+    costs = np.concatenate([old_cost, new_cost])
+    if not np.isfinite(costs).all() or (costs < 0).any():
         raise InvalidInputError("held-out costs must be finite and >= 0")
     if not math.isfinite(budget) or budget <= 0:
         raise InvalidInputError(f"budget must be a positive mean cost per query, got {budget!r}")

@@ -159,6 +159,26 @@ def test_a_better_refit_is_deployed_and_the_next_refit_holds_out_only_newer_requ
     assert sorted(held_again) == _held_out_ids(held)
 
 
+def test_a_chain_that_leaves_a_model_out_is_refitted_on_the_models_it_calls(sqlite_platform):
+    """Production calls only the chain's models, so only their answers can be labelled."""
+    original = make_logged_responses(300, 3, seed=1)
+    budget = float(original.cost.mean(axis=0)[1] * 1.5)
+    plan = FrugalCascade(budget=budget, max_length=2).fit(original).plan_.model_copy(update={"model_specs": SPECS})
+    stored = save_cascade_plan(sqlite_platform, NAME, plan, original, budget)
+    chain = plan.point.models
+    assert len(chain) <= 2  # a model is left out
+    log = _drifted_log("skills")
+    keep = [log.models.index(m) for m in chain]
+    log = LoggedResponses(log.query_ids, log.queries, tuple(chain), log.answers[:, keep], log.correct[:, keep],
+                          log.cost[:, keep])
+    rows_by_id = _log_and_label(sqlite_platform, stored, log)
+    result = refit_cascade(store_location(sqlite_platform), NAME)
+    _check_against_walk(sqlite_platform, result, stored.plan, log, rows_by_id, budget)
+    new_plan = sqlite_platform.artifacts.get_json(sqlite_platform.store.get_run(result["run_id"]).params[
+        "new_plan_artifact"])
+    assert set(new_plan["models"]) == set(chain) and set(new_plan["model_specs"]) == set(chain)
+
+
 # -- the rule itself ------------------------------------------------------------------------------------------------
 def test_promotion_rule_at_its_boundaries():
     n = 20

@@ -6,13 +6,14 @@ Inputs: store, cascade (name; its latest version is the old plan). Settings are 
 workflow (`refit_workflow(...)` builds one with others): seed, test_fraction, tolerance, rollout_timeout_s.
 
 1. Data. The labelled served requests of every version (`served_rows`, as `alloyml cascade fit --from-log`
-   reads them), restricted to the old plan's models, keeping the requests that have a labelled answer of
+   reads them), restricted to the models of the old plan's chosen chain (the ones production calls:
+   there is no served evidence on the others), keeping the requests that have a labelled answer of
    every one of them. Requests the old version was itself fitted on are set aside for training only;
    the rest — new traffic — are sorted by request id, permuted by `numpy.random.default_rng(seed)`, and
    the first round(test_fraction x n) are held out. Training = the old version's training responses
    (kept by `save_cascade_plan`) + the other new requests.
 2. Fit. `FrugalCascade(budget=<the stored budget>, seed=seed)` with its defaults; the old plan's
-   model specs are kept, so the same models are served.
+   model specs (of those models) are kept, so the same models are served.
 3. Evaluate the old and the new plan's chosen points on the held-out requests (accuracy, mean cost).
 4. Decide by `alloyml.routing.promotion`: promote iff new accuracy >= old accuracy - tolerance and new
    mean cost <= 1.05 x budget; otherwise the old version stays.
@@ -21,8 +22,9 @@ workflow (`refit_workflow(...)` builds one with others): seed, test_fraction, to
    drained, no request dropped); when an ingress of NAME runs on this Ray cluster the step waits up to
    `rollout_timeout_s` for it to serve the new version and records what it serves.
 
-One run of kind "refit" records it all: params (cascade, versions, settings, both chains), metrics
-(`old_accuracy`, `old_mean_cost`, `new_accuracy`, `new_mean_cost`, `accuracy_diff_se`, `promoted` 1/0,
+One run of kind "refit" records it all: params (cascade, old version, settings, both chains, artifacts of the
+new plan and of the held-out request ids), metrics (`old_accuracy`, `old_mean_cost`, `new_accuracy`,
+`new_mean_cost`, `accuracy_diff_se`, `promoted` 1/0, `new_version` and `rollout_seconds` when deployed,
 query counts, stage shares) and tags (`cascade`, `decision` promoted/kept, `reason`, `served_version`).
 The Cascades page lists them. Bad input (unknown cascade, no usable labelled request) fails before any
 fitting with an AlloyError naming the cascade.
@@ -111,10 +113,11 @@ def refit_cascade(store: dict, cascade: str, seed: int = DEFAULTS["seed"],
             raise InvalidInputError(f"cascade {cascade!r} version {stored.version} has no saved scorer to "
                                     "evaluate it with")
         fitter = FrugalCascade(budget=stored.budget, seed=seed)
-        train, held_out, counts = refit_data(cascade, old_plan.models, training_responses(platform, stored),
+        train, held_out, counts = refit_data(cascade, old_plan.point.models, training_responses(platform, stored),
                                              served_rows(platform, cascade), seed, test_fraction, fitter.folds)
         fitted = fitter.fit(train).plan_
-        new_plan = CascadePlan.from_dict({**fitted.model_dump(), "model_specs": old_plan.model_specs})
+        specs = {m: spec for m, spec in old_plan.model_specs.items() if m in fitted.models}
+        new_plan = CascadePlan.from_dict({**fitted.model_dump(), "model_specs": specs})
         old_eval, new_eval = evaluate_plan(old_plan, held_out), evaluate_plan(new_plan, held_out)
         decision = decide_promotion(old_eval.correct, new_eval.correct, old_eval.cost, new_eval.cost,
                                     stored.budget, tolerance)

@@ -10,7 +10,8 @@ def register(subparsers) -> None:
     add.add_argument("--workflow", required=True, help="built-in workflow (see `alloyml workflow builtins`)")
     add.add_argument("--cron", required=True, help="five-field cron expression, e.g. '0 3 * * *'")
     add.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                     help="an input: a JSON value, or @path to a .npy file (repeat per input)")
+                     help="an input: a JSON value (bare text such as a name is a string), or @path to a "
+                          ".npy file (repeat per input)")
     add.add_argument("--timezone", default="UTC", help="IANA zone of the cron's wall clock (default UTC)")
     add.add_argument("--catch-up", default="latest", choices=("skip", "latest", "all"),
                      help="after downtime: skip missed slots, fire the latest once, or fire all (default latest)")

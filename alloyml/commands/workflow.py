@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     run = sub.add_parser("run", help="submit a built-in workflow and follow it")
     run.add_argument("name", help="built-in workflow name (see `alloyml workflow builtins`)")
     run.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
-                     help="an input: a JSON value, or @path to a .npy file (repeat per input)")
+                     help="an input: a JSON value (bare text such as a name is a string), or @path to a "
+                          ".npy file (repeat per input)")
     run.add_argument("--detach", action="store_true", help="drive it in a detached process and return")
     run.set_defaults(func=_run)
 
@@ -163,4 +164,6 @@ def _parse_input(item: str):
     try:
         return name, json.loads(value)
     except json.JSONDecodeError as err:
+        if value and not value.lstrip().startswith(("{", "[", '"')):
+            return name, value  # bare text (`--input cascade=prod`): a string
         raise InvalidInputError(f"--input {name}: {value!r} is not JSON (quote strings: '\"text\"')") from err

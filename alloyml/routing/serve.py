@@ -387,3 +387,27 @@ class CascadeService:
             serve.delete(app)
         self.version = None
 
+
+
+def served_version(name: str) -> str | None:
+    """The version the running ingress of cascade `name` serves, or None when none runs on this Ray
+    cluster (Ray not started here, Serve not started, or no application `name`). Starts nothing."""
+    import ray
+
+    if not ray.is_initialized() or name not in serve.status().applications:
+        return None
+    try:
+        return str(serve.get_app_handle(name).status.remote().result(timeout_s=30)["version"])
+    except Exception:  # noqa: BLE001  the application is being deleted or is not a cascade ingress
+        return None
+
+
+def wait_for_version(name: str, version: str | int, timeout_s: float, poll_s: float = 0.5) -> str | None:
+    """Poll until the ingress of cascade `name` serves `version`; the version served when it does, or at
+    `timeout_s` (None once no ingress runs)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        current = served_version(name)
+        if current in (str(version), None) or time.monotonic() >= deadline:
+            return current
+        time.sleep(poll_s)

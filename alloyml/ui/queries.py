@@ -202,6 +202,37 @@ def cascade_requests(key: StoreKey, cascade_id: int, limit: int = 2_000) -> pd.D
     })
 
 
+REFIT_COLUMNS = ("run", "started", "status", "old version", "new version", "decision", "old accuracy",
+                 "new accuracy", "old mean cost", "new mean cost", "budget", "held-out queries", "served version",
+                 "reason")
+
+
+@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
+def cascade_refits(key: StoreKey, name: str, limit: int = 500) -> pd.DataFrame:
+    """The `cascade-refit` runs of cascade `name` (newest first): both held-out evaluations and the decision."""
+    runs = [r for r in _store(key).list_runs(kind="refit", limit=limit) if r.params.get("cascade") == name]
+
+    def number(run, metric):
+        value = run.metrics.get(metric)
+        return float(value) if isinstance(value, int | float) else None
+
+    return pd.DataFrame({
+        "run": [r.id for r in runs],
+        "started": pd.to_datetime([r.started_at for r in runs]),
+        "status": [r.status for r in runs],
+        "old version": pd.array([r.params.get("old_version") for r in runs], dtype="Int64"),
+        "new version": pd.array([r.metrics.get("new_version") for r in runs], dtype="Int64"),
+        "decision": [r.tags.get("decision", "") for r in runs],
+        **{column: pd.array([number(r, metric) for r in runs], dtype="Float64") for column, metric in (
+            ("old accuracy", "old_accuracy"), ("new accuracy", "new_accuracy"), ("old mean cost", "old_mean_cost"),
+            ("new mean cost", "new_mean_cost"))},
+        "budget": pd.array([r.params.get("budget") for r in runs], dtype="Float64"),
+        "held-out queries": pd.array([r.metrics.get("held_out_queries") for r in runs], dtype="Int64"),
+        "served version": [r.tags.get("served_version", "") for r in runs],
+        "reason": [r.tags.get("reason", r.error or "") for r in runs],
+    }, columns=list(REFIT_COLUMNS))
+
+
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def trials(key: StoreKey, run_id: int) -> list[e.Trial]:
     return _store(key).list_trials(run_id)

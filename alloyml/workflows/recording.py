@@ -63,11 +63,29 @@ def trial_recorder(platform, run_id: int):
     return record
 
 
+# Key, in a stored cascade's plan dict, of the artifact holding the responses the plan was fitted on.
+TRAINING_RESPONSES = "training_responses"
+
+
 def save_cascade_plan(platform, name: str, plan, responses, budget: float):
-    """Store a fitted cascade plan as the next version of `name`, with each stage's mean cost per query."""
+    """Store a fitted cascade plan as the next version of `name`, with each stage's mean cost per query.
+    The responses it was fitted on are kept as a JSON artifact (the long table), referenced from the stored
+    plan under `TRAINING_RESPONSES`, so `cascade-refit` can refit on them plus the labelled request log."""
     point = plan.point
     costs = [float(responses.cost[:, responses.model_index(m)].mean()) for m in point.models]
-    return platform.store.save_cascade(name, point.models, point.thresholds, costs, budget, plan=plan.model_dump())
+    frame = responses.to_frame()
+    table = {column: frame[column].tolist() for column in frame.columns}
+    stored_plan = {**plan.model_dump(), TRAINING_RESPONSES: platform.artifacts.put_json(table, kind="responses")}
+    return platform.store.save_cascade(name, point.models, point.thresholds, costs, budget, plan=stored_plan)
+
+
+def training_responses(platform, cascade):
+    """The responses stored cascade version `cascade` was fitted on (a long-table DataFrame), or None for a
+    version saved without them (before they were kept, or written by hand)."""
+    import pandas as pd
+
+    key = cascade.plan.get(TRAINING_RESPONSES)
+    return None if key is None else pd.DataFrame(platform.artifacts.get_json(key))
 
 
 class StoreRequestLog:
@@ -100,14 +118,14 @@ class StoreRequestLog:
         return {k: v for k, v in self.__dict__.items() if k != "_platform"} | {"_platform": None}
 
 
-def served_responses(platform, name: str, missing: str = "error"):
-    """Logged responses built from the labelled served requests of cascade `name` (every version): one
-    row per labelled answer, with the cost of that stage's call. The log is sparse (a request carries
-    the answers of the stages it reached only); `missing` is `load_responses`' policy for that."""
+def served_rows(platform, name: str):
+    """The labelled served requests of cascade `name` (every version) as a long responses table: one row per
+    labelled answer, with the cost of that stage's call. The log is sparse (a request carries the answers of
+    the stages it reached only). Raises InvalidInputError when no request of `name` is labelled."""
     import pandas as pd
 
     from alloyml.errors import InvalidInputError
-    from alloyml.routing.responses import COLUMNS, load_responses
+    from alloyml.routing.responses import COLUMNS
 
     rows = []
     for request in platform.store.labelled_cascade_requests(name):
@@ -119,4 +137,12 @@ def served_responses(platform, name: str, missing: str = "error"):
     if not rows:
         raise InvalidInputError(f"cascade {name!r} has no labelled requests; attach labels with "
                                 f"`alloyml cascade label {name} FILE` first")
-    return load_responses(pd.DataFrame(rows, columns=list(COLUMNS)), missing=missing)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def served_responses(platform, name: str, missing: str = "error"):
+    """Logged responses built from the labelled served requests of cascade `name` (`served_rows`);
+    `missing` is `load_responses`' policy for the log's sparsity."""
+    from alloyml.routing.responses import load_responses
+
+    return load_responses(served_rows(platform, name), missing=missing)

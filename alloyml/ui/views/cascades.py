@@ -26,6 +26,17 @@ st.dataframe(pd.DataFrame({
     "costs": [", ".join(f"{x:g}" for x in c.costs) for c in versions.values()],
     "budget": [c.budget for c in versions.values()], "created": [c.created_at for c in versions.values()],
 }), hide_index=True)
+
+refits = queries.cascade_refits(key, name)
+if not refits.empty:
+    st.subheader("Refits")
+    latest = refits.iloc[0]
+    verdict = (f"promoted to version {latest['new version']}" if latest["decision"] == "promoted"
+               else f"kept version {latest['old version']}" if latest["decision"] == "kept" else latest["status"])
+    st.caption(f"Latest refit (run {latest['run']}): {verdict} — {latest['reason']}. Rule: promote iff the new "
+               "plan's held-out accuracy ≥ the old one's − tolerance and its held-out mean cost ≤ 1.05 × budget.")
+    st.dataframe(refits, hide_index=True)
+
 cascade = versions[st.selectbox("Version", sorted(versions, reverse=True))]
 chosen = cascade.plan.get("chosen")
 

@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "alloyml.workflows.builtin.valuation",
     "alloyml.workflows.builtin.merge",
     "alloyml.workflows.builtin.revalue",
+    "alloyml.workflows.builtin.cascade_refit",
 )
 
 

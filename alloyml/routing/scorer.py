@@ -213,7 +213,12 @@ class EmbeddingScorer(BaseEstimator):
     def predict_proba(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str]) -> np.ndarray:
         """[N] estimated P(correct)."""
         require_fitted(self, "classifier_")
-        proba = self.classifier_.predict_proba(self._features(queries, answers, models))
+        features = self._features(queries, answers, models)
+        if type(self.classifier_).__name__ == "LogisticRegression":
+            # the arithmetic of the JSON-restored scorer, so a saved plan serves bit-identical scores
+            sign = 1.0 if self.classifier_.classes_[1] else -1.0
+            return _logistic(features, sign * self.classifier_.coef_[0], float(sign * self.classifier_.intercept_[0]))
+        proba = self.classifier_.predict_proba(features)
         return proba[:, list(self.classifier_.classes_).index(True)]
 
     def to_dict(self) -> dict:
@@ -227,6 +232,11 @@ class EmbeddingScorer(BaseEstimator):
         sign = 1.0 if clf.classes_[1] else -1.0
         return {"kind": "embedding_logistic", "encoder": str(self.encoder), "models": list(self.models_),
                 "weight": (sign * clf.coef_[0]).tolist(), "intercept": float(sign * clf.intercept_[0])}
+
+
+def _logistic(features: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
+    """[N] sigmoid(features @ coef + intercept) in float64."""
+    return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ np.asarray(coef, dtype=np.float64) + intercept)))
 
 
 class EmbeddingLinearScorer(EmbeddingScorer):
@@ -249,7 +259,7 @@ class EmbeddingLinearScorer(EmbeddingScorer):
                 f"saved embedding scorer has {len(self.coef_)} weights but encoder {self.encoder!r} gives "
                 f"{features.shape[1]} features; was it saved with another encoder?"
             )
-        return 1.0 / (1.0 + np.exp(-(features @ self.coef_ + self.intercept_)))
+        return _logistic(features, self.coef_, self.intercept_)
 
     def to_dict(self) -> dict:
         return {"kind": "embedding_logistic", "encoder": str(self.encoder), "models": list(self.models_),

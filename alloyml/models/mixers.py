@@ -72,6 +72,23 @@ def packed_positions(cu_seqlens, T: int, device) -> torch.Tensor:
     return steps - torch.cummax(torch.where(first, steps, 0), 0).values
 
 
+def token_shift(x: torch.Tensor, last, cu_seqlens) -> torch.Tensor:
+    """RWKV's token shift: each position's previous input. x: [B, T, ...]; last: [B, ...], the input before
+    x (None: zeros); with cu_seqlens, each packed document's first position sees zeros, not the document
+    before it. Returns [B, T, ...]."""
+    first_row = x.new_zeros(x[:, :1].shape) if last is None else last[:, None].to(x.dtype)
+    previous = torch.cat([first_row, x[:, :-1]], dim=1)
+    if cu_seqlens is not None:
+        first = packed_positions(cu_seqlens, x.shape[1], x.device) == 0  # [T]
+        previous = torch.where(first.view(1, -1, *[1] * (x.dim() - 2)), 0.0, previous)
+    return previous
+
+
+def last_token(x: torch.Tensor, cu_seqlens) -> torch.Tensor:
+    """The last position of each sequence: x: [B, T, ...] -> [B, ...], or [N, ...] for N packed documents."""
+    return x[:, -1] if cu_seqlens is None else x[0, cu_seqlens[1:] - 1]
+
+
 def check_packed(x, state, cu_seqlens) -> None:
     from alloyml.errors import InvalidInputError
 
@@ -295,16 +312,17 @@ class Mamba(Mixer):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# RWKV-style time-mix (RWKV-6, Peng et al. 2024): token shift (each projection sees a learned per-channel
-# mix of this token and the previous one), a data-dependent per-channel decay w_t = exp(-exp(.)) from a
-# low-rank projection, run as GLA with log-gate -exp(.), plus RWKV's "bonus" u for the current token.
-# Unlike RWKV-6, the decay of step t also applies before step t reads the state (GLA's convention).
+# RWKV-5-like time-mix, kept as `rwkv5` (it was `mixer="rwkv"` before RWKV-6 proper took that name, see
+# rwkv.py): a static token shift (each projection sees a learned per-channel mix of this token and the previous
+# one), a data-dependent per-channel decay w_t = exp(-exp(.)) from a low-rank projection, run as GLA with
+# log-gate -exp(.), plus a "bonus" u for the current token. Unlike RWKV-6, the decay of step t also applies
+# before step t reads the state (GLA's convention), and there is no channel mix.
 
 RWKV_DECAY_RANK = 16
 
 
-@register_mixer("rwkv")
-class RWKVTimeMix(Mixer):
+@register_mixer("rwkv5")
+class RWKV5TimeMix(Mixer):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         D = cfg.d_model
@@ -338,15 +356,10 @@ class RWKVTimeMix(Mixer):
         from alloyml.kernels import gla
 
         check_packed(x, state, cu_seqlens)
-        last, s = (x.new_zeros(x.shape[0], x.shape[-1]), None) if state is None else state
-        previous = torch.cat([last[:, None].to(x.dtype), x[:, :-1]], dim=1)  # token shift: [B, T, D]
-        if cu_seqlens is not None:  # a document's first token sees zeros, not the previous document
-            first = packed_positions(cu_seqlens, x.shape[1], x.device) == 0
-            previous = torch.where(first[None, :, None], 0.0, previous)
-        r, k, v, g, gate = self._project(x, previous)
+        last, s = (None, None) if state is None else state
+        r, k, v, g, gate = self._project(x, token_shift(x, last, cu_seqlens))
         o, s = gla(r, k, v, g, initial_state=s, cu_seqlens=cu_seqlens, backend=self.backend)
-        last = x[:, -1] if cu_seqlens is None else x[0, cu_seqlens[1:] - 1]  # [B or N, D]
-        return self._output(o, r, k, v, gate), (last, s)
+        return self._output(o, r, k, v, gate), (last_token(x, cu_seqlens), s)
 
     def step(self, x, state=None):
         from alloyml.kernels import gla_step
@@ -463,7 +476,7 @@ class SoftmaxAttention(Mixer):
         return KVCache(torch.cat(k), torch.cat(v), length, torch.cat(start))
 
 
-# The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1) live in their own module; importing it registers them.
-from alloyml.models import ssm_mixers  # noqa: E402, F401
-# The delta-rule and test-time-training mixers (DeltaNet, Gated DeltaNet, TTT-Linear, TTT-MLP): likewise.
-from alloyml.models import delta_mixers  # noqa: E402, F401
+# The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1), RWKV-6, the Performer and the delta-rule and
+# test-time-training mixers (DeltaNet, Gated DeltaNet, TTT-Linear, TTT-MLP) live in their own modules;
+# importing them registers them.
+from alloyml.models import delta_mixers, performer, rwkv, ssm_mixers  # noqa: E402, F401

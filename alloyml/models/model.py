@@ -1,7 +1,8 @@
 """The language model, top to bottom: embedding -> n_layers blocks -> norm -> untied LM head.
 
 A block is `x + mixer(norm(x))` then `x + ffn(norm(x))` (pre-norm residual). The mixer is one of
-`mixers.MIXERS`; the feed-forward an MLP, a Mixture-of-Experts or nothing (`ffn="none"`).
+`mixers.MIXERS`; the feed-forward one of `moe.FFNS` (an MLP, a Mixture-of-Experts, a KAN, RWKV's channel
+mix) or nothing (`ffn="none"`).
 
 `forward(ids)` runs whole sequences (training, prompt prefill); `step(ids, states)` one token per
 sequence (decoding). Both return the per-layer states that continue the sequences, and for the same
@@ -29,31 +30,64 @@ IGNORE_INDEX = -100  # target value that does not count in the loss
 
 
 class Block(nn.Module):
+    """Mixer, then feed-forward. A stateful feed-forward (`stateful = True`: RWKV's channel mix, whose token
+    shift needs the previous input) follows the mixers' state protocol; the block's state is then the pair
+    (mixer state, feed-forward state), and otherwise just the mixer's state."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.mixer_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = MIXERS[cfg.mixer](cfg)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.ffn != "none" else None
         self.ffn = FFNS[cfg.ffn](cfg) if cfg.ffn != "none" else None
+        self.ffn_stateful = getattr(self.ffn, "stateful", False)
 
-    def _feed_forward(self, x):
-        """x + ffn(norm(x)) and the MoE auxiliary loss (0 without MoE)."""
+    def _feed_forward(self, x, state=None, cu_seqlens=None, step=False):
+        """x + ffn(norm(x)), the feed-forward's state (None unless it is stateful) and the MoE auxiliary loss
+        (0 without MoE)."""
+        zero = x.new_zeros((), dtype=torch.float32)
         if self.ffn is None:
-            return x, x.new_zeros((), dtype=torch.float32)
+            return x, None, zero
+        h = self.ffn_norm(x)
+        if self.ffn_stateful:
+            y, state = self.ffn.step(h, state) if step else self.ffn(h, state, cu_seqlens=cu_seqlens)
+            return x + y, state, zero
         if isinstance(self.ffn, MoE):
-            y, aux = self.ffn(self.ffn_norm(x))
-            return x + y, aux
-        return x + self.ffn(self.ffn_norm(x)), x.new_zeros((), dtype=torch.float32)
+            y, aux = self.ffn(h)
+            return x + y, None, aux
+        return x + self.ffn(h), None, zero
+
+    def _split(self, state):  # the block's state -> (mixer state, feed-forward state)
+        if state is None or not self.ffn_stateful:
+            return state, None
+        return state
+
+    def _join(self, mixer_state, ffn_state):
+        return (mixer_state, ffn_state) if self.ffn_stateful else mixer_state
 
     def forward(self, x, state=None, cu_seqlens=None):  # x: [B, T, D]
-        y, state = self.mixer(self.mixer_norm(x), state, cu_seqlens=cu_seqlens)
-        x, aux = self._feed_forward(x + y)
-        return x, state, aux
+        mixer_state, ffn_state = self._split(state)
+        y, mixer_state = self.mixer(self.mixer_norm(x), mixer_state, cu_seqlens=cu_seqlens)
+        x, ffn_state, aux = self._feed_forward(x + y, ffn_state, cu_seqlens)
+        return x, self._join(mixer_state, ffn_state), aux
 
     def step(self, x, state=None):  # x: [B, D]
-        y, state = self.mixer.step(self.mixer_norm(x), state)
-        x, _ = self._feed_forward(x + y)
-        return x, state
+        mixer_state, ffn_state = self._split(state)
+        y, mixer_state = self.mixer.step(self.mixer_norm(x), mixer_state)
+        x, ffn_state, _ = self._feed_forward(x + y, ffn_state, step=True)
+        return x, self._join(mixer_state, ffn_state)
+
+    def select_state(self, state, index):
+        """The state of the sequences at `index` ([n] long), in that order."""
+        if not self.ffn_stateful:
+            return self.mixer.select_state(state, index)
+        return self.mixer.select_state(state[0], index), self.ffn.select_state(state[1], index)
+
+    def cat_states(self, states: list):
+        """One state for the sequences of several states, concatenated along the batch."""
+        if not self.ffn_stateful:
+            return self.mixer.cat_states(states)
+        return (self.mixer.cat_states([s[0] for s in states]), self.ffn.cat_states([s[1] for s in states]))
 
 
 @dataclass
@@ -111,12 +145,12 @@ class LinearLM(nn.Module):
 
     def select_states(self, states, index):
         """Keep the sequences at `index` ([n] long) of every block's state."""
-        return [b.mixer.select_state(s, index) for b, s in zip(self.blocks, states, strict=True)]
+        return [b.select_state(s, index) for b, s in zip(self.blocks, states, strict=True)]
 
     def cat_states(self, states_list):
         """Concatenate the states of several batches of sequences into one batch."""
         per_block = zip(*states_list, strict=True)  # [batch][block] -> [block][batch]
-        return [b.mixer.cat_states(list(group)) for b, group in zip(self.blocks, per_block, strict=True)]
+        return [b.cat_states(list(group)) for b, group in zip(self.blocks, per_block, strict=True)]
 
     def moe_stats(self):
         """RoutingStats of each MoE layer's last forward (empty without MoE)."""

@@ -1,4 +1,4 @@
-"""Feed-forward layers: an MLP, and a Mixture-of-Experts of MLPs.
+"""Feed-forward layers: an MLP, and a Mixture-of-Experts of MLPs (the KAN feed-forward is in kan.py).
 
 MoE routing (x flattened to N tokens, E experts, router probabilities p = softmax(router(x)): [N, E]):
 
@@ -119,3 +119,6 @@ class MoE(nn.Module):
 
 
 FFNS = {"mlp": MLP, "moe": MoE}  # the one list of feed-forwards (with "none"): ModelConfig checks `ffn`
+
+# The KAN feed-forward registers here on import (RWKV's channel mix registers with the RWKV mixer, rwkv.py).
+from alloyml.models import kan  # noqa: E402, F401

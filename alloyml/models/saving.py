@@ -9,7 +9,8 @@ see model.py; no tied or shared tensors, so every name is stored once), `generat
 
 So transformers' Auto classes (with `alloyml.models.hf_bridge` imported), mergekit (with
 `alloyml.models.mergekit_arch` registered), `alloyml.merging` and `load_model` all read the same folder.
-Format version 1 (no `model_type`) still loads here; `hf_bridge.convert_checkpoint` rewrites it.
+Format version 1 (no `model_type`) still loads here; `hf_bridge.convert_checkpoint` rewrites it. Folders of
+versions 1 and 2 with `mixer: "rwkv"` hold the RWKV-5-like mixer, which is `rwkv5` now (`upgrade_fields`).
 Derived tensors (RetNet's fixed decays) are not stored: they are rebuilt from the config.
 """
 
@@ -22,7 +23,7 @@ from alloyml.atomic import atomic_directory
 from alloyml.errors import ConfigError, InvalidInputError, NotFoundError
 
 ARCHITECTURE = "alloyml.LinearLM"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: mixer "rwkv" is RWKV-6; in versions 1 and 2 it named the RWKV-5-like mixer, now "rwkv5"
 GENERATION_CONFIG_FILE = "generation_config.json"
 HF_ARCHITECTURE = "AlloyLinearForCausalLM"  # the class in hf_bridge; mergekit looks definitions up by it
 WEIGHTS_FILE = "model.safetensors"
@@ -64,6 +65,14 @@ def save_model(model, directory, metadata: dict | None = None) -> Path:
     return directory
 
 
+def upgrade_fields(fields: dict, format_version) -> dict:
+    """ModelConfig fields read from a config.json of `format_version` (None: written by this version) in
+    today's names: before version 3, mixer "rwkv" was the RWKV-5-like mixer, registered as "rwkv5" now."""
+    if format_version is not None and format_version < 3 and fields.get("mixer") == "rwkv":
+        return {**fields, "mixer": "rwkv5"}
+    return fields
+
+
 def load_config(directory):
     """The ModelConfig stored in `directory`/config.json."""
     from alloyml.models.config import ModelConfig
@@ -76,7 +85,7 @@ def load_config(directory):
         return config_from_hf(info)
     if info.get("architecture") != ARCHITECTURE or "config" not in info:
         raise ConfigError(f"{path} does not describe an {ARCHITECTURE} (architecture={info.get('architecture')!r})")
-    return ModelConfig.from_dict(info["config"])
+    return ModelConfig.from_dict(upgrade_fields(info["config"], info.get("format_version")))
 
 
 def hf_fields(cfg) -> dict:
@@ -99,7 +108,7 @@ def config_from_hf(info: dict):
         key = HF_RENAMED.get(name, name)
         if key in info:
             fields[name] = info[key]
-    return ModelConfig(**fields)
+    return ModelConfig(**upgrade_fields(fields, info.get("format_version")))
 
 
 def load_model(directory, device="cpu"):

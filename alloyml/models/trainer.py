@@ -94,6 +94,15 @@ def pack_documents(documents) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return inputs, targets, cu_seqlens
 
 
+def before_train_step(model, step: int) -> None:
+    """Tell every module that has a `before_train_step(step)` (the Performer's feature redraw) that update
+    `step` (0-based) comes next; the Trainer calls this before each update, a loop of one's own may too."""
+    for module in model.modules():
+        hook = getattr(module, "before_train_step", None)
+        if hook is not None:
+            hook(step)
+
+
 def lr_at(step: int, *, lr: float, steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
     """Learning rate of update `step` (0-based): linear warmup over `warmup_steps`, then cosine from lr down
     to min_lr_ratio * lr at the last step."""
@@ -167,6 +176,7 @@ class Trainer:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             inputs, targets, *packed = (t.to(device) for t in batch(step))
+            before_train_step(model, step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(inputs, targets=targets, cu_seqlens=packed[0] if packed else None)
             optimizer.zero_grad(set_to_none=True)

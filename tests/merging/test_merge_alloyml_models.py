@@ -138,7 +138,7 @@ def test_alloyml_models_mergekit_yaml_subcommand(families, tmp_path):
     _assert_same(tmp_path / "ours", tmp_path / "mk", families["moe-mamba"]["base"])
 
 
-@pytest.mark.parametrize("ffn", ["mlp", "moe", "none"])
+@pytest.mark.parametrize("ffn", ["mlp", "moe", "none", "kan", "rwkv_cmix"])
 def test_every_family_definition_lists_exactly_the_saved_tensors(ffn, tmp_path):
     """For every mixer with each feed-forward, mergekit's view of a saved model names every saved tensor."""
     from mergekit.architecture import arch_info_for_config

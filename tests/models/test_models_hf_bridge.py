@@ -265,8 +265,11 @@ def test_cli_converts_old_checkpoints(tmp_path, capsys):
     from alloyml.cli import main
     from alloyml.models import load_config
 
-    model = _tiny("rwkv")
+    model = _tiny("rwkv5")  # a format-1 folder said "rwkv" for the RWKV-5-like mixer, "rwkv5" today
     _format_v1(model, tmp_path / "old")
+    info = json.loads((tmp_path / "old" / "config.json").read_text())
+    info["mixer"] = info["config"]["mixer"] = "rwkv"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(info))
     assert main(["models", "convert", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
     assert json.loads((tmp_path / "new" / "config.json").read_text())["model_type"] == "alloyml-linear"
     assert load_config(tmp_path / "new") == model.config

@@ -42,7 +42,7 @@ def test_packed_documents_equal_one_row_each(mixer):
             torch.testing.assert_close(got, want_part, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("mixer", ["mamba", "rwkv", "lru", "hawk", "s4d", "mamba1", "deltanet", "ttt_linear"])
+@pytest.mark.parametrize("mixer", ["mamba", "rwkv", "rwkv5", "lru", "hawk", "s4d", "mamba1", "deltanet", "ttt_linear"])
 @torch.no_grad()
 def test_packing_without_the_reset_would_leak(mixer):
     """The boundary reset matters: the second document's logits differ when the first precedes it in

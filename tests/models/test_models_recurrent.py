@@ -44,8 +44,8 @@ def test_prefill_then_continue_equals_one_pass(mixer):
     torch.testing.assert_close(rest, whole[:, 12:], rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("mixer", ["mamba", "softmax", "rwkv", "lru", "hawk", "s4d", "mamba1", "gated_deltanet",
-                                   "ttt_linear", "ttt_mlp"])
+@pytest.mark.parametrize("mixer", ["mamba", "softmax", "rwkv", "lru", "hawk", "s4d", "mamba1", "performer",
+                                   "gated_deltanet", "ttt_linear", "ttt_mlp"])
 @torch.no_grad()
 def test_regrouped_states_decode_each_sequence_as_alone(mixer):
     # Prompts of different lengths, prefilled apart, concatenated (the KV cache left-pads), one row dropped:

@@ -96,15 +96,135 @@ def _carry(delta, decay, initial_state):
 
     delta: [B, H, N, K, V]; decay: [B | 1, H, N, K | 1, 1] (1: the same for the whole batch) or None.
     Returns (starts [B, H, N, K, V], S_N)."""
+    if decay is None:
+        decay = delta.new_ones(1, 1, delta.shape[2], 1, 1)
+    return Carry.apply(delta.contiguous(), decay, initial_state)
 
-    B, H, N, K, V = delta.shape
-    state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
-    starts = []
-    decays = [None] * N if decay is None else decay.unbind(2)  # unbind: one backward for all n
-    for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
-        starts.append(state)
-        state = (state if decay_n is None else state * decay_n) + delta_n
-    return torch.stack(starts, dim=2), state
+
+def _fma_into(out, a, b, c):
+    """out[...] = a + b * c, written straight into `out` (a strided slice of a buffer) where eager;
+    torch.compile takes no strided `out=`, so there it is computed and copied in (fused by the compiler)."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(a, b, c))
+    else:
+        torch.addcmul(a, b, c, out=out)
+
+
+def _carry_forward(delta, decay, initial_state):
+    """The loop of `_carry`: one fused multiply-add per chunk into a preallocated buffer."""
+    N = delta.shape[2]
+    starts = torch.empty_like(delta)
+    if initial_state is None:
+        starts[:, :, 0].zero_()
+    else:
+        starts[:, :, 0].copy_(initial_state)
+    for n in range(N - 1):
+        _fma_into(starts[:, :, n + 1], delta[:, :, n], starts[:, :, n], decay[:, :, n])
+    return starts, torch.addcmul(delta[:, :, N - 1], starts[:, :, N - 1], decay[:, :, N - 1])
+
+
+def _carry_backward(d_starts, d_final, starts, decay, need_decay: bool, need_initial: bool):
+    """The carry's backward: (d_delta, d_decay or None, d_initial_state or None). d_delta_n, the gradient
+    of S_(n+1), runs backwards: d S_n = d starts_n + decay_n d S_(n+1)."""
+    N = starts.shape[2]
+    d_delta = torch.empty_like(starts)
+    if d_final is None:
+        d_delta[:, :, N - 1].zero_()
+    else:
+        d_delta[:, :, N - 1].copy_(d_final)
+    if d_starts is None:
+        d_starts = torch.zeros_like(starts)
+    for n in range(N - 1, 0, -1):
+        _fma_into(d_delta[:, :, n - 1], d_starts[:, :, n], d_delta[:, :, n], decay[:, :, n])
+    d_initial = torch.addcmul(d_starts[:, :, 0], d_delta[:, :, 0], decay[:, :, 0]) if need_initial else None
+    d_decay = (d_delta * starts).sum_to_size(decay.shape) if need_decay else None
+    return d_delta, d_decay, d_initial
+
+
+class Carry(torch.autograd.Function):
+    """`_carry` written out, forward and backward: through autograd each of the N steps cost a multiply,
+    an add, their backward nodes and a stack of the states."""
+
+    # module level, so torch.compile traces it without a graph break
+    @staticmethod
+    def forward(ctx, delta, decay, initial_state):
+        starts, final = _carry_forward(delta, decay, initial_state)
+        ctx.save_for_backward(starts, decay)
+        ctx.has_initial = initial_state is not None
+        return starts, final
+
+    @staticmethod
+    def backward(ctx, d_starts, d_final):
+        starts, decay = ctx.saved_tensors
+        return _carry_backward(d_starts, d_final, starts, decay, ctx.needs_input_grad[1],
+                               ctx.has_initial and ctx.needs_input_grad[2])
+
+
+def _mm(a, b):
+    """Batched matrix product over all leading dims of [.., M, K] @ [.., K, N] (same leading shape)."""
+    return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])).view(*a.shape[:-1], b.shape[-1])
+
+
+class ScalarChunk(torch.autograd.Function):
+    """The scalar-gated chunked form, forward and backward written out:
+
+        A = (q k^T) * D,   delta = (k * ek)^T v,   starts = carry(delta, decay, S_0),
+        o = A v + (q * eq) starts
+
+    q, k: [B, H, N, C, K], v: [B, H, N, C, V] (contiguous blocks); D: the decays of the causal pairs
+    times the scale, broadcasting to [B, H, N, C, C] (0 above the diagonal); eq, ek: [.., C, 1] the
+    decays from the chunk start to i (times the scale) and from j to the chunk end, or None (ek: no
+    decay; eq: the scale alone, `scale`); decay: [.., N, 1, 1] or None. The backward reuses the forward's
+    products (q k^T, A, q * eq, k * ek, the states) instead of recomputing them, and every product
+    runs on contiguous operands (autograd's left some transposed gradients to a slow path)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, D, eq, ek, decay, initial_state, scale):
+        qk = _mm(q, k.transpose(-1, -2))  # [B, H, N, C, C]
+        A = qk * D
+        qi = q * scale if eq is None else q * eq
+        kj = k if ek is None else k * ek
+        delta = _mm(kj.transpose(-1, -2), v)  # [B, H, N, K, V]
+        if decay is None:
+            decay = delta.new_ones(1, 1, delta.shape[2], 1, 1)
+        starts, final = _carry_forward(delta, decay, initial_state)
+        o = torch.baddbmm(_mm(A, v).view(-1, *v.shape[-2:]), qi.view(-1, *q.shape[-2:]),
+                          starts.view(-1, *starts.shape[-2:])).view(v.shape)
+        ctx.save_for_backward(q, k, v, D, eq, ek, decay, qk, A, qi, kj, starts)
+        ctx.has_initial = initial_state is not None
+        ctx.scale = scale
+        return o, final
+
+    @staticmethod
+    def backward(ctx, d_o, d_final):
+        q, k, v, D, eq, ek, decay, qk, A, qi, kj, starts = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_o = d_o.contiguous()
+        d_ov = _mm(d_o, v.transpose(-1, -2))  # [B, H, N, C, C]
+        P = d_ov * D  # the gradient of q k^T
+        dq = _mm(P, k)
+        dk = _mm(P.transpose(-1, -2), q)
+        dv = _mm(A.transpose(-1, -2), d_o)
+        d_qi = _mm(d_o, starts.transpose(-1, -2))  # [B, H, N, C, K]
+        d_starts = _mm(qi.transpose(-1, -2), d_o)  # [B, H, N, K, V]
+        d_delta, d_decay, d_initial = _carry_backward(d_starts, d_final, starts, decay, need[6],
+                                                      ctx.has_initial and need[7])
+        dv.view(-1, *dv.shape[-2:]).baddbmm_(kj.view(-1, *kj.shape[-2:]), d_delta.view(-1, *d_delta.shape[-2:]))
+        d_kj = _mm(v, d_delta.transpose(-1, -2))  # [B, H, N, C, K]
+        if eq is None:
+            dq.add_(d_qi, alpha=ctx.scale)
+            d_eq = None
+        else:
+            dq.addcmul_(d_qi, eq)
+            d_eq = (d_qi * q).sum(-1, keepdim=True).sum_to_size(eq.shape) if need[4] else None
+        if ek is None:
+            dk.add_(d_kj)
+            d_ek = None
+        else:
+            dk.addcmul_(d_kj, ek)
+            d_ek = (d_kj * k).sum(-1, keepdim=True).sum_to_size(ek.shape) if need[5] else None
+        d_D = (d_ov * qk).sum_to_size(D.shape) if need[3] else None
+        return dq, dk, dv, d_D, d_eq, d_ek, d_decay, d_initial, None
 
 
 def _causal(C: int, device):
@@ -118,22 +238,20 @@ def _scalar_gated(q, k, v, g, scale: float, initial_state):
     C = SCALAR_GATE_CHUNK
     N = math.ceil(T / C)
     compute = torch.promote_types(q.dtype, torch.float32)
-    q, k, v = _blocks(q, (N, C), compute) * scale, _blocks(k, (N, C), compute), _blocks(v, (N, C), compute)
-    causal = _causal(C, q.device)
-    attn = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, N, C, C]
-    q_inter, k_state, chunk_decay = q, k, None
-    if g is not None:
+    q, k, v = _blocks(q, (N, C), compute), _blocks(k, (N, C), compute), _blocks(v, (N, C), compute)
+    eq = ek = decay = None
+    if g is None:
+        D = _causal(C, q.device).to(compute) * scale
+    else:
         if g.dim() == 1:
             pair, to_i, after_j, total = _constant_decays(g.to(compute), N, C, T)
         else:
             pair, to_i, after_j, total = _step_decays(_blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1))
-        attn = attn * pair.exp()
-        q_inter = q * to_i.exp()[..., None]  # decay from the chunk start to step i
-        k_state = k * after_j.exp()[..., None]  # decay from step j to the chunk end
-        chunk_decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
-    delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's addition to the state
-    starts, state = _carry(delta, chunk_decay, initial_state)
-    o = attn @ v + q_inter @ starts  # [B, H, N, C, V]
+        D = (pair + math.log(scale)).exp()  # the scale folded into the decays (-inf above the diagonal: 0)
+        eq = (to_i + math.log(scale)).exp()[..., None]  # decay from the chunk start to step i
+        ek = after_j.exp()[..., None]  # decay from step j to the chunk end
+        decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
+    o, state = ScalarChunk.apply(q, k, v, D, eq, ek, decay, initial_state, scale)
     return _unblock(o, T), state
 
 

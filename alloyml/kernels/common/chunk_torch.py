@@ -45,12 +45,27 @@ VECTOR_GATE_CHUNK = 64
 VECTOR_GATE_SUBCHUNK = 16
 
 
-def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
+def chunk_gated_torch(q, k, v, g, scale: float, initial_state, cu_seqlens=None):
     """q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [H] | [B, T, H, K] | None, initial_state:
-    [B, H, K, V] | None -> (o: [B, T, H, V], final_state: [B, H, K, V]), both float32 (float64 in)."""
-    if g is not None and g.dim() == 4:
-        return _vector_gated(q, k, v, g, scale, initial_state)
-    return _scalar_gated(q, k, v, g, scale, initial_state)
+    [N, H, K, V] | None -> (o: [B, T, H, V], final_state: [N, H, K, V]), both float32 (float64 in).
+
+    With `cu_seqlens` (B = 1, N packed sequences) the sequences run as one stream of chunks, each
+    starting at a chunk boundary, with the state reset between them (varlen.stream_layout); no padding
+    to the longest sequence."""
+    vector = g is not None and g.dim() == 4
+    run = _vector_gated if vector else _scalar_gated
+    if cu_seqlens is None:
+        return run(q, k, v, g, scale, initial_state)
+    from alloyml.kernels.common.varlen import from_stream, stream_layout, to_stream
+
+    T = q.shape[1]
+    layout = stream_layout(cu_seqlens, T, VECTOR_GATE_CHUNK if vector else SCALAR_GATE_CHUNK)
+    if g is not None and g.dim() == 1:  # a constant decay per head: per step, so the gaps do not decay
+        g = g.expand(1, T, g.shape[0])
+    q, k, v = (to_stream(x, layout) for x in (q, k, v))
+    g = None if g is None else to_stream(g, layout)
+    o, state = run(q, k, v, g, scale, initial_state, segments=layout)
+    return from_stream(o, layout), state
 
 
 def _blocks(x, sizes: tuple[int, ...], compute):
@@ -91,14 +106,40 @@ class ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-def _carry(delta, decay, initial_state):
+def _carry(delta, decay, initial_state, segments=None):
     """The state entering each chunk: S_{n+1} = decay_n * S_n + delta_n, from S_0 = initial_state.
 
     delta: [B, H, N, K, V]; decay: [B | 1, H, N, K | 1, 1] (1: the same for the whole batch) or None.
-    Returns (starts [B, H, N, K, V], S_N)."""
+    Returns (starts [B, H, N, K, V], S_N).
+
+    With `segments` (a varlen.StreamLayout; B = 1) the chunks hold several sequences: at a sequence's
+    first chunk the state restarts from that sequence's initial state (initial_state [N_seq, H, K, V] or
+    zeros), and the final states [N_seq, H, K, V] are those after each sequence's last chunk."""
     if decay is None:
         decay = delta.new_ones(1, 1, delta.shape[2], 1, 1)
-    return Carry.apply(delta.contiguous(), decay, initial_state)
+    if segments is None:
+        return Carry.apply(delta.contiguous(), decay, initial_state)
+    # S_(n+1) = keep_(n+1) (decay_n S_n + delta_n) + restart_(n+1), with keep 0 and restart the next
+    # sequence's initial state where chunk n + 1 starts one: the plain carry of (keep delta + restart,
+    # keep decay).
+    n_chunks = delta.shape[2]
+    keep = (~segments.first[1:]).to(delta.dtype)
+    keep = torch.cat([keep, keep.new_ones(1)]).view(1, 1, n_chunks, 1, 1)
+    carried = delta * keep
+    start = None
+    if initial_state is not None:
+        h0 = initial_state.to(delta.dtype)
+        restart = h0.index_select(0, segments.owner[1:]) * (1 - keep[0, 0, :-1])[:, None]  # [n - 1, H, K, V]
+        restart = torch.cat([restart, restart.new_zeros(1, *restart.shape[1:])]).movedim(0, 1)[None]
+        carried = carried + restart
+        start = h0.index_select(0, segments.owner[:1])[0:1]  # [1, H, K, V]
+    starts, _ = Carry.apply(carried.contiguous(), decay * keep, start)
+    last = segments.last
+    decay_last = decay.expand(1, -1, n_chunks, -1, -1).index_select(2, last)
+    ends = torch.addcmul(delta.index_select(2, last), starts.index_select(2, last), decay_last)  # [1, H, N, K, V]
+    ends = ends[0].movedim(1, 0)  # [N_seq, H, K, V]
+    empty_state = ends.new_zeros(()) if initial_state is None else initial_state.to(ends.dtype)
+    return starts, torch.where(segments.empty[:, None, None, None], empty_state, ends)
 
 
 def _fma_into(out, a, b, c):
@@ -232,7 +273,7 @@ def _causal(C: int, device):
     return torch.ones(C, C, dtype=torch.bool, device=device).tril()  # [C, C], i >= j
 
 
-def _scalar_gated(q, k, v, g, scale: float, initial_state):
+def _scalar_gated(q, k, v, g, scale: float, initial_state, segments=None):
 
     T = q.shape[1]
     C = SCALAR_GATE_CHUNK
@@ -251,7 +292,14 @@ def _scalar_gated(q, k, v, g, scale: float, initial_state):
         eq = (to_i + math.log(scale)).exp()[..., None]  # decay from the chunk start to step i
         ek = after_j.exp()[..., None]  # decay from step j to the chunk end
         decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
-    o, state = ScalarChunk.apply(q, k, v, D, eq, ek, decay, initial_state, scale)
+    if segments is None:
+        o, state = ScalarChunk.apply(q, k, v, D, eq, ek, decay, initial_state, scale)
+    else:  # the same products through autograd, around the carry that restarts at each sequence
+        A = (q @ k.transpose(-1, -2)) * D
+        qi = q * scale if eq is None else q * eq
+        kj = k if ek is None else k * ek
+        starts, state = _carry(kj.transpose(-1, -2) @ v, decay, initial_state, segments)
+        o = A @ v + qi @ starts
     return _unblock(o, T), state
 
 
@@ -289,7 +337,7 @@ def _constant_decays(log_gamma, N: int, C: int, T: int):
     return between[None, :, None], to_i[None, :, None], after_j[None], total[None]
 
 
-def _vector_gated(q, k, v, g, scale: float, initial_state):
+def _vector_gated(q, k, v, g, scale: float, initial_state, segments=None):
     import torch.nn.functional as F
 
     T = q.shape[1]
@@ -325,7 +373,7 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
     k_state = (k_sub * after.exp()[..., None, :]).view(B, H, N, C, K)
     v = v.view(B, H, N, C, -1)
     delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]
-    starts, state = _carry(delta, total.exp()[..., None], initial_state)
+    starts, state = _carry(delta, total.exp()[..., None], initial_state, segments)
     o = attn @ v + q_inter @ starts
     return _unblock(o, T), state
 

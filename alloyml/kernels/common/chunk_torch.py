@@ -18,7 +18,14 @@ product of exp(g), or for a constant gate a whole number of steps times it), nev
 cumulative sums: a difference like G_i - G_i is 0 in
 value but not in autograd, where its two gradient paths cancel only to rounding, and that rounding,
 divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
-through these same safe ops.
+through these same safe ops, except for three written-out backwards that reuse what the forward built:
+the scalar-gated chunk (`ScalarChunk`: q k^T, the decayed attention, the decayed q and k and the chunk
+states are kept, and every product runs on contiguous operands), the chunk-to-chunk carry (`Carry`: one
+fused multiply-add per chunk into a buffer, either way) and the per-channel diagonal blocks
+(decayed_attention.py).
+
+Packed sequences (`cu_seqlens`) run as one stream of chunks, each sequence from a chunk boundary, the
+carry restarting at each sequence's first chunk (varlen.stream_layout); no padding to the longest.
 
 Scalar gates (and none) use one level: chunks of 32 with the full 32 x 32 decayed attention matrix (32
 rather than 64: the intra-chunk products cost T C K each, the state's T K V, so at K = V = 64 the

@@ -11,10 +11,10 @@ shapes. The ops' naive references do not come through here: they are written out
 from __future__ import annotations
 
 
-def _chunk(*args):
+def _chunk(*args, cu_seqlens=None):
     from alloyml.kernels.common.chunk_torch import chunk_gated_torch
 
-    return chunk_gated_torch(*args)
+    return chunk_gated_torch(*args, cu_seqlens)
 
 
 def _triton(*args):
@@ -34,12 +34,16 @@ GATED_BACKENDS = {"chunk": _chunk, "triton": _triton, "triton_recurrent": _trito
 
 def chunk_gated(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens, backend):
     """S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T, o_t = scale * q_t^T S_t on `backend` (a key of
-    GATED_BACKENDS), with packed sequences handled by padding (see varlen.py).
+    GATED_BACKENDS), with packed sequences run as one stream with the state reset between them on
+    "chunk", and padded to the longest on the Triton backends (see varlen.py).
     Returns (o in q's dtype, final_state float32 or None)."""
     from alloyml.kernels.common.varlen import pad_sequences, padding_index, unpad_sequences
 
     dtype = q.dtype
-    if g is not None and g.dim() == 1 and (backend != "chunk" or cu_seqlens is not None):
+    if backend == "chunk":
+        o, state = _chunk(q, k, v, g, scale, initial_state, cu_seqlens=cu_seqlens)
+        return o.to(dtype), (state if output_final_state else None)
+    if g is not None and g.dim() == 1:
         # a constant log-decay per head: the kernels and the padding of packed sequences take it per step
         g = g.expand(q.shape[0], q.shape[1], q.shape[2])
     if cu_seqlens is not None:

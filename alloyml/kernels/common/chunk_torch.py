@@ -18,7 +18,14 @@ product of exp(g), or for a constant gate a whole number of steps times it), nev
 cumulative sums: a difference like G_i - G_i is 0 in
 value but not in autograd, where its two gradient paths cancel only to rounding, and that rounding,
 divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
-through these same safe ops.
+through these same safe ops, except for three written-out backwards that reuse what the forward built:
+the scalar-gated chunk (`ScalarChunk`: q k^T, the decayed attention, the decayed q and k and the chunk
+states are kept, and every product runs on contiguous operands), the chunk-to-chunk carry (`Carry`: one
+fused multiply-add per chunk into a buffer, either way) and the per-channel diagonal blocks
+(decayed_attention.py).
+
+Packed sequences (`cu_seqlens`) run as one stream of chunks, each sequence from a chunk boundary, the
+carry restarting at each sequence's first chunk (varlen.stream_layout); no padding to the longest.
 
 Scalar gates (and none) use one level: chunks of 32 with the full 32 x 32 decayed attention matrix (32
 rather than 64: the intra-chunk products cost T C K each, the state's T K V, so at K = V = 64 the
@@ -45,12 +52,27 @@ VECTOR_GATE_CHUNK = 64
 VECTOR_GATE_SUBCHUNK = 16
 
 
-def chunk_gated_torch(q, k, v, g, scale: float, initial_state):
+def chunk_gated_torch(q, k, v, g, scale: float, initial_state, cu_seqlens=None):
     """q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] | [H] | [B, T, H, K] | None, initial_state:
-    [B, H, K, V] | None -> (o: [B, T, H, V], final_state: [B, H, K, V]), both float32 (float64 in)."""
-    if g is not None and g.dim() == 4:
-        return _vector_gated(q, k, v, g, scale, initial_state)
-    return _scalar_gated(q, k, v, g, scale, initial_state)
+    [N, H, K, V] | None -> (o: [B, T, H, V], final_state: [N, H, K, V]), both float32 (float64 in).
+
+    With `cu_seqlens` (B = 1, N packed sequences) the sequences run as one stream of chunks, each
+    starting at a chunk boundary, with the state reset between them (varlen.stream_layout); no padding
+    to the longest sequence."""
+    vector = g is not None and g.dim() == 4
+    run = _vector_gated if vector else _scalar_gated
+    if cu_seqlens is None:
+        return run(q, k, v, g, scale, initial_state)
+    from alloyml.kernels.common.varlen import from_stream, stream_layout, to_stream
+
+    T = q.shape[1]
+    layout = stream_layout(cu_seqlens, T, VECTOR_GATE_CHUNK if vector else SCALAR_GATE_CHUNK)
+    if g is not None and g.dim() == 1:  # a constant decay per head: per step, so the gaps do not decay
+        g = g.expand(1, T, g.shape[0])
+    q, k, v = (to_stream(x, layout) for x in (q, k, v))
+    g = None if g is None else to_stream(g, layout)
+    o, state = run(q, k, v, g, scale, initial_state, segments=layout)
+    return from_stream(o, layout), state
 
 
 def _blocks(x, sizes: tuple[int, ...], compute):
@@ -91,20 +113,166 @@ class ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
-def _carry(delta, decay, initial_state):
+def _carry(delta, decay, initial_state, segments=None):
     """The state entering each chunk: S_{n+1} = decay_n * S_n + delta_n, from S_0 = initial_state.
 
     delta: [B, H, N, K, V]; decay: [B | 1, H, N, K | 1, 1] (1: the same for the whole batch) or None.
-    Returns (starts [B, H, N, K, V], S_N)."""
+    Returns (starts [B, H, N, K, V], S_N).
 
-    B, H, N, K, V = delta.shape
-    state = delta.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(delta.dtype)
-    starts = []
-    decays = [None] * N if decay is None else decay.unbind(2)  # unbind: one backward for all n
-    for delta_n, decay_n in zip(delta.unbind(2), decays, strict=True):
-        starts.append(state)
-        state = (state if decay_n is None else state * decay_n) + delta_n
-    return torch.stack(starts, dim=2), state
+    With `segments` (a varlen.StreamLayout; B = 1) the chunks hold several sequences: at a sequence's
+    first chunk the state restarts from that sequence's initial state (initial_state [N_seq, H, K, V] or
+    zeros), and the final states [N_seq, H, K, V] are those after each sequence's last chunk."""
+    if decay is None:
+        decay = delta.new_ones(1, 1, delta.shape[2], 1, 1)
+    if segments is None:
+        return Carry.apply(delta.contiguous(), decay, initial_state)
+    # S_(n+1) = keep_(n+1) (decay_n S_n + delta_n) + restart_(n+1), with keep 0 and restart the next
+    # sequence's initial state where chunk n + 1 starts one: the plain carry of (keep delta + restart,
+    # keep decay).
+    n_chunks = delta.shape[2]
+    keep = (~segments.first[1:]).to(delta.dtype)
+    keep = torch.cat([keep, keep.new_ones(1)]).view(1, 1, n_chunks, 1, 1)
+    carried = delta * keep
+    start = None
+    if initial_state is not None:
+        h0 = initial_state.to(delta.dtype)
+        restart = h0.index_select(0, segments.owner[1:]) * (1 - keep[0, 0, :-1])[:, None]  # [n - 1, H, K, V]
+        restart = torch.cat([restart, restart.new_zeros(1, *restart.shape[1:])]).movedim(0, 1)[None]
+        carried = carried + restart
+        start = h0.index_select(0, segments.owner[:1])[0:1]  # [1, H, K, V]
+    starts, _ = Carry.apply(carried.contiguous(), decay * keep, start)
+    last = segments.last
+    decay_last = decay.expand(1, -1, n_chunks, -1, -1).index_select(2, last)
+    ends = torch.addcmul(delta.index_select(2, last), starts.index_select(2, last), decay_last)  # [1, H, N, K, V]
+    ends = ends[0].movedim(1, 0)  # [N_seq, H, K, V]
+    empty_state = ends.new_zeros(()) if initial_state is None else initial_state.to(ends.dtype)
+    return starts, torch.where(segments.empty[:, None, None, None], empty_state, ends)
+
+
+def _fma_into(out, a, b, c):
+    """out[...] = a + b * c, written straight into `out` (a strided slice of a buffer) where eager;
+    torch.compile takes no strided `out=`, so there it is computed and copied in (fused by the compiler)."""
+    if torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(a, b, c))
+    else:
+        torch.addcmul(a, b, c, out=out)
+
+
+def _carry_forward(delta, decay, initial_state):
+    """The loop of `_carry`: one fused multiply-add per chunk into a preallocated buffer."""
+    N = delta.shape[2]
+    starts = torch.empty_like(delta)
+    if initial_state is None:
+        starts[:, :, 0].zero_()
+    else:
+        starts[:, :, 0].copy_(initial_state)
+    for n in range(N - 1):
+        _fma_into(starts[:, :, n + 1], delta[:, :, n], starts[:, :, n], decay[:, :, n])
+    return starts, torch.addcmul(delta[:, :, N - 1], starts[:, :, N - 1], decay[:, :, N - 1])
+
+
+def _carry_backward(d_starts, d_final, starts, decay, need_decay: bool, need_initial: bool):
+    """The carry's backward: (d_delta, d_decay or None, d_initial_state or None). d_delta_n, the gradient
+    of S_(n+1), runs backwards: d S_n = d starts_n + decay_n d S_(n+1)."""
+    N = starts.shape[2]
+    d_delta = torch.empty_like(starts)
+    if d_final is None:
+        d_delta[:, :, N - 1].zero_()
+    else:
+        d_delta[:, :, N - 1].copy_(d_final)
+    if d_starts is None:
+        d_starts = torch.zeros_like(starts)
+    for n in range(N - 1, 0, -1):
+        _fma_into(d_delta[:, :, n - 1], d_starts[:, :, n], d_delta[:, :, n], decay[:, :, n])
+    d_initial = torch.addcmul(d_starts[:, :, 0], d_delta[:, :, 0], decay[:, :, 0]) if need_initial else None
+    d_decay = (d_delta * starts).sum_to_size(decay.shape) if need_decay else None
+    return d_delta, d_decay, d_initial
+
+
+class Carry(torch.autograd.Function):
+    """`_carry` written out, forward and backward: through autograd each of the N steps cost a multiply,
+    an add, their backward nodes and a stack of the states."""
+
+    # module level, so torch.compile traces it without a graph break
+    @staticmethod
+    def forward(ctx, delta, decay, initial_state):
+        starts, final = _carry_forward(delta, decay, initial_state)
+        ctx.save_for_backward(starts, decay)
+        ctx.has_initial = initial_state is not None
+        return starts, final
+
+    @staticmethod
+    def backward(ctx, d_starts, d_final):
+        starts, decay = ctx.saved_tensors
+        return _carry_backward(d_starts, d_final, starts, decay, ctx.needs_input_grad[1],
+                               ctx.has_initial and ctx.needs_input_grad[2])
+
+
+def _mm(a, b):
+    """Batched matrix product over all leading dims of [.., M, K] @ [.., K, N] (same leading shape)."""
+    return torch.bmm(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])).view(*a.shape[:-1], b.shape[-1])
+
+
+class ScalarChunk(torch.autograd.Function):
+    """The scalar-gated chunked form, forward and backward written out:
+
+        A = (q k^T) * D,   delta = (k * ek)^T v,   starts = carry(delta, decay, S_0),
+        o = A v + (q * eq) starts
+
+    q, k: [B, H, N, C, K], v: [B, H, N, C, V] (contiguous blocks); D: the decays of the causal pairs
+    times the scale, broadcasting to [B, H, N, C, C] (0 above the diagonal); eq, ek: [.., C, 1] the
+    decays from the chunk start to i (times the scale) and from j to the chunk end, or None (ek: no
+    decay; eq: the scale alone, `scale`); decay: [.., N, 1, 1] or None. The backward reuses the forward's
+    products (q k^T, A, q * eq, k * ek, the states) instead of recomputing them, and every product
+    runs on contiguous operands (autograd's left some transposed gradients to a slow path)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, D, eq, ek, decay, initial_state, scale):
+        qk = _mm(q, k.transpose(-1, -2))  # [B, H, N, C, C]
+        A = qk * D
+        qi = q * scale if eq is None else q * eq
+        kj = k if ek is None else k * ek
+        delta = _mm(kj.transpose(-1, -2), v)  # [B, H, N, K, V]
+        if decay is None:
+            decay = delta.new_ones(1, 1, delta.shape[2], 1, 1)
+        starts, final = _carry_forward(delta, decay, initial_state)
+        o = torch.baddbmm(_mm(A, v).view(-1, *v.shape[-2:]), qi.view(-1, *q.shape[-2:]),
+                          starts.view(-1, *starts.shape[-2:])).view(v.shape)
+        ctx.save_for_backward(q, k, v, D, eq, ek, decay, qk, A, qi, kj, starts)
+        ctx.has_initial = initial_state is not None
+        ctx.scale = scale
+        return o, final
+
+    @staticmethod
+    def backward(ctx, d_o, d_final):
+        q, k, v, D, eq, ek, decay, qk, A, qi, kj, starts = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        d_o = d_o.contiguous()
+        d_ov = _mm(d_o, v.transpose(-1, -2))  # [B, H, N, C, C]
+        P = d_ov * D  # the gradient of q k^T
+        dq = _mm(P, k)
+        dk = _mm(P.transpose(-1, -2), q)
+        dv = _mm(A.transpose(-1, -2), d_o)
+        d_qi = _mm(d_o, starts.transpose(-1, -2))  # [B, H, N, C, K]
+        d_starts = _mm(qi.transpose(-1, -2), d_o)  # [B, H, N, K, V]
+        d_delta, d_decay, d_initial = _carry_backward(d_starts, d_final, starts, decay, need[6],
+                                                      ctx.has_initial and need[7])
+        dv.view(-1, *dv.shape[-2:]).baddbmm_(kj.view(-1, *kj.shape[-2:]), d_delta.view(-1, *d_delta.shape[-2:]))
+        d_kj = _mm(v, d_delta.transpose(-1, -2))  # [B, H, N, C, K]
+        if eq is None:
+            dq.add_(d_qi, alpha=ctx.scale)
+            d_eq = None
+        else:
+            dq.addcmul_(d_qi, eq)
+            d_eq = (d_qi * q).sum(-1, keepdim=True).sum_to_size(eq.shape) if need[4] else None
+        if ek is None:
+            dk.add_(d_kj)
+            d_ek = None
+        else:
+            dk.addcmul_(d_kj, ek)
+            d_ek = (d_kj * k).sum(-1, keepdim=True).sum_to_size(ek.shape) if need[5] else None
+        d_D = (d_ov * qk).sum_to_size(D.shape) if need[3] else None
+        return dq, dk, dv, d_D, d_eq, d_ek, d_decay, d_initial, None
 
 
 def _causal(C: int, device):
@@ -112,28 +280,33 @@ def _causal(C: int, device):
     return torch.ones(C, C, dtype=torch.bool, device=device).tril()  # [C, C], i >= j
 
 
-def _scalar_gated(q, k, v, g, scale: float, initial_state):
+def _scalar_gated(q, k, v, g, scale: float, initial_state, segments=None):
 
     T = q.shape[1]
     C = SCALAR_GATE_CHUNK
     N = math.ceil(T / C)
     compute = torch.promote_types(q.dtype, torch.float32)
-    q, k, v = _blocks(q, (N, C), compute) * scale, _blocks(k, (N, C), compute), _blocks(v, (N, C), compute)
-    causal = _causal(C, q.device)
-    attn = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, N, C, C]
-    q_inter, k_state, chunk_decay = q, k, None
-    if g is not None:
+    q, k, v = _blocks(q, (N, C), compute), _blocks(k, (N, C), compute), _blocks(v, (N, C), compute)
+    eq = ek = decay = None
+    if g is None:
+        D = _causal(C, q.device).to(compute) * scale
+    else:
         if g.dim() == 1:
             pair, to_i, after_j, total = _constant_decays(g.to(compute), N, C, T)
         else:
             pair, to_i, after_j, total = _step_decays(_blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1))
-        attn = attn * pair.exp()
-        q_inter = q * to_i.exp()[..., None]  # decay from the chunk start to step i
-        k_state = k * after_j.exp()[..., None]  # decay from step j to the chunk end
-        chunk_decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
-    delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]: each chunk's addition to the state
-    starts, state = _carry(delta, chunk_decay, initial_state)
-    o = attn @ v + q_inter @ starts  # [B, H, N, C, V]
+        D = (pair + math.log(scale)).exp()  # the scale folded into the decays (-inf above the diagonal: 0)
+        eq = (to_i + math.log(scale)).exp()[..., None]  # decay from the chunk start to step i
+        ek = after_j.exp()[..., None]  # decay from step j to the chunk end
+        decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
+    if segments is None:
+        o, state = ScalarChunk.apply(q, k, v, D, eq, ek, decay, initial_state, scale)
+    else:  # the same products through autograd, around the carry that restarts at each sequence
+        A = (q @ k.transpose(-1, -2)) * D
+        qi = q * scale if eq is None else q * eq
+        kj = k if ek is None else k * ek
+        starts, state = _carry(kj.transpose(-1, -2) @ v, decay, initial_state, segments)
+        o = A @ v + qi @ starts
     return _unblock(o, T), state
 
 
@@ -171,7 +344,7 @@ def _constant_decays(log_gamma, N: int, C: int, T: int):
     return between[None, :, None], to_i[None, :, None], after_j[None], total[None]
 
 
-def _vector_gated(q, k, v, g, scale: float, initial_state):
+def _vector_gated(q, k, v, g, scale: float, initial_state, segments=None):
     import torch.nn.functional as F
 
     T = q.shape[1]
@@ -207,7 +380,7 @@ def _vector_gated(q, k, v, g, scale: float, initial_state):
     k_state = (k_sub * after.exp()[..., None, :]).view(B, H, N, C, K)
     v = v.view(B, H, N, C, -1)
     delta = k_state.transpose(-1, -2) @ v  # [B, H, N, K, V]
-    starts, state = _carry(delta, total.exp()[..., None], initial_state)
+    starts, state = _carry(delta, total.exp()[..., None], initial_state, segments)
     o = attn @ v + q_inter @ starts
     return _unblock(o, T), state
 

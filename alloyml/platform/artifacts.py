@@ -186,6 +186,11 @@ class ArtifactStore:
         return out
 
 
+def is_key(text) -> bool:
+    """Whether `text` is an artifact key (rather than, say, a path)."""
+    return isinstance(text, str) and bool(_KEY_PATTERN.match(text))
+
+
 def check_key(key: str) -> str:
     """`key` if it is well formed; the pattern admits one `<kind>/` folder and no dots outside the
     extension, so no key can name a place outside the root."""

@@ -81,6 +81,14 @@ def display_url(url: str) -> str:
         return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def without_password(url: str) -> str:
+    """`url` with its password removed (not masked): a URL that may travel to another node, which supplies
+    the password from its own environment."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+
+
 def db_password(url: str) -> str | None:
     from sqlalchemy.engine import make_url
 

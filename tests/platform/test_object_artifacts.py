@@ -124,7 +124,8 @@ def test_reads_are_cached_locally_within_a_bound(s3_artifacts, tmp_path):
     assert isinstance(mapped, np.memmap) and float(mapped[5]) == 0.0
     for key, array in zip(keys[1:], arrays[1:], strict=True):
         np.testing.assert_array_equal(reader.get_array(key), array)
-    cached = {p.parent.name + "/" + p.name: p.stat().st_size for p in (tmp_path / "reader-cache" / "objects").glob("*/*")}
+    cached = {f"{p.parent.name}/{p.name}": p.stat().st_size
+              for p in (tmp_path / "reader-cache" / "objects").glob("*/*")}
     assert sum(cached.values()) <= 40_000 and keys[2] in cached
     assert keys[0] not in cached  # least recently used went first
     with pytest.raises(NotFoundError):

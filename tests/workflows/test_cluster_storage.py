@@ -51,13 +51,15 @@ with Platform(upgrade=True) as platform:
     for name in ("a", "b"):  # two checkpoints stored as artifact folders: no path on this disk travels
         folder = Path(tempfile.mkdtemp()) / name
         folder.mkdir()
-        save_file({"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}, str(folder / "model.safetensors"))
+        tensors = {"w": torch.randn(4, 3, generator=g), "b": torch.randn(3, generator=g)}
+        save_file(tensors, str(folder / "model.safetensors"))
         keys[name] = platform.artifacts.put_directory(folder)
     data = {k: np.asarray(v) for k, v in plan["valuation"].items()}
     inputs = {
         "valuation": {**data, "method": "tmc_shapley", "samples": plan["samples"], "seed": 0, "flipped": None},
-        "merge": {"config": {"merge_method": "linear", "models": [{"model": keys["a"], "parameters": {"weight": 0.25}},
-                                                                  {"model": keys["b"], "parameters": {"weight": 0.75}}]},
+        "merge": {"config": {"merge_method": "linear",
+                             "models": [{"model": keys["a"], "parameters": {"weight": 0.25}},
+                                        {"model": keys["b"], "parameters": {"weight": 0.75}}]},
                   "out_dir": None},
         "demo": {"config": {**DEMO_CONFIGS["quick"], "serve_port": plan["serve_port"]}},
     }
@@ -174,7 +176,8 @@ def test_workflows_survive_a_killed_driver_on_nodes_that_share_no_disk(s3_artifa
         def mid_run():  # the demo has finished a step and is running others; valuation is running
             steps = _steps(fresh_database)
             demo = steps.get(ids["demo"], {}).values()
-            return "done" in demo and "running" in demo and steps.get(ids["valuation"], {}).get("value_rows") == "running"
+            valuing = steps.get(ids["valuation"], {}).get("value_rows")
+            return "done" in demo and "running" in demo and valuing == "running"
 
         wait_until(mid_run, 240, interval=0.2)
         driver.kill()  # SIGKILL: no cleanup, the lease and the running steps are left behind

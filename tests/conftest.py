@@ -66,3 +66,44 @@ def ray_session():
 
     ensure_ray(num_cpus=2)
     yield ray
+
+
+# An S3-compatible server for the object-storage artifact store: moto in server mode on 127.0.0.1, a real
+# HTTP server spoken to by s3fs/botocore. Credentials are test values read from the environment only.
+S3_TEST_SECRET = "alloyml-test-secret-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """(endpoint URL, credentials env) of a moto S3 server bound to 127.0.0.1 for the session."""
+    import logging
+    import socket
+
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        yield endpoint, {"AWS_ACCESS_KEY_ID": "alloyml-test-key", "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET,
+                         "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_artifacts(s3_server, monkeypatch):
+    """A fresh bucket on the session's S3 server; the credentials are set in this process's environment.
+    Returns the `s3://bucket/prefix` URL for ALLOYML_ARTIFACTS."""
+    import s3fs
+
+    _, env = s3_server
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bucket = "alloyml-" + uuid.uuid4().hex[:12]
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+    return f"s3://{bucket}/artifacts"

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                      help="an input: a JSON value (bare text such as a name is a string), or @path to a "
                           ".npy file (repeat per input)")
     run.add_argument("--detach", action="store_true", help="drive it in a detached process and return")
+    run.add_argument("--resources", action="append", default=[], metavar="STEP=JSON",
+                     help='custom Ray resources for one step, e.g. value_rows=\'{"node_a": 1}\' (repeat per step)')
     run.set_defaults(func=_run)
 
 
@@ -110,6 +112,8 @@ def _run(args) -> int:
     from alloyml.workflows.recording import store_location
 
     workflow = get_builtin(args.name).build()
+    for name, resources in (_parse_input(item) for item in args.resources):
+        workflow.place(name, resources=resources)
     inputs = dict(_parse_input(item) for item in args.input)
     with Platform() as platform:
         if "store" in workflow.inputs and "store" not in inputs:

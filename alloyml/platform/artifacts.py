@@ -10,6 +10,10 @@ Reads are checked: every read compares the file's size with the size its own hea
 `.safetensors`) or parses it whole (`.json`), so a truncated file raises `CorruptArtifactError` rather
 than a numpy or JSON error; `verify(key)` (and `alloyml db check`) also recomputes the hash the key
 names. Writing the same content again repairs a damaged file instead of keeping it.
+
+`ALLOYML_ARTIFACTS` moves the store onto object storage (`s3://bucket/prefix`, `gs://...`, any fsspec URL):
+see `alloyml.platform.object_artifacts`, which keeps every rule above. `open_artifact_store` picks the
+backend from the URL; a plain path or `file://` URL is this local store.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib import format as npy_format
 
-from alloyml.atomic import write_atomic
+from alloyml.atomic import atomic_directory, write_atomic
 from alloyml.errors import InvalidInputError, NotFoundError, StoreError
 
 _KEY_PATTERN = re.compile(r"^[a-z0-9_\-]+/[0-9a-f]{64}\.(npy|json|safetensors|bin)$")
@@ -39,16 +43,14 @@ class CorruptArtifactError(StoreError):
 class ArtifactStore:
     """Reads and writes artifacts below `root`; every public method takes or returns a key."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None):
         self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root.parent / "cache"
 
     # -- paths -------------------------------------------------------------------------------------------
     def path_of(self, key: str) -> Path:
         """The file behind `key`; refuses keys that are malformed or would escape the root."""
-        if not isinstance(key, str) or not _KEY_PATTERN.match(key):
-            raise InvalidInputError(
-                f"artifact key {key!r} is malformed; expected '<kind>/<64 hex digits>.<npy|json|safetensors|bin>'"
-            )
+        check_key(key)
         root = self.root.resolve()
         path = (root / key).resolve()
         if root not in path.parents:
@@ -58,12 +60,13 @@ class ArtifactStore:
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
     # -- bytes -------------------------------------------------------------------------------------------
     def put_bytes(self, data: bytes, *, kind: str, ext: str) -> str:
-        if not re.fullmatch(r"[a-z0-9_\-]+", kind):
-            raise InvalidInputError(f"artifact kind {kind!r} must be lower-case letters, digits, '-' or '_'")
-        digest = hashlib.sha256(data).hexdigest()
-        key = f"{kind}/{digest}.{ext}"
+        key = content_key(data, kind=kind, ext=ext)
+        digest = _digest_of(key)
         path = self.path_of(key)
         if path.is_file() and path.stat().st_size == len(data) and _file_sha256(path) == digest:
             return key  # already stored intact; a damaged copy is rewritten below
@@ -76,14 +79,14 @@ class ArtifactStore:
         path = self.path_of(key)
         if not path.is_file():
             raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
-        data = path.read_bytes()
-        expected = _expected_size(key, data)
-        if expected is not None and expected != len(data):
-            raise CorruptArtifactError(f"artifact {key!r} is {len(data)} bytes but its header says {expected} "
-                                       "(truncated or overwritten); store the same content again to repair it")
-        if verify and hashlib.sha256(data).hexdigest() != _digest_of(key):
-            raise CorruptArtifactError(f"artifact {key!r} does not match its hash; store the content again")
-        return data
+        return check_bytes(key, path.read_bytes(), verify=verify)
+
+    def local_file(self, key: str) -> Path:
+        """A file on this machine holding the artifact (for memory-mapping); here, the artifact itself."""
+        path = self.path_of(key)
+        if not path.is_file():
+            raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
+        return path
 
     def verify(self, key: str) -> None:
         """Raise NotFoundError or CorruptArtifactError unless the file is whole and matches its hash."""
@@ -113,9 +116,7 @@ class ArtifactStore:
         try:
             if not mmap:
                 return np.load(io.BytesIO(self.get_bytes(key)), allow_pickle=False)
-            path = self.path_of(key)
-            if not path.is_file():
-                raise NotFoundError(f"artifact {key!r} does not exist under {self.root}")
+            path = self.local_file(key)
             with path.open("rb") as handle:  # the header alone says how long the file must be
                 expected = _expected_size(key, handle.read(_HASH_CHUNK))
             if expected is not None and expected != path.stat().st_size:
@@ -153,6 +154,92 @@ class ArtifactStore:
         from safetensors.torch import load
 
         return load(self.get_bytes(key))
+
+    # -- folders (a saved model) ------------------------------------------------------------------------------
+    def put_directory(self, directory: str | Path, kind: str = "model") -> str:
+        """Every file below `directory` as an artifact, plus a JSON manifest {relative name: key}; returns the
+        manifest's key. How a folder (a saved model) travels between nodes that share no disk."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise InvalidInputError(f"{directory} is not a folder to store")
+        files = {}
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            name = _checked_member(path.relative_to(directory).as_posix())
+            ext = path.suffix.lstrip(".") if path.suffix in (".npy", ".json", ".safetensors") else "bin"
+            files[name] = self.put_bytes(path.read_bytes(), kind=kind, ext=ext)
+        return self.put_json({"directory": files}, kind=kind)
+
+    def get_directory(self, key: str) -> Path:
+        """A folder on this machine with the files of manifest `key`, written once (whole or not at all) under
+        the cache and reused: the key names the content, so a folder made earlier is still right."""
+        manifest = self.get_json(key)
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("directory"), dict)):
+            raise InvalidInputError(f"artifact {key!r} is not a folder manifest (made by put_directory)")
+        out = self.cache_dir / "dirs" / _digest_of(key)
+        if out.is_dir():
+            return out
+        with atomic_directory(out, overwrite=True) as staging:
+            for name, member in manifest["directory"].items():
+                target = staging / _checked_member(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.get_bytes(member))
+        return out
+
+
+def is_key(text) -> bool:
+    """Whether `text` is an artifact key (rather than, say, a path)."""
+    return isinstance(text, str) and bool(_KEY_PATTERN.match(text))
+
+
+def check_key(key: str) -> str:
+    """`key` if it is well formed; the pattern admits one `<kind>/` folder and no dots outside the
+    extension, so no key can name a place outside the root."""
+    if not isinstance(key, str) or not _KEY_PATTERN.match(key):
+        raise InvalidInputError(
+            f"artifact key {key!r} is malformed; expected '<kind>/<64 hex digits>.<npy|json|safetensors|bin>'"
+        )
+    return key
+
+
+def _checked_member(name: str) -> str:
+    """A folder member's relative name: plain parts only, so a manifest cannot write outside its folder."""
+    parts = name.split("/")
+    if not name or any(not re.fullmatch(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*", p) or p in (".", "..") for p in parts):
+        raise InvalidInputError(f"folder member {name!r} is not a plain relative file name")
+    return name
+
+
+def content_key(data: bytes, *, kind: str, ext: str) -> str:
+    """The key that names `data`: `<kind>/<sha256>.<ext>`."""
+    if not isinstance(kind, str) or not re.fullmatch(r"[a-z0-9_\-]+", kind):
+        raise InvalidInputError(f"artifact kind {kind!r} must be lower-case letters, digits, '-' or '_'")
+    return check_key(f"{kind}/{hashlib.sha256(data).hexdigest()}.{ext}")
+
+
+def check_bytes(key: str, data: bytes, *, verify: bool) -> bytes:
+    """`data` if its size matches what its own header promises (and, with `verify`, its hash the key)."""
+    expected = _expected_size(key, data)
+    if expected is not None and expected != len(data):
+        raise CorruptArtifactError(f"artifact {key!r} is {len(data)} bytes but its header says {expected} "
+                                   "(truncated or overwritten); store the same content again to repair it")
+    if verify and hashlib.sha256(data).hexdigest() != _digest_of(key):
+        raise CorruptArtifactError(f"artifact {key!r} does not match its hash; store the content again")
+    return data
+
+
+def open_artifact_store(location: str | Path, cache_dir: str | Path | None = None) -> ArtifactStore:
+    """The artifact store at `location`: a folder (or `file://` URL) is the local store, any other fsspec URL
+    (`s3://bucket/prefix`, `gs://...`) the object store, reading through a local cache in `cache_dir`."""
+    text = str(location)
+    if text.startswith("file://"):
+        return ArtifactStore(text.removeprefix("file://"))
+    if "://" not in text:
+        return ArtifactStore(text)
+    from alloyml.platform.object_artifacts import ObjectArtifactStore
+
+    if cache_dir is None:
+        raise InvalidInputError(f"artifact store {text!r} needs a local cache folder (cache_dir)")
+    return ObjectArtifactStore(text, cache_dir)
 
 
 def _digest_of(key: str) -> str:

@@ -24,7 +24,7 @@ def check_store(settings: Settings, *, full_hash: bool = False) -> list[CheckRes
     write_engine, read_engine = schema.make_engines(settings.db_url)
     try:
         return [_integrity(read_engine), _foreign_keys(read_engine), _revision(read_engine),
-                _artifacts(ArtifactStore(settings.artifact_root), full_hash)]
+                _artifacts(settings.open_artifacts(), full_hash)]
     finally:
         write_engine.dispose()
         read_engine.dispose()

@@ -19,7 +19,6 @@ import numpy as np
 from alloyml.errors import InvalidInputError, NotFoundError
 from alloyml.platform import entities as e
 from alloyml.platform import schema
-from alloyml.platform.artifacts import ArtifactStore
 from alloyml.platform.settings import Settings
 
 
@@ -55,16 +54,17 @@ class RunHandle:
 class Platform:
     """Client over the metadata store and the artifact store."""
 
-    def __init__(self, db_url: str | None = None, home: str | Path | None = None, *, upgrade: bool = False):
+    def __init__(self, db_url: str | None = None, home: str | Path | None = None, *, upgrade: bool = False,
+                 artifacts: str | None = None):
         from alloyml.platform.sql_store import SqlStore
 
-        self.settings = Settings.from_env(home=home, db_url=db_url)
+        self.settings = Settings.from_env(home=home, db_url=db_url, artifacts=artifacts)
         self.settings.home.mkdir(parents=True, exist_ok=True)
         fresh_embedded = self.settings.is_embedded_sqlite and not (self.settings.home / "alloyml.db").exists()
         if upgrade or fresh_embedded:
             upgrade_database(self.settings.db_url, self.settings.home)
         self.store = SqlStore(self.settings.db_url)
-        self.artifacts = ArtifactStore(self.settings.artifact_root)
+        self.artifacts = self.settings.open_artifacts()
 
     def close(self) -> None:
         self.store.close()

@@ -83,6 +83,20 @@ class Workflow:
         self.nodes[name] = StepNode(name, step, dict(args))
         return StepRef(name)
 
+    def place(self, name: str, **options) -> None:
+        """Override step `name`'s `StepOptions` in this workflow only (say `resources={"gpu_node": 1}` to pin
+        it to the nodes that offer that custom Ray resource); stored in the spec, so `resume` keeps it."""
+        if name not in self.nodes:
+            raise InvalidInputError(f"workflow {self.name!r} has no step named {name!r}; steps: {sorted(self.nodes)}")
+        from pydantic import ValidationError
+
+        node = self.nodes[name]
+        try:
+            placed = type(node.step.options).model_validate({**node.step.options.model_dump(), **options})
+        except ValidationError as err:
+            raise InvalidInputError(f"workflow {self.name!r}: bad options for step {name!r}: {err}") from None
+        self.nodes[name] = StepNode(name, Step(node.step.fn, placed), node.args)
+
     @property
     def output_step(self) -> str:
         if not self.nodes:

@@ -1,12 +1,20 @@
 """Recording library results in the store: the workflow layer's side of the dependency rule.
 
-Steps run in Ray workers, so they receive the store's location (`store_location(platform)`, passed as a
-workflow input) and open their own client with `open_platform`. The input is stored as a reference, not
-as the URL (which may hold a password): the driver resolves it from its own settings.
+Steps run in Ray workers, possibly on other machines, so they receive the store's location
+(`store_location(platform)`, passed as a workflow input) and open their own client with `open_platform`.
+The input is stored as a reference, not as the URL: the driver resolves it from its own settings to the
+database URL *without its password*, the artifact location (a folder or an object-store URL, which never
+holds credentials) and the driver's home. On the node that runs the step, its own environment completes
+it: the password comes from the node's ALLOYML_DB_URL when that names the same database (or from
+PGPASSWORD / ~/.pgpass, as libpq reads them), object-store credentials from the node's environment (AWS_*,
+~/.aws), and the node's ALLOYML_HOME (its read cache) from the node. So a credential never travels in a
+step's arguments, and nodes need not share a disk once ALLOYML_ARTIFACTS is on object storage. Folders
+(saved models) travel as artifact manifests (`ArtifactStore.put_directory` / `model_folder`), never as paths.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +24,47 @@ from alloyml.workflows.codec import StoreLocation
 
 
 def store_location(platform) -> StoreLocation:
-    return StoreLocation(db_url=platform.settings.db_url, home=str(platform.settings.home))
+    from alloyml.platform.settings import without_password
+
+    settings = platform.settings
+    return StoreLocation(db_url=without_password(settings.db_url), home=str(settings.home),
+                         artifacts=settings.artifact_location)
+
+
+def node_settings(location: dict):
+    """The `Settings` a step uses on the node it runs on: `location` completed from the node's environment."""
+    from alloyml.platform.settings import Settings, without_password
+
+    db_url = location["db_url"]
+    own = os.environ.get("ALLOYML_DB_URL")
+    if own and without_password(own) == without_password(db_url):
+        db_url = own  # the same database; the node's own URL carries its credentials
+    return Settings.from_env(home=os.environ.get("ALLOYML_HOME") or location["home"], db_url=db_url,
+                             artifacts=location.get("artifacts"))
 
 
 def open_platform(location: dict):
     from alloyml.platform.client import Platform
 
-    return Platform(db_url=location["db_url"], home=location["home"])
+    settings = node_settings(location)
+    return Platform(db_url=settings.db_url, home=settings.home, artifacts=settings.artifacts)
+
+
+def model_folder(location: dict, key: str) -> Path:
+    """A folder on this node holding the saved model whose manifest is `key` (see `save_model_artifact`)."""
+    return node_settings(location).open_artifacts().get_directory(key)
+
+
+def save_model_artifact(platform, model, metadata: dict | None = None) -> str:
+    """Save an alloyml model (`alloyml.models.saving.save_model`) into the artifact store; returns the key of
+    its folder manifest, which any node turns back into a folder with `model_folder`."""
+    import tempfile
+
+    from alloyml.models.saving import save_model
+
+    with tempfile.TemporaryDirectory(prefix="alloyml-model-") as scratch:
+        directory = save_model(model, Path(scratch) / "model", metadata=metadata)
+        return platform.artifacts.put_directory(directory, kind="model")
 
 
 def record_valuation(platform, result, *, dataset_id: int | None = None, name: str | None = None,
@@ -39,14 +81,15 @@ def record_valuation(platform, result, *, dataset_id: int | None = None, name: s
 
 
 def register_model_dir(platform, name: str, directory: str | Path, *, metrics: dict | None = None,
-                       parents: Sequence[tuple] = ()) -> int:
+                       parents: Sequence[tuple] = (), artifact: str | None = None) -> int:
     """Register an alloyml model saved by `alloyml.models.saving.save_model` (architecture and parameter
-    count from its config.json); `parents` are (model_id, role[, weight]) lineage edges."""
+    count from its config.json); `parents` are (model_id, role[, weight]) lineage edges. The model's artifact
+    is `artifact` (a folder manifest key) when given, else the folder's path."""
     import json
 
     info = json.loads((Path(directory) / "config.json").read_text())
     model = platform.register_model(name, f"{info['architecture']}:{info['mixer']}/{info['ffn']}",
-                                    artifact=str(directory), n_params=int(info["num_params"]),
+                                    artifact=artifact or str(directory), n_params=int(info["num_params"]),
                                     metrics=metrics, parents=parents)
     return model.id
 
@@ -100,11 +143,10 @@ class StoreRequestLog:
 
     def __call__(self, records: list[dict]) -> None:
         from alloyml.platform import entities as e
-        from alloyml.platform.client import Platform
         from alloyml.platform.orm import utcnow
 
-        if self._platform is None:
-            self._platform = Platform(self.db_url, self.home)
+        if self._platform is None:  # completed from the replica node's environment, like a step's store
+            self._platform = open_platform({"db_url": self.db_url, "home": self.home})
         now = utcnow()
         self._platform.store.log_cascade_requests(self.cascade_id, [
             e.CascadeRequest(r["stage_reached"], r["cost"], r["latency_ms"], r["scores"], r["frontier_point"], now,

@@ -5,17 +5,17 @@ deployment whose requests are logged to the store."""
 from __future__ import annotations
 
 from alloyml.workflows.builtin.demo_models import DEMO_TASKS, MAX_ANSWER, PromptTask
-from alloyml.workflows.recording import StoreRequestLog, open_platform, save_cascade_plan, trial_recorder
+from alloyml.workflows.recording import StoreRequestLog, model_folder, open_platform, save_cascade_plan, trial_recorder
 from alloyml.workflows.steps import step
 
 CASCADE_NAME = "demo-cascade"
 STAGES = ("small", "merged", "large")
 
 
-def _load(infos: dict) -> dict:
+def _load(store: dict, infos: dict) -> dict:
     from alloyml.models.saving import load_model
 
-    return {name: load_model(info["dir"]) for name, info in infos.items()}
+    return {name: load_model(model_folder(store, info["model"])) for name, info in infos.items()}
 
 
 def _price(model):
@@ -41,7 +41,7 @@ def build_cascade(store: dict, small: dict, merged: dict, large: dict, config: d
     from alloyml.lm import RecurrentLM
     from alloyml.routing import load_responses
 
-    models = _load({"small": small, "merged": merged, "large": large})
+    models = _load(store, {"small": small, "merged": merged, "large": large})
     queries = _queries(config["cascade_queries"], seed=20_000)
     rows = []
     for name in STAGES:
@@ -92,7 +92,7 @@ def tune_merged(store: dict, merged: dict, config: dict) -> dict:
     from alloyml.automl.prompting import Example
     from alloyml.lm import RecurrentLM
 
-    [model] = _load({"merged": merged}).values()
+    [model] = _load(store, {"merged": merged}).values()
     examples = [Example(q, a) for q, a in _queries(config["tune_examples"], seed=30_000)]
     space = InferenceSpace(n=[1, 3], temperature=[0.0, 0.7], max_tokens=[4, MAX_ANSWER], stop=[["\n"]],
                            templates=["{input}"])
@@ -114,7 +114,7 @@ def serve_cascade(store: dict, cascade: dict, small: dict, merged: dict, large: 
     from alloyml.routing.plan import CascadePlan
     from alloyml.routing.serve import CascadeService
 
-    models = _load({"small": small, "merged": merged, "large": large})
+    models = _load(store, {"small": small, "merged": merged, "large": large})
     stages = {name: Stage(name, LMAnswerer(RecurrentLM(model), max_tokens=MAX_ANSWER, stop=["\n"]),
                           _price(model)) for name, model in models.items()}
     log = StoreRequestLog(cascade["cascade_id"], store["db_url"], store["home"])

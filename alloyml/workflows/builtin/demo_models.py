@@ -4,11 +4,10 @@ specialists fine-tuned from it, their merge, and a larger model — every one re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from alloyml.workflows.recording import open_platform, register_model_dir
+from alloyml.workflows.recording import model_folder, open_platform, register_model_dir, save_model_artifact
 from alloyml.workflows.steps import step
 
 IGNORE_INDEX = -100
@@ -82,45 +81,41 @@ def _train(model, tasks, steps: int, lr: float, seed: int, checkpoint_dir=None):
     return [h.loss for h in trainer.history_]
 
 
-def _model_dir(store: dict, name: str) -> Path:
-    return Path(store["home"]) / "models" / name
-
-
 @step(num_cpus=1)
 def train_lm(store: dict, config: dict, size: str) -> dict:
     """Train a GLA language model of `size` ("small" or "large") on both tasks; register it."""
     from alloyml.models.config import ModelConfig
     from alloyml.models.model import LinearLM
-    from alloyml.models.saving import save_model
 
     shape = config["lm_sizes"][size]
     torch.manual_seed(config["seed"])
     model = LinearLM(ModelConfig(vocab_size=256, mixer="gla", ffn="mlp", ffn_mult=2, **shape["config"]))
     losses = _train(model, DEMO_TASKS, shape["steps"], 3e-3, config["seed"])
-    directory = save_model(model, _model_dir(store, f"demo-{size}"), metadata={"tasks": list(DEMO_TASKS)})
     scores = _scores(model, config["eval_n"])
     with open_platform(store) as platform, platform.run("train", name=f"train {size} LM",
                                                         params={"size": size, **shape}) as run:
         run.log_metrics(loss_curve=losses[:: max(1, len(losses) // 100)], final_loss=losses[-1], **scores)
-        model_id = register_model_dir(platform, f"demo-{size}", directory, metrics=scores)
-    return {"dir": str(directory), "model_id": model_id, "scores": scores}
+        key = save_model_artifact(platform, model, metadata={"tasks": list(DEMO_TASKS)})
+        model_id = register_model_dir(platform, f"demo-{size}", platform.artifacts.get_directory(key),
+                                      metrics=scores, artifact=key)
+    return {"model": key, "model_id": model_id, "scores": scores}
 
 
 @step(num_cpus=1)
 def finetune(store: dict, base: dict, task: str, config: dict) -> dict:
     """Fine-tune the small base LM on one task: a specialist."""
-    from alloyml.models.saving import load_model, save_model
+    from alloyml.models.saving import load_model
 
-    model = load_model(base["dir"]).train()
+    model = load_model(model_folder(store, base["model"])).train()
     losses = _train(model, (task,), config["finetune_steps"], 1e-3, config["seed"] + 1)
-    directory = save_model(model, _model_dir(store, f"demo-{task}-specialist"), metadata={"tasks": [task]})
     scores = _scores(model, config["eval_n"])
     with open_platform(store) as platform, platform.run("train", name=f"fine-tune on {task}",
                                                         params={"task": task, "base": base["model_id"]}) as run:
         run.log_metrics(loss_curve=losses, final_loss=losses[-1], **scores)
-        model_id = register_model_dir(platform, f"demo-{task}-specialist", directory, metrics=scores,
-                                      parents=[(base["model_id"], "fine-tune")])
-    return {"dir": str(directory), "model_id": model_id, "scores": scores}
+        key = save_model_artifact(platform, model, metadata={"tasks": [task]})
+        model_id = register_model_dir(platform, f"demo-{task}-specialist", platform.artifacts.get_directory(key),
+                                      metrics=scores, parents=[(base["model_id"], "fine-tune")], artifact=key)
+    return {"model": key, "model_id": model_id, "scores": scores}
 
 
 @step(num_cpus=1)
@@ -129,10 +124,10 @@ def merge_specialists(store: dict, base: dict, first: dict, second: dict, config
     from safetensors.torch import load_file
 
     from alloyml.merging import merge
-    from alloyml.models.saving import load_model, save_model
+    from alloyml.models.saving import load_model
     from alloyml.platform import entities as e
 
-    sources = {name: load_file(str(Path(info["dir"]) / "model.safetensors"))
+    sources = {name: load_file(str(model_folder(store, info["model"]) / "model.safetensors"))
                for name, info in (("base", base), ("first", first), ("second", second))}
     candidates = {}
     for method, parameters in config["merge_methods"].items():
@@ -144,21 +139,21 @@ def merge_specialists(store: dict, base: dict, first: dict, second: dict, config
             spec = {"merge_method": "slerp", "base_model": "first",
                     "models": [{"model": "first"}, {"model": "second"}], "parameters": {"t": 0.5}}
         result = merge(spec, sources=sources)
-        model = load_model(base["dir"])
+        model = load_model(model_folder(store, base["model"]))
         model.load_state_dict(result.state_dict)
         candidates[method] = (spec, model, _scores(model, config["eval_n"]))
     best = max(candidates, key=lambda m: sum(candidates[m][2].values()))
     spec, model, scores = candidates[best]
-    directory = save_model(model, _model_dir(store, "demo-merged"), metadata={"merge_method": best})
     all_scores = {m: s for m, (_, _, s) in candidates.items()}
     with open_platform(store) as platform, platform.run("merge", name=f"merge specialists ({best})",
                                                         params={"methods": list(candidates)}) as run:
         run.log_metrics(scores_by_method=all_scores, chosen=best)
         weight = spec["models"][0].get("parameters", {}).get("weight")
-        model_id = register_model_dir(platform, "demo-merged", directory, metrics=scores,
+        key = save_model_artifact(platform, model, metadata={"merge_method": best})
+        model_id = register_model_dir(platform, "demo-merged", platform.artifacts.get_directory(key), metrics=scores,
                                       parents=[(first["model_id"], "merge input", weight),
-                                               (second["model_id"], "merge input", weight)])
+                                               (second["model_id"], "merge input", weight)], artifact=key)
         platform.store.record_merge(best, spec, [e.MergeInput(first["model_id"], weight),
                                                  e.MergeInput(second["model_id"], weight)], model_id, run.id)
-    return {"dir": str(directory), "model_id": model_id, "scores": scores, "method": best,
+    return {"model": key, "model_id": model_id, "scores": scores, "method": best,
             "scores_by_method": all_scores}

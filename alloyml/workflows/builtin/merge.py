@@ -1,12 +1,17 @@
-"""Built-in `merge`: run a mergekit-style merge config into `out_dir` and record it — the merge entity
-(method, full config, inputs with weights), the output model, and lineage edges from every input.
+"""Built-in `merge`: run a mergekit-style merge config and record it — the merge entity (method, full
+config, inputs with weights), the output model, and lineage edges from every input.
 
-Inputs: store, config (the YAML's content as a dict), out_dir. Models named in the config are matched to
-registered models by their artifact (the checkpoint path); unregistered ones are registered first.
-Result: {"merge_id", "model_id", "output_path", "method"}.
+Inputs: store, config (the YAML's content as a dict), out_dir. A model in the config is a checkpoint path
+on the node that runs the step, or the artifact key of a stored model folder (`ArtifactStore.put_directory`),
+fetched on that node — the form that runs on any node of a cluster. With `out_dir` set the merge is
+written there (on that node); with `out_dir=None` it goes to the artifact store and `output_path` is the
+key of its folder. Models are matched to registered models by their artifact (path or key); unregistered
+ones are registered first. Result: {"merge_id", "model_id", "output_path", "method"}.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from alloyml.workflows.builtin import register_builtin
 from alloyml.workflows.graph import Input, Workflow
@@ -28,10 +33,24 @@ def merge_metrics(result) -> dict:
 
 @step(num_cpus=1)
 def merge_and_record(store: dict, config: dict, out_dir: str) -> dict:
-    from alloyml.merging import merge
-    from alloyml.platform import entities as e
+    import tempfile
+    from pathlib import Path
 
-    result = merge(config, out_dir)
+    from alloyml.merging import merge
+    from alloyml.merging.config import load_merge_config
+    from alloyml.platform import entities as e
+    from alloyml.platform.artifacts import is_key
+
+    with open_platform(store) as platform:
+        sources = {name: str(platform.artifacts.get_directory(name))
+                   for name in load_merge_config(config).referenced_models() if is_key(name)}
+        if out_dir is None:
+            with tempfile.TemporaryDirectory(prefix="alloyml-merge-") as scratch:
+                result = merge(config, Path(scratch) / "merged", sources=sources)
+                output_artifact = platform.artifacts.put_directory(result.output_path, kind="model")
+            result = dataclasses.replace(result, output_path=output_artifact)
+        else:
+            result = merge(config, out_dir, sources=sources)
     with open_platform(store) as platform, platform.run("merge", name=f"merge ({result.method})",
                                                         params={"config": result.config}) as run:
         architecture = f"merged:{result.method}"

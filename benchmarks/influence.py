@@ -1,6 +1,11 @@
 """Gradient-based data values side by side: alloyml's TracInCP vs captum's TracInCP and dattri's TracIn on
 the same MLP and the same 5 checkpoints (digits, 10% flipped training labels).
 
+Also an LDS table (linear datamodeling score, Park et al. 2023, alloyml's `linear_datamodeling_score`): for
+TracIn, influence functions with CG and EK-FAC from alloyml and dattri on one small MLP, how well each
+method's train×test scores rank `LDS_SUBSETS` random half-subsets by the test log-likelihood of models
+retrained on them (same subsets and retrained models for every method).
+
 Reports throughput in train×test influence pairs per second and self-influence time (best of 3 calls for
 every library), the AUC of flagging the flipped rows by self-influence (exact and with a 512-d random
 projection), and a 100,000-example self-influence pass of an MLP.
@@ -11,9 +16,11 @@ projection), and a 100,000-example self-influence pass of an MLP.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +30,24 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ratio, row, write_results  # noqa: E402
 
-from alloyml.valuation import ValuationResult, flip_labels, noisy_label_detection  # noqa: E402
-from alloyml.valuation.influence import TrainingCheckpoint, self_influence, tracin  # noqa: E402
+from alloyml.valuation import (  # noqa: E402
+    ValuationResult,
+    flip_labels,
+    linear_datamodeling_score,
+    noisy_label_detection,
+    random_subsets,
+)
+from alloyml.valuation.influence import (  # noqa: E402
+    TrainingCheckpoint,
+    ekfac_influence,
+    influence_functions,
+    self_influence,
+    tracin,
+)
+
+LOAD_AT_START = [round(v, 2) for v in os.getloadavg()]
+LDS_SUBSETS = 40
+LDS_DAMPING = 0.01
 
 
 def _mlp(d_in, d_out, hidden=32):
@@ -99,6 +122,89 @@ def run_dattri(model, checkpoints, train, test, projection_dim=512):
     return scores.double().numpy(), seconds, self_scores.double().numpy(), self_seconds
 
 
+def _dattri_if(model, train, test, kind):
+    """dattri's IF attributor ('cg' or 'ekfac') scores [n_train, n_test] with the same damping."""
+    from dattri.algorithm.influence_function import IFAttributorCG, IFAttributorEKFAC
+    from dattri.task import AttributionTask
+
+    def loss_func(params, pair):  # batched (EK-FAC's covariances) or one example (vmapped gradients)
+        x, y = pair
+        return F.cross_entropy(torch.func.functional_call(model, params, (x,)), y)
+
+    task = AttributionTask(loss_func=loss_func, model=model, checkpoints=model.state_dict())
+    if kind == "cg":
+        attributor = IFAttributorCG(task, max_iter=50, regularization=LDS_DAMPING)
+    else:
+        attributor = IFAttributorEKFAC(task, damping=LDS_DAMPING)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*train), batch_size=len(train[0]))
+    test_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*test), batch_size=len(test[0]))
+    attributor.cache(loader)
+    return attributor.attribute(loader, test_loader).detach().double().numpy()
+
+
+def lds_rows(rows, quick: bool) -> None:
+    """LDS of TracIn, IF (CG) and EK-FAC on a digits MLP, alloyml and dattri on the same retrained models."""
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = load_digits(return_X_y=True)
+    n_train, n_test = (300, 50) if quick else (600, 200)
+    order = np.random.default_rng(0).permutation(len(x))
+    x = StandardScaler().fit(x[order[:n_train]]).transform(x)
+    train = (torch.tensor(x[order[:n_train]], dtype=torch.float64), torch.as_tensor(y[order[:n_train]]))
+    test = (torch.tensor(x[order[n_train:n_train + n_test]], dtype=torch.float64),
+            torch.as_tensor(y[order[n_train:n_train + n_test]]))
+
+    def fit(idx):
+        model, checkpoints = train_with_checkpoints(train[0][idx].float(), train[1][idx], n_classes=10, epochs=40)
+        return model.double(), [TrainingCheckpoint({k: v.double() for k, v in c.state_dict.items()},
+                                                   c.learning_rate) for c in checkpoints]
+
+    start = time.perf_counter()
+    masks = random_subsets(n_train, LDS_SUBSETS, 0.5, seed=0)
+    outputs = []
+    for mask in masks:
+        model, _ = fit(torch.as_tensor(np.flatnonzero(mask)))
+        with torch.no_grad():
+            outputs.append(-F.cross_entropy(model(test[0]), test[1], reduction="none").numpy())
+    retrain_s = time.perf_counter() - start
+    model, checkpoints = fit(torch.arange(n_train))
+
+    def lds(scores):  # scores [n_train, n_test], positive = helpful = raises the test log-likelihood
+        return round(linear_datamodeling_score(np.asarray(scores).T, masks, np.array(outputs)).score, 4)
+
+    methods = {
+        "tracin": (lambda: tracin(model, checkpoints, train, test, F.cross_entropy).scores, None),
+        "influence (CG)": (lambda: influence_functions(model, train, test, F.cross_entropy, damping=LDS_DAMPING,
+                                                       max_iter=50).scores, lambda: _dattri_if(model, train, test, "cg")),
+        "influence (EK-FAC)": (lambda: ekfac_influence(model, train, test, F.cross_entropy,
+                                                       damping=LDS_DAMPING).scores,
+                               lambda: _dattri_if(model, train, test, "ekfac")),
+    }
+    for name, (ours_fn, peer_fn) in methods.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, ours_s = _timed(ours_fn, repeats=1)
+        peer, peer_s, why = None, None, ""
+        if peer_fn is not None:
+            try:
+                peer, peer_s = _timed(peer_fn, repeats=1)
+            except Exception as err:  # noqa: BLE001 — a failing peer is recorded, not fatal
+                why = f"dattri failed: {type(err).__name__}: {str(err)[:160]}"
+        ours_lds = lds(ours)
+        peer_lds = None if peer is None else lds(peer)
+        agree = "" if peer is None else f"Pearson(alloyml, dattri scores) {np.corrcoef(ours.ravel(), peer.ravel())[0, 1]:.4f}. "
+        rows.append(row(f"LDS {name}, digits MLP 64-32-10, {n_train} train x {n_test} test", "LDS", ours_lds,
+                        {"dattri": peer_lds} if peer_fn is not None else {},
+                        None if peer_lds is None else ratio(ours_lds, peer_lds, higher_is_better=True),
+                        ">= dattri LDS" if peer_fn is not None else None,
+                        None if peer_lds is None else ours_lds >= peer_lds - 0.005,
+                        f"seconds alloyml {ours_s:.2f}, dattri {None if peer_s is None else round(peer_s, 2)}; "
+                        f"{LDS_SUBSETS} half-subsets retrained ({retrain_s:.0f} s), output = test log-likelihood, "
+                        f"damping {LDS_DAMPING}; EK-FAC and dattri's EK-FAC use the empirical/true Fisher of all "
+                        f"linear layers, CG the Hessian. {agree}{why}"))
+
+
 def _auc(self_scores, flipped) -> float:
     n = len(self_scores)
     return noisy_label_detection(ValuationResult(-np.asarray(self_scores), np.zeros(n), np.ones(n), "x"),
@@ -163,6 +269,8 @@ def main() -> None:
                     ratio(proj_auc, peers["dattri"][2], higher_is_better=True) if "dattri" in peers else None,
                     ">= 0.86", proj_auc >= 0.86, ""))
 
+    lds_rows(rows, args.quick)
+
     n_big = 20_000 if args.quick else 100_000
     g = torch.Generator().manual_seed(1)
     big_x = torch.randn(n_big, 64, generator=g)
@@ -176,7 +284,8 @@ def main() -> None:
                     None, "< 60 s for 100,000", big_s < 60 if n_big == 100_000 else None, ""))
     for r in rows:
         print(r["case"], r["alloyml"], r["peers"], r["ratio"])
-    write_results("influence", rows)
+    write_results("influence", rows, load={"start": LOAD_AT_START, "end": [round(v, 2) for v in os.getloadavg()]},
+                  cpus_used=len(os.sched_getaffinity(0)))
 
 
 if __name__ == "__main__":

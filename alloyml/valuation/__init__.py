@@ -1,5 +1,5 @@
 """Data valuation: which training rows help and which hurt (Shapley family, KNN-Shapley, Data-OOB,
-pipeline-aware values, TracIn and influence functions). A library: arrays and estimators in, result
+pipeline-aware values (row-wise pipelines, joins and forks), TracIn and influence functions). A library: arrays and estimators in, result
 dataclasses out; it never touches the store.
 
 Parts: a `Utility` (model + data + scorer) or a closed-form game; a `Semivalue` weight (Shapley, Banzhaf,
@@ -34,6 +34,15 @@ from alloyml.valuation.samplers import (
     SizeSampler,
 )
 from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
+from alloyml.valuation.sources import (
+    KNNUtility,
+    Provenance,
+    SourceUtility,
+    aggregate_to_sources,
+    exact_source_semivalues,
+    fork_provenance,
+    merge_with_provenance,
+)
 from alloyml.valuation.stopping import (
     MaxEvaluations,
     MaxSamples,
@@ -45,6 +54,8 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
+    "KNNUtility", "Provenance", "SourceUtility", "aggregate_to_sources", "exact_source_semivalues",
+    "fork_provenance", "merge_with_provenance",
     "LDSResult", "linear_datamodeling_score", "random_subsets",
     "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",
     "exact_classwise_shapley",

@@ -29,7 +29,8 @@ def factorable_layers(model: torch.nn.Module, layers: Sequence[str] | None) -> l
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        own = {f"{name}.weight"} | ({f"{name}.bias"} if module.bias is not None else set())
+        prefix = f"{name}." if name else ""  # the model itself may be the layer
+        own = {f"{prefix}weight"} | ({f"{prefix}bias"} if module.bias is not None else set())
         if own <= selected:
             found.append((name, module))
             covered |= own

@@ -6,7 +6,12 @@ where H is the Hessian of the mean training loss w.r.t. the selected parameters.
 that makes positive mean helpful (up-weighting z lowers the loss on z'), the same convention as TracIn.
 The inverse is never formed: `conjugate_gradient` solves (H + λI) x = g with exact Hessian-vector
 products over the whole training set; `lissa` (Agarwal et al. 2017) uses a stochastic Neumann series over
-mini-batches, cheaper per step for large training sets.
+mini-batches, cheaper per step for large training sets; solver="ekfac" (`ekfac.py`) uses the EK-FAC inverse
+of the damped empirical Fisher of linear layers instead of the Hessian.
+
+Training gradients are streamed: the inverse is applied to the test gradients once ([n_test, P]), then each
+batch of `batch_size` training examples is featurised and multiplied against them, so memory holds one batch
+of per-example gradients, never [n_train, P].
 """
 
 from __future__ import annotations
@@ -113,11 +118,19 @@ def lissa(batch_matvec: Callable, rhs: torch.Tensor, n_train: int, *, depth: int
     return torch.stack(estimates).mean(dim=0)
 
 
+def streamed_scores(featurizer: GradientFeaturizer, inputs: torch.Tensor, targets: torch.Tensor,
+                    inverse_test: torch.Tensor, batch_size: int) -> np.ndarray:
+    """[n_train, n_test] gradient(i) · inverse_test[t], featurising `batch_size` training examples at a time."""
+    rows = [featurizer(inputs[start:start + batch_size], targets[start:start + batch_size]).to(inverse_test.dtype)
+            @ inverse_test.T for start in range(0, len(inputs), batch_size)]
+    return torch.cat(rows).double().numpy()
+
+
 def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, *,
                         layers: Sequence[str] | None = None, solver: str = "cg", damping: float = 1e-3,
                         max_iter: int = 100, tol: float = 1e-10, lissa_depth: int = 1000,
                         lissa_scale: float = 10.0, lissa_batch: int = 64, seed: int = 0,
-                        aggregate_test: bool = False) -> InfluenceScores:
+                        aggregate_test: bool = False, batch_size: int = 256) -> InfluenceScores:
     """Influence of each training example on each test example (or on the mean test loss when
     `aggregate_test`: one inverse-HVP instead of one per test example).
 
@@ -125,15 +138,24 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
              Hessian is always that of the mean per-example training loss, so the reduction does not matter.
     CG reports the largest relative residual ||g - A x|| / ||g|| over the solves in `params["cg_residual"]`
     and warns when it exceeds sqrt(tol) (not converged in max_iter); LiSSA raises when it diverges.
-    solver: "cg" (exact HVPs, conjugate gradient) or "lissa" (stochastic, mini-batch HVPs).
+    solver: "cg" (exact HVPs, conjugate gradient), "lissa" (stochastic, mini-batch HVPs) or "ekfac"
+            (EK-FAC inverse of the damped empirical Fisher, `nn.Linear` layers only; see `ekfac.py`).
+    batch_size: training examples whose per-example gradients are held at once (streamed).
     Returns `InfluenceScores` [n_train, n_test] (n_test = 1 when aggregated)."""
-    if solver not in ("cg", "lissa"):
-        raise InvalidInputError(f"solver {solver!r} is not one of 'cg', 'lissa'")
+    if solver not in ("cg", "lissa", "ekfac"):
+        raise InvalidInputError(f"solver {solver!r} is not one of 'cg', 'lissa', 'ekfac'")
     if damping < 0:
         raise InvalidInputError(f"damping must be >= 0, got {damping}")
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+    if solver == "ekfac":
+        from alloyml.valuation.influence.ekfac import ekfac_influence
+
+        return ekfac_influence(model, train, test, loss_fn, layers=layers, damping=damping, batch_size=batch_size,
+                               aggregate_test=aggregate_test)
     train_x, train_y = _pair(train, "train")
     test_x, test_y = _pair(test, "test")
-    featurizer = GradientFeaturizer(model, loss_fn, layers=layers)
+    featurizer = GradientFeaturizer(model, loss_fn, layers=layers, batch_size=batch_size)
     hvp = _HessianVectorProduct(model, featurizer.names, loss_fn, detect_reduction(model, loss_fn, train_x, train_y))
     test_grads = featurizer(test_x, test_y).to(hvp.flat.dtype)
     if aggregate_test:
@@ -157,8 +179,7 @@ def influence_functions(model: torch.nn.Module, train, test, loss_fn: Callable, 
         solved = [lissa(batch_matvec, g, len(train_x), depth=lissa_depth, scale=lissa_scale,
                         batch_size=lissa_batch, seed=seed) for g in test_grads]
     inverse_test = torch.stack(solved)  # [n_test, P]
-    train_grads = featurizer(train_x, train_y).to(inverse_test.dtype)
-    scores = (train_grads @ inverse_test.T).double().numpy()
+    scores = streamed_scores(featurizer, train_x, train_y, inverse_test, batch_size)
     return InfluenceScores(scores, f"influence_{solver}",
                            {"layers": list(layers) if layers else None, "damping": damping, "solver": solver,
                             "aggregate_test": aggregate_test, **diagnostics})

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "alloyml.commands.serve",
     "alloyml.commands.merge",
     "alloyml.commands.tune",
+    "alloyml.commands.train",
     "alloyml.commands.models",
 )
 

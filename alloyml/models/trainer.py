@@ -2,7 +2,8 @@
 allows, periodic checkpoints that record their learning rate, metrics through a callback, and resume.
 
 A checkpoint is a directory `step-{step:06d}/` under `checkpoint_dir`: the model as `save_model` writes it
-(model.safetensors + config.json with "step" and "lr"), `optimizer.safetensors` (AdamW moments, per
+(model.safetensors + config.json with "step" and "lr"; a model with `save_checkpoint` / `load_checkpoint`
+methods, like `hf_training.HFTrainable`, writes and reads its own), `optimizer.safetensors` (AdamW moments, per
 parameter index) and `trainer.json` (step, lr, optimizer hyperparameters). No pickle anywhere.
 "lr" is the learning rate of the update that produced the checkpoint's weights: TracIn weighs each
 checkpoint's gradient products by it (`tracin_checkpoints`).
@@ -201,7 +202,10 @@ class Trainer:
         from safetensors.torch import save_file
 
         path = Path(self.checkpoint_dir) / f"step-{step:06d}"
-        save_model(model, path, metadata={"step": step, "lr": lr})
+        if hasattr(model, "save_checkpoint"):  # a model with its own format (hf_training.HFTrainable)
+            model.save_checkpoint(path, {"step": step, "lr": lr})
+        else:
+            save_model(model, path, metadata={"step": step, "lr": lr})
         state = optimizer.state_dict()
         tensors = {f"{index}.{key}": value.detach().cpu().contiguous()
                    for index, slots in state["state"].items() for key, value in slots.items()}
@@ -221,7 +225,10 @@ class Trainer:
             path = checkpoints[-1].path
         info = json.loads((path / TRAINER_FILE).read_text())
         device = next(model.parameters()).device
-        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+        if hasattr(model, "load_checkpoint"):
+            model.load_checkpoint(path, device)
+        else:
+            model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
         slots: dict[int, dict] = {}
         for name, value in load_file(str(path / OPTIMIZER_FILE), device=str(device)).items():
             index, key = name.split(".", 1)

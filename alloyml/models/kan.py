@@ -19,8 +19,10 @@ spline is a polynomial of degree <= k, which B-splines of order k reproduce on a
 Parameters: a layer has in * out * (G + k + 2) (c, w_b, w_s). The hidden width is chosen so the
 feed-forward's count is the nearest to the MLP it replaces (2 d h_mlp + h_mlp + d with h_mlp =
 ffn_mult * d): h = round((2 d h_mlp + h_mlp + d) / (2 d (G + k + 2))), about ffn_mult * d_model / 10 at the
-defaults G = 5, k = 3 (`kan_hidden`). Cost per token: 2 * in * out * (G + k + 1) multiply-adds
-counted as 2 flops each, plus the basis recursion, O(in * (G + 2k) * k); `kan_flops_per_token` states it.
+defaults G = 5, k = 3 (`kan_hidden`). Cost per token: 2 * in * out * (G + k + 1) flops of matmul per layer,
+about what the parameter-matched MLP costs, plus the basis recursion, O(in * (G + 2k) * k) elementwise,
+which is not small when the hidden width is (G + k + 2 times narrower than the MLP's);
+`kan_flops_per_token` gives both.
 """
 
 from __future__ import annotations
@@ -110,18 +112,18 @@ def kan_hidden(cfg: ModelConfig) -> int:
     return max(1, round(mlp / (2 * d * (cfg.kan_grid + cfg.kan_order + 2))))
 
 
-def kan_flops_per_token(cfg: ModelConfig) -> int:
-    """Floating-point operations per token of the KAN feed-forward (a multiply-add counts 2): the two
-    matmuls per layer (bases: in * (G + k) columns; SiLU branch: in columns), the SiLU (~4 per input)
-    and the Cox-de Boor recursion (per level p, 2 divisions, 4 subtractions, 2 products and a sum over
-    the G + 2k - p bases: ~9 each, plus the order-0 comparisons)."""
+def kan_flops_per_token(cfg: ModelConfig) -> tuple[int, int]:
+    """(matmul flops, elementwise flops) per token of the KAN feed-forward, a multiply-add counted as 2.
+    Matmuls: per layer, the bases' in * (G + k) columns and the SiLU branch's in columns, times out.
+    Elementwise (an estimate of the arithmetic, not of memory traffic): the order-0 comparisons (2 per
+    interval), per recursion level p 2 differences, 2 divisions... about 9 operations for each of the
+    G + 2k - p bases, and ~4 for the SiLU, per input."""
     G, k, d, h = cfg.kan_grid, cfg.kan_order, cfg.d_model, kan_hidden(cfg)
-    total = 0
+    matmul = elementwise = 0
     for n_in, n_out in ((d, h), (h, d)):
-        matmul = 2 * n_in * n_out * (G + k + 1)
-        recursion = n_in * (2 * (G + 2 * k) + sum(9 * (G + 2 * k - p) for p in range(1, k + 1)))
-        total += matmul + recursion + 4 * n_in
-    return total
+        matmul += 2 * n_in * n_out * (G + k + 1)
+        elementwise += n_in * (2 * (G + 2 * k) + sum(9 * (G + 2 * k - p) for p in range(1, k + 1)) + 4)
+    return matmul, elementwise
 
 
 @register_in(FFNS, "kan")

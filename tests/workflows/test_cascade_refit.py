@@ -253,6 +253,9 @@ def test_schedule_add_from_the_cli_takes_a_bare_cascade_name(alloy_home):
         schedule = platform.store.get_schedule("refit")
     assert schedule.workflow == "cascade-refit" and schedule.inputs["cascade"] == NAME
     assert set(schedule.inputs) == {"cascade", "store"} == set(get_builtin("cascade-refit").inputs)
+    # Text that opens as JSON must still be JSON: a typo is an error, not a string.
+    assert main(["schedule", "add", "bad", "--workflow", "cascade-refit", "--cron", "0 3 * * *",
+                 "--input", "cascade={oops"]) == 2
 
 
 @pytest.mark.ray

@@ -295,8 +295,11 @@ def _scalar_gated(q, k, v, g, scale: float, initial_state, segments=None):
             pair, to_i, after_j, total = _constant_decays(g.to(compute), N, C, T)
         else:
             pair, to_i, after_j, total = _step_decays(_blocks(g.unsqueeze(-1), (N, C), compute).squeeze(-1))
-        D = (pair + math.log(scale)).exp()  # the scale folded into the decays (-inf above the diagonal: 0)
-        eq = (to_i + math.log(scale)).exp()[..., None]  # decay from the chunk start to step i
+        if scale > 0:  # the scale folded into the decays (-inf above the diagonal: 0)
+            D, eq = (pair + math.log(scale)).exp(), (to_i + math.log(scale)).exp()[..., None]
+        else:  # a zero or negative scale has no logarithm
+            D, eq = pair.exp() * scale, to_i.exp()[..., None] * scale
+        # eq: the decay from the chunk start to step i
         ek = after_j.exp()[..., None]  # decay from step j to the chunk end
         decay = total.exp()[..., None, None]  # [B | 1, H, N, 1, 1]
     if segments is None:

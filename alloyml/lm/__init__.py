@@ -6,7 +6,8 @@
 - `LanguageModel.logprob(prompt, continuation)` / `logprobs(pairs)`: log P(continuation | prompt) where
   `supports_logprob` (HF, alloyml, scripted with a `score`); otherwise `LogprobUnsupportedError`.
 - Models: `ConstantLM` (a stub), `ScriptedLM` (a function of the prompt), `RecurrentLM` (alloyml's own
-  `LinearLM`s), `HFCausalLM` / `load_smollm2` / `load_gemma3_270m` (local Hugging Face causal LMs), `LiteLLMChat` (remote chat).
+  `LinearLM`s), `HFCausalLM` / `load_smollm2` / `load_gemma3_270m` (local Hugging Face causal LMs),
+  `LiteLLMChat` (remote chat).
 - `build_lm(spec)` builds any of them from a validated spec (`LMSpec`: kinds constant, scripted, alloyml,
   hf, smollm2, litellm); routing, automl and the DSPy engine all build models this way.
 - `Price(per_call, per_prompt_token, per_completion_token)`: what a call costs, for cascades and budgets.
@@ -38,6 +39,7 @@ from alloyml.lm.specs import (
     KINDS,
     AlloySpec,
     ConstantSpec,
+    Gemma3Spec,
     HFSpec,
     LMSpec,
     ModelLike,
@@ -71,6 +73,7 @@ __all__ = [
     "SamplingParams",
     "ScriptedLM",
     "ScriptedSpec",
+    "Gemma3Spec",
     "SmolLM2Spec",
     "as_lm",
     "as_messages",

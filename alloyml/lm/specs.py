@@ -147,7 +147,7 @@ class Gemma3Spec(_Spec):
         return load_gemma3_270m()
 
 
-_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, Gemma3Spec, LiteLLMSpec)  # a new kind: one class here
+_SPECS = (ConstantSpec, ScriptedSpec, AlloySpec, HFSpec, SmolLM2Spec, Gemma3Spec, LiteLLMSpec)  # new kind: a class here
 LMSpec = Annotated[Union[_SPECS], Field(discriminator="kind")]  # noqa: UP007 (X | Y cannot spread a tuple)
 ModelLike = LanguageModel | BaseModel | dict | str  # a model, or a spec `as_lm` builds one from
 KINDS: tuple[str, ...] = tuple(cls.model_fields["kind"].default for cls in _SPECS)

@@ -13,6 +13,7 @@ from alloyml.lm import (
     AlloySpec,
     ConstantLM,
     ConstantSpec,
+    Gemma3Spec,
     HFCausalLM,
     HFSpec,
     LiteLLMChat,
@@ -57,13 +58,14 @@ def _specs(alloy_path, hf_path) -> dict[str, dict]:
         "alloyml": {"kind": "alloyml", "path": str(alloy_path)},
         "hf": {"kind": "hf", "path": str(hf_path)},
         "smollm2": {"kind": "smollm2"},
+        "gemma3": {"kind": "gemma3"},
         "litellm": {"kind": "litellm", "model": "openai/local", "api_base": "http://127.0.0.1:8000/v1"},
     }
 
 
 def test_every_kind_validates_into_its_spec_class(alloy_checkpoint, hf_folder):
     classes = {"constant": ConstantSpec, "scripted": ScriptedSpec, "alloyml": AlloySpec, "hf": HFSpec,
-               "smollm2": SmolLM2Spec, "litellm": LiteLLMSpec}
+               "smollm2": SmolLM2Spec, "gemma3": Gemma3Spec, "litellm": LiteLLMSpec}
     specs = _specs(alloy_checkpoint[0], hf_folder[0])
     assert set(KINDS) == set(specs) == set(classes)
     for kind, spec in specs.items():

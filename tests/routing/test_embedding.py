@@ -26,7 +26,6 @@ from alloyml.routing.router import LearnedRouter
 from alloyml.routing.scorer import (
     EmbeddingLinearScorer,
     EmbeddingScorer,
-    TextScorer,
     fit_fold_scorer,
     scorer_from_dict,
     scorer_to_dict,

@@ -176,7 +176,8 @@ def lds_rows(rows, quick: bool) -> None:
     methods = {
         "tracin": (lambda: tracin(model, checkpoints, train, test, F.cross_entropy).scores, None),
         "influence (CG)": (lambda: influence_functions(model, train, test, F.cross_entropy, damping=LDS_DAMPING,
-                                                       max_iter=50).scores, lambda: _dattri_if(model, train, test, "cg")),
+                                                       max_iter=50).scores,
+                           lambda: _dattri_if(model, train, test, "cg")),
         "influence (EK-FAC)": (lambda: ekfac_influence(model, train, test, F.cross_entropy,
                                                        damping=LDS_DAMPING).scores,
                                lambda: _dattri_if(model, train, test, "ekfac")),
@@ -193,7 +194,8 @@ def lds_rows(rows, quick: bool) -> None:
                 why = f"dattri failed: {type(err).__name__}: {str(err)[:160]}"
         ours_lds = lds(ours)
         peer_lds = None if peer is None else lds(peer)
-        agree = "" if peer is None else f"Pearson(alloyml, dattri scores) {np.corrcoef(ours.ravel(), peer.ravel())[0, 1]:.4f}. "
+        pearson = None if peer is None else np.corrcoef(ours.ravel(), peer.ravel())[0, 1]
+        agree = "" if peer is None else f"Pearson(alloyml, dattri scores) {pearson:.4f}. "
         rows.append(row(f"LDS {name}, digits MLP 64-32-10, {n_train} train x {n_test} test", "LDS", ours_lds,
                         {"dattri": peer_lds} if peer_fn is not None else {},
                         None if peer_lds is None else ratio(ours_lds, peer_lds, higher_is_better=True),

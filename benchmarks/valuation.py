@@ -140,7 +140,8 @@ def pydvl_sampled(method, x, y, xt, yt, budget, stop=None, truncation_rtol=0.05,
     is_done = MaxUpdates(budget) if stop is None else (stop | MaxUpdates(budget))
     valuation = {
         "tmc": lambda: TMCShapleyValuation(
-            utility, RelativeTruncation(rtol=truncation_rtol) if truncation_rtol else NoTruncation(), is_done, seed=seed),
+            utility, RelativeTruncation(rtol=truncation_rtol) if truncation_rtol else NoTruncation(), is_done,
+            seed=seed),
         "msr": lambda: MSRBanzhafValuation(utility, is_done, batch_size=16, seed=seed),
         "beta": lambda: BetaShapleyValuation(utility, PermutationSampler(seed=0), is_done, alpha=16, beta=1),
         "loo": lambda: LOOValuation(utility),
@@ -333,9 +334,11 @@ def convergence(rows, quick):
         peer_e = float(np.median(peer_evals)) if peer_evals else None
         peer_s = float(np.median(peer_secs)) if peer_secs else None
         notes = (f"n={n} breast_cancer rows, LogisticRegression (same split, same accuracy utility; one-class "
-                 f"subsets score the constant predictor on both sides), no truncation; reference: one alloyml run of {'20,000 subsets' if name == 'msr_banzhaf' else 'permutations'} "
+                 f"subsets score the constant predictor on both sides), no truncation; reference: one alloyml run of "
+                 f"{'20,000 subsets' if name == 'msr_banzhaf' else 'permutations'} "
                  f"(seed 123), the same for both libraries; both check rho every {every} sample(s). "
-                 f"{len(seeds)} seed(s), median reported. Per seed: alloyml evaluations {ours_evals} (rho {ours_rhos}), "
+                 f"{len(seeds)} seed(s), median reported. "
+                 f"Per seed: alloyml evaluations {ours_evals} (rho {ours_rhos}), "
                  f"pydvl evaluations {peer_evals} (rho {peer_rhos}). ")
         if name == "msr_banzhaf":
             notes += ("Both implement the same estimator (one uniform subset per evaluation, every point updated: "

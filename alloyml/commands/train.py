@@ -102,7 +102,9 @@ def _build(config) -> _Built:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     torch.manual_seed(config.seed)  # the LoRA initialisation
-    lora = LoraSettings(spec.lora.r, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules) if spec.lora else None
+    lora = None
+    if spec.lora:
+        lora = LoraSettings(spec.lora.r, spec.lora.alpha, spec.lora.dropout, spec.lora.target_modules)
     trainable = HFTrainable(model.float().train(), lora)
 
     def encode(text: str) -> list[int]:

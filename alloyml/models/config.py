@@ -72,7 +72,8 @@ class ModelConfig:
             raise ConfigError(
                 f"d_model ({self.d_model}) must split into n_heads ({self.n_heads}) heads of even size"
             )
-        if not isinstance(self.performer_redraw, int) or isinstance(self.performer_redraw, bool) or self.performer_redraw < 0:
+        redraw = self.performer_redraw
+        if not isinstance(redraw, int) or isinstance(redraw, bool) or redraw < 0:
             raise ConfigError(f"performer_redraw must be a non-negative integer, got {self.performer_redraw!r}")
         if self.top_k > self.n_experts:
             raise ConfigError(f"top_k ({self.top_k}) must be <= n_experts ({self.n_experts})")

@@ -89,7 +89,8 @@ class HFTrainable(torch.nn.Module):
         expected = set(self.trainable_state())
         if set(state) != expected:
             raise InvalidInputError(f"checkpoint {directory} holds other tensors than this model trains: missing "
-                                    f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
+                                    f"{sorted(expected - set(state))[:3]}, "
+                                    f"unexpected {sorted(set(state) - expected)[:3]}")
         self.load_state_dict(state, strict=False)
 
     def save_pretrained(self, directory, tokenizer=None, metadata: dict | None = None) -> Path:

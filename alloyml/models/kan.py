@@ -154,7 +154,7 @@ def update_kan_grids(model, ids: torch.Tensor, cu_seqlens=None) -> None:
         if not isinstance(block.ffn, KANFeedForward):
             continue
         seen = []
-        handle = block.ffn.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+        handle = block.ffn.register_forward_pre_hook(lambda module, args, seen=seen: seen.append(args[0]))
         try:
             model(ids, cu_seqlens=cu_seqlens)
         finally:

@@ -1,6 +1,6 @@
 """Data valuation: which training rows help and which hurt (Shapley family, KNN-Shapley, Data-OOB,
-pipeline-aware values (row-wise pipelines, joins and forks), TracIn and influence functions). A library: arrays and estimators in, result
-dataclasses out; it never touches the store.
+pipeline-aware values (row-wise pipelines, joins and forks), TracIn and influence functions). A library:
+arrays and estimators in, result dataclasses out; it never touches the store.
 
 Parts: a `Utility` (model + data + scorer) or a closed-form game; a `Semivalue` weight (Shapley, Banzhaf,
 Beta); a `Sampler` (permutations, sizes, MSR); a `Stopping` criterion (combine with & and |).

@@ -29,3 +29,17 @@ def tiny_llama(seed: int = 0):
     )
     model = LlamaForCausalLM(config).eval()
     return model, tokenizer
+
+
+def manual_logprob(model, head: list[int], tail: list[int]) -> float:
+    """Token by token on the growing unpadded sequence: the sum of log_softmax of each next true token
+    (the oracle that batched, padded `logprob` calls are checked against)."""
+    import torch
+
+    total, seq = 0.0, list(head)
+    with torch.no_grad():
+        for token in tail:
+            logits = model(torch.tensor([seq])).logits[0, -1].double()
+            total += float(torch.log_softmax(logits, -1)[token])
+            seq.append(token)
+    return total

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-
-def _manual_logprob(model, head: list[int], tail: list[int]) -> float:
-    """Token by token on the unpadded sequence: the sum of log_softmax of each next true token."""
-    import torch
-
-    total, seq = 0.0, list(head)
-    with torch.no_grad():
-        for token in tail:
-            logits = model(torch.tensor([seq])).logits[0, -1].double()
-            total += float(torch.log_softmax(logits, -1)[token])
-            seq.append(token)
-    return total
+from ._tiny_hf import manual_logprob
 
 
 @pytest.mark.slow  # the first load assembles and de-quantises the GGUF (~1 min on 2 cores)
@@ -42,7 +31,7 @@ def test_gemma3_converts_once_generates_and_scores(tmp_path):
     for (prompt, cont), value in zip(pairs, got, strict=True):
         head = again.tokenizer(prompt)["input_ids"]
         tail = again.tokenizer(cont, add_special_tokens=False)["input_ids"]
-        assert value == pytest.approx(_manual_logprob(again.model, head, tail), abs=1e-3)
+        assert value == pytest.approx(manual_logprob(again.model, head, tail), abs=1e-3)
     assert got[0] > again.logprob(few_shot, " citys")  # the right plural is the likelier one
 
 

@@ -17,7 +17,7 @@ from alloyml.lm import (
     continues_final_message,
 )
 
-from ._tiny_hf import tiny_llama
+from ._tiny_hf import manual_logprob, tiny_llama
 
 # Role names are outside the tiny vocabulary (they encode as <unk>); the layout is what is tested.
 TEMPLATE = (
@@ -25,18 +25,6 @@ TEMPLATE = (
     "{% if add_generation_prompt %}assistant :{% endif %}"
 )
 
-
-def _manual_logprob(model, head: list[int], tail: list[int]) -> float:
-    """Token by token: run the growing unpadded sequence, add log_softmax of the next true token."""
-    import torch
-
-    total, seq = 0.0, list(head)
-    with torch.no_grad():
-        for token in tail:
-            logits = model(torch.tensor([seq])).logits[0, -1].double()
-            total += float(torch.log_softmax(logits, -1)[token])
-            seq.append(token)
-    return total
 
 
 def test_hf_logprob_matches_token_by_token_sum():
@@ -47,7 +35,7 @@ def test_hf_logprob_matches_token_by_token_sum():
     for (prompt, cont), value in zip(pairs, got, strict=True):
         head = tok(prompt)["input_ids"]
         tail = tok(cont, add_special_tokens=False)["input_ids"] if cont else []
-        assert value == pytest.approx(_manual_logprob(model, head, tail), abs=1e-4)
+        assert value == pytest.approx(manual_logprob(model, head, tail), abs=1e-4)
     assert got[3] == 0.0
     assert lm.logprob("a b c", "d e") == pytest.approx(got[0], abs=1e-5)
 
@@ -127,7 +115,7 @@ def test_recurrent_lm_logprob_and_batch_free_sampling():
     lm = RecurrentLM(model)
     bt = ByteTokenizer()
     for prompt, cont in [("abc", "de"), ("x", "hello")]:
-        expect = _manual_logprob(model, bt.encode(prompt), bt.encode(cont))
+        expect = manual_logprob(model, bt.encode(prompt), bt.encode(cont))
         assert lm.logprob(prompt, cont) == pytest.approx(expect, abs=1e-4)
     prompts = ["ab", "cde", "f"]
     together = lm.generate(prompts, n=2, temperature=1.0, max_tokens=5, seed=3)

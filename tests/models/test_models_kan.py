@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from alloyml.errors import InvalidInputError
 from alloyml.models.config import ModelConfig
-from alloyml.models.kan import KANFeedForward, KANLayer, bspline_bases, kan_flops_per_token, kan_hidden, update_kan_grids
+from alloyml.models.kan import (
+    KANFeedForward,
+    KANLayer,
+    bspline_bases,
+    kan_flops_per_token,
+    kan_hidden,
+    update_kan_grids,
+)
 from alloyml.models.model import LinearLM
 
 
@@ -20,7 +27,10 @@ def cox_de_boor(j: int, p: int, x: float, t: list[float]) -> float:
     if p == 0:
         return 1.0 if t[j] <= x < t[j + 1] else 0.0
     left = 0.0 if t[j + p] == t[j] else (x - t[j]) / (t[j + p] - t[j]) * cox_de_boor(j, p - 1, x, t)
-    right = 0.0 if t[j + p + 1] == t[j + 1] else (t[j + p + 1] - x) / (t[j + p + 1] - t[j + 1]) * cox_de_boor(j + 1, p - 1, x, t)
+    if t[j + p + 1] == t[j + 1]:
+        right = 0.0
+    else:
+        right = (t[j + p + 1] - x) / (t[j + p + 1] - t[j + 1]) * cox_de_boor(j + 1, p - 1, x, t)
     return left + right
 
 
@@ -78,7 +88,8 @@ def test_gradients_match_finite_differences():
         (x, *[p.detach().requires_grad_() for p in layer.parameters()]))
 
 
-@pytest.mark.parametrize("d_model, ffn_mult, grid, order", [(32, 4, 5, 3), (64, 4, 5, 3), (128, 2, 8, 3), (64, 4, 3, 2)])
+@pytest.mark.parametrize("d_model, ffn_mult, grid, order",
+                         [(32, 4, 5, 3), (64, 4, 5, 3), (128, 2, 8, 3), (64, 4, 3, 2)])
 def test_parameter_count_matches_the_mlp(d_model, ffn_mult, grid, order):
     cfg = ModelConfig(d_model=d_model, ffn_mult=ffn_mult, kan_grid=grid, kan_order=order, n_heads=2)
     kan = sum(p.numel() for p in KANFeedForward(cfg).parameters())
@@ -144,7 +155,8 @@ def test_grid_update_refuses_too_few_samples():
 
 def tiny(seed=0):
     torch.manual_seed(seed)
-    return LinearLM(ModelConfig(mixer="gla", ffn="kan", vocab_size=40, d_model=32, n_layers=2, n_heads=2)).double().eval()
+    cfg = ModelConfig(mixer="gla", ffn="kan", vocab_size=40, d_model=32, n_layers=2, n_heads=2)
+    return LinearLM(cfg).double().eval()
 
 
 @torch.no_grad()

@@ -51,7 +51,8 @@ def test_kernel_estimate_error_falls_as_one_over_m_and_orthogonal_beats_iid():
 
 def test_kernel_estimate_is_unbiased():
     gen = torch.Generator().manual_seed(4)
-    q, k = 0.3 * torch.randn(d, generator=gen, dtype=torch.float64), 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    q = 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    k = 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
     omega = torch.stack([gaussian_features(64, d, generator=gen) for _ in range(2000)]).double()
     estimate = (positive_features(q.expand(2000, d), omega) * positive_features(k.expand(2000, d), omega)).sum(-1)
     sem = estimate.std().item() / math.sqrt(2000)

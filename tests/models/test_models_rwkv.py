@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from alloyml.models.config import ModelConfig
 from alloyml.models.model import LinearLM
-from alloyml.models.rwkv import RWKV6_MIX_RANK, RWKVChannelMix, RWKV6TimeMix
+from alloyml.models.rwkv import RWKV6_MIX_RANK, RWKV6TimeMix, RWKVChannelMix
 
 D, H = 24, 3  # head size 8
 
@@ -22,7 +22,7 @@ def randomised(module, seed):
     decay base in [-3, 0.5] (per-step decays from about 0.95 down to 0.2)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             p.copy_(0.4 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
         if isinstance(module, RWKV6TimeMix):
             module.decay_base.copy_(torch.rand(D, generator=gen, dtype=torch.float64) * 3.5 - 3)

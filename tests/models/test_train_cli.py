@@ -89,7 +89,8 @@ def test_training_is_recorded_and_a_resumed_run_ends_bit_identical(tmp_path, all
     assert main(["train", resumed_path]) == 2  # checkpoints exist: refuses to start over silently
     assert main(["train", resumed_path, "--resume"]) == 0
 
-    a, b = load_file(str(tmp_path / "straight/model.safetensors")), load_file(str(tmp_path / "resumed/model.safetensors"))
+    a = load_file(str(tmp_path / "straight/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # The first recorded loss is the untrained model's loss on the first batch, computed here.
@@ -166,7 +167,8 @@ def test_a_hugging_face_llama_fine_tunes_resumes_and_loads_back(tmp_path, alloy_
     with pytest.raises(_Interrupt):
         run_training(load_train_config(path), on_step=_interrupt_at(8))
     assert main(["train", path, "--resume"]) == 0
-    a, b = load_file(str(tmp_path / "straight/model.safetensors")), load_file(str(tmp_path / "resumed/model.safetensors"))
+    a = load_file(str(tmp_path / "straight/model.safetensors"))
+    b = load_file(str(tmp_path / "resumed/model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert sum(straight.losses[-3:]) < sum(straight.losses[:3])
 
@@ -177,7 +179,8 @@ def test_a_hugging_face_llama_fine_tunes_resumes_and_loads_back(tmp_path, alloy_
         for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.v_proj.weight"):
             assert torch.allclose(folded.read(name), a[name], atol=1e-6)
         untouched = load_file(str(base / "model.safetensors"))
-        assert torch.equal(a["model.layers.0.self_attn.k_proj.weight"], untouched["model.layers.0.self_attn.k_proj.weight"])
+        k_proj = "model.layers.0.self_attn.k_proj.weight"
+        assert torch.equal(a[k_proj], untouched[k_proj])
 
     lm = HFCausalLM.from_pretrained(tmp_path / "straight", chat=False)
     [generation] = lm.generate(["1+2="], max_tokens=4)

@@ -1,0 +1,192 @@
+"""The long-convolution mixers: H3 (Fu et al. 2023) and Hyena (Poli et al. 2023).
+
+Both gate a sequence multiplicatively around long convolutions. H3's long convolution is a diagonal
+state space (the S4D op), so it trains as an FFT convolution and decodes by its recurrence in constant
+memory. Hyena's filters are implicit (a small MLP of the lag), as long as the sequence, with no state
+space behind them: training is an FFT convolution too, but decoding caches every input of each long
+convolution and costs O(T) per token (`kernels.long_conv`). Conventions (forward / step, packed
+`cu_seqlens`, tuple states) are those of `alloyml.models.mixers`, where these register.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alloyml.models.config import ModelConfig
+from alloyml.models.mixers import Mixer, check_packed, head_split, register_mixer
+from alloyml.models.ssm_mixers import S4D_DT_MAX, S4D_DT_MIN, conv_branch
+
+# ----------------------------------------------------------------------------------------------------------
+# H3 (Fu et al. 2023, "Hungry Hungry Hippos"): q, k, v = projections of x; k through a shift SSM (A the
+# shift matrix: a causal FIR of d_state taps, state = the last d_state - 1 inputs); per head of size
+# dh = d_model / n_heads, the outer product shift(k)^T v [dh, dh]; a diagonal SSM (S4D-Lin, ZOH, D skip)
+# on each of its dh^2 entries; then q times it, o_j = sum_i q_i s_ij, and an output projection. The
+# diagonal SSM runs over d_model * dh channels (d_state / 2 complex modes each): trained as an FFT
+# convolution, O(T log T) per channel, decoded by its recurrence with a state of d_model * dh * d_state / 2
+# complex numbers plus the shift SSM's d_state - 1 past keys per channel.
+
+
+@register_mixer("h3")
+class H3(Mixer):
+    def __init__(self, cfg: ModelConfig):
+        from alloyml.kernels.s4d import s4d_init
+
+        super().__init__()
+        d, self.n_heads, self.backend = cfg.d_model, cfg.n_heads, cfg.backend
+        dh = cfg.head_dim
+        channels = d * dh
+        self.qkv = nn.Linear(d, 3 * d)
+        self.shift = nn.Conv1d(d, d, cfg.d_state, groups=d, bias=False)  # the shift SSM's C, tap 0 its D
+        A_real_log, A_imag = s4d_init("lin", channels, cfg.d_state)
+        self.A_real_log, self.A_imag = nn.Parameter(A_real_log), nn.Parameter(A_imag)
+        self.log_dt = nn.Parameter(torch.empty(channels).uniform_(math.log(S4D_DT_MIN), math.log(S4D_DT_MAX)))
+        self.C = nn.Parameter(torch.randn(channels, cfg.d_state // 2, 2) * math.sqrt(0.5))
+        self.D = nn.Parameter(torch.randn(channels))
+        self.out = nn.Linear(d, d)
+
+    def _kv(self, x, shift_past, cu_seqlens=None):
+        """x: [B, T, D] -> (q [B, T, H, dh], kv [B, T, D * dh] (head-major, then i of k, then j of v), the
+        shift SSM's next state)."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        k, shift_state = conv_branch(self.shift, k, shift_past, cu_seqlens)
+        k, v = head_split(k, self.n_heads), head_split(v, self.n_heads)
+        kv = (k[..., :, None] * v[..., None, :]).flatten(-3)
+        return head_split(q, self.n_heads), kv, shift_state
+
+    def _output(self, q, s):  # q: [..., H, dh], s: [..., D * dh] -> [..., D]
+        s = s.unflatten(-1, (*q.shape[-2:], q.shape[-1]))  # [..., H, dh (i), dh (j)]
+        return self.out((q[..., :, None] * s).sum(-2).flatten(-2))
+
+    def _params(self):
+        return self.log_dt, self.A_real_log, self.A_imag, self.C, self.D
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import s4d
+
+        check_packed(x, state, cu_seqlens)
+        shift_past, h0 = (None, None) if state is None else state
+        q, kv, shift_state = self._kv(x, shift_past, cu_seqlens)
+        s, final = s4d(kv, *self._params(), initial_state=h0, cu_seqlens=cu_seqlens, backend=self.backend)
+        return self._output(q, s), (shift_state, final)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import s4d_step
+
+        shift_past, h0 = (None, None) if state is None else state
+        q, kv, shift_state = self._kv(x[:, None], shift_past)
+        s, new = s4d_step(kv[:, 0], *self._params(), h0)
+        return self._output(q[:, 0], s), (shift_state, new)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Hyena (Poli et al. 2023), of order N = HYENA_ORDER: in_proj to N + 1 branches (v, x^1 .. x^N) of width
+# d_model, a short causal depthwise conv (d_conv taps) over all of them, then the recurrence
+#     z^1 = v,   z^(n+1) = x^n * (h^n * z^n + D^n z^n),   y = out_proj(z^(N+1))
+# of a long convolution and an elementwise gate. The filters are implicit: h^n_l = window_n(l) FFN(PE(l))
+# for lag l, PE(l) = [l / S, cos(2 pi k l / S), sin(2 pi k l / S)] (k = 1 .. HYENA_PE_BANDS, S =
+# HYENA_LAG_SCALE), FFN = Linear -> sin(w .) -> Linear -> sin(w .) -> Linear (learned frequencies w),
+# window_c(l) = exp(-alpha_c l / S) with decay rates alpha spread over the channels so that the window
+# falls to 1e-2 between lag 0.3 S (fast channels) and 1.5 S (slow ones), as the paper's modulation does.
+# The filters are functions of the lag alone, so they extend to any length. The state is the short conv's
+# last d_conv - 1 inputs and, for each long convolution, every input seen so far: decoding costs O(T) per
+# token and channel and the state grows by N * d_model numbers a token (`distill_hyena` below fits each
+# filter with a small diagonal state space instead).
+
+HYENA_ORDER = 2
+HYENA_PE_BANDS = 8
+HYENA_FILTER_WIDTH = 32
+HYENA_LAG_SCALE = 512.0
+HYENA_FAST_DECAY, HYENA_SLOW_DECAY = 0.3, 1.5  # lags / S at which the windows reach 1e-2
+
+
+class HyenaFilter(nn.Module):
+    """The implicit filters of one Hyena layer: `forward(L) -> [order, L, d]` float32, taps at lags 0 .. L - 1."""
+
+    def __init__(self, d: int, order: int, bands: int = HYENA_PE_BANDS, width: int = HYENA_FILTER_WIDTH):
+        super().__init__()
+        self.d, self.order, self.bands = d, order, bands
+        self.fc1 = nn.Linear(1 + 2 * bands, width)
+        self.fc2 = nn.Linear(width, width)
+        self.fc3 = nn.Linear(width, order * d)
+        self.freq = nn.Parameter(torch.ones(width))
+
+    def decay_rates(self, device) -> torch.Tensor:
+        """alpha [order * d] float32, fast to slow across the channels of each filter; made at each call
+        (not a buffer, which `model.to(torch.bfloat16)` would round)."""
+        low, high = math.log(100) / HYENA_SLOW_DECAY, math.log(100) / HYENA_FAST_DECAY
+        return torch.linspace(high, low, self.d, device=device).repeat(self.order)
+
+    def positional(self, L: int, device) -> torch.Tensor:
+        lag = torch.arange(L, device=device, dtype=torch.float32) / HYENA_LAG_SCALE
+        angle = 2 * math.pi * lag[:, None] * torch.arange(1, self.bands + 1, device=device, dtype=torch.float32)
+        return torch.cat([lag[:, None], angle.cos(), angle.sin()], dim=-1)  # [L, 1 + 2 bands]
+
+    def forward(self, L: int) -> torch.Tensor:
+        z = self.positional(L, self.fc1.weight.device)
+        w = self.freq.float()
+        for fc in (self.fc1, self.fc2):  # float32 whatever the model's dtype
+            z = torch.sin(w * F.linear(z, fc.weight.float(), fc.bias.float()))
+        h = F.linear(z, self.fc3.weight.float(), self.fc3.bias.float())  # [L, order * d]
+        lag = torch.arange(L, device=h.device, dtype=torch.float32)[:, None] / HYENA_LAG_SCALE
+        h = h * torch.exp(-self.decay_rates(h.device) * lag)
+        return h.unflatten(-1, (self.order, self.d)).transpose(0, 1)  # [order, L, d]
+
+
+@register_mixer("hyena")
+class Hyena(Mixer):
+    order = HYENA_ORDER
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.backend = cfg.d_model, cfg.backend
+        width = (self.order + 1) * d
+        self.in_proj = nn.Linear(d, width)
+        self.conv = nn.Conv1d(width, width, cfg.d_conv, groups=width)
+        self.filter = HyenaFilter(d, self.order)
+        self.bias = nn.Parameter(torch.randn(self.order, d))  # D^n, the long convolutions' skips
+        self.out = nn.Linear(d, d)
+
+    def _branches(self, x, conv_past, cu_seqlens=None):
+        u, conv_state = conv_branch(self.conv, self.in_proj(x), conv_past, cu_seqlens)
+        return u.chunk(self.order + 1, dim=-1), conv_state  # v, x^1 .. x^N
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels.long_conv import long_conv
+
+        check_packed(x, state, cu_seqlens)
+        conv_past, *caches = (None,) * (self.order + 1) if state is None else state
+        (z, *gates), conv_state = self._branches(x, conv_past, cu_seqlens)
+        past = 0 if caches[0] is None else caches[0].shape[1]
+        h = self.filter(past + x.shape[1])
+        finals = []
+        for n, gate in enumerate(gates):
+            z, final = long_conv(z, h[n], self.bias[n], initial_inputs=caches[n], cu_seqlens=cu_seqlens,
+                                 backend=self.backend)
+            z = gate * z
+            finals.append(final)
+        return self.out(z), (conv_state, *finals)
+
+    def step(self, x, state=None):
+        from alloyml.kernels.long_conv import long_conv_step
+
+        conv_past, *caches = (None,) * (self.order + 1) if state is None else state
+        (z, *gates), conv_state = self._branches(x[:, None], conv_past)
+        z, gates = z[:, 0], [g[:, 0] for g in gates]
+        past = 0 if caches[0] is None else caches[0].shape[1]
+        h = self.filter(past + 1)
+        finals = []
+        for n, gate in enumerate(gates):
+            z, cache = long_conv_step(z, h[n], self.bias[n], caches[n])
+            z = gate * z
+            finals.append(cache)
+        return self.out(z), (conv_state, *finals)
+
+    def cat_states(self, states: list):
+        """Caches of different lengths are left-padded with zero inputs (which add nothing to a convolution)."""
+        longest = max(s[1].shape[1] for s in states)
+        padded = [(s[0], *(F.pad(c, (0, 0, longest - c.shape[1], 0)) for c in s[1:])) for s in states]
+        return super().cat_states(padded)

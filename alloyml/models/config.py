@@ -29,7 +29,9 @@ class ModelConfig:
     backend: kernel backend of the parallel forward ("auto": Triton on CUDA, chunked PyTorch on CPU);
     kan_grid, kan_order: the KAN feed-forward's B-spline grid intervals G and spline order k (kan.py);
     performer_features, performer_redraw: the Performer's random features per head m, and how many training
-    steps apart they are redrawn (0: never; performer.py).
+    steps apart they are redrawn (0: never; performer.py); window: keys per query of the local
+    (sliding-window) attention of the `local_attn` and `griffin` mixers, and the size of their ring-buffer
+    KV cache (griffin.py).
     """
 
     vocab_size: int = 256
@@ -54,6 +56,7 @@ class ModelConfig:
     kan_order: int = 3
     performer_features: int = 64
     performer_redraw: int = 1000
+    window: int = 64
 
     def __post_init__(self):
         mixers, ffns = layer_names()
@@ -64,7 +67,7 @@ class ModelConfig:
         if self.routing not in ROUTINGS:
             raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_mult", "d_state", "d_conv", "expand",
-                     "n_experts", "top_k", "kan_grid", "kan_order", "performer_features"):
+                     "n_experts", "top_k", "kan_grid", "kan_order", "performer_features", "window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -190,3 +190,76 @@ class Hyena(Mixer):
         longest = max(s[1].shape[1] for s in states)
         padded = [(s[0], *(F.pad(c, (0, 0, longest - c.shape[1], 0)) for c in s[1:])) for s in states]
         return super().cat_states(padded)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Distilled Hyena: each long convolution of a trained Hyena layer replaced by a diagonal state space of
+# `order` complex modes per channel (kernels.long_conv.distill, after LaughingHyena), mapped onto the S4D
+# op with dt = 1 (A = log lambda, C = c / (2 B_bar)), which then runs it as an FFT convolution for whole
+# sequences and as its recurrence for decoding: constant memory, O(order) per token and channel. The
+# projections and short conv are the original layer's modules; the fit is made once, on the filter's
+# first `length` taps.
+
+
+class DistilledHyena(Mixer):
+    name = "hyena_distilled"
+
+    def __init__(self, hyena: Hyena, order: int = 16, length: int = 1024):
+        from alloyml.kernels.long_conv.distill import distill_filter
+        from alloyml.kernels.s4d import _expm1_complex
+
+        super().__init__()
+        self.hyena, self.backend = hyena, hyena.backend
+        with torch.no_grad():
+            h = hyena.filter(length).double()  # [N, L, d]
+        fits = [distill_filter(h[n], order) for n in range(hyena.order)]
+        self.fit_error = torch.stack([f.error for f in fits])  # [N, d] relative L2 error over `length` taps
+        poles = torch.stack([f.poles for f in fits])  # [N, d, r]
+        A = torch.log(poles.abs().clamp_min(1e-6).to(poles.dtype) * torch.exp(1j * poles.angle()))  # dt = 1
+        B_bar = _expm1_complex(A) / A
+        C = torch.stack([f.residues for f in fits]) / (2 * B_bar)
+        dtype = hyena.bias.dtype
+        self.register_buffer("A_real_log", torch.log(-A.real).to(dtype))
+        self.register_buffer("A_imag", A.imag.to(dtype))
+        self.register_buffer("C", torch.view_as_real(C).to(dtype))  # [N, d, r, 2]
+        self.register_buffer("D", torch.stack([f.D for f in fits]).to(dtype))  # [N, d]
+        self.register_buffer("log_dt", torch.zeros(hyena.order, A.shape[1], dtype=dtype))
+
+    def _params(self, n):
+        return self.log_dt[n], self.A_real_log[n], self.A_imag[n], self.C[n], self.D[n]
+
+    def forward(self, x, state=None, cu_seqlens=None):
+        from alloyml.kernels import s4d
+
+        check_packed(x, state, cu_seqlens)
+        conv_past, *ssm = (None,) * (self.hyena.order + 1) if state is None else state
+        (z, *gates), conv_state = self.hyena._branches(x, conv_past, cu_seqlens)
+        finals = []
+        for n, gate in enumerate(gates):
+            z, final = s4d(z, *self._params(n), initial_state=ssm[n], cu_seqlens=cu_seqlens, backend=self.backend)
+            z = gate * z
+            finals.append(final)
+        return self.hyena.out(z), (conv_state, *finals)
+
+    def step(self, x, state=None):
+        from alloyml.kernels import s4d_step
+
+        conv_past, *ssm = (None,) * (self.hyena.order + 1) if state is None else state
+        (z, *gates), conv_state = self.hyena._branches(x[:, None], conv_past)
+        z, finals = z[:, 0], []
+        for n, gate in enumerate(gates):
+            z, new = s4d_step(z, *self._params(n), ssm[n])
+            z = gate[:, 0] * z
+            finals.append(new)
+        return self.hyena.out(z), (conv_state, *finals)
+
+
+def distill_hyena(model, order: int = 16, length: int = 1024):
+    """Replace, in place, every Hyena mixer of `model` (a LinearLM) by its DistilledHyena; returns the
+    per-layer fit errors ([N, d] each: relative L2 error of each fitted filter over `length` taps)."""
+    errors = []
+    for block in model.blocks:
+        if isinstance(block.mixer, Hyena):
+            block.mixer = DistilledHyena(block.mixer, order, length)
+            errors.append(block.mixer.fit_error)
+    return errors

@@ -479,4 +479,4 @@ class SoftmaxAttention(Mixer):
 # The diagonal state-space mixers (LRU, Hawk, S4D, Mamba-1), RWKV-6, the Performer and the delta-rule and
 # test-time-training mixers (DeltaNet, Gated DeltaNet, TTT-Linear, TTT-MLP) live in their own modules;
 # importing them registers them.
-from alloyml.models import conv_mixers, delta_mixers, performer, rwkv, ssm_mixers  # noqa: E402, F401
+from alloyml.models import conv_mixers, delta_mixers, griffin, performer, rwkv, ssm_mixers  # noqa: E402, F401

@@ -47,7 +47,7 @@ def test_packed_documents_equal_one_row_each(mixer):
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "rwkv", "rwkv5", "lru", "hawk", "s4d", "mamba1", "deltanet", "ttt_linear",
-                                   "h3", "hyena"])
+                                   "h3", "hyena", "griffin"])
 @torch.no_grad()
 def test_packing_without_the_reset_would_leak(mixer):
     """The boundary reset matters: the second document's logits differ when the first precedes it in

@@ -45,7 +45,7 @@ def test_prefill_then_continue_equals_one_pass(mixer):
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "softmax", "rwkv", "lru", "hawk", "s4d", "mamba1", "performer",
-                                   "gated_deltanet", "ttt_linear", "ttt_mlp", "h3", "hyena"])
+                                   "gated_deltanet", "ttt_linear", "ttt_mlp", "h3", "hyena", "local_attn", "griffin"])
 @torch.no_grad()
 def test_regrouped_states_decode_each_sequence_as_alone(mixer):
     # Prompts of different lengths, prefilled apart, concatenated (the KV cache left-pads), one row dropped:

@@ -11,7 +11,7 @@ from alloyml.models.saving import load_model, save_model
 
 
 @pytest.mark.parametrize("name", ["moe-mamba", "retnet", "rwkv", "rwkv5", "lru", "hawk", "s4d", "mamba1", "performer",
-                                  "gated_deltanet", "ttt_mlp", "h3", "hyena"])
+                                  "gated_deltanet", "ttt_mlp", "h3", "hyena", "local_attn", "griffin"])
 def test_save_load_round_trips_exactly(tmp_path, name):
     torch.manual_seed(0)
     cfg = ModelConfig.named(name, vocab_size=50, d_model=32, n_layers=2, n_heads=2, n_experts=4)
@@ -101,7 +101,8 @@ def test_config_accepts_exactly_the_registered_layers(monkeypatch):
     from alloyml.models.moe import FFNS
 
     assert set(MIXERS) == {"linear_attn", "retnet", "gla", "mamba", "rwkv", "rwkv5", "softmax", "lru", "hawk", "s4d",
-                           "mamba1", "performer", "deltanet", "gated_deltanet", "ttt_linear", "ttt_mlp", "h3", "hyena"}
+                           "mamba1", "performer", "deltanet", "gated_deltanet", "ttt_linear", "ttt_mlp", "h3", "hyena",
+                           "local_attn", "griffin"}
     for mixer in MIXERS:
         assert ModelConfig.named(mixer).mixer == mixer
     with pytest.raises(ConfigError, match="mixer must be one of"):

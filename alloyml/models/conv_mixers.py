@@ -222,7 +222,8 @@ class DistilledHyena(Mixer):
         self.register_buffer("A_real_log", torch.log(-A.real).to(dtype))
         self.register_buffer("A_imag", A.imag.to(dtype))
         self.register_buffer("C", torch.view_as_real(C).to(dtype))  # [N, d, r, 2]
-        self.register_buffer("D", torch.stack([f.D for f in fits]).to(dtype))  # [N, d]
+        D = torch.stack([f.D for f in fits]) + hyena.bias.detach().double()  # tap 0's fit + the layer's skip
+        self.register_buffer("D", D.to(dtype))  # [N, d]
         self.register_buffer("log_dt", torch.zeros(hyena.order, A.shape[1], dtype=dtype))
 
     def _params(self, n):

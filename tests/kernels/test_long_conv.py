@@ -89,3 +89,47 @@ def test_bad_inputs_are_refused_before_work():
         long_conv(u, h, initial_inputs=torch.zeros(1, 0, 3), cu_seqlens=torch.tensor([0, 5]))
     with pytest.raises(InvalidInputError, match="cache must have shape"):
         long_conv_step(u[:, 0], h, cache=torch.zeros(2, 1, 3))
+
+
+def test_distilling_a_sum_of_modes_recovers_it_exactly():
+    from alloyml.kernels.long_conv.distill import distill_filter
+
+    lag = torch.arange(120, dtype=torch.float64)[:, None]
+    h = torch.cat([0.9**lag * torch.cos(0.3 * lag) + 0.5 * 0.7**lag, -(0.95**lag) * torch.sin(1.1 * lag)], 1)
+    h[0] += torch.tensor([0.25, 0.0], dtype=torch.float64)  # a skip term on tap 0 (the fit's D)
+    fit = distill_filter(h, 3)
+    assert fit.error.max() <= 1e-10
+    got = sorted(fit.poles[0].tolist(), key=lambda z: (z.real, z.imag))
+    want = sorted([0.7 + 0j, *(0.9 * torch.exp(torch.tensor([0.3j, -0.3j], dtype=torch.complex128))).tolist()],
+                  key=lambda z: (z.real, z.imag))
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 1e-9
+    assert fit.D[0].item() == pytest.approx(0.25, abs=1e-9)
+
+
+def test_distilled_state_space_convolution_equals_its_recurrence():
+    """The distilled filter run as a long convolution of its kernel equals its recurrence (outputs and
+    final state) in float64, on a filter the fit cannot match exactly (so the check is not of the filter)."""
+    from alloyml.kernels.long_conv.distill import distill_filter
+
+    gen = torch.Generator().manual_seed(0)
+    lag = torch.arange(200, dtype=torch.float64)[:, None]
+    h = torch.randn(200, 3, generator=gen, dtype=torch.float64) * torch.exp(-lag / 40)
+    fit = distill_filter(h, 6)
+    assert (fit.error > 1e-3).all() and (fit.poles.abs() <= 0.9999 + 1e-12).all()
+    u = torch.randn(2, 150, 3, generator=gen, dtype=torch.float64)
+    conv, _ = long_conv(u, fit.kernel(150))
+    state, ys = None, []
+    for t in range(150):
+        y, state = fit.step(u[:, t], state)
+        ys.append(y)
+    assert rel_rms(torch.stack(ys, 1), conv) <= 1e-12
+    assert rel_rms(state, fit.final_state(u)) <= 1e-12
+
+
+def test_distilling_refuses_bad_orders():
+    from alloyml.kernels.long_conv.distill import distill_filter
+
+    with pytest.raises(InvalidInputError, match="order"):
+        distill_filter(torch.randn(10, 2), 5)
+    with pytest.raises(InvalidInputError, match="real"):
+        distill_filter(torch.randn(10), 2)

@@ -130,3 +130,28 @@ def test_half_precision_model_stays_close_to_float64(kind, dtype):
     wide.load_state_dict({k: v.double() for k, v in half.state_dict().items()})
     # a few roundings of the activations between the layers, none compounding over the 150 steps
     assert rel_rms(out.logits.double(), wide(ids).logits) <= 8 * torch.finfo(dtype).eps
+
+
+@torch.no_grad()
+def test_distilled_hyena_decodes_in_constant_memory_close_to_the_original():
+    from alloyml.models.conv_mixers import distill_hyena
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(mixer="hyena", vocab_size=40, d_model=8, n_layers=2, n_heads=2)
+    model = LinearLM(cfg).double().eval()
+    ids = torch.randint(0, 40, (2, 60), generator=torch.Generator().manual_seed(1))
+    original = model(ids).logits
+    errors = distill_hyena(model, order=16, length=1024)  # the filters have decayed to ~1e-3 by 1024
+    assert len(errors) == 2 and all(e.shape == (2, 8) for e in errors)
+    assert max(e.median().item() for e in errors) <= 1e-2  # the fitted filters, over 1024 taps
+    model.double()
+    distilled = model(ids)
+    assert rel_rms(distilled.logits, original) <= 1e-2
+    # its own convolution (FFT, S4D op) equals its recurrence, token by token, and the state is fixed-size
+    states, stepped = None, []
+    for t in range(60):
+        logits, states = model.step(ids[:, t], states)
+        stepped.append(logits)
+    torch.testing.assert_close(torch.stack(stepped, 1), distilled.logits, rtol=0, atol=1e-10)
+    sizes = [sum(t.numel() for s in model(ids[:, :n]).states for t in s) for n in (5, 60)]
+    assert sizes[0] == sizes[1]

@@ -5,8 +5,8 @@ et al. 2023), so that it decodes in constant memory:
 
 whose kernel is K_0 = Re(sum_n c_n) + D, K_l = Re(sum_n c_n lambda_n^l). The fit is modal: the poles
 lambda from the shift invariance of the filter's Hankel matrix (Kung's method: the top-r left singular
-vectors U of H_ij = h_{1+i+j}, lambda = eig(pinv(U[:-1]) U[1:])), pulled inside the unit circle
-(|lambda| <= MAX_POLE) so the recurrence is stable; the residues c by linear least squares on
+vectors U of H_ij = h_{1+i+j}, min((L - 1) / 2, 16 r) rows, lambda = eig(pinv(U[:-1]) U[1:])), pulled
+inside the unit circle (|lambda| <= MAX_POLE) so the recurrence is stable; the residues c by linear least squares on
 h_1 .. h_{L-1} given the poles; D so that tap 0 is exact. All in float64. Decoding the result costs
 O(r) per token and channel with a state of r complex numbers, against O(T) for the filter itself.
 """
@@ -71,10 +71,11 @@ def distill_filter(h, order: int) -> DistilledSSM:
         raise InvalidInputError(f"order must be an integer in [1, (L - 2) / 2] = [1, {(L - 2) // 2}], got {order!r}")
     h = h.detach().to(torch.float64).T  # [C, L]
     tail = h[:, 1:]  # h_1 .. h_{L-1}
-    rows = (L - 1) // 2
+    rows = min((L - 1) // 2, 16 * order)  # enough rows to see r modes shift; fewer keep the SVD cheap
     idx = torch.arange(rows)[:, None] + torch.arange(L - 1 - rows + 1)[None, :]  # [rows, cols]
     hankel = tail[:, idx]  # [C, rows, cols]
-    U = torch.linalg.svd(hankel, full_matrices=False).U[..., :order]  # [C, rows, r]
+    # the top-r left singular vectors, as eigenvectors of H H^T (rows x rows: cheaper than the SVD of H)
+    U = torch.linalg.eigh(hankel @ hankel.transpose(1, 2)).eigenvectors[..., -order:]  # [C, rows, r]
     A = torch.linalg.pinv(U[:, :-1]) @ U[:, 1:]  # [C, r, r]
     poles = torch.linalg.eigvals(A)
     size = poles.abs().clamp_min(1e-12)

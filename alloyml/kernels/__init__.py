@@ -18,3 +18,8 @@ __all__ = ["gla", "gla_step", "linear_attn", "linear_attn_step", "lru", "lru_ste
            "selective_scan_step"]
 __all__ += ["delta_rule", "delta_rule_step", "gated_delta_rule", "gated_delta_rule_step", "ttt", "ttt_linear",
             "ttt_mlp", "ttt_step"]
+
+from alloyml.kernels.local_attn import local_attn  # noqa: E402
+from alloyml.kernels.long_conv import long_conv, long_conv_step  # noqa: E402
+
+__all__ += ["local_attn", "long_conv", "long_conv_step"]

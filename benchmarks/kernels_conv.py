@@ -1,0 +1,143 @@
+"""Long-convolution and local-attention benchmarks (CPU, one thread): the fast paths against their naive
+references, forward + backward, and decoding throughput and state size of the h3 / hyena / local_attn /
+griffin mixers against the softmax + KV-cache baseline. Writes benchmarks/results/kernels_conv.json.
+
+    python benchmarks/kernels_conv.py [--quick]
+
+- `long_conv` (Hyena's long convolution, kernels/long_conv): FFT vs the direct sum (naive.py), B=2, C=64,
+  filter as long as the sequence, T = 1024 and 4096 (--quick: 1024 and 2048).
+- `local_attn` (kernels/local_attn): blocked band attention vs dense masked T x T attention, B=1, H=4,
+  Dh=64, window 128.
+- decoding: a 2-layer d_model=64 model per mixer, prompt of P tokens prefilled, then 64 steps; tokens/s of
+  the steps and the bytes of the per-sequence state after them (P = 256 and 1024; --quick: 256).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ratio, row, write_results  # noqa: E402
+
+DECODE_MIXERS = ("softmax", "h3", "hyena", "local_attn", "griffin")
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(best CPU seconds, its wall seconds) over `repeats` calls."""
+    best = (float("inf"), 0.0)
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        best = min(best, (time.process_time() - cpu, time.perf_counter() - wall))
+    return round(best[0], 4), round(best[1], 4)
+
+
+def op_case(op: str, T: int):
+    """A function running forward + backward of `op` on fixed inputs for a given backend."""
+    import torch
+
+    from alloyml.kernels.local_attn import local_attn
+    from alloyml.kernels.long_conv import long_conv
+
+    gen = torch.Generator().manual_seed(0)
+    if op == "long_conv":
+        lag = torch.arange(T, dtype=torch.float32)[:, None]
+        args = [torch.randn(2, T, 64, generator=gen).requires_grad_(),
+                (torch.randn(T, 64, generator=gen) * torch.exp(-lag / 300)).requires_grad_(),
+                torch.randn(64, generator=gen).requires_grad_()]
+
+        def run(backend):
+            y, final = long_conv(*args, backend=backend)
+            (y.sum() + final.sum()).backward()
+    else:
+        args = [torch.randn(1, T, 4, 64, generator=gen).requires_grad_() for _ in range(3)]
+
+        def run(backend):
+            local_attn(*args, 128, backend=backend).sum().backward()
+    return run
+
+
+def op_rows(quick: bool) -> list[dict]:
+    rows = []
+    for op in ("long_conv", "local_attn"):
+        for T in (1024, 2048) if quick else (1024, 4096):
+            load = os.getloadavg()
+            run = op_case(op, T)
+            fast = timed(partial(run, "auto"), 3)
+            naive = timed(partial(run, "naive"), 1)
+            r = ratio(fast[0], naive[0])
+            shape = "B=2 C=64" if op == "long_conv" else "B=1 H=4 Dh=64 window=128"
+            target = T == 4096
+            rows.append(row(f"{op} fwd+bwd {shape} T={T} (CPU)", "CPU seconds", fast[0],
+                            peers={"naive": naive[0]}, ratio=r, target=">= 20x naive" if target else None,
+                            met=(r is not None and r >= 20) if target else None,
+                            notes=f"wall seconds: fast {fast[1]}, naive {naive[1]}; one thread; fast best of 3, "
+                                  f"naive 1 run; load average before {tuple(round(x, 2) for x in load)} on "
+                                  f"{os.cpu_count()} cores",
+                            load_average=[round(x, 2) for x in load]))
+            print(rows[-1]["case"], fast, naive, r, flush=True)
+    return rows
+
+
+def state_bytes(state) -> int:
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if hasattr(state, "k"):  # the softmax KV cache: the filled part
+        return 2 * state.k[:, : state.length].numel() * state.k.element_size()
+    return sum(state_bytes(s) for s in state)
+
+
+def decode_rows(quick: bool) -> list[dict]:
+    import torch
+
+    from alloyml.models import LinearLM, ModelConfig
+
+    rows = []
+    for P in (256,) if quick else (256, 1024):
+        results = {}
+        for mixer in DECODE_MIXERS:
+            torch.manual_seed(0)
+            model = LinearLM(ModelConfig(mixer=mixer, vocab_size=256, d_model=64, n_layers=2, n_heads=4)).eval()
+            ids = torch.randint(0, 256, (1, P))
+            with torch.no_grad():
+                states = model(ids).states
+                token = ids[:, -1]
+                start = time.perf_counter()
+                for _ in range(64):
+                    logits, states = model.step(token, states)
+                    token = logits.argmax(-1)
+                seconds = time.perf_counter() - start
+            results[mixer] = (round(64 / seconds, 1), state_bytes(states))
+        base_tps, base_bytes = results["softmax"]
+        load = os.getloadavg()
+        for mixer, (tps, nbytes) in results.items():
+            if mixer == "softmax":
+                continue
+            rows.append(row(f"decode {mixer} 2x d64 after {P} tokens (CPU)", "tokens/s", tps,
+                            peers={"softmax + KV cache": base_tps}, ratio=ratio(tps, base_tps, higher_is_better=True),
+                            notes=f"state bytes per sequence after {P + 64} tokens: {nbytes} (softmax KV cache "
+                                  f"{base_bytes}); one thread; load average {tuple(round(x, 2) for x in load)}",
+                            state_bytes=nbytes, baseline_state_bytes=base_bytes))
+            print(rows[-1]["case"], tps, base_tps, nbytes, base_bytes, flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller T and one prompt length")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    write_results("kernels_conv", op_rows(args.quick) + decode_rows(args.quick))
+
+
+if __name__ == "__main__":
+    main()

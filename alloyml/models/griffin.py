@@ -6,7 +6,8 @@
   numbers plus slot positions) and a step costs O(window * d_model), however long the context.
 - `griffin`: one block is itself a residual stack of pre-norm temporal layers in the paper's pattern,
   `GRIFFIN_PATTERN` = (RG-LRU, RG-LRU, local attention): h <- h + layer(norm(h)) for each, starting from
-  the block's normalised input; the mixer returns the sum of the three updates, and the block's
+  the block's normalised input; the mixer returns the sum of the three updates (summed apart from h, so
+  half precision does not lose them to h - x), and the block's
   feed-forward follows (the paper puts an MLP after each temporal layer; here one follows the three).
   The recurrent layer is Hawk's (`ssm_mixers.Hawk`). A subclass may set another pattern.
 
@@ -133,17 +134,19 @@ class Griffin(Mixer):
 
     def forward(self, x, state=None, cu_seqlens=None):
         check_packed(x, state, cu_seqlens)
-        h, new = x, []
+        h, total, new = x, 0, []
         for norm, layer, s in zip(self.norms, self.layers, self._split(state), strict=True):
             y, s = layer(norm(h), s, cu_seqlens=cu_seqlens)
-            h = h + y
+            total = total + y  # the updates summed apart: h - x would cancel in half precision
+            h = x + total
             new.extend(s)
-        return h - x, tuple(new)
+        return total, tuple(new)
 
     def step(self, x, state=None):
-        h, new = x, []
+        h, total, new = x, 0, []
         for norm, layer, s in zip(self.norms, self.layers, self._split(state), strict=True):
             y, s = layer.step(norm(h), s)
-            h = h + y
+            total = total + y
+            h = x + total
             new.extend(s)
-        return h - x, tuple(new)
+        return total, tuple(new)

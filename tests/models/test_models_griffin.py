@@ -139,3 +139,22 @@ def test_griffin_stacks_its_pattern_residually():
     for norm, layer in zip(g.norms, g.layers, strict=True):
         h = h + layer(norm(h))[0]
     torch.testing.assert_close(g(x)[0], h - x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["local_attn", "griffin"])
+@torch.no_grad()
+def test_half_precision_model_stays_close_to_float64(name, dtype):
+    torch.manual_seed(0)
+    cfg = ModelConfig(mixer=name, vocab_size=40, d_model=32, n_layers=1, n_heads=2, window=16)
+    half = LinearLM(cfg).to(dtype).eval()
+    ids = torch.randint(0, 40, (2, 100), generator=torch.Generator().manual_seed(1))
+    out = half(ids)
+    assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+    wide = LinearLM(cfg).double().eval()
+    wide.load_state_dict({k: v.double() for k, v in half.state_dict().items()})
+    assert rel_rms(out.logits, wide(ids).logits) <= 8 * torch.finfo(dtype).eps
+    # decoding the half model continues its own forward to about its rounding
+    states = half(ids[:, :60]).states
+    logits, _ = half.step(ids[:, 60], states)
+    assert rel_rms(logits, half(ids[:, :61]).logits[:, -1]) <= 8 * torch.finfo(dtype).eps

@@ -31,7 +31,8 @@ class ModelConfig:
     performer_features, performer_redraw: the Performer's random features per head m, and how many training
     steps apart they are redrawn (0: never; performer.py); window: keys per query of the local
     (sliding-window) attention of the `local_attn` and `griffin` mixers, and the size of their ring-buffer
-    KV cache (griffin.py).
+    KV cache (griffin.py); griffin_period: a `griffin` block stacks griffin_period - 1 RG-LRU layers and
+    one local-attention layer (the paper's 3: two recurrent layers to one attention layer).
     """
 
     vocab_size: int = 256
@@ -57,6 +58,7 @@ class ModelConfig:
     performer_features: int = 64
     performer_redraw: int = 1000
     window: int = 64
+    griffin_period: int = 3
 
     def __post_init__(self):
         mixers, ffns = layer_names()
@@ -67,7 +69,8 @@ class ModelConfig:
         if self.routing not in ROUTINGS:
             raise ConfigError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_mult", "d_state", "d_conv", "expand",
-                     "n_experts", "top_k", "kan_grid", "kan_order", "performer_features", "window"):
+                     "n_experts", "top_k", "kan_grid", "kan_order", "performer_features", "window",
+                     "griffin_period"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -5,11 +5,12 @@
   buffer of the last `window` keys and values, so its state has a fixed size (2 * window * d_model
   numbers plus slot positions) and a step costs O(window * d_model), however long the context.
 - `griffin`: one block is itself a residual stack of pre-norm temporal layers in the paper's pattern,
-  `GRIFFIN_PATTERN` = (RG-LRU, RG-LRU, local attention): h <- h + layer(norm(h)) for each, starting from
+  (RG-LRU, RG-LRU, local attention) by default (`ModelConfig.griffin_period` = 3: period - 1 RG-LRU
+  layers, then one local attention): h <- h + layer(norm(h)) for each, starting from
   the block's normalised input; the mixer returns the sum of the three updates (summed apart from h, so
   half precision does not lose them to h - x), and the block's
   feed-forward follows (the paper puts an MLP after each temporal layer; here one follows the three).
-  The recurrent layer is Hawk's (`ssm_mixers.Hawk`). A subclass may set another pattern.
+  The recurrent layer is Hawk's (`ssm_mixers.Hawk`).
 
 States are flat tuples of batch-first tensors (the ring buffer's slot positions and lengths are int64),
 so `select_state` / `cat_states` regroup them as for any recurrent mixer.
@@ -105,17 +106,18 @@ class LocalAttention(Mixer):
 
 # ----------------------------------------------------------------------------------------------------------
 
-GRIFFIN_PATTERN = ("hawk", "hawk", "local_attn")
+def griffin_pattern(period: int) -> tuple[str, ...]:
+    """The temporal layers of one griffin block: period - 1 RG-LRU (Hawk) layers, then local attention."""
+    return ("hawk",) * (period - 1) + ("local_attn",)
 
 
 @register_mixer("griffin")
 class Griffin(Mixer):
-    pattern = GRIFFIN_PATTERN
-
     def __init__(self, cfg: ModelConfig):
         from alloyml.models.mixers import MIXERS
 
         super().__init__()
+        self.pattern = griffin_pattern(cfg.griffin_period)
         self.norms = nn.ModuleList(nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) for _ in self.pattern)
         self.layers = nn.ModuleList(MIXERS[name](cfg) for name in self.pattern)
 

@@ -68,6 +68,8 @@ def test_bad_window_is_refused():
         local_attn(q, k, v, 0)
     with pytest.raises(ConfigError, match="window"):
         ModelConfig(mixer="griffin", window=0)
+    with pytest.raises(ConfigError, match="griffin_period"):
+        ModelConfig(mixer="griffin", griffin_period=0)
 
 
 def mixer(window, seed=0):
@@ -127,13 +129,15 @@ def test_ring_buffer_decoding_equals_the_parallel_forward(name):
         assert sizes[0] == sizes[1]  # the ring buffer: fixed size however long the context
 
 
+@pytest.mark.parametrize("period", [1, 3, 4])
 @torch.no_grad()
-def test_griffin_stacks_its_pattern_residually():
-    """One griffin block: h <- h + layer(norm(h)) for RG-LRU, RG-LRU, local attention; returns the updates."""
+def test_griffin_stacks_its_pattern_residually(period):
+    """One griffin block: h <- h + layer(norm(h)) for period - 1 RG-LRU layers, then local attention;
+    returns the updates."""
     torch.manual_seed(0)
-    cfg = ModelConfig(mixer="griffin", d_model=16, n_heads=2, window=5)
+    cfg = ModelConfig(mixer="griffin", d_model=16, n_heads=2, window=5, griffin_period=period)
     g = LinearLM(cfg.replace(n_layers=1)).blocks[0].mixer.double()
-    assert [type(layer).__name__ for layer in g.layers] == ["Hawk", "Hawk", "LocalAttention"]
+    assert [type(layer).__name__ for layer in g.layers] == ["Hawk"] * (period - 1) + ["LocalAttention"]
     x = torch.randn(2, 13, 16, dtype=torch.float64)
     h = x
     for norm, layer in zip(g.norms, g.layers, strict=True):

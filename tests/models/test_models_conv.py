@@ -155,3 +155,6 @@ def test_distilled_hyena_decodes_in_constant_memory_close_to_the_original():
     torch.testing.assert_close(torch.stack(stepped, 1), distilled.logits, rtol=0, atol=1e-10)
     sizes = [sum(t.numel() for s in model(ids[:, :n]).states for t in s) for n in (5, 60)]
     assert sizes[0] == sizes[1]
+    # packed documents (the S4D op's scan form) equal each document alone
+    packed = model(ids.reshape(1, -1), cu_seqlens=torch.tensor([0, 60, 120])).logits
+    torch.testing.assert_close(packed, distilled.logits.reshape(1, 120, -1), rtol=0, atol=1e-10)

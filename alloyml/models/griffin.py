@@ -10,7 +10,8 @@
   the block's normalised input; the mixer returns the sum of the three updates (summed apart from h, so
   half precision does not lose them to h - x), and the block's
   feed-forward follows (the paper puts an MLP after each temporal layer; here one follows the three).
-  The recurrent layer is Hawk's (`ssm_mixers.Hawk`).
+  The recurrent layer is Hawk's (`ssm_mixers.Hawk`); the local attention is multi-query (one key / value
+  head), as in the paper.
 
 States are flat tuples of batch-first tensors (the ring buffer's slot positions and lengths are int64),
 so `select_state` / `cat_states` regroup them as for any recurrent mixer.
@@ -30,15 +31,19 @@ EMPTY_SLOT = -1  # a ring-buffer slot that holds no token yet
 
 @register_mixer("local_attn")
 class LocalAttention(Mixer):
-    """State: (keys [B, W, H, Dh], values [B, W, H, Dh], position of each slot's token [B, W] (EMPTY_SLOT
-    when none), tokens seen [B]); the token at position p sits in slot p mod W."""
+    """State: (keys [B, W, Hkv, Dh], values [B, W, Hkv, Dh], position of each slot's token [B, W]
+    (EMPTY_SLOT when none), tokens seen [B]); the token at position p sits in slot p mod W. `kv_heads`:
+    n_heads (multi-head, the registered mixer) or 1 (multi-query, as Griffin's local attention: one key and
+    value head shared by every query head, an n_heads-times smaller ring buffer)."""
 
     state_parts = 4
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, kv_heads: int | None = None):
         super().__init__()
         self.n_heads, self.rope_base, self.window, self.backend = cfg.n_heads, cfg.rope_base, cfg.window, cfg.backend
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.kv_heads = cfg.n_heads if kv_heads is None else kv_heads
+        self.kv_width = self.kv_heads * cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * self.kv_width, bias=False)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
     def _empty(self, B, k):
@@ -78,17 +83,21 @@ class LocalAttention(Mixer):
 
         check_packed(x, state, cu_seqlens)
         B, T, _ = x.shape
-        q, k, v = (head_split(t, self.n_heads) for t in self.qkv(x).chunk(3, dim=-1))  # [B, T, H, Dh]
+        q, k, v = self.qkv(x).split([x.shape[-1], self.kv_width, self.kv_width], dim=-1)
+        q, k, v = head_split(q, self.n_heads), head_split(k, self.kv_heads), head_split(v, self.kv_heads)
         steps = torch.arange(T, device=x.device)
         if cu_seqlens is not None:
             positions = packed_positions(cu_seqlens, T, x.device)[None]
         else:
             positions = steps.expand(B, T) if state is None else state[3][:, None] + steps
         q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
+        H = self.n_heads
         if state is None:
-            o = local_attn(q, k, v, self.window, cu_seqlens=cu_seqlens, backend=self.backend)
+            o = local_attn(q, *(t.expand(B, T, H, t.shape[-1]) for t in (k, v)), self.window, cu_seqlens=cu_seqlens,
+                           backend=self.backend)
         else:  # continuing: the buffer's tokens, then these, under the band mask by true positions
             keys, values = torch.cat([state[0].to(k.dtype), k], 1), torch.cat([state[1].to(v.dtype), v], 1)
+            keys, values = (t.expand(B, t.shape[1], H, t.shape[-1]) for t in (keys, values))
             key_pos = torch.cat([state[2], positions], 1)  # [B, W + T]
             mask = band_mask(positions[:, :, None], key_pos[:, None, :], self.window)  # [B, T, W + T]
             o = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
@@ -119,7 +128,8 @@ class Griffin(Mixer):
         super().__init__()
         self.pattern = griffin_pattern(cfg.griffin_period)
         self.norms = nn.ModuleList(nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) for _ in self.pattern)
-        self.layers = nn.ModuleList(MIXERS[name](cfg) for name in self.pattern)
+        self.layers = nn.ModuleList(LocalAttention(cfg, kv_heads=1) if name == "local_attn" else MIXERS[name](cfg)
+                                    for name in self.pattern)
 
     def _parts(self):
         """How many tensors of the flat state each layer owns (Hawk: conv inputs and RG-LRU state)."""

@@ -138,6 +138,7 @@ def test_griffin_stacks_its_pattern_residually(period):
     cfg = ModelConfig(mixer="griffin", d_model=16, n_heads=2, window=5, griffin_period=period)
     g = LinearLM(cfg.replace(n_layers=1)).blocks[0].mixer.double()
     assert [type(layer).__name__ for layer in g.layers] == ["Hawk"] * (period - 1) + ["LocalAttention"]
+    assert g.layers[-1].kv_heads == 1  # multi-query, as in the paper
     x = torch.randn(2, 13, 16, dtype=torch.float64)
     h = x
     for norm, layer in zip(g.norms, g.layers, strict=True):

@@ -30,28 +30,36 @@ from alloyml.workflows.steps import step
 
 _COMMON = {
     "seed": 0, "noise": 0.1, "knn_k": 5, "remove_fraction": 0.1, "serve_port": 8123,
-    "merge_methods": {"task_arithmetic": {"weight": 1.0}, "ties": {"weight": 1.0, "density": 0.5},
-                      "linear": {"weight": 0.5}, "slerp": {}},
+    # Each method's merge weights are searched on the validation prompts: a list is searched, a scalar fixed
+    # (`demo_models.merge_spec` says what each knob means for each method).
+    "merge_methods": {"task_arithmetic": {"weight": [0.6, 0.8, 1.0]},
+                      "ties": {"weight": 1.0, "lambda": [1.0, 1.5, 2.0], "density": 0.5},
+                      "linear": {"t": [0.4, 0.5, 0.6]}, "slerp": {"t": [0.4, 0.5, 0.6]}},
+    # Specialists: short, low-learning-rate fine-tunes of a base that already knows both formats.
+    "finetune_steps": 60, "finetune_lr": 1e-3,
 }
+_SMALL = {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 300}
 DEMO_CONFIGS = {
     "full": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 600, "tracin_epochs": 30,
-             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 150},
+             "lm_sizes": {"small": _SMALL,
                           "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4}, "steps": 500}},
-             "finetune_steps": 200, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
-             "tune_budget_tokens": 16.0, "serve_requests": 40},
+             "eval_n": 100, "cascade_queries": 400, "tune_examples": 32, "tune_budget_tokens": 16.0,
+             "serve_requests": 40},
+    # The test suite's: the same small LM and recipe (what the merge needs), fewer evaluations elsewhere.
     "quick": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 60, "tracin_epochs": 5,
-              "lm_sizes": {"small": {"config": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "steps": 30},
+              "lm_sizes": {"small": _SMALL,
                            "large": {"config": {"d_model": 48, "n_layers": 1, "n_heads": 2}, "steps": 40}},
-              "finetune_steps": 20, "eval_n": 16, "cascade_queries": 80, "tune_examples": 8,
-              "tune_budget_tokens": 16.0, "serve_requests": 8},
+              "eval_n": 50, "cascade_queries": 80, "tune_examples": 8, "tune_budget_tokens": 16.0,
+              "serve_requests": 8},
 }
 
 
 @step(num_cpus=0)
 def summarize(cleaned: dict, merged: dict, cascade: dict, tuned: dict, served: dict) -> dict:
     """The numbers `alloyml demo` prints at the end."""
-    return {"cleaning": cleaned, "merge": {"method": merged["method"], "scores": merged["scores"],
-                                           "scores_by_method": merged["scores_by_method"]},
+    return {"cleaning": cleaned, "merge": {k: merged[k] for k in ("method", "setting", "reason", "scores", "methods",
+                                                                   "trials", "specialists", "base",
+                                                                   "scores_by_method")},
             "cascade": {k: cascade[k] for k in ("accuracy", "mean_cost", "planned_mean_cost", "planned_accuracy",
                                                 "test_queries", "budget", "singles", "version")},
             "tuning": tuned, "serving": served}

@@ -130,10 +130,12 @@ def _print_summary(console: Console, summary: dict) -> None:
     if "planned_mean_cost" in cascade:
         verdict = "within" if cascade["mean_cost"] <= cascade["budget"] else "OVER"
         console.print(f"cascade spend on {cascade['test_queries']} held-out queries: {cascade['mean_cost']:.2f} "
-                      f"= {cascade['mean_cost'] / cascade['budget']:.0%} of the budget ({verdict} budget)")
+                      f"= {cascade['mean_cost'] / cascade['budget']:.0%} of the budget ({verdict} budget)",
+                      soft_wrap=True)
     tuning, serving = summary["tuning"], summary["serving"]
     console.print(f"inference tuning of the merged model: best {tuning['best']} "
-                  f"(utility {tuning['best_utility']:.2f}, {tuning['best_cost']:.1f} tokens per query)")
+                  f"(utility {tuning['best_utility']:.2f}, {tuning['best_cost']:.1f} tokens per query)",
+                  markup=False, highlight=False, soft_wrap=True)
     console.print(f"served on Ray Serve: {serving['requests']} requests, accuracy {serving['accuracy']:.2f}, "
                   f"mean cost {serving['mean_cost']:.2f}, logged to the store")
 
@@ -152,8 +154,7 @@ def _print_merge(console: Console, merge: dict) -> None:
     tasks = list(merge["specialists"])
     table = Table(title="merging the two specialists: merge weights searched on validation prompts, "
                         "accuracy on held-out prompts")
-    for column in ("model", "setting", *(f"{t} acc" for t in tasks), *(f"{t} ÷ specialist" for t in tasks),
-                   "validation: worse task ÷ specialist"):
+    for column in ("model", "setting", *tasks, *(f"{t} ÷ spec." for t in tasks), "validation: worse ÷ spec."):
         table.add_column(column, justify="left" if column in ("model", "setting") else "right", no_wrap=True)
     specialists = merge["specialists"]
 
@@ -166,7 +167,9 @@ def _print_merge(console: Console, merge: dict) -> None:
         table.add_row(f"{t} specialist", "", *(f"{specialists[u]:.2f}" if u == t else "" for u in tasks),
                       *("1.00" if u == t else "" for u in tasks), "")
     for method, info in merge["methods"].items():
-        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["setting"].items())
+        searched = merge.get("searched", {}).get(method, list(info["setting"]))  # the knobs the search varied
+        setting = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in info["setting"].items()
+                            if k in searched)
         marker = " (chosen)" if method == merge["method"] else ""
         table.add_row(f"merge {method}{marker}", setting, *(f"{info['held_out'][t]:.2f}" for t in tasks),
                       *fractions(info["held_out"]), f"{info['validation_worst_fraction']:.2f}")
@@ -177,4 +180,4 @@ def _print_merge(console: Console, merge: dict) -> None:
     console.print(f"chosen: {merge['reason']} ({merge['trials']} merges tried on validation prompts). "
                   f"On held-out prompts it keeps "
                   + ", ".join(f"{chosen['held_out_fraction'][t]:.2f} of the {t} specialist" for t in tasks)
-                  + f": target >= {MERGE_TARGET} of each {verdict}.", markup=False, highlight=False)
+                  + f": target >= {MERGE_TARGET} of each {verdict}.", markup=False, highlight=False, soft_wrap=True)

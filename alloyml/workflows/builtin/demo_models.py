@@ -20,15 +20,19 @@ SPLITS = ("train", "validation", "held_out")
 def prompt_split(prompt: str) -> str:
     """Which split a prompt belongs to, fixed by its text: 20% held out (the reported accuracies), 10%
     validation (what picks the merge), the rest for training. No prompt is in two splits, so a score on
-    the held-out split is a score on prompts no model ever trained on."""
+    the held-out split is a score on prompts no model ever trained on (each task has 1,000 prompts)."""
     bucket = zlib.crc32(prompt.encode()) % 10
     return "held_out" if bucket < 2 else "validation" if bucket == 2 else "train"
 
 
 @dataclass(frozen=True)
 class PromptTask:
-    """Byte-level prompt → answer pairs ("7+8=" → "15", "abc|" → "cba") drawn from one split of the
-    prompts (`prompt_split`); the answer and its newline are scored, like `alloyml.models.data.Arithmetic`."""
+    """Byte-level prompt → answer pairs: "increment" adds one to each of three digits ("348>" → "459", 9
+    wraps to 0) and "reverse" reverses three letters from a–j ("abc|" → "cba"), drawn from one split of
+    the prompts (`prompt_split`); the answer and its newline are scored, like
+    `alloyml.models.data.Arithmetic`. Both are rules applied symbol by symbol, 1,000 prompts each, so a
+    model that learned the rule answers prompts it never saw: the held-out split measures that, not
+    memory (single-digit sums, 100 facts, would only be memorised)."""
 
     name: str
     split: str = "train"
@@ -40,9 +44,9 @@ class PromptTask:
                 return prompt, answer
 
     def _draw(self, generator: torch.Generator) -> tuple[str, str]:
-        if self.name == "add":
-            a, b = torch.randint(10, (2,), generator=generator).tolist()
-            return f"{a}+{b}=", str(a + b)
+        if self.name == "increment":
+            digits = torch.randint(10, (3,), generator=generator).tolist()
+            return "".join(map(str, digits)) + ">", "".join(str((d + 1) % 10) for d in digits)
         letters = "".join(chr(97 + i) for i in torch.randint(10, (3,), generator=generator).tolist())
         return f"{letters}|", letters[::-1]
 
@@ -51,7 +55,7 @@ class PromptTask:
         return [self.pair(generator) for _ in range(n)]
 
     def sample(self, n: int, generator: torch.Generator):
-        width = 8  # the longest text, "abc|cba\n"
+        width = 8  # every text is 8 bytes: "348>459\n", "abc|cba\n"
         inputs = torch.full((n, width), ord(" "), dtype=torch.long)
         targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
         for i in range(n):
@@ -62,8 +66,8 @@ class PromptTask:
         return inputs, targets
 
 
-DEMO_TASKS = ("add", "reverse")
-MAX_ANSWER = 4  # tokens: three letters (or digits) and the newline
+DEMO_TASKS = ("increment", "reverse")
+MAX_ANSWER = 4  # tokens: three letters and the newline
 
 
 def _mixed_batches(task_names, batch_size: int, seed: int):
@@ -259,6 +263,8 @@ def merge_specialists(store: dict, base: dict, first: dict, second: dict, config
                                                  e.MergeInput(second["model_id"], weight)], model_id, run.id)
     return {"model": key, "model_id": model_id, "scores": scores, "method": best, "setting": chosen["setting"],
             "reason": reason, "methods": table, "trials": len(search), "specialists": specialist_held_out,
+            "searched": {m: [k for k, v in grid.items() if isinstance(v, list)]
+                         for m, grid in config["merge_methods"].items()},
             "base": base["scores"], "scores_by_method": {m: info["held_out"] for m, info in methods.items()}}
 
 

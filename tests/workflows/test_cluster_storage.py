@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.postgres, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 NODE_A = {"value_rows": 1, "prepare_data": 1, "value_knn": 1, "value_banzhaf": 1, "value_tracin": 1,
           "clean_and_retrain": 1, "build_cascade": 1}
-NODE_B = {"merge_and_record": 1, "train_small": 1, "train_large": 1, "finetune_add": 1, "finetune_reverse": 1,
+NODE_B = {"merge_and_record": 1, "train_small": 1, "train_large": 1, "finetune_increment": 1, "finetune_reverse": 1,
           "merge_specialists": 1, "tune_merged": 1, "serve_cascade": 1}
 
 DRIVER = """

@@ -3,10 +3,10 @@
     data ─► KNN-Shapley ┐
          ├► Banzhaf ────┼► clean & retrain
          └► TracIn ─────┘
-    small LM ─► add specialist ─────┐
-             └► reverse specialist ─┴► merge ─┐
-    large LM ──────────────────────────────────┴► cascade ─► serve
-                                    merge ─► tune inference settings
+    small LM ─► increment specialist ─┐
+             └► reverse specialist ───┴► merge ─┐
+    large LM ────────────────────────────────────┴► cascade ─► serve
+                                      merge ─► tune inference settings
 
 Every step records what it made (datasets, runs, data values, models with lineage, merges, the cascade,
 its requests, tuning trials) in the store. Sizes come from `DEMO_CONFIGS`: "full" for `alloyml demo`,
@@ -30,28 +30,38 @@ from alloyml.workflows.steps import step
 
 _COMMON = {
     "seed": 0, "noise": 0.1, "knn_k": 5, "remove_fraction": 0.1, "serve_port": 8123,
-    "merge_methods": {"task_arithmetic": {"weight": 1.0}, "ties": {"weight": 1.0, "density": 0.5},
-                      "linear": {"weight": 0.5}, "slerp": {}},
+    # Each method's merge weights are searched on the validation prompts: a list is searched, a scalar fixed
+    # (`demo_models.merge_spec` says what each knob means for each method).
+    "merge_methods": {"task_arithmetic": {"weight": [0.3, 0.5, 0.7]},
+                      "ties": {"weight": 1.0, "lambda": [0.5, 0.75, 1.0], "density": 0.5},
+                      "linear": {"t": [0.3, 0.4, 0.5]}, "slerp": {"t": [0.3, 0.4, 0.5]}},
+    # Specialists: short, low-learning-rate fine-tunes of a base that already knows both formats.
+    "finetune_steps": 60, "finetune_lr": 1e-3,
 }
+_SMALL = {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4, "mixer": "retnet"}, "steps": 350}
 DEMO_CONFIGS = {
     "full": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 600, "tracin_epochs": 30,
-             "lm_sizes": {"small": {"config": {"d_model": 64, "n_layers": 2, "n_heads": 4}, "steps": 150},
-                          "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4}, "steps": 500}},
-             "finetune_steps": 200, "eval_n": 100, "cascade_queries": 400, "tune_examples": 32,
-             "tune_budget_tokens": 16.0, "serve_requests": 40},
+             "lm_sizes": {"small": _SMALL,
+                          "large": {"config": {"d_model": 128, "n_layers": 3, "n_heads": 4, "mixer": "retnet"},
+                                    "steps": 500}},
+             "eval_n": 100, "cascade_queries": 400, "tune_examples": 32, "tune_budget_tokens": 16.0,
+             "serve_requests": 40},
+    # The test suite's: the same small LM and recipe (what the merge needs), fewer evaluations elsewhere.
     "quick": {**_COMMON, "dataset": "breast_cancer", "banzhaf_samples": 60, "tracin_epochs": 5,
-              "lm_sizes": {"small": {"config": {"d_model": 32, "n_layers": 1, "n_heads": 2}, "steps": 30},
-                           "large": {"config": {"d_model": 48, "n_layers": 1, "n_heads": 2}, "steps": 40}},
-              "finetune_steps": 20, "eval_n": 16, "cascade_queries": 80, "tune_examples": 8,
-              "tune_budget_tokens": 16.0, "serve_requests": 8},
+              "lm_sizes": {"small": _SMALL,
+                           "large": {"config": {"d_model": 96, "n_layers": 2, "n_heads": 4, "mixer": "retnet"},
+                                     "steps": 350}},
+              "eval_n": 50, "cascade_queries": 80, "tune_examples": 8, "tune_budget_tokens": 16.0,
+              "serve_requests": 8},
 }
 
 
 @step(num_cpus=0)
 def summarize(cleaned: dict, merged: dict, cascade: dict, tuned: dict, served: dict) -> dict:
     """The numbers `alloyml demo` prints at the end."""
-    return {"cleaning": cleaned, "merge": {"method": merged["method"], "scores": merged["scores"],
-                                           "scores_by_method": merged["scores_by_method"]},
+    return {"cleaning": cleaned, "merge": {k: merged[k] for k in ("method", "setting", "reason", "scores", "methods",
+                                                                   "trials", "specialists", "base", "searched",
+                                                                   "scores_by_method")},
             "cascade": {k: cascade[k] for k in ("accuracy", "mean_cost", "planned_mean_cost", "planned_accuracy",
                                                 "test_queries", "budget", "singles", "version")},
             "tuning": tuned, "serving": served}
@@ -69,9 +79,10 @@ def build() -> Workflow:
                      config=config)
     small = wf.add(train_lm, name="train_small", store=store, config=config, size="small")
     large = wf.add(train_lm, name="train_large", store=store, config=config, size="large")
-    adder = wf.add(finetune, name="finetune_add", store=store, base=small, task="add", config=config)
+    incrementer = wf.add(finetune, name="finetune_increment", store=store, base=small, task="increment",
+                         config=config)
     reverser = wf.add(finetune, name="finetune_reverse", store=store, base=small, task="reverse", config=config)
-    merged = wf.add(merge_specialists, store=store, base=small, first=adder, second=reverser, config=config)
+    merged = wf.add(merge_specialists, store=store, base=small, first=incrementer, second=reverser, config=config)
     cascade = wf.add(build_cascade, store=store, small=small, merged=merged, large=large, config=config)
     tuned = wf.add(tune_merged, store=store, merged=merged, config=config)
     served = wf.add(serve_cascade, store=store, cascade=cascade, small=small, merged=merged, large=large,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import Literal
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):([0-9]{1,5})$")
 AddressKind = Literal["client", "jobs", "gcs"]
+CLIENT_CONNECT_ATTEMPTS = 3
 
 
 def address_kind(address: str, source: str = "--address") -> AddressKind:
@@ -75,8 +77,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        return
+        attempts = CLIENT_CONNECT_ATTEMPTS if address.startswith("ray://") else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+                return
+            except ConnectionError:
+                # Ray Client's proxy starts one server process per client; the first start on a fresh head
+                # sometimes dies before it answers ("Starting Ray client server failed"); the next one works.
+                if attempt == attempts:
+                    raise
+                time.sleep(2.0 * attempt)
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,

@@ -118,17 +118,15 @@ def knn_rows(n_train: int, n_test: int) -> tuple[list[dict], dict]:
 
 def utility_cost(sizes: list[int], repeats: int) -> dict:
     """Seconds of one U(S) (fit + score) at |S| = m for each size; c(m) = a + b*m by least squares."""
-    x, y, xt, yt = _data(max(sizes), 100, seed=2)
+    pool = 2 * max(sizes)
+    x, y, xt, yt = _data(pool, 100, seed=2)
+    utility = _utility(x, y, xt, yt)
+    rng = np.random.default_rng(0)
     cost = {}
     for m in sizes:
-        utility = _utility(x[:m], y[:m], xt, yt)
-        rng = np.random.default_rng(m)
-        times = []
-        for _ in range(repeats):
-            subset = np.sort(rng.choice(m, size=m, replace=False))  # distinct subsets: the cache never answers
-            subset = subset[: m - int(rng.integers(0, 3))]
-            times.append(_timed(lambda s=subset, u=utility: u(s))[0])
-        cost[m] = statistics.median(times)
+        # distinct random subsets of the pool: the utility's cache never answers
+        subsets = [np.sort(rng.choice(pool, size=m, replace=False)) for _ in range(repeats)]
+        cost[m] = statistics.median(_timed(lambda s=s: utility(s))[0] for s in subsets)
     b, a = np.polyfit(np.array(sizes, float), np.array([cost[m] for m in sizes]), 1)
     return {"by_size_s": {str(m): round(c, 6) for m, c in cost.items()}, "a_s": float(a), "b_s_per_row": float(b)}
 
@@ -194,7 +192,7 @@ def _chain(n: int, start) -> Workflow:
 def project(measured: dict, cost: dict, overhead: dict, knn: dict, per_step: dict, batch_size: int = 8) -> dict:
     """Hours for n = PROJECT_N points on W = PROJECT_W workers, by the model in `model` below."""
     n, w = PROJECT_N, PROJECT_W
-    a, b = cost["a_s"], cost["b_s_per_row"]
+    a, b = max(cost["a_s"], 0.0), max(cost["b_s_per_row"], 0.0)  # a noisy fit may dip below 0
     o = overhead["round_trip_ms"] / 1e3
     # TMC: a permutation evaluates U on prefixes 1..f*n (f: the measured share before truncation).
     tmc = measured.get("tmc_shapley")

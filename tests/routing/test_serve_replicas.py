@@ -56,6 +56,7 @@ def test_replica_settings_are_checked_and_map_to_serve_options():
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # eight replica actors (ingress and three stages, two each): ~70 s on the shared 2 cores
 def test_two_replicas_both_serve_and_no_request_fails(ray_session):
     from ray import serve
 

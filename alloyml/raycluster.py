@@ -89,6 +89,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                     raise
                 time.sleep(2.0 * attempt)
     ray.init(
+        # "local": always a new Ray of this process's own; with no address Ray would join whatever cluster
+        # /tmp/ray/ray_current_cluster names (the last `ray start` on this machine, by anyone).
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
         ignore_reinit_error=True,

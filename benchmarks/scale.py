@@ -44,6 +44,11 @@ PROJECT_N, PROJECT_W = 100_000, 64
 
 
 @step(num_cpus=1)
+def first_array(size: int):
+    return np.linspace(0.0, 1.0, size)
+
+
+@step(num_cpus=1)
 def rescale(x):
     return np.asarray(x) * 1.000001
 
@@ -80,6 +85,7 @@ def sampled_rows(n_train: int, budgets: dict[str, int]) -> tuple[list[dict], dic
             seconds[jobs], results[jobs] = _timed(
                 lambda jobs=jobs, fn=fn, samples=samples: fn(_utility(*data), v.MaxSamples(samples), seed=0,
                                                              n_jobs=jobs))
+        load = os.getloadavg()[0]
         same = bool(np.allclose(results[1].values, results[2].values, rtol=1e-9, atol=1e-12))
         speedup = seconds[1] / seconds[2]
         evaluations = results[1].utility_evaluations
@@ -90,7 +96,8 @@ def sampled_rows(n_train: int, budgets: dict[str, int]) -> tuple[list[dict], dic
             {"ideal": 2.0}, round(speedup / 2.0, 3), target="speed-up >= 1.6 with 2 workers (80% of ideal)",
             met=speedup >= 1.6,
             notes=f"{seconds[1]:.2f} s with n_jobs=1 (this process), {seconds[2]:.2f} s with n_jobs=2 (Ray tasks); "
-                  f"{evaluations} utility evaluations; same values for both: {same}; 2 shared cores",
+                  f"{evaluations} utility evaluations; same values for both: {same}; 2 shared cores, 1-min load "
+                  f"{load:.1f} at the end of the case",
             seconds_1=round(seconds[1], 3), seconds_2=round(seconds[2], 3), same_values=same))
         print(rows[-1])
     return rows, measured
@@ -146,10 +153,13 @@ def task_overhead(repeats: int) -> dict:
 def step_overhead_rows(n_steps: int, repeats: int, payload: int, port: int) -> tuple[list[dict], dict]:
     """Chain of `n_steps` steps passing a float64 array of `payload` numbers, artifacts local vs on S3 (a moto
     server on 127.0.0.1:`port`, where AWS_ENDPOINT_URL already points)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
     from alloyml.platform.client import Platform
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     per_step = {}
@@ -158,13 +168,12 @@ def step_overhead_rows(n_steps: int, repeats: int, payload: int, port: int) -> t
 
         bucket = "scale-" + uuid.uuid4().hex[:8]
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
-        start = np.linspace(0.0, 1.0, payload)
         for where in ("local", "s3"):
             with tempfile.TemporaryDirectory() as home, Platform(
                     home=home, upgrade=True, artifacts=f"s3://{bucket}/{where}" if where == "s3" else None) as platform:
-                chain = _chain(n_steps, start)
-                submit(platform, chain).result(timeout=600)  # warm-up
-                times = [_timed(lambda p=platform: submit(p, _chain(n_steps, start)).result(timeout=600))[0]
+                result = submit(platform, _chain(n_steps, payload)).result(timeout=600)  # warm-up
+                assert result.shape == (payload,) and abs(result[-1] - 1.000001 ** (n_steps - 1)) < 1e-9
+                times = [_timed(lambda p=platform: submit(p, _chain(n_steps, payload)).result(timeout=600))[0]
                          for _ in range(repeats)]
                 per_step[where] = 1e3 * statistics.median(times) / n_steps
     finally:
@@ -181,9 +190,10 @@ def step_overhead_rows(n_steps: int, repeats: int, payload: int, port: int) -> t
     return rows, per_step
 
 
-def _chain(n: int, start) -> Workflow:
+def _chain(n: int, size: int) -> Workflow:
+    """n steps: one makes a float64 array of `size` numbers, each later one rescales its predecessor's."""
     workflow = Workflow("scale-chain")
-    value = workflow.add(rescale, x=start)
+    value = workflow.add(first_array, size=size)
     for _ in range(n - 1):
         value = workflow.add(rescale, x=value)
     return workflow
@@ -244,15 +254,15 @@ def main() -> None:
     os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{moto_port}"
     started = time.perf_counter()
     ensure_ray(num_cpus=2)
-    rows, measured = sampled_rows(n_train, budgets)
+    rows, per_step = step_overhead_rows(5 if args.quick else 10, 2 if args.quick else 3, 16_384, moto_port)
+    overhead = task_overhead(20 if args.quick else 50)
+    sampled, measured = sampled_rows(n_train, budgets)
+    rows += sampled
     for method in measured:
         measured[method]["n"] = n_train
     knn_rows_, knn = knn_rows(2000 if args.quick else 5000, 200 if args.quick else 500)
     rows += knn_rows_
     cost = utility_cost([50, 100, 200, 400] if args.quick else [50, 100, 200, 400, 800], 5 if args.quick else 9)
-    overhead = task_overhead(20 if args.quick else 50)
-    step_rows, per_step = step_overhead_rows(5 if args.quick else 10, 2 if args.quick else 3, 16_384, moto_port)
-    rows += step_rows
     projection = project(measured, cost, overhead, knn, per_step)
     print(projection)
     write_results("scale", rows, measured=measured, utility_cost=cost, task_overhead=overhead,

@@ -21,7 +21,37 @@ def register(subparsers) -> None:
     cascade.add_argument("--poll-s", type=float, default=5.0, help="how often to look for a new version")
     cascade.add_argument("--duration", type=float, default=None,
                          help="stop this many seconds after the first version is up")
+    cascade.add_argument("--replicas", type=int, default=None,
+                         help="Serve replicas of the ingress and of each stage (default: the plan's, else 1); "
+                              "with --max-replicas, the fewest the autoscaler keeps")
+    cascade.add_argument("--max-replicas", type=int, default=None,
+                         help="autoscale between --replicas and this many replicas by requests in flight")
+    cascade.add_argument("--target-ongoing-requests", type=float, default=None,
+                         help="autoscaling aim: requests in flight per replica (default 32)")
     cascade.set_defaults(func=_serve_cascade)
+
+
+def replica_settings(args: argparse.Namespace):
+    """The ReplicaPlan the flags ask for, None when none is given (then the plan's settings apply); bad
+    values are refused before anything starts."""
+    from pydantic import ValidationError
+
+    from alloyml.errors import InvalidInputError
+    from alloyml.routing.plan import ReplicaPlan
+
+    given = {"num_replicas": args.replicas, "max_replicas": args.max_replicas,
+             "target_ongoing_requests": args.target_ongoing_requests}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    try:
+        return ReplicaPlan(**given)
+    except ValidationError as err:
+        flags = {"num_replicas": "--replicas", "max_replicas": "--max-replicas",
+                 "target_ongoing_requests": "--target-ongoing-requests"}
+        problems = "; ".join(f"{flags.get(str(e['loc'][0]), 'replicas') if e['loc'] else 'replicas'}: {e['msg']}"
+                             for e in err.errors())
+        raise InvalidInputError(f"replica settings: {problems}") from None
 
 
 def _serve_cascade(args: argparse.Namespace) -> int:
@@ -37,6 +67,7 @@ def _serve_cascade(args: argparse.Namespace) -> int:
     from alloyml.routing.serve import CascadeService, DeployError
     from alloyml.workflows.recording import StoreRequestLog
 
+    replicas = replica_settings(args)  # before Ray starts
     console = Console()
     stop = _stop_on_signals(threading.Event())
     started_ray = not ray.is_initialized()  # then this command owns Ray and shuts it down at the end
@@ -50,7 +81,8 @@ def _serve_cascade(args: argparse.Namespace) -> int:
                 log = StoreRequestLog(stored.id, str(platform.settings.db_url), str(platform.settings.home))
                 if service is None:
                     service = CascadeService(args.name, budget=budget, window_s=args.window_s,
-                                             min_requests=args.min_requests, log_callback=log, port=args.port)
+                                             min_requests=args.min_requests, log_callback=log, port=args.port,
+                                             replicas=replicas)
                 previous = service.log_callback
                 service.log_callback = log  # requests are logged against the version that served them
                 try:

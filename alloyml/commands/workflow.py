@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     resume = sub.add_parser("resume", help="drive an unfinished workflow to the end in this process")
     resume.add_argument("id", type=int)
     resume.add_argument("--quiet", action="store_true", help="no live display")
+    resume.add_argument("--address", default=None, help=_ADDRESS_HELP)
     resume.set_defaults(func=_resume)
 
     cancel = sub.add_parser("cancel", help="cancel a pending or running workflow")
@@ -36,7 +37,14 @@ def register(subparsers) -> None:
     run.add_argument("--detach", action="store_true", help="drive it in a detached process and return")
     run.add_argument("--resources", action="append", default=[], metavar="STEP=JSON",
                      help='custom Ray resources for one step, e.g. value_rows=\'{"node_a": 1}\' (repeat per step)')
+    run.add_argument("--address", default=None, help=_ADDRESS_HELP)
     run.set_defaults(func=_run)
+
+
+_ADDRESS_HELP = ("the Ray cluster: ray://HOST:10001 (Ray Client: this process drives, the cluster runs the steps) "
+                 "or http://HOST:8265 (Ray Jobs API: the head runs the driver with its own settings); default "
+                 "ALLOYML_RAY_ADDRESS or a local Ray. Ray's token, when the cluster wants one, comes from "
+                 "RAY_AUTH_TOKEN (with RAY_AUTH_MODE=token), never from the command line")
 
 
 def _list(args) -> int:
@@ -72,10 +80,27 @@ def _show(args) -> int:
         return 0 if workflow.status != "failed" else 1
 
 
+def _join_cluster(args) -> None:
+    """A Ray Client or GCS `--address` is joined by this process, like ALLOYML_RAY_ADDRESS (which it
+    overrides here and in any detached driver this process starts)."""
+    import os
+
+    from alloyml.errors import ConfigError
+    from alloyml.raycluster import address_kind
+
+    if args.address is None:
+        return
+    if address_kind(args.address) == "jobs":
+        raise ConfigError(f"--address {args.address!r} is a Ray Jobs API address; `resume` drives in this process: "
+                          "give ray://HOST:10001, or submit `alloyml workflow run` through the Jobs API")
+    os.environ["ALLOYML_RAY_ADDRESS"] = args.address
+
+
 def _resume(args) -> int:
     from alloyml.platform.client import Platform
     from alloyml.workflows import resume
 
+    _join_cluster(args)
     with Platform() as platform:
         return _follow(platform, resume(args.id, platform), quiet=args.quiet)
 
@@ -107,20 +132,49 @@ def _builtins(args) -> int:
 
 def _run(args) -> int:
     from alloyml.platform.client import Platform
+    from alloyml.raycluster import address_kind
     from alloyml.workflows import submit
     from alloyml.workflows.builtin import get_builtin
     from alloyml.workflows.recording import store_location
 
+    kind = None if args.address is None else address_kind(args.address)  # checked before anything else
     workflow = get_builtin(args.name).build()
     for name, resources in (_parse_input(item) for item in args.resources):
         workflow.place(name, resources=resources)
+    if kind == "jobs":
+        return _run_as_job(args, workflow)
     inputs = dict(_parse_input(item) for item in args.input)
+    _join_cluster(args)
     with Platform() as platform:
         if "store" in workflow.inputs and "store" not in inputs:
             inputs["store"] = store_location(platform)  # steps that record open this store
         handle = submit(platform, workflow, inputs, detach=args.detach)
         print(f"workflow {handle.id} submitted")
         return 0 if args.detach else _follow(platform, handle, quiet=False)
+
+
+def _run_as_job(args, workflow) -> int:
+    """The same `workflow run`, minus --address, as a Ray job: the head records and drives the workflow
+    with its own store settings; this process follows the job's log."""
+    from alloyml.errors import InvalidInputError
+    from alloyml.workflows.jobs import follow_job, submit_command
+
+    files = [item.partition("=")[0] for item in args.input if item.partition("=")[2].startswith("@")]
+    if files:
+        raise InvalidInputError(f"--input {', '.join(files)}: a file on this machine does not reach a Jobs API "
+                                "driver; give the values as JSON, or submit through ray://HOST:10001")
+    inputs = dict(_parse_input(item) for item in args.input)
+    # Bad inputs fail here, before a job is submitted; the head fills in its own store.
+    workflow.check_inputs({**({"store": None} if "store" in workflow.inputs else {}), **inputs})
+    argv = ["workflow", "run", args.name, *(f"--input={item}" for item in args.input),
+            *(f"--resources={item}" for item in args.resources), *(["--detach"] if args.detach else [])]
+    job_id = submit_command(args.address, argv)
+    print(f"Ray job {job_id} submitted to {args.address}")
+    if args.detach:
+        return 0
+    state, workflow_id, _ = follow_job(args.address, job_id)
+    print(f"Ray job {job_id} {state.lower()}" + (f" (workflow {workflow_id})" if workflow_id is not None else ""))
+    return 0 if state == "SUCCEEDED" else 1
 
 
 def _follow(platform, handle, *, quiet: bool) -> int:

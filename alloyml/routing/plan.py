@@ -48,9 +48,34 @@ class PointPlan(BaseModel):
         return [s.threshold for s in self.stages[:-1]]
 
 
+class ReplicaPlan(BaseModel):
+    """How many Serve replicas run the ingress and each stage: a fixed `num_replicas`, or, when
+    `max_replicas` is set, Serve's autoscaling between `num_replicas` and `max_replicas`, aiming at
+    `target_ongoing_requests` requests in flight per replica."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    max_replicas: int | None = Field(default=None, ge=1)
+    target_ongoing_requests: float = Field(default=32.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.max_replicas is not None and self.max_replicas < self.num_replicas:
+            raise ValueError(f"max_replicas={self.max_replicas} is below num_replicas={self.num_replicas}")
+        return self
+
+    def deployment_options(self) -> dict:
+        """The keyword arguments of `Deployment.options` that give this replica count."""
+        if self.max_replicas is None:
+            return {"num_replicas": self.num_replicas}
+        return {"autoscaling_config": {"min_replicas": self.num_replicas, "initial_replicas": self.num_replicas,
+                                       "max_replicas": self.max_replicas,
+                                       "target_ongoing_requests": self.target_ongoing_requests}}
+
+
 class CascadePlan(BaseModel):
     """A fitted cascade: frontier points by increasing cost, the index of the chosen one, the scorer's
-    JSON form (`TextScorer.to_dict`), and optional model specs (`adapters.build_stage`) for serving."""
+    JSON form (`TextScorer.to_dict`), and, for serving, optional model specs (`adapters.build_stage`) and
+    replica settings (`ReplicaPlan`)."""
 
     format: Literal["alloyml.cascade/1"] = PLAN_FORMAT
     models: list[str] = Field(min_length=1)
@@ -59,6 +84,7 @@ class CascadePlan(BaseModel):
     budget: float | None = None
     scorer: dict | None = None
     model_specs: dict[str, dict] = Field(default_factory=dict)
+    replicas: ReplicaPlan | None = None  # serving: None is one replica of each deployment
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -38,7 +38,7 @@ from alloyml.routing.failures import (
 )
 from alloyml.routing.guard import BudgetGuard
 from alloyml.routing.loopback import bind_replica_grpc_to_loopback
-from alloyml.routing.plan import CascadePlan
+from alloyml.routing.plan import CascadePlan, ReplicaPlan
 from alloyml.routing.request_log import BatchLogger
 from alloyml.routing.scorer import scorer_from_dict
 
@@ -95,6 +95,7 @@ class CascadeIngress:
                  log_callback: Callable[[list[dict]], object] | None, log_batch_size: int, log_flush_s: float,
                  failure_policy: dict | None = None, max_body_bytes: int = MAX_BODY_BYTES):
         bind_replica_grpc_to_loopback()
+        self.replica = serve.get_replica_context().replica_id.unique_id  # which replica answered, per record
         self.name = name
         self.version = version
         self.plan = CascadePlan.from_dict(plan)
@@ -190,6 +191,7 @@ class CascadeIngress:
                 "stage_ms": stage_ms,
                 "frontier_point": self.points[slot],
                 "version": self.version,
+                "replica": self.replica,
                 "errors": errors,
                 "calls": calls,
             }
@@ -206,6 +208,7 @@ class CascadeIngress:
         return {
             "name": self.name,
             "version": self.version,
+            "replica": self.replica,  # the counters below are this replica's
             "served": self.served,
             "failed": self.failed,
             "in_flight": self.in_flight,
@@ -250,13 +253,16 @@ class CascadeService:
     requests) switches among `guard_count` frontier points. log_callback(records) receives request
     records in batches (it runs inside the ingress replica, so it must be picklable). failure_policy:
     timeouts, retries and circuit breaker of the stage calls. max_body_bytes: HTTP body limit (413).
+    replicas: Serve replicas of the ingress and of each stage (default: the plan's `replicas`, else one);
+    requests are spread over the replicas by Serve's router.
     `failed_deploys` lists the versions that could not start (also in `status()`).
     """
 
     def __init__(self, name: str, *, budget: float | None = None, window_s: float = 60.0, min_requests: int = 20,
                  guard_count: int = 3, log_callback: Callable[[list[dict]], object] | None = None,
                  log_batch_size: int = 64, log_flush_s: float = 0.5, host: str = "127.0.0.1", port: int = 8000,
-                 failure_policy: FailurePolicy | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+                 failure_policy: FailurePolicy | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 replicas: ReplicaPlan | None = None):
         if not name or not name.replace("-", "").replace("_", "").isalnum() or "--" in name:
             raise InvalidInputError(f"cascade name must be letters, digits, single '-' or '_', got {name!r}")
         self.name = name
@@ -271,6 +277,7 @@ class CascadeService:
         self.port = port
         self.failure_policy = failure_policy or FailurePolicy()
         self.max_body_bytes = max_body_bytes
+        self.replicas = replicas
         self.version: str | None = None
         self.failed_deploys: list[dict] = []
 
@@ -304,17 +311,18 @@ class CascadeService:
 
         scorer_from_dict(plan.scorer)  # what the ingress builds first: fail here, not in a replica
 
+        replicas = (self.replicas or plan.replicas or ReplicaPlan()).deployment_options()
         ensure_ray()
         serve.start(http_options={"host": self.host, "port": self.port})
         stage_apps = {m: f"{self.name}--v{version}--{m}" for m in models}
-        self._start_stages(version, stage_apps, stages, plan)
+        self._start_stages(version, stage_apps, stages, plan, replicas)
         guard = None
         if self.budget:
             guard = {"budget": self.budget, "window_s": self.window_s, "min_requests": self.min_requests,
                      "points": {"count": self.guard_count}}
-        ingress = CascadeIngress.bind(self.name, version, plan.model_dump(), stage_apps, guard, self.log_callback,
-                                      self.log_batch_size, self.log_flush_s, self.failure_policy.to_dict(),
-                                      self.max_body_bytes)
+        ingress = CascadeIngress.options(**replicas).bind(
+            self.name, version, plan.model_dump(), stage_apps, guard, self.log_callback, self.log_batch_size,
+            self.log_flush_s, self.failure_policy.to_dict(), self.max_body_bytes)
         # Only now, with every new stage answering, the ingress rolls over: Serve starts the new ingress
         # replica and drains the old one, whose in-flight requests still reach the old stages.
         handle = serve.run(ingress, name=self.name, route_prefix=f"/{self.name}")
@@ -327,13 +335,14 @@ class CascadeService:
                 serve.delete(app)
         return handle
 
-    def _start_stages(self, version: str, stage_apps: dict[str, str], stages: dict[str, Stage], plan) -> None:
+    def _start_stages(self, version: str, stage_apps: dict[str, str], stages: dict[str, Stage], plan,
+                      replicas: dict) -> None:
         """Start the new version's stage applications and wait until each answers a ping. On failure
         delete them, record the failure and raise DeployError; the serving version is untouched."""
         try:
             handles = serve.run_many([
-                serve.RunTarget(StageServer.bind(m, stages.get(m), plan.model_specs.get(m)), name=app,
-                                route_prefix=None)
+                serve.RunTarget(StageServer.options(**replicas).bind(m, stages.get(m), plan.model_specs.get(m)),
+                                name=app, route_prefix=None)
                 for m, app in stage_apps.items()
             ])
             for h in handles:

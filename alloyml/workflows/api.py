@@ -166,7 +166,8 @@ def _drive_in_thread(platform, workflow_id: int, workflow: Workflow) -> Workflow
         platform.store.claim_workflow(workflow_id, None, expected=me)
         raise
     # The driver has its own client so the caller may close theirs while the workflow runs.
-    own = Platform(db_url=platform.settings.db_url, home=platform.settings.home)
+    own = Platform(db_url=platform.settings.db_url, home=platform.settings.home,
+                   artifacts=platform.settings.artifacts)
     driver = Driver(own, workflow_id, workflow, me)
     driver.prepare()
 
@@ -188,6 +189,8 @@ def driver_log(platform, workflow_id: int):
 
 def _spawn_resume(platform, workflow_id: int) -> subprocess.Popen:
     env = dict(os.environ, ALLOYML_HOME=str(platform.settings.home), ALLOYML_DB_URL=platform.settings.db_url)
+    if platform.settings.artifacts:
+        env["ALLOYML_ARTIFACTS"] = platform.settings.artifacts
     log = driver_log(platform, workflow_id)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as output:

@@ -59,9 +59,25 @@ def value_rows(store: dict, x_train, y_train, x_test, y_test, method: str, sampl
         detection = noisy_label_detection(result, flipped)
         metrics = {"noise_auc": detection.auc, "noise_f1": detection.f1}
     with open_platform(store) as platform:
-        dataset = platform.register_dataset("valuation-input", x_train, y_train)
+        dataset = _input_dataset(platform, np.asarray(x_train), np.asarray(y_train))
         run_id = record_valuation(platform, result, dataset_id=dataset.id, flipped=flipped, metrics=metrics)
     return {"run_id": run_id, "method": result.method, "n": len(result), "lowest": result.lowest(10)}
+
+
+def _input_dataset(platform, x_train: np.ndarray, y_train: np.ndarray):
+    """The `valuation-input` dataset row of these rows, versioned by their content: a later run on the same
+    rows reuses it, and runs on other rows never collide on (name, version)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for array in (x_train, y_train):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    version = digest.hexdigest()[:16]
+    for dataset in platform.store.list_datasets():
+        if dataset.name == "valuation-input" and dataset.version == version:
+            return dataset
+    return platform.register_dataset("valuation-input", x_train, y_train, version=version)
 
 
 @register_builtin("valuation", "value a pipeline's training rows (KNN-Shapley, Data-OOB, TMC, Banzhaf) and record them")

@@ -131,6 +131,7 @@ def coerce_config_parameters(method: Any, config: Any) -> None:
     """Coerce every parameter setting of a merge config in place: top level, slices and their sources,
     and models. Runs when the config is validated, so a bad value fails before any checkpoint is opened."""
     coerce_scope(method, config.parameters, "")
+    coerce_scope(method, config.module_parameters, " in `modules.default.parameters`")
     for spec in config.models or ():
         coerce_scope(method, spec.parameters, f" of model {spec.model!r}")
     for i, out_slice in enumerate(config.slices or ()):
@@ -156,7 +157,7 @@ def refuse_unsupported_keys(config: Any) -> None:
     from alloyml.errors import ConfigError
 
     if config.backend == "mergekit":
-        scopes = [config.parameters, *(s.parameters for s in config.slices or ())]
+        scopes = [*config.top_scopes, *(s.parameters for s in config.slices or ())]
         if any(ALLOYML_ONLY_PARAMETER in scope for scope in scopes):
             raise ConfigError(
                 f"parameter {ALLOYML_ONLY_PARAMETER!r} is alloyml's own (mergekit always rescales by the L1 "

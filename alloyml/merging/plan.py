@@ -137,8 +137,8 @@ def _plan_models(config: MergeConfig, method: MergeMethod, checkpoints: Mapping[
             name,
             info,
             TensorSource(base, name) if base else None,
-            [(TensorSource(spec.model, name), [spec.parameters, config.parameters]) for spec in merged],
-            [config.parameters],
+            [(TensorSource(spec.model, name), [spec.parameters, *config.top_scopes]) for spec in merged],
+            config.top_scopes,
             positions[name],
             TensorSource(reference, name),
         )
@@ -159,11 +159,11 @@ def _slice_task(
     base = config.slice_base(out_slice)
     reference = base or out_slice.sources[0].model
     inputs = [
-        (TensorSource(s.model, names[s.model]), [s.parameters, out_slice.parameters, config.parameters])
+        (TensorSource(s.model, names[s.model]), [s.parameters, out_slice.parameters, *config.top_scopes])
         for s in config.merged_sources(out_slice)
     ]
     base_source = TensorSource(base, names[base]) if base else None
-    shared = [out_slice.parameters, config.parameters]
+    shared = [out_slice.parameters, *config.top_scopes]
     return _task(config, method, name, info, base_source, inputs, shared, t, TensorSource(reference, names[reference]))
 
 

@@ -162,9 +162,11 @@ class MergeConfig(BaseModel):
     out_dtype: DTypeName | None = None
     backend: Literal["alloyml", "mergekit"] = "alloyml"
     seed: int = 0
-    # Passed to mergekit only; refused by the alloyml backend, which copies the reference model's tokenizer.
+    # The output tokenizer and the vocabulary embeddings are realigned to (see vocabulary.py).
     tokenizer_source: str | None = None
     chat_template: str | None = None
+    # mergekit's `tokenizer:` block (per-token embedding sources, padding): refused by the alloyml backend.
+    tokenizer: dict | None = None
     # alloyml only (mergekit knows layer names from its architecture definitions): the prefix of layer
     # tensors, e.g. "model.layers.{layer}.", for `slices` over checkpoints of an unknown naming.
     layer_pattern: str | None = None

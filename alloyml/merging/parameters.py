@@ -143,9 +143,8 @@ def coerce_config_parameters(method: Any, config: Any) -> None:
 # Config keys mergekit acts on that the alloyml backend does not implement yet: refused rather than ignored,
 # since ignoring them would give a model that differs from mergekit's with no sign of it.
 UNSUPPORTED_KEYS = {
-    "tokenizer_source": "it copies the tokenizer files of the reference model (the base, else the first input) "
-    "and merges embeddings only between models of the same vocabulary",
-    "chat_template": "it copies the reference model's tokenizer_config.json unchanged",
+    "tokenizer": "per-token embedding sources and `pad_to_multiple_of` are not implemented; `tokenizer_source: "
+    "base | union | MODEL` is",
 }
 
 
@@ -164,6 +163,9 @@ def refuse_unsupported_keys(config: Any) -> None:
                 "norm); remove it, or use backend: alloyml"
             )
         return
+    from alloyml.merging.vocabulary import check_chat_template
+
+    check_chat_template(config)
     for key, why in UNSUPPORTED_KEYS.items():
         if getattr(config, key) is not None:
             raise ConfigError(

@@ -5,8 +5,8 @@ The script writes a ~134M-parameter fp32 Llama-shaped base (SmolLM-135M's shapes
 command lines, each in its own process under `/usr/bin/time` (wall seconds and peak RSS, imports
 included), checks that the two outputs agree, and deletes everything afterwards.
 
-    python benchmarks/merging.py            # full size, a few minutes (mergekit TIES is the slow part)
-    python benchmarks/merging.py --quick    # ~20M parameters
+    python benchmarks/merging.py --part speed          # SmolLM2-135M-Instruct and the synthetic 135M fp32 Llama
+    python benchmarks/merging.py --part speed --quick  # SmolLM2 only (earlier synthetic rows are kept)
 """
 
 from __future__ import annotations
@@ -412,7 +412,9 @@ def main() -> None:
     # Keep the other part's rows from the last run (read now, not at start: runs of the parts may overlap).
     results_path = Path(__file__).resolve().parent / "results" / "merging.json"
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
-    kept = [r for r in previous.get("rows", []) if r.get("part", "speed") not in parts]
+    measured = {r["case"] for r in rows}  # a --quick speed run re-measures the real model only: keep the rest
+    kept = [r for r in previous.get("rows", [])
+            if r.get("part", "speed") not in parts or (r.get("part") == "speed" and r["case"] not in measured)]
     for r in kept:  # rows written before rows carried their own command: the file's, and when it ran
         r.setdefault("command", previous.get("command"))
         r.setdefault("when", previous.get("when"))

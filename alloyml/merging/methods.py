@@ -37,12 +37,13 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
     keep = max(1, int(density * delta.numel()))
-    scratch = delta.abs().reshape(-1).numpy()
+    buffer = delta.abs().reshape(-1)
+    scratch = buffer.numpy()
     # numpy's in-place introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort or copy.
     scratch.partition(scratch.size - keep)
     threshold = float(scratch[scratch.size - keep])
     del scratch
-    magnitude = delta.abs()
+    magnitude = torch.abs(delta.reshape(-1), out=buffer).reshape(delta.shape)  # the scratch buffer, reused
     mask = magnitude >= threshold
     excess = int(mask.sum()) - keep
     if excess > 0:
@@ -135,26 +136,48 @@ def task_vector_merge(
             elif rescale == "l1":
                 _l1_rescale(delta, l1_before)
         deltas.append(delta.mul_(w))
-    merged = deltas[0].clone() if elect_sign else deltas[0]
+    if elect_sign:
+        return _disjoint_merge(base_c, deltas, weight, lam, normalize).to(base.dtype)
+    merged = deltas[0]
     for delta in deltas[1:]:
         merged.add_(delta)
-    if elect_sign:
-        positive = merged >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
-        merged.zero_()
-        divisor = torch.zeros_like(base_c)
-        for delta, w in zip(deltas, weight, strict=True):
-            agrees = torch.where(positive, delta > 0, delta < 0)  # zeros (trimmed entries) never agree
-            merged.add_(delta.mul_(agrees))
-            divisor.add_(agrees, alpha=w)
-        divisor[divisor == 0] = 1
-    else:
-        divisor = sum(weight)
-        divisor = 1.0 if abs(divisor) < 1e-8 else divisor
+    divisor = sum(weight)
+    divisor = 1.0 if abs(divisor) < 1e-8 else divisor
     if normalize:
         merged.div_(divisor)
     if lam != 1:
         merged.mul_(lam)
     return merged.add_(base_c).to(base.dtype)
+
+
+_CHUNK = 1 << 20  # entries per block of the disjoint merge: its temporaries stay ~10 MB for any tensor
+
+
+def _disjoint_merge(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
+    """TIES's sign election and disjoint mean, block by block over the flattened tensors, written into the
+    first delta's storage (so no full-size temporaries: elected signs, sums and divisors are per block).
+    Same operations in the same order as whole-tensor code, so the same bits."""
+    flats = [d.reshape(-1) for d in deltas]
+    flat_base = base_c.reshape(-1)
+    for start in range(0, flat_base.numel(), _CHUNK):
+        parts = [f[start : start + _CHUNK] for f in flats]
+        summed = parts[0].clone()
+        for part in parts[1:]:
+            summed.add_(part)
+        positive = summed >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
+        summed.zero_()
+        divisor = torch.zeros_like(summed)
+        for part, w in zip(parts, weight, strict=True):
+            agrees = torch.where(positive, part > 0, part < 0)  # zeros (trimmed entries) never agree
+            summed.add_(part * agrees)
+            divisor.add_(agrees, alpha=w)
+        divisor[divisor == 0] = 1
+        if normalize:
+            summed.div_(divisor)
+        if lam != 1:
+            summed.mul_(lam)
+        parts[0].copy_(summed.add_(flat_base[start : start + _CHUNK]))
+    return deltas[0]
 
 
 def _weights_sum_nonzero(parameters: dict) -> str | None:

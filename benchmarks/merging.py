@@ -249,6 +249,26 @@ MERGES = {  # one standard setting per method; the searched row tunes task arith
     "karcher": {"merge_method": "karcher"},
     "nearswap": {"merge_method": "nearswap", "t": 0.001},
 }
+
+
+def _all_registered(merges: dict) -> dict:
+    """MERGES plus a default setting (weight 1, t 0.5) for every registered method it does not list, so a
+    newly registered method gets a quality row too. `passthrough` copies one model (nothing is merged)."""
+    from alloyml.merging.registry import get_method, known_methods
+
+    out = dict(merges)
+    for name in known_methods():
+        method = get_method(name)
+        if name in out or (method.max_models == 1 and not method.uses_base):
+            continue
+        defaults = {"weight": 1.0, "t": 0.5}
+        out[name] = {"merge_method": name} | {
+            p.name: defaults.get(p.name, 0.5) for p in method.parameters if p.default is None
+        }
+    return out
+
+
+MERGES = _all_registered(MERGES)
 # Recorded on each row, so rows kept from an earlier run of the other part keep the command that made them.
 COMMAND = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 NOW = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,7 +15,8 @@ expert, initialised as mergekit-moe's gate modes do:
   `seed` (mergekit draws from torch's global generator: the draws differ, the distributions do not).
 
 `residual_scale` scales an expert's `down_proj`. With `router_steps` > 0 the routers are then trained
-(everything else frozen) for that many steps of next-token loss on `train_texts`.
+(everything else frozen) for that many steps of next-token loss on `train_texts` (with top-1 routing the
+router gets no gradient from that loss, since the one chosen expert's weight is always 1: use top-2 or more).
 Tensors are written one at a time (one layer's stacked experts at most), so memory stays near one layer.
 """
 
@@ -204,9 +205,9 @@ def mixtral_from_experts(
     infos = {n: TensorInfo(i.shape, out_dtype) for n, i in shared.items()}
     for i in range(layers):
         inter, hidden = base_ckpt.infos[f"model.layers.{i}.mlp.gate_proj.weight"].shape
-        infos[f"model.layers.{i}.mlp.gate.weight"] = TensorInfo((len(specs), hidden), out_dtype)
         infos[f"model.layers.{i}.mlp.experts.gate_up_proj"] = TensorInfo((len(specs), 2 * inter, hidden), out_dtype)
         infos[f"model.layers.{i}.mlp.experts.down_proj"] = TensorInfo((len(specs), hidden, inter), out_dtype)
+        infos[f"model.layers.{i}.mlp.gate.weight"] = TensorInfo((len(specs), hidden), out_dtype)
     with atomic_directory(out_dir, overwrite=overwrite) as staging:
         writer = ShardedWriter(staging, infos, 2 * 1024**3)
         for name in shared:
@@ -257,7 +258,7 @@ def train_routers(directory: str | os.PathLike, texts: Sequence[str], steps: int
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     dtype = json.loads((Path(directory) / "config.json").read_text()).get("torch_dtype") or "float32"
     model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype).save_pretrained(directory)

@@ -52,6 +52,53 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return mask
 
 
+def trim_magnitude_(delta: torch.Tensor, density: float, chunk: int = 1 << 20) -> torch.Tensor:
+    """`delta * magnitude_mask(delta, density)`, in place and without full-size temporaries (float32).
+
+    The threshold, the keep-th largest |entry|, is found exactly by a two-pass radix select on the bit
+    patterns of the magnitudes (non-negative float32s order like their int32 bits): a histogram of the high
+    16 bits finds the threshold's bucket, one of the low 16 bits within it the threshold itself. Ties at the
+    threshold are then kept first-in-flat-order, as `magnitude_mask` keeps them. Memory: one block."""
+    if delta.dtype != torch.float32 or not delta.is_contiguous() or not 0 < density < 1 or delta.numel() == 0:
+        return delta.mul_(magnitude_mask(delta, density))
+    flat = delta.reshape(-1)
+    keep = max(1, int(density * flat.numel()))
+    blocks = flat.split(chunk)
+
+    def bits(block):
+        return block.abs().view(torch.int32)
+
+    high = torch.zeros(1 << 15, dtype=torch.int64)
+    for block in blocks:
+        high += torch.bincount(bits(block) >> 16, minlength=1 << 15)[: 1 << 15]
+    from_top = high.flip(0).cumsum(0)
+    i = int(torch.searchsorted(from_top, keep))  # first bucket (from the top) reaching `keep`
+    bucket = (1 << 15) - 1 - i
+    need = keep - (int(from_top[i]) - int(high[bucket]))  # rank of the threshold within its bucket
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for block in blocks:
+        b = bits(block)
+        low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    j = int(torch.searchsorted(low.flip(0).cumsum(0), need))
+    threshold_bits = (bucket << 16) | ((1 << 16) - 1 - j)
+    threshold = float(torch.tensor([threshold_bits], dtype=torch.int32).view(torch.float32))
+    above = keep - need + int(low[(1 << 16) - 1 - j + 1 :].sum())  # entries strictly above the threshold
+    tied_kept = keep - above
+    for block in blocks:
+        magnitude = block.abs()
+        tied = magnitude == threshold
+        n_tied = int(tied.sum())
+        if n_tied > tied_kept:  # keep the first `tied_kept` ties of this block, drop the rest
+            positions = tied.nonzero().squeeze(1)
+            tied[positions[:tied_kept]] = False
+            block.masked_fill_(tied, 0)
+            tied_kept = 0
+        else:
+            tied_kept -= n_tied
+        block.masked_fill_(magnitude < threshold, 0)
+    return delta
+
+
 def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
     """Boolean mask keeping each entry independently with probability `density` (DARE's drop)."""
     if density >= 1:
@@ -124,7 +171,7 @@ def task_vector_merge(
             if d <= 0:
                 delta.zero_()
             elif trim == "magnitude":
-                delta.mul_(magnitude_mask(delta, d))
+                trim_magnitude_(delta, d)
             elif trim == "random":
                 delta.mul_(random_mask(delta, d, generator))
             elif trim == "outliers":

@@ -27,8 +27,14 @@ slices:
 ```
 
 Gradients run over each slice's own layers; a slice may set its own `parameters` and `base_model`, and a
-source its own `parameters` (most specific first: source, slice, top level). `layer_pattern` (alloyml only)
-names the layer tensors when they are not named like a known architecture (see `layers.py`).
+source its own `parameters` (most specific first: source, slice, module, top level).
+
+Or mergekit's `modules:` form, `{modules: {default: {models: [...] | slices: [...], parameters: {...}}}}`:
+single-module architectures (every decoder-only LM) name their one module `default`, as mergekit does; its
+`models`/`slices` are read as if given at the top level and its `parameters` form a scope between the
+slice's and the top level's. Multi-module architectures (vision-language models) are refused.
+`layer_pattern` (alloyml only) names the layer tensors when they are not named like a known architecture
+(see `layers.py`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from alloyml.errors import ConfigError
 from alloyml.merging.layers import LayerNaming
 from alloyml.merging.parameters import coerce_config_parameters, refuse_unsupported_keys
 from alloyml.merging.registry import MergeMethod, get_method
@@ -103,6 +110,45 @@ class OutputSlice(BaseModel):
         return self.sources[0].num_layers
 
 
+class OutputModule(BaseModel):
+    """One entry of mergekit's `modules:` mapping: its own `models` or `slices`, and its parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[MergeModelEntry] | None = None
+    slices: list[OutputSlice] | None = None
+    parameters: dict[str, ParameterSetting] = {}
+
+
+# mergekit's name for the one module of a single-module architecture (its JSON definitions' default).
+DEFAULT_MODULE = "default"
+
+
+def _unwrap_modules(data):
+    """A config in `modules:` form, as the equivalent top-level `models`/`slices` config with the module's
+    parameters kept as their own scope (`module_parameters`). Refuses what alloyml cannot merge."""
+    if not isinstance(data, dict) or data.get("modules") is None:
+        return data
+    modules = data["modules"]
+    if not isinstance(modules, dict) or not modules:
+        raise ConfigError(f"`modules` must map module names to {{models | slices, parameters}}; got {modules!r}")
+    if data.get("models") is not None or data.get("slices") is not None:
+        raise ConfigError("give exactly one of `models`, `slices` or `modules`")
+    if list(modules) != [DEFAULT_MODULE]:
+        raise ConfigError(
+            f"`modules` names {sorted(map(str, modules))}; alloyml merges single-module architectures, whose "
+            f"one module mergekit calls {DEFAULT_MODULE!r} (multi-module models such as vision-language "
+            f"towers are not supported): write `modules: {{{DEFAULT_MODULE}: ...}}`, or `models`/`slices`, "
+            "or set `backend: mergekit`"
+        )
+    module = OutputModule.model_validate(modules[DEFAULT_MODULE])
+    if (module.models is None) == (module.slices is None):
+        raise ConfigError(f"`modules.{DEFAULT_MODULE}`: give exactly one of `models` or `slices`")
+    out = {k: v for k, v in data.items() if k != "modules"}
+    out["models" if module.models is not None else "slices"] = module.models or module.slices
+    out["module_parameters"] = module.parameters
+    return out
+
+
 class MergeConfig(BaseModel):
     """One merge: method, inputs (`models` or `slices`), parameters, dtypes and which backend runs it."""
 
@@ -116,12 +162,23 @@ class MergeConfig(BaseModel):
     out_dtype: DTypeName | None = None
     backend: Literal["alloyml", "mergekit"] = "alloyml"
     seed: int = 0
-    # Passed to mergekit only; refused by the alloyml backend, which copies the reference model's tokenizer.
+    # The output tokenizer and the vocabulary embeddings are realigned to (see vocabulary.py).
     tokenizer_source: str | None = None
     chat_template: str | None = None
+    # mergekit's `tokenizer:` block (per-token embedding sources, padding): refused by the alloyml backend.
+    tokenizer: dict | None = None
     # alloyml only (mergekit knows layer names from its architecture definitions): the prefix of layer
     # tensors, e.g. "model.layers.{layer}.", for `slices` over checkpoints of an unknown naming.
     layer_pattern: str | None = None
+    # The parameters of a `modules: {default: ...}` config's module (see `_unwrap_modules`).
+    module_parameters: dict[str, ParameterSetting] = {}
+
+    _unwrap = model_validator(mode="before")(_unwrap_modules)
+
+    @property
+    def top_scopes(self) -> list[dict]:
+        """The parameter scopes above slices and sources, most specific first: module, top level."""
+        return [self.module_parameters, self.parameters]
 
     @model_validator(mode="after")
     def _check(self) -> MergeConfig:
@@ -132,7 +189,7 @@ class MergeConfig(BaseModel):
             raise ValueError("list the models to merge under `models`, or their layer ranges under `slices`")
         if self.layer_pattern is not None:
             LayerNaming(self.layer_pattern)  # raises for a malformed pattern
-        for name in self.parameters:
+        for name in [*self.parameters, *self.module_parameters]:
             method.parameter(name)  # raises for unknown names
         if self.models is not None:
             if method.requires_base and not self.base_model:
@@ -143,7 +200,7 @@ class MergeConfig(BaseModel):
                     f"merge method {method.name!r} does not use a base model; list {self.base_model!r} "
                     "under `models` with a weight, or drop `base_model`"
                 )
-            _check_inputs(method, "`models`", self.models, self.base_model, [self.parameters])
+            _check_inputs(method, "`models`", self.models, self.base_model, self.top_scopes)
             return self
         if not self.slices:
             raise ValueError("`slices` is empty; list the output slices and their sources")
@@ -168,7 +225,7 @@ class MergeConfig(BaseModel):
                         f"layer against the base's layer in the same slice, so add a source for {base!r}"
                     )
             _check_inputs(
-                method, f"`slices[{i}].sources`", out_slice.sources, base, [out_slice.parameters, self.parameters]
+                method, f"`slices[{i}].sources`", out_slice.sources, base, [out_slice.parameters, *self.top_scopes]
             )
         return self
 
@@ -208,7 +265,11 @@ class MergeConfig(BaseModel):
         return sum(s.num_layers for s in self.slices) if self.slices is not None else None
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        if "module_parameters" in data:  # written back in mergekit's form, which mergekit reads too
+            module = {k: data.pop(k) for k in ("models", "slices") if k in data}
+            data["modules"] = {DEFAULT_MODULE: {**module, "parameters": data.pop("module_parameters")}}
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _merged(method: MergeMethod, specs: list[MergeModelEntry] | list[SliceSource], base: str | None) -> list:

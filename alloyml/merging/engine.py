@@ -27,6 +27,7 @@ from alloyml.merging.lora import split_lora_path
 from alloyml.merging.model_files import copy_model_files, output_model_config
 from alloyml.merging.plan import TensorSource, TensorTask, plan_merge, torch_dtype
 from alloyml.merging.registry import get_method
+from alloyml.merging.vocabulary import TOKENIZER_FILES, Vocabulary, build_vocabulary, save_tokenizer
 from alloyml.merging.writer import ShardedWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -69,6 +70,7 @@ def run_tasks(
     tasks: list[TensorTask],
     sink: Callable[[str, torch.Tensor], None],
     progress: bool = False,
+    vocabulary: Vocabulary | None = None,
 ) -> dict[str, float]:
     """Merge tensor by tensor, handing each result to `sink`; returns read/compute seconds."""
     method = get_method(config.merge_method)
@@ -94,6 +96,13 @@ def run_tasks(
             if compute_dtype is not None:
                 base = base.to(compute_dtype) if base is not None else None
                 tensors = [t.to(compute_dtype) for t in tensors]
+            if task.vocabulary:
+                by_model = {s.model: t for s, t in zip(task.inputs, tensors, strict=True)}
+                if task.base is not None:
+                    by_model = {task.base.model: base, **by_model}
+                aligned = vocabulary.align(by_model, task.vocabulary_base)
+                base = aligned[task.base.model] if task.base is not None else None
+                tensors = [aligned[s.model] for s in task.inputs]
             timings["read_s"] += time.perf_counter() - start
             start = time.perf_counter()
             extra = {}
@@ -173,23 +182,28 @@ def merge(
     checkpoints = {n: open_checkpoint(sources.get(n, n), label=n) for n in config.referenced_models()}
     try:
         start = time.perf_counter()
-        tasks = plan_merge(config, checkpoints)
+        directories = {n: ckpt.directory for n, ckpt in checkpoints.items()}
+        vocabulary = build_vocabulary(config, directories)
+        tasks = plan_merge(config, checkpoints, vocabulary)
         reference = checkpoints[config.reference_model()].directory
         out_dtype = config.out_dtype or config.dtype
         model_config = (
             output_model_config(reference, out_dtype, config.output_layers()) if out_dir is not None else None
         )
+        if model_config is not None and vocabulary is not None:
+            model_config["vocab_size"] = vocabulary.size
         timings = {"plan_s": time.perf_counter() - start}
         state_dict = None
         if out_dir is None:
             state_dict = {}
-            timings.update(run_tasks(config, checkpoints, tasks, state_dict.__setitem__, progress))
+            timings.update(run_tasks(config, checkpoints, tasks, state_dict.__setitem__, progress, vocabulary))
         else:
             with atomic_directory(out_dir, overwrite=overwrite) as staging:
                 writer = ShardedWriter(staging, {t.name: t.out for t in tasks}, max_shard_bytes)
-                timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress))
+                timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress, vocabulary))
                 writer.close()
-                copy_model_files(reference, staging, model_config)
+                own_tokenizer = save_tokenizer(config, vocabulary, directories, reference, staging)
+                copy_model_files(reference, staging, model_config, skip=TOKENIZER_FILES if own_tokenizer else ())
                 (staging / "merge_config.yaml").write_text(config.to_yaml())
     finally:
         for ckpt in checkpoints.values():

@@ -11,6 +11,8 @@ import os
 import time
 from pathlib import Path
 
+import yaml
+
 from alloyml.atomic import atomic_directory
 from alloyml.errors import InvalidInputError
 from alloyml.merging.checkpoints import open_checkpoint
@@ -67,9 +69,9 @@ def run_mergekit(config: MergeConfig, out_dir: str | os.PathLike | None, overwri
     from mergekit.options import MergeOptions
 
     timings = {"import_s": time.perf_counter() - start}
-    mk_config = MergeConfiguration.model_validate(
-        config.model_dump(mode="json", exclude={"backend", "seed", "layer_pattern"}, exclude_none=True)
-    )
+    alloyml_only = ("backend", "seed", "layer_pattern")
+    mk_data = {k: v for k, v in yaml.safe_load(config.to_yaml()).items() if k not in alloyml_only}
+    mk_config = MergeConfiguration.model_validate(mk_data)
     options = MergeOptions(
         copy_tokenizer=any((reference / f).exists() for f in _TOKENIZER_FILES),
         random_seed=config.seed,

@@ -37,18 +37,66 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta, dtype=torch.bool)
     keep = max(1, int(density * delta.numel()))
-    scratch = delta.abs().reshape(-1).numpy()
+    buffer = delta.abs().reshape(-1)
+    scratch = buffer.numpy()
     # numpy's in-place introselect is ~2x faster than torch.kthvalue on CPU and needs no full sort or copy.
     scratch.partition(scratch.size - keep)
     threshold = float(scratch[scratch.size - keep])
     del scratch
-    magnitude = delta.abs()
+    magnitude = torch.abs(delta.reshape(-1), out=buffer).reshape(delta.shape)  # the scratch buffer, reused
     mask = magnitude >= threshold
     excess = int(mask.sum()) - keep
     if excess > 0:
         tied = (magnitude.reshape(-1) == threshold).nonzero().squeeze(1)
         mask.reshape(-1)[tied[len(tied) - excess :]] = False
     return mask
+
+
+def trim_magnitude_(delta: torch.Tensor, density: float, chunk: int = 1 << 20) -> torch.Tensor:
+    """`delta * magnitude_mask(delta, density)`, in place and without full-size temporaries (float32).
+
+    The threshold, the keep-th largest |entry|, is found exactly by a two-pass radix select on the bit
+    patterns of the magnitudes (non-negative float32s order like their int32 bits): a histogram of the high
+    16 bits finds the threshold's bucket, one of the low 16 bits within it the threshold itself. Ties at the
+    threshold are then kept first-in-flat-order, as `magnitude_mask` keeps them. Memory: one block."""
+    if delta.dtype != torch.float32 or not delta.is_contiguous() or not 0 < density < 1 or delta.numel() == 0:
+        return delta.mul_(magnitude_mask(delta, density))
+    flat = delta.reshape(-1)
+    keep = max(1, int(density * flat.numel()))
+    blocks = flat.split(chunk)
+
+    def bits(block):
+        return block.abs().view(torch.int32)
+
+    high = torch.zeros(1 << 15, dtype=torch.int64)
+    for block in blocks:
+        high += torch.bincount(bits(block) >> 16, minlength=1 << 15)[: 1 << 15]
+    from_top = high.flip(0).cumsum(0)
+    i = int(torch.searchsorted(from_top, keep))  # first bucket (from the top) reaching `keep`
+    bucket = (1 << 15) - 1 - i
+    need = keep - (int(from_top[i]) - int(high[bucket]))  # rank of the threshold within its bucket
+    low = torch.zeros(1 << 16, dtype=torch.int64)
+    for block in blocks:
+        b = bits(block)
+        low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
+    j = int(torch.searchsorted(low.flip(0).cumsum(0), need))
+    threshold_bits = (bucket << 16) | ((1 << 16) - 1 - j)
+    threshold = float(torch.tensor([threshold_bits], dtype=torch.int32).view(torch.float32))
+    above = keep - need + int(low[(1 << 16) - 1 - j + 1 :].sum())  # entries strictly above the threshold
+    tied_kept = keep - above
+    for block in blocks:
+        magnitude = block.abs()
+        tied = magnitude == threshold
+        n_tied = int(tied.sum())
+        if n_tied > tied_kept:  # keep the first `tied_kept` ties of this block, drop the rest
+            positions = tied.nonzero().squeeze(1)
+            tied[positions[:tied_kept]] = False
+            block.masked_fill_(tied, 0)
+            tied_kept = 0
+        else:
+            tied_kept -= n_tied
+        block.masked_fill_(magnitude < threshold, 0)
+    return delta
 
 
 def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -123,7 +171,7 @@ def task_vector_merge(
             if d <= 0:
                 delta.zero_()
             elif trim == "magnitude":
-                delta.mul_(magnitude_mask(delta, d))
+                trim_magnitude_(delta, d)
             elif trim == "random":
                 delta.mul_(random_mask(delta, d, generator))
             elif trim == "outliers":
@@ -135,26 +183,48 @@ def task_vector_merge(
             elif rescale == "l1":
                 _l1_rescale(delta, l1_before)
         deltas.append(delta.mul_(w))
-    merged = deltas[0].clone() if elect_sign else deltas[0]
+    if elect_sign:
+        return _disjoint_merge(base_c, deltas, weight, lam, normalize).to(base.dtype)
+    merged = deltas[0]
     for delta in deltas[1:]:
         merged.add_(delta)
-    if elect_sign:
-        positive = merged >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
-        merged.zero_()
-        divisor = torch.zeros_like(base_c)
-        for delta, w in zip(deltas, weight, strict=True):
-            agrees = torch.where(positive, delta > 0, delta < 0)  # zeros (trimmed entries) never agree
-            merged.add_(delta.mul_(agrees))
-            divisor.add_(agrees, alpha=w)
-        divisor[divisor == 0] = 1
-    else:
-        divisor = sum(weight)
-        divisor = 1.0 if abs(divisor) < 1e-8 else divisor
+    divisor = sum(weight)
+    divisor = 1.0 if abs(divisor) < 1e-8 else divisor
     if normalize:
         merged.div_(divisor)
     if lam != 1:
         merged.mul_(lam)
     return merged.add_(base_c).to(base.dtype)
+
+
+_CHUNK = 1 << 20  # entries per block of the disjoint merge: its temporaries stay ~10 MB for any tensor
+
+
+def _disjoint_merge(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
+    """TIES's sign election and disjoint mean, block by block over the flattened tensors, written into the
+    first delta's storage (so no full-size temporaries: elected signs, sums and divisors are per block).
+    Same operations in the same order as whole-tensor code, so the same bits."""
+    flats = [d.reshape(-1) for d in deltas]
+    flat_base = base_c.reshape(-1)
+    for start in range(0, flat_base.numel(), _CHUNK):
+        parts = [f[start : start + _CHUNK] for f in flats]
+        summed = parts[0].clone()
+        for part in parts[1:]:
+            summed.add_(part)
+        positive = summed >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
+        summed.zero_()
+        divisor = torch.zeros_like(summed)
+        for part, w in zip(parts, weight, strict=True):
+            agrees = torch.where(positive, part > 0, part < 0)  # zeros (trimmed entries) never agree
+            summed.add_(part * agrees)
+            divisor.add_(agrees, alpha=w)
+        divisor[divisor == 0] = 1
+        if normalize:
+            summed.div_(divisor)
+        if lam != 1:
+            summed.mul_(lam)
+        parts[0].copy_(summed.add_(flat_base[start : start + _CHUNK]))
+    return deltas[0]
 
 
 def _weights_sum_nonzero(parameters: dict) -> str | None:

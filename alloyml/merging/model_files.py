@@ -62,13 +62,16 @@ def output_model_config(source: Path | None, out_dtype: str | None, layers: int 
     return model_config
 
 
-def copy_model_files(source: Path | None, target: Path, model_config: dict[str, Any] | None) -> None:
-    """Copy config/tokenizer files (everything but weights) from `source`; write `model_config` as config.json."""
+def copy_model_files(
+    source: Path | None, target: Path, model_config: dict[str, Any] | None, skip: tuple[str, ...] = ()
+) -> None:
+    """Copy config/tokenizer files (everything but weights and `skip`) from `source`; write `model_config`
+    as config.json."""
     if source is None:
         return
     for path in source.iterdir():
         if path.is_file() and not path.name.startswith(".") and path.suffix not in WEIGHT_SUFFIXES:
-            if path.name not in (*WEIGHT_INDEXES, CONFIG_FILE):
+            if path.name not in (*WEIGHT_INDEXES, CONFIG_FILE, *skip):
                 shutil.copy2(path, target / path.name)
     if model_config is not None:
         (target / CONFIG_FILE).write_text(json.dumps(model_config, indent=2) + "\n")

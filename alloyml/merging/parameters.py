@@ -131,6 +131,7 @@ def coerce_config_parameters(method: Any, config: Any) -> None:
     """Coerce every parameter setting of a merge config in place: top level, slices and their sources,
     and models. Runs when the config is validated, so a bad value fails before any checkpoint is opened."""
     coerce_scope(method, config.parameters, "")
+    coerce_scope(method, config.module_parameters, " in `modules.default.parameters`")
     for spec in config.models or ():
         coerce_scope(method, spec.parameters, f" of model {spec.model!r}")
     for i, out_slice in enumerate(config.slices or ()):
@@ -142,9 +143,8 @@ def coerce_config_parameters(method: Any, config: Any) -> None:
 # Config keys mergekit acts on that the alloyml backend does not implement yet: refused rather than ignored,
 # since ignoring them would give a model that differs from mergekit's with no sign of it.
 UNSUPPORTED_KEYS = {
-    "tokenizer_source": "it copies the tokenizer files of the reference model (the base, else the first input) "
-    "and merges embeddings only between models of the same vocabulary",
-    "chat_template": "it copies the reference model's tokenizer_config.json unchanged",
+    "tokenizer": "per-token embedding sources and `pad_to_multiple_of` are not implemented; `tokenizer_source: "
+    "base | union | MODEL` is",
 }
 
 
@@ -156,13 +156,16 @@ def refuse_unsupported_keys(config: Any) -> None:
     from alloyml.errors import ConfigError
 
     if config.backend == "mergekit":
-        scopes = [config.parameters, *(s.parameters for s in config.slices or ())]
+        scopes = [*config.top_scopes, *(s.parameters for s in config.slices or ())]
         if any(ALLOYML_ONLY_PARAMETER in scope for scope in scopes):
             raise ConfigError(
                 f"parameter {ALLOYML_ONLY_PARAMETER!r} is alloyml's own (mergekit always rescales by the L1 "
                 "norm); remove it, or use backend: alloyml"
             )
         return
+    from alloyml.merging.vocabulary import check_chat_template
+
+    check_chat_template(config)
     for key, why in UNSUPPORTED_KEYS.items():
         if getattr(config, key) is not None:
             raise ConfigError(

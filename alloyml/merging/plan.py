@@ -23,6 +23,7 @@ from alloyml.merging.config import MergeConfig, OutputSlice, SliceSource
 from alloyml.merging.layers import detect_layer_naming, split_layers
 from alloyml.merging.parameters import layer_positions, resolve
 from alloyml.merging.registry import MergeMethod, Parameter, get_method
+from alloyml.merging.vocabulary import Vocabulary, is_vocabulary_tensor
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class TensorTask:
     base: TensorSource | None
     inputs: tuple[TensorSource, ...]
     parameters: dict[str, Any]
+    # With `tokenizer_source`: the inputs' rows are re-indexed to the output vocabulary before merging,
+    # preferring `vocabulary_base`'s rows for tokens some inputs lack (see vocabulary.py).
+    vocabulary: bool = False
+    vocabulary_base: str | None = None
 
 
 # One merged input: the tensor it reads and its parameter scopes, most specific first.
@@ -54,9 +59,12 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
     return getattr(torch, name) if name else None
 
 
-def check_same_tensors(groups: Mapping[str, Mapping[str, TensorInfo]], casts: bool) -> None:
+def check_same_tensors(
+    groups: Mapping[str, Mapping[str, TensorInfo]], casts: bool, vocabularies_differ: bool = False
+) -> None:
     """Every group (a label such as `'b'` or `layer 3 of 'b'`, and its tensors) must hold the same tensor
-    names, shapes and dtypes as the first; floating dtypes may differ when the config `casts` them."""
+    names, shapes and dtypes as the first; floating dtypes may differ when the config `casts` them, and
+    vocabulary tensors' row counts when `vocabularies_differ` (`tokenizer_source` realigns them)."""
     (ref_label, ref), *others = groups.items()
     for label, infos in others:
         missing = sorted(set(ref) - set(infos))
@@ -69,7 +77,8 @@ def check_same_tensors(groups: Mapping[str, Mapping[str, TensorInfo]], casts: bo
             )
         for name, info in ref.items():
             other = infos[name]
-            if other.shape != info.shape:
+            rows_free = vocabularies_differ and is_vocabulary_tensor(name) and len(info.shape) >= 1
+            if (other.shape[1:] != info.shape[1:]) if rows_free else (other.shape != info.shape):
                 raise InvalidInputError(
                     f"tensor {name!r} has shape {other.shape} in {label} but {info.shape} in {ref_label}"
                 )
@@ -101,6 +110,8 @@ def _task(
     shared: list[Mapping[str, Any]],
     t: float,
     copy_from: TensorSource,
+    vocabulary: Vocabulary | None = None,
+    vocabulary_base: str | None = None,
 ) -> TensorTask:
     """The task for output tensor `name` (shaped like `info`), at position `t` of the layer stack."""
     if not info.dtype.is_floating_point:  # position ids, step counters, masks pass through unchanged
@@ -118,14 +129,23 @@ def _task(
     problem = method.check(parameters) if method.check else None
     if problem:
         raise InvalidInputError(f"merge method {method.name!r}, tensor {name!r}: {problem}")
-    out = TensorInfo(info.shape, torch_dtype(config.out_dtype or config.dtype) or info.dtype)
-    return TensorTask(name, out, True, base, tuple(s for s, _ in inputs), parameters)
+    realign = vocabulary is not None and is_vocabulary_tensor(name)
+    shape = (vocabulary.size, *info.shape[1:]) if realign else info.shape
+    out = TensorInfo(shape, torch_dtype(config.out_dtype or config.dtype) or info.dtype)
+    return TensorTask(
+        name, out, True, base, tuple(s for s, _ in inputs), parameters, realign, vocabulary_base if realign else None
+    )
 
 
-def _plan_models(config: MergeConfig, method: MergeMethod, checkpoints: Mapping[str, Checkpoint]) -> list[TensorTask]:
+def _plan_models(
+    config: MergeConfig, method: MergeMethod, checkpoints: Mapping[str, Checkpoint], vocabulary: Vocabulary | None
+) -> list[TensorTask]:
     reference = config.reference_model()
     order = [reference, *(m for m in checkpoints if m != reference)]
-    check_same_tensors({repr(m): checkpoints[m].infos for m in order}, casts=config.dtype is not None)
+    check_same_tensors(
+        {repr(m): checkpoints[m].infos for m in order}, casts=config.dtype is not None,
+        vocabularies_differ=vocabulary is not None,
+    )
     ref_infos = checkpoints[reference].infos
     positions = layer_positions(ref_infos)
     base = config.base_model if method.uses_base else None
@@ -137,10 +157,12 @@ def _plan_models(config: MergeConfig, method: MergeMethod, checkpoints: Mapping[
             name,
             info,
             TensorSource(base, name) if base else None,
-            [(TensorSource(spec.model, name), [spec.parameters, config.parameters]) for spec in merged],
-            [config.parameters],
+            [(TensorSource(spec.model, name), [spec.parameters, *config.top_scopes]) for spec in merged],
+            config.top_scopes,
             positions[name],
             TensorSource(reference, name),
+            vocabulary,
+            config.base_model,
         )
         for name, info in ref_infos.items()
     ]
@@ -154,20 +176,25 @@ def _slice_task(
     info: TensorInfo,
     names: Mapping[str, str],
     t: float,
+    vocabulary: Vocabulary | None = None,
 ) -> TensorTask:
     """Output tensor `name` of `out_slice`, read as tensor `names[model]` of each source model."""
     base = config.slice_base(out_slice)
     reference = base or out_slice.sources[0].model
     inputs = [
-        (TensorSource(s.model, names[s.model]), [s.parameters, out_slice.parameters, config.parameters])
+        (TensorSource(s.model, names[s.model]), [s.parameters, out_slice.parameters, *config.top_scopes])
         for s in config.merged_sources(out_slice)
     ]
     base_source = TensorSource(base, names[base]) if base else None
-    shared = [out_slice.parameters, config.parameters]
-    return _task(config, method, name, info, base_source, inputs, shared, t, TensorSource(reference, names[reference]))
+    shared = [out_slice.parameters, *config.top_scopes]
+    copy_from = TensorSource(reference, names[reference])
+    vocab_base = out_slice.base_model or config.base_model
+    return _task(config, method, name, info, base_source, inputs, shared, t, copy_from, vocabulary, vocab_base)
 
 
-def _plan_slices(config: MergeConfig, method: MergeMethod, checkpoints: Mapping[str, Checkpoint]) -> list[TensorTask]:
+def _plan_slices(
+    config: MergeConfig, method: MergeMethod, checkpoints: Mapping[str, Checkpoint], vocabulary: Vocabulary | None
+) -> list[TensorTask]:
     first = config.slices[0].sources[0].model
     naming = detect_layer_naming(checkpoints[first].infos, first, config.layer_pattern)
     models = dict.fromkeys(src.model for s in config.slices for src in s.sources)
@@ -186,9 +213,9 @@ def _plan_slices(config: MergeConfig, method: MergeMethod, checkpoints: Mapping[
         """Tasks for the tensors before (`part="before"`) or after the layer stack, from `out_slice`."""
         sources = _reference_first(config, out_slice)
         groups = {repr(s.model): getattr(stacks[s.model], part) for s in sources}
-        check_same_tensors(groups, casts)
+        check_same_tensors(groups, casts, vocabularies_differ=vocabulary is not None)
         return [
-            _slice_task(config, method, out_slice, name, info, {s.model: name for s in sources}, 0.0)
+            _slice_task(config, method, out_slice, name, info, {s.model: name for s in sources}, 0.0, vocabulary)
             for name, info in groups[repr(sources[0].model)].items()
         ]
 
@@ -217,10 +244,13 @@ def _reference_first(config: MergeConfig, out_slice: OutputSlice) -> list[SliceS
     return sorted(out_slice.sources, key=lambda s: s.model != base)
 
 
-def plan_merge(config: MergeConfig, checkpoints: Mapping[str, Checkpoint]) -> list[TensorTask]:
+def plan_merge(
+    config: MergeConfig, checkpoints: Mapping[str, Checkpoint], vocabulary: Vocabulary | None = None
+) -> list[TensorTask]:
     """One task per output tensor, in output order; raises before any tensor is read if the inputs
-    don't line up."""
+    don't line up. With a `vocabulary` (from `tokenizer_source`), vocabulary tensors may differ in row
+    count and are planned at the output vocabulary's size."""
     method = get_method(config.merge_method)
     if config.slices is not None:
-        return _plan_slices(config, method, checkpoints)
-    return _plan_models(config, method, checkpoints)
+        return _plan_slices(config, method, checkpoints, vocabulary)
+    return _plan_models(config, method, checkpoints, vocabulary)

@@ -2,9 +2,11 @@
 
 Each searched parameter becomes a gradient of `layer_groups` anchors (mergekit's per-layer lists), one
 gradient per merged model for per-model parameters (`weight`, `density`) and one in all for shared ones
-(`t`, `lambda`). CMA-ES works in the unit cube; values are mapped into each parameter's bounds. A
-generation's trials merge in memory and are scored in parallel on Ray; every trial is returned (and
-handed to `on_trial` as it finishes, so a workflow can record it).
+(`t`, `lambda`). A `slices` template gets these per slice (set on each slice's sources, or the slice's
+own `parameters` for shared ones), so each layer range is tuned on its own. CMA-ES works in the unit
+cube; values are mapped into each parameter's bounds. A generation's trials merge in memory and are
+scored in parallel on Ray; every trial is returned (and handed to `on_trial` as it finishes, so a
+workflow can record it).
 """
 
 from __future__ import annotations
@@ -23,30 +25,51 @@ DEFAULT_BOUNDS = {"weight": (0.0, 1.0), "density": (0.1, 1.0), "t": (0.0, 1.0), 
 _FAILED = 1e12  # CMA-ES minimises; a failed trial scores worse than any real one
 
 
-def _slots(template: dict, search: Sequence[str]) -> list[tuple[str, str | None]]:
-    """(parameter, model or None for shared) for each searched gradient, in a fixed order."""
+def _slots(template: dict, search: Sequence[str]) -> list[tuple[str, str | None, int | None]]:
+    """(parameter, model or None for shared, slice index or None with `models`) for each searched
+    gradient, in a fixed order. With `slices`, every slice gets its own gradients (over its own layers)."""
     method = get_method(template["merge_method"])
-    base = template.get("base_model") if method.uses_base else None
     slots = []
+    groups = [(None, template["models"], template.get("base_model"))] if "models" in template else [
+        (i, s["sources"], s.get("base_model") or template.get("base_model")) for i, s in enumerate(template["slices"])
+    ]
     for name in search:
-        if method.parameter(name).scope == "shared":
-            slots.append((name, None))
-        else:
-            slots += [(name, spec["model"]) for spec in template["models"] if spec["model"] != base]
+        for index, specs, base in groups:
+            base = base if method.uses_base else None
+            if method.parameter(name).scope == "shared":
+                slots.append((name, None, index))
+            else:
+                slots += [(name, spec["model"], index) for spec in specs if spec["model"] != base]
     return slots
 
 
+def _copy_template(template: dict) -> dict:
+    def entry(m):
+        return dict(m, parameters=dict(m.get("parameters") or {}))
+
+    config = {**template, "parameters": dict(template.get("parameters") or {})}
+    if "models" in template:
+        config["models"] = [entry(m) for m in template["models"]]
+    else:
+        config["slices"] = [dict(entry(s), sources=[entry(src) for src in s["sources"]]) for s in template["slices"]]
+    return config
+
+
 def _trial_config(template: dict, slots, groups: int, x, bounds) -> tuple[dict, dict[str, list[float]]]:
-    config = {**template, "models": [dict(m, parameters=dict(m.get("parameters") or {})) for m in template["models"]]}
-    config["parameters"] = dict(template.get("parameters") or {})
-    by_model = {m["model"]: m for m in config["models"]}
+    config = _copy_template(template)
     values = {}
-    for i, (name, model) in enumerate(slots):
+    for i, (name, model, index) in enumerate(slots):
         lo, hi = bounds[name]
         anchors = [round(lo + float(v) * (hi - lo), 6) for v in x[i * groups : (i + 1) * groups]]
         setting = anchors if groups > 1 else anchors[0]
-        (by_model[model]["parameters"] if model else config["parameters"])[name] = setting
-        values[f"{model}.{name}" if model else name] = anchors
+        if index is None:
+            scope = config if model is None else next(m for m in config["models"] if m["model"] == model)
+        else:
+            out_slice = config["slices"][index]
+            scope = out_slice if model is None else next(m for m in out_slice["sources"] if m["model"] == model)
+        scope["parameters"][name] = setting
+        key = f"{model}.{name}" if model else name
+        values[key if index is None else f"slices[{index}].{key}"] = anchors
     return config, values
 
 
@@ -63,19 +86,36 @@ def check_template(
         template = template.model_dump(mode="json", exclude_defaults=True)
     elif not isinstance(template, dict):
         template = _read_template(template)
-    if "models" not in template:
-        raise InvalidInputError("search_merge tunes configs that list `models`; `slices` templates are not supported")
-    if not (isinstance(template["models"], list)
-            and all(isinstance(m, dict) and "model" in m and isinstance(m.get("parameters") or {}, dict)
-                    for m in template["models"])):
-        raise InvalidInputError("the merge-search template's `models` must be a list of {model, parameters} mappings")
+    if template.get("modules") is not None:  # mergekit's one-module form, searched as its models/slices
+        template = load_merge_config(template).model_dump(mode="json", exclude_defaults=True)
+        if template.get("module_parameters"):
+            raise InvalidInputError("a merge-search template in `modules:` form may not set module parameters; "
+                                    "move them to the top-level `parameters`")
+
+    def entries_ok(items, keys=("model",)):
+        return isinstance(items, list) and items and all(
+            isinstance(m, dict) and all(k in m for k in keys) and isinstance(m.get("parameters") or {}, dict)
+            for m in items
+        )
+
+    if "models" in template:
+        if not entries_ok(template["models"]):
+            raise InvalidInputError("the merge-search template's `models` must be a list of {model, parameters} "
+                                    "mappings")
+    elif "slices" in template:
+        if not (entries_ok(template["slices"], ("sources",))
+                and all(entries_ok(s["sources"], ("model", "layer_range")) for s in template["slices"])):
+            raise InvalidInputError("the merge-search template's `slices` must be a list of {sources: [{model, "
+                                    "layer_range, parameters}], parameters} mappings")
+    else:
+        raise InvalidInputError("the merge-search template lists neither `models` nor `slices`")
     if layer_groups < 1:
         raise InvalidInputError(f"layer_groups must be >= 1, got {layer_groups}")
     if "merge_method" not in template:
         raise InvalidInputError("the merge-search template names no `merge_method`")
     bounds = {**DEFAULT_BOUNDS, **(bounds or {})}
     slots = _slots(template, search)
-    missing = sorted({name for name, _ in slots} - set(bounds))
+    missing = sorted({slot[0] for slot in slots} - set(bounds))
     if missing:
         raise InvalidInputError(f"no bounds for searched parameters {missing}; pass bounds={{name: (lo, hi)}}")
     centre = [0.5] * (len(slots) * layer_groups)

@@ -108,14 +108,24 @@ def budget_state(requests: pd.DataFrame, budget: float, chosen_point: int | None
 def trial_params(config: dict) -> dict:
     """A trial's parameters as flat columns. A merge search's trial config is a whole merge config: its
     searched values are shown as `<model>.<parameter>` (the model's folder name when those are unique)
-    and shared `<parameter>`, with gradient anchors as `<name>[i]`."""
-    if not (isinstance(config.get("merge_method"), str) and isinstance(config.get("models"), list)):
+    and shared `<parameter>`, with gradient anchors as `<name>[i]`; with `slices`, prefixed `slices[k].`."""
+    if not isinstance(config.get("merge_method"), str):
         return config
-    paths = [str(m.get("model")) for m in config["models"]]
+    if isinstance(config.get("models"), list):
+        groups = [("", config["models"], {})]
+    elif isinstance(config.get("slices"), list) and all(isinstance(s, dict) for s in config["slices"]):
+        groups = [(f"slices[{k}].", s.get("sources") or [], s.get("parameters") or {})
+                  for k, s in enumerate(config["slices"])]
+    else:
+        return config
+    paths = list(dict.fromkeys(str(m.get("model")) for _, models, _ in groups for m in models))
     short = [p.rstrip("/").rsplit("/", 1)[-1] for p in paths]
-    names = short if len(set(short)) == len(short) else paths
+    names = dict(zip(paths, short if len(set(short)) == len(short) else paths, strict=True))
     flat = {"merge_method": config["merge_method"]}
-    scoped = [(f"{name}.", m.get("parameters") or {}) for name, m in zip(names, config["models"], strict=True)]
+    scoped = []
+    for group, models, shared in groups:
+        scoped += [(f"{group}{names[str(m.get('model'))]}.", m.get("parameters") or {}) for m in models]
+        scoped.append((group, shared))
     for prefix, parameters in [*scoped, ("", config.get("parameters") or {})]:
         for key, value in parameters.items():
             if isinstance(value, list):

@@ -26,7 +26,7 @@ def small_state(seed: int = 0, layers: int = 3) -> dict[str, torch.Tensor]:
     return state
 
 
-def mergekit_yaml(data: dict, out_dir) -> dict[str, torch.Tensor]:
+def mergekit_yaml(data: dict, out_dir, **options) -> dict[str, torch.Tensor]:
     """Run a config through mergekit exactly as `mergekit-yaml` does (its own parsing of the raw YAML data,
     none of alloyml's validation) and return the merged state dict."""
     from mergekit.config import MergeConfiguration
@@ -34,7 +34,7 @@ def mergekit_yaml(data: dict, out_dir) -> dict[str, torch.Tensor]:
     from mergekit.options import MergeOptions
 
     config = MergeConfiguration.model_validate(data)
-    run_merge(config, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True))
+    run_merge(config, str(out_dir), MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, **options))
     return load_state(out_dir)
 
 

@@ -111,8 +111,8 @@ def test_corrupt_torch_checkpoint_is_refused(tmp_path):
 
 def test_backend_override_revalidates_backend_specific_keys(tmp_path, capsys):
     good = str(_good_model(tmp_path / "a"))
-    config = {"merge_method": "linear", "backend": "mergekit", "tokenizer_source": "union",
+    config = {"merge_method": "linear", "backend": "mergekit", "tokenizer": {"pad_to_multiple_of": 64},
               "models": [{"model": good, "parameters": {"weight": 1}}]}  # fmt: skip
     code, err = _cli(capsys, config, tmp_path, str(tmp_path / "out"), "--backend", "alloyml")
-    assert code == 2 and "`tokenizer_source: union` is not supported by the alloyml backend" in err
+    assert code == 2 and "`tokenizer: {'pad_to_multiple_of': 64}` is not supported by the alloyml backend" in err
     assert not (tmp_path / "out").exists()

@@ -155,3 +155,21 @@ def test_magnitude_trim_keeps_exactly_k_when_magnitudes_tie():
         expected = torch.zeros_like(delta, dtype=torch.bool)
         expected[np.argsort(-delta.abs().numpy(), kind="stable")[:k]] = True  # earliest ties first
         assert torch.equal(magnitude_mask(delta, density), expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_blockwise_magnitude_trim_equals_the_mask(seed):
+    """The radix-select trim (no full-size temporaries) keeps exactly what `magnitude_mask` keeps, ties
+    (first in flat order) across block boundaries included; zeros, negatives and -0.0 mixed in."""
+    from alloyml.merging.methods import magnitude_mask, trim_magnitude_
+
+    gen = torch.Generator().manual_seed(seed)
+    delta = (torch.randint(-6, 7, (37, 29), generator=gen).float() / 4)  # many exact ties
+    delta[0, :3] = torch.tensor([0.0, -0.0, 1e-30])
+    smooth = torch.randn(4096, generator=gen)
+    for tensor in (delta, smooth):
+        for density in (0.01, 0.3, 0.5, 0.77, 0.999):
+            expected = tensor * magnitude_mask(tensor, density)
+            got = trim_magnitude_(tensor.clone(), density, chunk=64)
+            assert torch.equal(got, expected), density
+            assert int((got != 0).sum()) <= max(1, int(density * tensor.numel()))

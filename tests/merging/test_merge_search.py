@@ -82,6 +82,36 @@ def test_failed_trials_are_recorded_and_bad_searches_rejected(problem):
         search_merge(TEMPLATE, flaky, search=("wieght",), sources=states, parallel=False)
     with pytest.raises(InvalidInputError, match="layer_groups and n_trials must be >= 1"):
         search_merge(TEMPLATE, flaky, layer_groups=0, sources=states, parallel=False)
-    sliced = {"merge_method": "linear", "slices": [{"sources": [{"model": "a", "layer_range": [0, 2]}]}]}
-    with pytest.raises(InvalidInputError, match="`slices` templates are not supported"):
+    sliced = {"merge_method": "linear", "slices": [{"sources": [{"model": "a"}]}]}
+    with pytest.raises(InvalidInputError, match="`slices` must be a list of"):
         search_merge(sliced, flaky, sources=states, parallel=False)
+
+
+SLICED = {
+    "merge_method": "task_arithmetic",
+    "base_model": "base",
+    "slices": [
+        {"sources": [{"model": m, "layer_range": [0, 2]} for m in ("base", "a", "b")]},
+        {"sources": [{"model": m, "layer_range": [2, 3]} for m in ("base", "a", "b")]},
+    ],
+}
+
+
+@pytest.mark.slow  # ~20 s (320 in-memory merges)
+def test_search_over_a_slices_template_tunes_each_slice(problem):
+    """The closed-form target has a's weight 0.3 -> 0.6 over slice 0's two layers and 0.9 in slice 1
+    (which also holds the final tensors: the embeddings come from slice 0 at its first layer's weight)."""
+    from alloyml.ui.analysis import trial_params
+
+    states, metric = problem
+    result = search_merge(SLICED, metric, layer_groups=2, n_trials=320, sources=states, parallel=False, seed=0)
+    best = yaml.safe_load(result.best_yaml)
+    a0, b0 = (src["parameters"]["weight"] for src in best["slices"][0]["sources"][1:])
+    a1 = best["slices"][1]["sources"][1]["parameters"]["weight"]
+    assert a0 == pytest.approx([0.3, 0.6], abs=0.05) and b0 == pytest.approx([0.7, 0.7], abs=0.05)
+    assert a1[-1] == pytest.approx(0.9, abs=0.05)  # a one-layer slice sits at t = 1 of its gradient
+    assert metric(merge(result.best_config, sources=states).state_dict) == pytest.approx(result.best_score)
+    trial = result.trials[0]
+    assert set(trial.extra["values"]) == {f"slices[{k}].{m}.weight" for k in (0, 1) for m in ("a", "b")}
+    columns = trial_params(trial.config)
+    assert columns["slices[1].a.weight[1]"] == trial.extra["values"]["slices[1].a.weight"][1]

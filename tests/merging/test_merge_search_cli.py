@@ -69,6 +69,34 @@ def test_every_merge_evaluated_is_a_stored_trial_with_its_closed_form_score(allo
     assert f"{best.metrics['score']:.4f}" in printed
 
 
+def test_a_slices_template_search_is_stored_like_any_other(alloy_home, tmp_path, capsys):
+    """Each slice gets its own weights; every trial is a stored trial whose score is the closed form of
+    its stored config (one tensor `w`, outside the layer stack: merged with the last slice's weights)."""
+    from alloyml.platform.client import Platform
+    from alloyml.ui.analysis import trial_params
+
+    paths = _checkpoints(tmp_path)
+    template = {"merge_method": "task_arithmetic", "base_model": paths["base"], "layer_pattern": "layers.{layer}.",
+                "slices": [{"sources": [{"model": paths[m], "layer_range": [0, 1]} for m in VALUES]}] * 2}
+    for name in VALUES:  # one layer tensor each, so the slices have a layer to take
+        save_file({"w": torch.full((3,), VALUES[name]), "layers.0.x": torch.zeros(2)},
+                  str(tmp_path / name / "model.safetensors"))
+    config = {"template": template, "metric": "tests.merging._search_metric:closeness", "search": ["weight"],
+              "layer_groups": 1, "n_trials": 4, "popsize": 4, "parallel": False}
+    (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
+    assert main(["tune", "merge", str(tmp_path / "search.yaml")]) == 0
+    with Platform() as platform:
+        [run] = platform.store.list_runs(kind="tune")
+        trials = platform.store.list_trials(run.id)
+    assert len(trials) == 4 and {t.status for t in trials} == {"completed"}
+    for t in trials:
+        last = {s["model"]: s["parameters"].get("weight") for s in t.config["slices"][-1]["sources"]}
+        merged = sum(last[paths[m]] * (VALUES[m] - VALUES["base"]) for m in ("a", "b"))
+        assert t.metrics["score"] == pytest.approx(-3 * (merged - 1.5) ** 2, rel=1e-5, abs=1e-9)
+        assert {"slices[0].a.weight", "slices[1].b.weight"} <= set(trial_params(t.config))
+        assert t.config["slices"][0]["sources"][1]["parameters"] != t.config["slices"][1]["sources"][1]["parameters"]
+
+
 def test_bad_search_configs_are_refused_before_any_trial_or_record(alloy_home, tmp_path, capsys):
     from alloyml.platform.client import Platform
 

@@ -31,7 +31,9 @@ Scalar gates (and none) use one level: chunks of 32 with the full 32 x 32 decaye
 rather than 64: the intra-chunk products cost T C K each, the state's T K V, so at K = V = 64 the
 smaller chunk does a quarter fewer flops for twice as many steps of the state loop; measured faster at
 T = 4096 on one thread).
-Vector gates need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
+Vector gates, where every chunk's gate sum is >= -FACTORED_GATE_LIMIT (read on CPU tensors only), factor
+over whole chunks of 32 (`VectorChunk`: q e^G and k e^-G stay in float32's normal range there). Otherwise
+they need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
 chunks of 64 split into 4 sub-chunks of 16. Only pairs inside one sub-chunk get decays of their own (the
 lower triangle, built one diagonal at a time as running products of exp(g) <= 1, with a hand-written
 backward); pairs in different sub-chunks factor at the sub-chunk boundaries into a matrix product; pairs

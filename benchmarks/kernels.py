@@ -21,6 +21,7 @@ inflated the ratios reported before then.)
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from functools import partial
@@ -65,7 +66,7 @@ def fwd_bwd(fn, args: dict):
 
 
 def cpu_seconds(op: str, backend: str, T: int, repeats: int) -> tuple[float, float]:
-    """(best CPU seconds, its wall seconds) of forward + backward at B=2, H=4, D=64.
+    """(median CPU seconds, median wall seconds) of `repeats` forwards + backwards at B=2, H=4, D=64.
 
     CPU seconds (process time, all threads) are the metric: the 2 cores are shared with other jobs,
     which stretch wall time by whatever they happen to run."""
@@ -73,23 +74,49 @@ def cpu_seconds(op: str, backend: str, T: int, repeats: int) -> tuple[float, flo
 
     args = make_inputs(op, 2, T, 4, 64)
     fn = getattr(K, op)
-    best = (float("inf"), 0.0)
+    return _timed(lambda: fwd_bwd(lambda **a: fn(**a, backend=backend), args), repeats)
+
+
+def _timed(run, repeats: int) -> tuple[float, float]:
+    """(median CPU seconds, median wall seconds) of `repeats` calls of `run`."""
+    cpu_s, wall_s = [], []
     for _ in range(repeats):
         wall, cpu = time.perf_counter(), time.process_time()
-        fwd_bwd(lambda **a: fn(**a, backend=backend), args)
-        best = min(best, (time.process_time() - cpu, time.perf_counter() - wall))
-    return round(best[0], 4), round(best[1], 4)
+        run()
+        cpu_s.append(time.process_time() - cpu)
+        wall_s.append(time.perf_counter() - wall)
+    return round(statistics.median(cpu_s), 4), round(statistics.median(wall_s), 4)
 
 
-def cpu_rows(quick: bool, ops, rounds: int = 3) -> list[dict]:
+def interleaved(fast, naive, rounds: int, fast_repeats: int = 3) -> dict:
+    """Time `fast` and `naive` (each () -> (cpu, wall) seconds) alternately for `rounds` rounds, so that
+    the load of the shared machine falls on both sides alike; the ratio is the median of the per-round
+    ratios (naive / fast), the times the medians over rounds. `fast` runs once untimed first (warm-up)."""
+    import os
+
+    fast()
+    load = [os.getloadavg()[0]]
+    fasts, naives, ratios = [], [], []
+    for _ in range(rounds):
+        f, n = fast(), naive()
+        fasts.append(f)
+        naives.append(n)
+        ratios.append(n[0] / f[0])
+        load.append(os.getloadavg()[0])
+    med = statistics.median
+    return {"fast_cpu": round(med(x[0] for x in fasts), 4), "fast_wall": round(med(x[1] for x in fasts), 4),
+            "naive_cpu": round(med(x[0] for x in naives), 4), "naive_wall": round(med(x[1] for x in naives), 4),
+            "ratio": round(med(ratios), 3), "round_ratios": [round(r, 2) for r in ratios],
+            "load_average": [round(x, 2) for x in load]}
+
+
+def cpu_rows(quick: bool, ops, rounds: int = 5) -> list[dict]:
     """--quick times the naive recurrence over its first 1024 steps and scales by T / 1024 (its cost per
     step does not depend on T); otherwise the naive recurrence runs over all T steps.
 
-    The machine is shared, so the two sides are timed back to back in `rounds` rounds (chunk, then
-    naive, in one process) and each side keeps its best round: both see the same load, and the load
-    average before and after each op is recorded."""
-    import os
-
+    The machine is shared, so the two sides are timed alternately in `rounds` rounds (the chunked path's
+    median of 3 runs, then one naive run, in one process), and the ratio is the median of the rounds'
+    ratios: both sides see the same load. The load average before and after each round is recorded."""
     import torch
 
     # One thread for both: on shared cores an idle OpenMP thread spins, billing CPU time to whichever
@@ -99,32 +126,29 @@ def cpu_rows(quick: bool, ops, rounds: int = 3) -> list[dict]:
     lengths = (1024, 2048, 4096) if quick else (1024, 2048, 4096, 8192)
     for op in ops:
         for T in lengths:
-            load_before = os.getloadavg()[0]
-            best_chunk, best_naive = (float("inf"), 0.0), (float("inf"), 0.0)
-            for _ in range(rounds):
-                best_chunk = min(best_chunk, cpu_seconds(op, "chunk", T, repeats=3))
-                if quick:
-                    best_naive = min(best_naive, tuple(round(x * T / 1024, 4)
-                                                       for x in cpu_seconds(op, "naive", 1024, repeats=1)))
-                else:
-                    best_naive = min(best_naive, cpu_seconds(op, "naive", T, repeats=1))
+            if quick:
+                def naive(op=op, T=T):
+                    return tuple(x * T / 1024 for x in cpu_seconds(op, "naive", 1024, repeats=1))
+            else:
+                def naive(op=op, T=T):
+                    return cpu_seconds(op, "naive", T, repeats=1)
+            m = interleaved(lambda op=op, T=T: cpu_seconds(op, "chunk", T, repeats=3), naive, rounds)
             how = "naive: 1024 steps timed, scaled by T/1024" if quick else "naive: one full run"
-            (chunk_cpu, chunk_wall), (naive_cpu, naive_wall) = best_chunk, best_naive
-            load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-            r = ratio(chunk_cpu, naive_cpu)
             at_target = T == 4096
+            r = m["ratio"]
             rows.append(row(
-                f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", chunk_cpu,
-                peers={"naive recurrence": naive_cpu}, ratio=r,
+                f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", m["fast_cpu"],
+                peers={"naive recurrence": m["naive_cpu"]}, ratio=r,
                 target=">= 20x naive recurrence" if at_target else None,
-                met=(r is not None and r >= 20) if at_target else None,
-                notes=f"wall seconds: chunk {chunk_wall}, naive {naive_wall}; 2 cores shared with other jobs, "
-                      f"load average {load[0]} before / {load[1]} after; one thread; {rounds} rounds of "
-                      f"chunk (best of 3 runs) then naive, back to back in one process, best round of each; "
-                      f"{how}",
-                wall_seconds={"chunk": chunk_wall, "naive": naive_wall}, load_average=load,
+                met=(r >= 20) if at_target else None,
+                notes=f"ratio: median over {rounds} interleaved rounds of (naive / chunk), rounds {m['round_ratios']};"
+                      f" medians: wall seconds chunk {m['fast_wall']}, naive {m['naive_wall']}; 2 cores shared with "
+                      f"other jobs, load average {m['load_average']} (before each round, then after); one thread; "
+                      f"chunk: median of 3 runs per round; {how}",
+                wall_seconds={"chunk": m["fast_wall"], "naive": m["naive_wall"]}, load_average=m["load_average"],
+                round_ratios=m["round_ratios"],
             ))
-            print(rows[-1]["case"], chunk_cpu, naive_cpu, r, load, flush=True)
+            print(rows[-1]["case"], m["fast_cpu"], m["naive_cpu"], r, m["round_ratios"], m["load_average"], flush=True)
     return rows
 
 
@@ -270,19 +294,15 @@ def delta_inputs(op: str, B: int, T: int, H: int, D: int) -> tuple:
 
 
 def delta_seconds(op: str, backend: str, T: int, repeats: int) -> tuple[float, float]:
-    """(best CPU seconds, its wall seconds) of forward + backward at B=2, H=4, D=64."""
+    """(median CPU seconds, median wall seconds) of forward + backward at B=2, H=4, D=64."""
     fn, args = delta_inputs(op, 2, T, 4, 64)
-    best = (float("inf"), 0.0)
-    for _ in range(repeats):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fwd_bwd(lambda **a: fn(backend, **a), args)
-        best = min(best, (time.process_time() - cpu, time.perf_counter() - wall))
-    return round(best[0], 4), round(best[1], 4)
+    return _timed(lambda: fwd_bwd(lambda **a: fn(backend, **a), args), repeats)
 
 
-def delta_rows() -> list[dict]:
+def delta_rows(rounds: int = 5) -> list[dict]:
     """T = 4096; the naive loops timed over their first 1024 steps and scaled by 4 (their cost per step
-    does not depend on T), as --quick does above; one thread for both sides."""
+    does not depend on T), as --quick does above; one thread for both sides; the two sides alternate
+    over `rounds` rounds and the ratio is the median of the rounds' ratios (see `interleaved`)."""
     import os
 
     import torch
@@ -290,20 +310,21 @@ def delta_rows() -> list[dict]:
     torch.set_num_threads(1)
     rows, T = [], 4096
     for op in DELTA_OPS:
-        load_before = os.getloadavg()
-        naive_cpu, naive_wall = (round(4 * x, 4) for x in delta_seconds(op, "naive", 1024, repeats=1))
-        fast_cpu, fast_wall = delta_seconds(op, "chunk", T, repeats=3)
-        r = ratio(fast_cpu, naive_cpu)
+        m = interleaved(lambda op=op: delta_seconds(op, "chunk", T, repeats=3),
+                        lambda op=op: tuple(4 * x for x in delta_seconds(op, "naive", 1024, repeats=1)), rounds)
+        r = m["ratio"]
         rows.append(row(
-            f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", fast_cpu,
-            peers={"naive recurrence": naive_cpu}, ratio=r, target=">= 20x naive recurrence",
-            met=r is not None and r >= 20,
-            notes=f"wall seconds: fast {fast_wall}, naive {naive_wall}; one thread; fast: best of 3 runs; naive: "
-                  f"1024 steps timed, scaled by 4; load average before {tuple(round(x, 2) for x in load_before)}"
-                  f" on {os.cpu_count()} cores",
-            wall_seconds={"fast": fast_wall, "naive": naive_wall}, load_average=[round(x, 2) for x in load_before],
+            f"{op} fwd+bwd B=2 H=4 D=64 T={T} (CPU)", "CPU seconds", m["fast_cpu"],
+            peers={"naive recurrence": m["naive_cpu"]}, ratio=r, target=">= 20x naive recurrence",
+            met=r >= 20,
+            notes=f"ratio: median over {rounds} interleaved rounds of (naive / fast), rounds {m['round_ratios']}; "
+                  f"medians: wall seconds fast {m['fast_wall']}, naive {m['naive_wall']}; one thread; fast: median "
+                  f"of 3 runs per round; naive: 1024 steps timed, scaled by 4; load average {m['load_average']} "
+                  f"(before each round, then after) on {os.cpu_count()} cores",
+            wall_seconds={"fast": m["fast_wall"], "naive": m["naive_wall"]}, load_average=m["load_average"],
+            round_ratios=m["round_ratios"],
         ))
-        print(rows[-1]["case"], fast_cpu, naive_cpu, r, flush=True)
+        print(rows[-1]["case"], m["fast_cpu"], m["naive_cpu"], r, m["round_ratios"], flush=True)
     return rows
 
 

@@ -125,3 +125,41 @@ def test_no_final_state_when_not_asked(name):
     for backend in ("naive", "chunk"):
         o, state = case(inputs, output_final_state=False, backend=backend)
         assert state is None and o.shape[:2] == (1, 9)
+
+
+def _gla_paths_taken(monkeypatch):
+    """Records which per-channel path the chunk backend takes: "factored" or "sub-chunked"."""
+    from alloyml.kernels.common import chunk_torch
+
+    taken = []
+    factored, sub_chunked = chunk_torch.VectorChunk.apply, chunk_torch._sub_chunked
+    monkeypatch.setattr(chunk_torch.VectorChunk, "apply", lambda *a: (taken.append("factored"), factored(*a))[1])
+    monkeypatch.setattr(chunk_torch, "_sub_chunked",
+                        lambda *a: (taken.append("sub-chunked"), sub_chunked(*a))[1])
+    return taken
+
+
+@pytest.mark.parametrize(("gate_scale", "path"), [(0.05, "factored"), (0.4, "factored"), (3.0, "sub-chunked"),
+                                                  (50.0, "sub-chunked")])
+def test_gla_factored_chunk_only_where_the_gates_allow_it(gate_scale, path, monkeypatch):
+    """The factored whole-chunk form (exp(G) and exp(-G) per chunk) is chosen only where every chunk's gate
+    sum is >= -FACTORED_GATE_LIMIT; either path matches the float64 recurrence, gradients included, over
+    several chunks with a ragged last one and an initial state."""
+    taken = _gla_paths_taken(monkeypatch)
+    case = OPS["gla"]
+    inputs, h0 = make_case(case, B=2, T=101, H=2, K=24, V=20, scale=gate_scale, seed=5)
+    assert_matches_naive(case, inputs, h0)
+    assert set(taken) == {path}, taken
+
+
+def test_gla_factored_chunk_is_not_chosen_where_values_are_not_read(monkeypatch):
+    """Where the gates' values may not be read (CUDA, torch.compile), the sub-chunked path runs, whose
+    choice needs no value: no host read, no data-dependent branch."""
+    from alloyml.kernels.common import checks
+
+    taken = _gla_paths_taken(monkeypatch)
+    monkeypatch.setattr(checks, "values_readable", lambda x: False)
+    case = OPS["gla"]
+    inputs, h0 = make_case(case, B=1, T=40, H=1, K=8, V=8, scale=0.05, seed=1)
+    assert_matches_naive(case, inputs, h0)
+    assert set(taken) == {"sub-chunked"}, taken

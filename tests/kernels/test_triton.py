@@ -78,7 +78,7 @@ SHAPES = {
 def test_triton_interpreter_matches_naive(backend, names):
     env = dict(os.environ, TRITON_INTERPRET="1")
     code = CHILD_CODE.format(here=str(HERE), backend=backend, names=list(names), shapes=SHAPES[backend])
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("ok ") == len(names)
 
@@ -101,3 +101,72 @@ def test_triton_on_gpu_matches_naive(backend, name, T, K, V, scale, monkeypatch)
     # 1e-4: on the H100 the GPU's summation order gave the recurrent kernels' d(decay) 2.1e-5 at T=200,
     # gate scale 10
     assert_matches_naive(case, inputs, h0, backend=backend, device="cuda", tol=1e-4)
+
+
+# Packed sequences on the chunked kernels: one stream of chunks, no padding to the longest (the state
+# passes restart at each sequence's first chunk), against each sequence run alone through the float64
+# recurrence, outputs, final states and every gradient (initial states included). Lengths cross and hit
+# the chunk size of 64; the second layout is the one CUDA / torch.compile get (chunk count bounded from
+# the shapes, empty chunks at the end, offsets never read), with an empty sequence (keeps its state).
+PACKED_CHILD_CODE = """
+import sys
+sys.path.insert(0, {here!r})
+import torch
+from alloyml.kernels.common import checks
+from alloyml.kernels.common import chunk_triton
+from kernel_cases import OPS, make_case, rel_rms
+
+calls = []
+run_stream = chunk_triton.chunk_gated_triton
+chunk_triton.chunk_gated_triton = lambda *a: (calls.append(a[-1] is not None), run_stream(*a))[1]
+
+def run(case, inputs, h0, cu, backend):
+    leaves = {{n: x.detach().clone().requires_grad_() for n, x in inputs.items()}}
+    h = h0.detach().clone().requires_grad_()
+    if cu is None:  # each sequence alone
+        outs, states = [], []
+        for i, (a, b) in enumerate(zip(CU[:-1], CU[1:])):
+            part = {{n: (x[:, a:b] if n in case.time_args else x) for n, x in leaves.items()}}
+            if b > a:
+                o, s = case(part, initial_state=h[i:i + 1], backend=backend)
+            else:
+                o, s = part[case.time_args[0]][..., :0].sum(-1, keepdim=True).expand(1, 0, 2, V), h[i:i + 1]
+            outs.append(o)
+            states.append(s)
+        o, s = torch.cat(outs, dim=1), torch.cat(states)
+    else:
+        o, s = case(leaves, initial_state=h, cu_seqlens=cu, backend=backend)
+    gen = torch.Generator().manual_seed(0)
+    w_o = torch.randn(o.shape, generator=gen, dtype=torch.float64)
+    w_s = torch.randn(s.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((o.double() * w_o).sum() + (s.double() * w_s).sum(), list(leaves.values()) + [h])
+    return [o, s, *grads]
+
+V = 16
+for name, lengths, readable in {cases!r}:
+    CU = [0]
+    for n in lengths:
+        CU.append(CU[-1] + n)
+    checks.values_readable = (lambda x: True) if readable else (lambda x: False)
+    case = OPS[name]
+    inputs, h0 = make_case(case, B=1, T=CU[-1], H=2, K=16, V=V, scale=2.0, seed=4)
+    h0 = torch.cat([h0] * len(lengths)) + torch.arange(len(lengths), dtype=h0.dtype).view(-1, 1, 1, 1)
+    calls.clear()
+    got = run(case, {{n: x.float() for n, x in inputs.items()}}, h0.float(), torch.tensor(CU), "triton")
+    assert calls == [True], calls  # one call, on the stream
+    want = run(case, inputs, h0, None, "naive")
+    errors = [rel_rms(a.double(), b) for a, b in zip(got, want)]
+    assert max(errors) <= 1e-5, (name, lengths, errors)
+    print("ok", name, flush=True)
+"""
+PACKED_CASES = [("gla", [5, 70, 1, 64, 33], True), ("selective_scan", [5, 70, 1, 64, 33], True),
+                ("gla", [40, 0, 65, 3], False)]
+
+
+@pytest.mark.triton
+def test_triton_packed_sequences_run_as_one_stream():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    code = PACKED_CHILD_CODE.format(here=str(HERE), cases=PACKED_CASES)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("ok ") == len(PACKED_CASES)

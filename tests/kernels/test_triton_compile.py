@@ -54,17 +54,38 @@ H100_REGISTERS = 255  # per thread; more cannot be allocated (ptxas spills inste
 DOT_KIND = {torch.bfloat16: "bf16", torch.float16: "f16", torch.float32: "tf32"}
 
 
+# Packed sequences (the chunked engine's stream of chunks, whose state passes compile with SEGMENTS):
+# the same cases with offsets, B = 1.
+PACKED_CASES = [(gate, torch.bfloat16, 128, 128, "packed") for gate in ("none", "scalar", "vector")]
+
+
+def _run_case(engine: str, case):
+    """One forward + backward of `engine` on the inputs of `case` (gate, dtype, K, V[, "packed"])."""
+    module, run = ENGINES[engine]
+    gate, dtype, K, V = case[:4]
+    q, k, v, g, h0 = _inputs(gate, dtype, K, V)
+    if case[4:] == ("packed",):
+        from alloyml.kernels.common.varlen import stream_layout, to_stream
+
+        layout = stream_layout(torch.tensor([0, 30, 80]), q.shape[1], chunk_triton.CHUNK_SIZE)
+        q, k, v = (to_stream(x, layout) for x in (q, k, v))
+        g = None if g is None else to_stream(g, layout)
+        o, state = run(q, k, v, g, K**-0.5, torch.cat([h0, h0]), chunk_triton.segments_of(layout))
+    else:
+        o, state = run(q, k, v, g, K**-0.5, h0)
+    (o.float().sum() + state.sum()).backward()
+
+
 def recorded_launches(engine: str, cases) -> list:
-    """The distinct launches of one engine over `cases` (gate kind, dtype, K, V), forward + backward, each
-    with the case it came from (launch.case)."""
+    """The distinct launches of one engine over `cases` (gate kind, dtype, K, V[, "packed"]), forward +
+    backward, each with the case it came from (launch.case)."""
     module, run = ENGINES[engine]
     distinct = {}
     for case in cases:
-        gate, dtype, K, V = case
+        if case[4:] and engine != "triton":
+            continue  # packed sequences stream through the chunked engine only
         with recording(*jit_functions(module)) as launches:
-            q, k, v, g, h0 = _inputs(gate, dtype, K, V)
-            o, state = run(q, k, v, g, K**-0.5, h0)
-            (o.float().sum() + state.sum()).backward()
+            _run_case(engine, case)
         for launch in launches:
             launch.case = case
             distinct.setdefault(launch.key(), launch)
@@ -75,11 +96,13 @@ def inspect(launch) -> dict:
     """Compile one launch for sm_90a and describe it (see gpu_compile.usage)."""
     import inspect as source
 
-    gate, dtype, K, V = launch.case
+    gate, dtype, K, V = launch.case[:4]
     compiled = launch.compile()
     assert compiled.asm["cubin"], launch.kernel.__name__
     return {"kernel": launch.kernel.__name__, "dtype": str(dtype).removeprefix("torch."), "gate": gate, "K": K,
-            "V": V, "has_dot": "_dot(" in source.getsource(launch.kernel.fn), **usage(compiled)}
+            "V": V, "packed": launch.case[4:] == ("packed",), "num_warps": launch.args.get("num_warps"),
+            "BK": launch.args.get("BK"), "BV": launch.args.get("BV"),
+            "has_dot": "_dot(" in source.getsource(launch.kernel.fn), **usage(compiled)}
 
 
 # The chunked kernels compile without spills in every specialisation (297 in ALL_CASES, both backends,
@@ -132,6 +155,38 @@ def test_every_launched_kernel_compiles_for_an_h100(engine, in_child_without_int
 
 @pytest.mark.slow
 @pytest.mark.triton
+def test_packed_state_passes_compile_for_an_h100(in_child_without_interpreter):
+    """The state passes' SEGMENTS specialisations (packed sequences) compile like the rest."""
+    if not in_child_without_interpreter:
+        launches = [launch for launch in recorded_launches("triton", PACKED_CASES)
+                    if launch.args.get("SEGMENTS")]
+        assert {launch.kernel.__name__ for launch in launches} == {"chunk_fwd_h_kernel", "chunk_bwd_dh_kernel"}
+        assert_all_compile(launches + recorded_launches("triton", DEFAULT_CASES[:1]))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("case", DEFAULT_CASES + PACKED_CASES + [("vector", torch.bfloat16, 64, 64)])
+def test_launches_follow_the_launch_table(case, in_child_without_interpreter):
+    """Every chunked kernel launches with the block sizes and warps of chunk_triton.LAUNCH_TABLE for its
+    gate kind and sizes (recorded launches, nothing compiles or runs), and every kernel is in the table."""
+    if in_child_without_interpreter:
+        return
+    launches = recorded_launches("triton", [case])
+    assert {launch.kernel.__name__ for launch in launches} == set(chunk_triton.LAUNCH_TABLE)
+    gate, dtype, K, V = case[:4]
+    kind = {"none": 0, "scalar": 1, "vector": 2}[gate]
+    for launch in launches:
+        base, by_gate = chunk_triton.LAUNCH_TABLE[launch.kernel.__name__]
+        want = {**base, **by_gate.get(kind, {})}
+        assert launch.args["num_warps"] == want["num_warps"], (launch.kernel.__name__, launch.args["num_warps"])
+        for block, dim in (("BK", K), ("BV", V)):
+            if block in want:  # capped by the size of the dimension (a power of two, >= 16)
+                assert launch.args[block] == max(16, min(want[block], triton.next_power_of_2(dim))), (
+                    launch.kernel.__name__, block, launch.args[block])
+
+
+@pytest.mark.slow
+@pytest.mark.triton
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 def test_every_dtype_and_size_compiles_for_an_h100(engine, in_child_without_interpreter):
     if not in_child_without_interpreter:
@@ -178,10 +233,18 @@ def test_a_kernel_a_gpu_rejects_fails_the_check(in_child_without_interpreter):
         launches[1].compile()
 
 
-def write_table(path=None) -> None:
-    """Every launched specialisation of both backends over ALL_CASES, compiled and inspected, as
-    benchmarks/results/kernels.compile.json (rows: kernel, dtype, gate, K, V, registers, spills, shared,
-    MMA kinds)."""
+BF16_CASES = [(gate, torch.bfloat16, K, K) for gate in ("none", "scalar", "vector") for K in (64, 128)]
+
+
+def write_table(path=None, quick: bool = False) -> None:
+    """Every launched specialisation of both backends over ALL_CASES (and the packed cases), compiled and
+    inspected, as benchmarks/results/kernels.compile.json (rows: kernel, dtype, gate, K, V, block sizes,
+    warps, registers, spills, shared, MMA kinds).
+
+    quick (`--bf16`): the chunked engine over BF16_CASES + PACKED_CASES only (about 25 s a
+    specialisation on a loaded 2-core machine, so the full matrix takes hours there); the step-by-step
+    engine's rows, whose kernels that change does not touch, are carried over from the previous table
+    (marked "carried_from")."""
     import json
     from pathlib import Path
 
@@ -189,26 +252,40 @@ def write_table(path=None) -> None:
     sys.path.insert(0, str(root / "benchmarks"))
     from _common import machine
 
+    out = Path(path) if path else root / "benchmarks" / "results" / "kernels.compile.json"
     rows = []
-    for engine in sorted(ENGINES):
-        launches = recorded_launches(engine, ALL_CASES)
-        rows += [{"backend": engine, **row} for row in assert_all_compile(launches, SPILL_FREE[engine])]
+    if quick:
+        previous = json.loads(out.read_text())
+        rows += [{**row, "carried_from": row.get("carried_from", previous["when"])} for row in previous["rows"]
+                 if row["backend"] == "triton_recurrent"]
+        launches = recorded_launches("triton", BF16_CASES + PACKED_CASES)
+        rows += [{"backend": "triton", **row} for row in assert_all_compile(launches, SPILL_FREE["triton"])]
+        cases = ("triton: bf16, K = V in {64, 128}, every gate kind, unpacked and packed; triton_recurrent: "
+                 "carried over")
+        command = "python tests/kernels/test_triton_compile.py --bf16"
+    else:
+        for engine in sorted(ENGINES):
+            launches = recorded_launches(engine, ALL_CASES + PACKED_CASES)
+            rows += [{"backend": engine, **row} for row in assert_all_compile(launches, SPILL_FREE[engine])]
+        cases = "ALL_CASES (every gate kind x float32 / bf16 / fp16 x K, V in {64, 128, (60, 20)}) + packed"
+        command = "python tests/kernels/test_triton_compile.py"
     bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
     summary = {
+        "cases": cases,
         "specialisations": len(rows),
         "max_registers": max(r["registers"] for r in rows),
         "with_spills": sum(r["spill_stores"] > 0 for r in rows),
         "bf16_with_spills": sum(r["spill_stores"] > 0 for r in bf16),
+        "bf16_chunked_max_registers": max(r["registers"] for r in bf16 if r["backend"] == "triton"),
         "bf16_dot_kernels_on_bf16_mma": sum(bool(r["mma"]) for r in bf16 if r["has_dot"]),
         "bf16_dot_kernels": sum(r["has_dot"] for r in bf16),
     }
-    out = Path(path) if path else root / "benchmarks" / "results" / "kernels.compile.json"
     import datetime
 
     out.write_text(json.dumps({
         "topic": "kernels.compile",
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(), "command": "python tests/kernels/test_triton_compile.py",
+        "machine": machine(), "command": command,
         "target": "sm_90a (H100), compiled ahead of time; nothing ran on a GPU", "summary": summary,
         "rows": rows,
     }, indent=1) + "\n")
@@ -216,4 +293,4 @@ def write_table(path=None) -> None:
 
 
 if __name__ == "__main__":
-    write_table()
+    write_table(quick="--bf16" in sys.argv[1:])

@@ -31,7 +31,9 @@ Scalar gates (and none) use one level: chunks of 32 with the full 32 x 32 decaye
 rather than 64: the intra-chunk products cost T C K each, the state's T K V, so at K = V = 64 the
 smaller chunk does a quarter fewer flops for twice as many steps of the state loop; measured faster at
 T = 4096 on one thread).
-Vector gates need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
+Vector gates, where every chunk's gate sum is >= -FACTORED_GATE_LIMIT (read on CPU tensors only), factor
+over whole chunks of 32 (`VectorChunk`: q e^G and k e^-G stay in float32's normal range there). Otherwise
+they need their sums per key channel, so a pair (i, j) costs K exponentials; they use two levels:
 chunks of 64 split into 4 sub-chunks of 16. Only pairs inside one sub-chunk get decays of their own (the
 lower triangle, built one diagonal at a time as running products of exp(g) <= 1, with a hand-written
 backward); pairs in different sub-chunks factor at the sub-chunk boundaries into a matrix product; pairs
@@ -50,6 +52,8 @@ from alloyml.kernels.common.decayed_attention import decayed_attention
 SCALAR_GATE_CHUNK = 32
 VECTOR_GATE_CHUNK = 64
 VECTOR_GATE_SUBCHUNK = 16
+FACTORED_CHUNK = 32
+FACTORED_GATE_LIMIT = 20.0
 
 
 def chunk_gated_torch(q, k, v, g, scale: float, initial_state, cu_seqlens=None):
@@ -348,12 +352,37 @@ def _constant_decays(log_gamma, N: int, C: int, T: int):
 
 
 def _vector_gated(q, k, v, g, scale: float, initial_state, segments=None):
+    T = q.shape[1]
+    compute = torch.promote_types(q.dtype, torch.float32)
+    if segments is None and _factoring_allowed(g):
+        C = FACTORED_CHUNK
+        N = math.ceil(T / C)
+        gb = _blocks(g, (N, C), compute)  # [B, H, N, C, K]
+        with torch.no_grad():
+            G = _triangular_sums(gb, inclusive=True)  # the gate sums from each chunk start to step i
+            safe = bool(G[..., -1, :].amin() >= -FACTORED_GATE_LIMIT) if G.numel() else True
+        if safe:
+            q, k, v = (_blocks(x, (N, C), compute) for x in (q, k, v))
+            o, state = VectorChunk.apply(q, k, v, gb, G, initial_state, scale)
+            return _unblock(o, T), state
+    return _sub_chunked(q, k, v, g, scale, initial_state, segments, compute)
+
+
+def _factoring_allowed(g) -> bool:
+    """Whether the factored chunk may be chosen: it needs one read of the gates' values (their sums per
+    chunk), taken only where that read is free (CPU tensors outside torch.compile), so the CUDA and
+    compiled paths stay branch-free and read nothing on the host."""
+    from alloyml.kernels.common import checks
+
+    return g.device.type == "cpu" and checks.values_readable(g)
+
+
+def _sub_chunked(q, k, v, g, scale: float, initial_state, segments, compute):
     import torch.nn.functional as F
 
     T = q.shape[1]
     C, c = VECTOR_GATE_CHUNK, VECTOR_GATE_SUBCHUNK
     S, N = C // c, math.ceil(T / C)
-    compute = torch.promote_types(q.dtype, torch.float32)
     q, k, v, g = (_blocks(x, (N, S, c), compute) for x in (q, k, v, g))  # [B, H, N, S, c, D]
     q = q * scale
     B, H, _, _, _, K = q.shape
@@ -386,6 +415,74 @@ def _vector_gated(q, k, v, g, scale: float, initial_state, segments=None):
     starts, state = _carry(delta, total.exp()[..., None], initial_state, segments)
     o = attn @ v + q_inter @ starts
     return _unblock(o, T), state
+
+
+class VectorChunk(torch.autograd.Function):
+    """Per-channel gates, factored over a whole chunk, forward and backward written out. Used only where
+    every chunk's total gate sum is >= -FACTORED_GATE_LIMIT in every channel (checked on the CPU by
+    `_vector_gated`), so that exp(G) and exp(-G) below both stay in float32's normal range:
+
+        G_i = g_0 + .. + g_i (from the chunk start),  qg = scale q e^G,  kg = k e^-G,  E = e^(G_(C-1)),
+        A = tril(qg kg^T),  delta = (kg E)^T v,  starts = carry(delta, E, S_0),  o = A v + qg starts
+
+    Each product qg_i kg_j = q_i k_j e^(G_i - G_j) keeps float32's relative precision (no term overflows
+    or underflows). The gate gradient is written out so that nothing cancels against the undecayed
+    pairs: the diagonal (i = j) holds no gate and is kept out of the pair sums, the pairs j < i inside
+    the chunk (and the read of the state by q_i) give d G_i, summed over i >= s for g_s, and the write
+    of k_j to the outgoing state holds g_s for s > j only, summed over j < s.
+
+    q, k, g: [B, H, N, C, K], v: [B, H, N, C, V] (contiguous blocks), G: the inclusive sums of g along C
+    (no grad), initial_state: [B, H, K, V] or None."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, G, initial_state, scale):
+        eG = G.exp()
+        emG = torch.exp(-G)
+        E = eG[..., -1, :]  # [B, H, N, K]: the decay over the whole chunk
+        qg = (q * scale).mul_(eG)
+        kg = k * emG
+        kd = kg * E[..., None, :]  # k_j e^(g_(j+1) + .. + g_(C-1)): its write to the outgoing state
+        A = _mm(qg, kg.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
+        delta = _mm(kd.transpose(-1, -2), v)  # [B, H, N, K, V]
+        decay = E[..., None]  # [B, H, N, K, 1]
+        starts, final = _carry_forward(delta, decay, initial_state)
+        o = torch.baddbmm(_mm(A, v).view(-1, *v.shape[-2:]), qg.view(-1, *q.shape[-2:]),
+                          starts.view(-1, *starts.shape[-2:])).view(v.shape)
+        ctx.save_for_backward(q, k, v, eG, emG, qg, kg, kd, A, decay, starts)
+        ctx.has_initial = initial_state is not None
+        ctx.scale = scale
+        return o, final
+
+    @staticmethod
+    def backward(ctx, d_o, d_final):
+        q, k, v, eG, emG, qg, kg, kd, A, decay, starts = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        C = q.shape[-2]
+        d_o = d_o.contiguous()
+        dA = _mm(d_o, v.transpose(-1, -2))  # [B, H, N, C, C]
+        d0 = torch.diagonal(dA, 0, -2, -1)[..., None].clone()  # the undecayed pairs i = j
+        dA.tril_(-1)
+        d_starts = _mm(qg.transpose(-1, -2), d_o)  # [B, H, N, K, V]
+        d_delta, d_decay, d_initial = _carry_backward(d_starts, d_final, starts, decay, need[3],
+                                                      ctx.has_initial and need[5])
+        dqg = _mm(dA, kg)
+        dqg.view(-1, *dqg.shape[-2:]).baddbmm_(d_o.view(-1, *d_o.shape[-2:]),
+                                               starts.transpose(-1, -2).reshape(-1, *starts.shape[-2:][::-1]))
+        dkg = _mm(dA.transpose(-1, -2), qg)
+        dkd = _mm(v, d_delta.transpose(-1, -2))  # [B, H, N, C, K]
+        dv = _mm(A.transpose(-1, -2), d_o)
+        dv.view(-1, *dv.shape[-2:]).baddbmm_(kd.view(-1, *kd.shape[-2:]), d_delta.view(-1, *d_delta.shape[-2:]))
+        dg = None
+        if need[3]:
+            ones = torch.ones(C, C, dtype=q.dtype, device=q.device)
+            # d G_i from the pairs (j < i, and the state read) on q's side and the pairs on k's side
+            dG = (qg * dqg).addcmul_(kg, dkg, value=-1.0)
+            dg = ones.triu() @ dG  # g_s: sum over i >= s
+            dg.add_(ones.tril(-1) @ (kd * dkd))  # the state writes k_j with j < s
+            dg.add_((d_decay[..., 0] * decay[..., 0])[..., None, :])  # the chunk's decay holds every g_s
+        dq = (dqg * eG).addcmul_(d0, k).mul_(ctx.scale)
+        dk = dkg.addcmul_(dkd, decay.transpose(-1, -2)).mul_(emG).addcmul_(d0, q, value=ctx.scale)
+        return dq, dk, dv, dg, None, d_initial, None
 
 
 def _sub_chunk_sums(sub_total):

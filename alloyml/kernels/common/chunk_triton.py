@@ -47,6 +47,7 @@ state's path, as the fused-recurrent kernels keep that path apart.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import triton
@@ -62,6 +63,27 @@ MAX_BLOCK = 64  # the largest key / value block; tests may lower it to reach sev
 # Warps of the per-chunk kernels: they hold several 64 x 64 float32 tiles, which with 4 warps need more than
 # 255 registers per thread (ptxas for sm_90 spilled up to 2.3 KB a thread; with 8, at most 0.4 KB).
 CHUNK_WARPS = 8
+# Launch settings per kernel and shape bucket: key / value block caps (BK, BV, each also capped by MAX_BLOCK
+# and the next power of two of K / V, and >= 16) and warps, by gate kind. A hand table: no GPU has been lent
+# to time candidates on, so it is chosen from the sm_90a compile inspection (tests/kernels/
+# test_triton_compile.py: registers, spills, shared memory of each specialisation), to keep every kernel
+# off the 255-register cap, where ptxas is one step from spilling: the state passes with per-channel gates
+# take 8 warps (ptxas, bf16 K = V = 128: 255 -> 137 registers forward, 168 -> 128 backward), and the
+# inter-chunk gradient kernel with gates takes key blocks of 32 (its scalar-gate dg buffer has one row per
+# key block, so it is sized from this table too). Not timed: on a GPU, time candidates per row before
+# trusting these as tuned.
+LAUNCH_TABLE = {
+    # kernel: (settings for every gate kind, {gate kind: overrides})
+    "chunk_fwd_h_kernel": ({"BK": 64, "BV": 64, "num_warps": 4}, {VECTOR_GATE: {"num_warps": 8}}),
+    "chunk_bwd_dh_kernel": ({"BK": 64, "BV": 64, "num_warps": 4}, {VECTOR_GATE: {"num_warps": 8}}),
+    "chunk_fwd_attn_kernel": ({"BK": 64, "num_warps": CHUNK_WARPS}, {}),
+    "chunk_fwd_o_kernel": ({"BK": 64, "BV": 64, "num_warps": CHUNK_WARPS}, {}),
+    "chunk_bwd_dA_kernel": ({"BV": 64, "num_warps": CHUNK_WARPS}, {}),
+    "chunk_bwd_dv_kernel": ({"BK": 64, "BV": 64, "num_warps": CHUNK_WARPS}, {}),
+    "chunk_bwd_intra_kernel": ({"BK": 64, "num_warps": 4}, {}),
+    "chunk_bwd_inter_kernel": ({"BK": 64, "BV": 64, "num_warps": CHUNK_WARPS},
+                               {SCALAR_GATE: {"BK": 32}, VECTOR_GATE: {"BK": 32}}),
+}
 # How float32 inputs multiply: "tf32" (tensor cores, 2^-11 relative rounding of each operand) or "ieee"
 # (exact float32, as FMA loops: the tests' setting when they compare with float64 at 1e-5).
 FP32_DOT = "tf32"
@@ -164,13 +186,24 @@ def _sum_before_combine(before_a, total_a, before_b, total_b):
 # --- forward ---------------------------------------------------------------------------------------------
 
 @triton.jit
-def chunk_fwd_h_kernel(k, v, g, h0, h, ht, T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, GATE: tl.constexpr,
-                       USE_H0: tl.constexpr, DOT: tl.constexpr):
+def chunk_fwd_h_kernel(k, v, g, h0, h, ht, seg_first, seg_last, seg_owner, T, NT, H: tl.constexpr,
+                       K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       GATE: tl.constexpr, USE_H0: tl.constexpr, SEGMENTS: tl.constexpr, DOT: tl.constexpr):
     """State pass, one program per (key block, value block, batch * head): writes the state entering each
-    chunk, h: [B, NT, H, K, V], and the final state ht: [B, H, K, V]."""
-    i_bh, i_b, i_h, o_k, o_v, m_k, m_v, m_h, b_h = _state_block(h0, H, K, V, BK, BV, USE_H0)
+    chunk, h: [B, NT, H, K, V], and the final state ht: [B, H, K, V].
+
+    SEGMENTS (packed sequences as one stream of chunks, B = 1; see varlen.stream_layout): chunk i_t
+    belongs to sequence seg_owner[i_t]; where seg_first[i_t] the state restarts from that sequence's
+    initial state (h0: [N, H, K, V], or zeros), and where seg_last[i_t] the state leaving the chunk is
+    that sequence's final state (ht: [N, H, K, V]). Both are selects, not branches."""
+    i_bh, i_b, i_h, o_k, o_v, m_k, m_v, m_h, b_h = _state_block(h0, H, K, V, BK, BV, USE_H0 and not SEGMENTS)
     for i_t in range(0, NT):
+        if SEGMENTS:
+            i_n = tl.load(seg_owner + i_t).to(tl.int64)
+            b_start = tl.zeros([BK, BV], dtype=tl.float32)
+            if USE_H0:
+                b_start += tl.load(_state_ptrs(h0, i_n * H + i_h, o_k, o_v, K, V), mask=m_h, other=0.0)
+            b_h = tl.where(tl.load(seg_first + i_t) != 0, b_start, b_h)
         tl.store(_state_ptrs(h, (i_b * NT + i_t) * H + i_h, o_k, o_v, K, V), b_h, mask=m_h)
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
@@ -181,7 +214,11 @@ def chunk_fwd_h_kernel(k, v, g, h0, h, ht, T, NT, H: tl.constexpr, K: tl.constex
             b_k = b_k * tl.exp(_gates_after(g, i_b, i_h, o_t, i_t * BT + BT, o_k, m_k, T, H, K, GATE))
             b_h = b_h * tl.exp(tl.sum(b_g, 0))[:, None]
         b_h += _dot(tl.trans(b_k), b_v, DOT)
-    tl.store(_state_ptrs(ht, i_bh, o_k, o_v, K, V), b_h, mask=m_h)
+        if SEGMENTS:
+            tl.store(_state_ptrs(ht, i_n * H + i_h, o_k, o_v, K, V), b_h,
+                     mask=m_h & ((tl.zeros([BK, BV], dtype=tl.int32) + tl.load(seg_last + i_t)) != 0))
+    if not SEGMENTS:
+        tl.store(_state_ptrs(ht, i_bh, o_k, o_v, K, V), b_h, mask=m_h)
 
 
 @triton.jit
@@ -259,15 +296,25 @@ def chunk_fwd_o_kernel(q, v, g, h, A, o, scale, T, NT, H: tl.constexpr, K: tl.co
 # --- backward --------------------------------------------------------------------------------------------
 
 @triton.jit
-def chunk_bwd_dh_kernel(q, do, g, dht, dh, dh0, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
-                        V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                        GATE: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, DOT: tl.constexpr):
+def chunk_bwd_dh_kernel(q, do, g, dht, dh, dh0, seg_first, seg_last, seg_owner, scale, T, NT, H: tl.constexpr,
+                        K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        GATE: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                        SEGMENTS: tl.constexpr, DOT: tl.constexpr):
     """Reverse state-gradient pass, one program per (key block, value block, batch * head): writes the
     gradient of the state leaving each chunk, dh: [B, NT, H, K, V] (the final state's for the last), and
-    the initial state's, dh0: [B, H, K, V]."""
-    i_bh, i_b, i_h, o_k, o_v, m_k, m_v, m_h, b_dh = _state_block(dht, H, K, V, BK, BV, USE_DHT)
+    the initial state's, dh0: [B, H, K, V]. SEGMENTS as in chunk_fwd_h_kernel: at a sequence's last chunk
+    the gradient restarts from its final state's (dht: [N, H, K, V], or zeros), and at its first chunk
+    the gradient entering it is its initial state's (dh0: [N, H, K, V])."""
+    i_bh, i_b, i_h, o_k, o_v, m_k, m_v, m_h, b_dh = _state_block(dht, H, K, V, BK, BV,
+                                                                 USE_DHT and not SEGMENTS)
     for i_back in range(0, NT):
         i_t = NT - 1 - i_back
+        if SEGMENTS:
+            i_n = tl.load(seg_owner + i_t).to(tl.int64)
+            b_end = tl.zeros([BK, BV], dtype=tl.float32)
+            if USE_DHT:
+                b_end += tl.load(_state_ptrs(dht, i_n * H + i_h, o_k, o_v, K, V), mask=m_h, other=0.0)
+            b_dh = tl.where(tl.load(seg_last + i_t) != 0, b_end, b_dh)
         tl.store(_state_ptrs(dh, (i_b * NT + i_t) * H + i_h, o_k, o_v, K, V), b_dh, mask=m_h)
         o_t = i_t * BT + tl.arange(0, BT)
         m_t = o_t < T
@@ -278,7 +325,11 @@ def chunk_bwd_dh_kernel(q, do, g, dht, dh, dh0, scale, T, NT, H: tl.constexpr, K
             b_q = b_q * tl.exp(tl.cumsum(b_g, 0))
             b_dh = b_dh * tl.exp(tl.sum(b_g, 0))[:, None]
         b_dh += _dot(tl.trans(b_q * scale), b_do, DOT)
-    if STORE_DH0:
+        if SEGMENTS:
+            if STORE_DH0:
+                tl.store(_state_ptrs(dh0, i_n * H + i_h, o_k, o_v, K, V), b_dh,
+                         mask=m_h & ((tl.zeros([BK, BV], dtype=tl.int32) + tl.load(seg_first + i_t)) != 0))
+    if STORE_DH0 and not SEGMENTS:
         tl.store(_state_ptrs(dh0, i_bh, o_k, o_v, K, V), b_dh, mask=m_h)
 
 
@@ -448,25 +499,46 @@ def _sizes(q, v, g) -> dict:
     BT = CHUNK_SIZE
     return {
         "B": B, "T": T, "H": H, "K": K, "V": V, "BT": BT, "NT": triton.cdiv(T, BT),
-        "BK": max(16, min(MAX_BLOCK, triton.next_power_of_2(K))),
-        "BV": max(16, min(MAX_BLOCK, triton.next_power_of_2(V))),
         "GATE": gate_kind(g), "DOT": dot_precision(q.dtype),
     }
 
 
-def chunk_states(k, v, g, initial_state, s: dict):
-    """The state entering each chunk, h: [B, NT, H, K, V], and the final state: both float32."""
+def launch_settings(kernel: str, s: dict) -> dict:
+    """{"BK", "BV", "num_warps"[, "num_stages"]} for `kernel` at the sizes `s` (LAUNCH_TABLE)."""
+    base, by_gate = LAUNCH_TABLE[kernel]
+    cfg = {**base, **by_gate.get(s["GATE"], {})}
+    out = {"num_warps": cfg["num_warps"]}
+    if "num_stages" in cfg:
+        out["num_stages"] = cfg["num_stages"]
+    for block, dim in (("BK", "K"), ("BV", "V")):
+        if block in cfg:
+            out[block] = max(16, min(cfg[block], MAX_BLOCK, triton.next_power_of_2(s[dim])))
+    return out
+
+
+def chunk_states(k, v, g, initial_state, s: dict, segments=None):
+    """The state entering each chunk, h: [B, NT, H, K, V], and the final state(s): both float32.
+    `segments` (see `chunk_gated_triton`): the final states [N, H, K, V] of the packed sequences, an
+    empty sequence keeping its initial state."""
     import torch
 
-    B, NT, H, K, V, BK, BV = (s[n] for n in ("B", "NT", "H", "K", "V", "BK", "BV"))
+    B, NT, H, K, V = (s[n] for n in ("B", "NT", "H", "K", "V"))
+    cfg = launch_settings("chunk_fwd_h_kernel", s)
     h = k.new_empty(B, NT, H, K, V, dtype=torch.float32)
-    ht = k.new_empty(B, H, K, V, dtype=torch.float32)
-    grid = (B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))
+    if segments is None:
+        ht = k.new_empty(B, H, K, V, dtype=torch.float32)
+        flags = (ht, ht, ht)
+    else:
+        ht = k.new_zeros(segments.n_sequences, H, K, V, dtype=torch.float32)
+        flags = (segments.first, segments.last, segments.owner)
+    grid = (B * H, triton.cdiv(V, cfg["BV"]), triton.cdiv(K, cfg["BK"]))
     chunk_fwd_h_kernel[grid](
-        k, v, k if g is None else g, ht if initial_state is None else initial_state, h, ht, s["T"], NT,
-        H=H, K=K, V=V, BT=s["BT"], BK=BK, BV=BV, GATE=s["GATE"], USE_H0=initial_state is not None,
-        DOT=s["DOT"],
+        k, v, k if g is None else g, ht if initial_state is None else initial_state, h, ht, *flags, s["T"], NT,
+        H=H, K=K, V=V, BT=s["BT"], GATE=s["GATE"], USE_H0=initial_state is not None,
+        SEGMENTS=segments is not None, DOT=s["DOT"], **cfg,
     )
+    if segments is not None and initial_state is not None:
+        ht = torch.where(segments.empty[:, None, None, None], initial_state.float(), ht)
     return h, ht
 
 
@@ -477,65 +549,76 @@ def chunk_attention(q, k, g, scale: float, s: dict):
     B, T, H, K, BT = (s[n] for n in ("B", "T", "H", "K", "BT"))
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
     chunk_fwd_attn_kernel[(B * H, s["NT"] * (BT // SUB_CHUNK))](
-        q, k, q if g is None else g, A, scale, T, H=H, K=K, BT=BT, BC=SUB_CHUNK, BK=s["BK"], GATE=s["GATE"],
-        DOT=s["DOT"], num_warps=CHUNK_WARPS,
+        q, k, q if g is None else g, A, scale, T, H=H, K=K, BT=BT, BC=SUB_CHUNK, GATE=s["GATE"], DOT=s["DOT"],
+        **launch_settings("chunk_fwd_attn_kernel", s),
     )
     return A
 
 
-def chunk_fwd(q, k, v, g, scale: float, initial_state):
+def chunk_fwd(q, k, v, g, scale: float, initial_state, segments=None):
     """(o: [B, T, H, V] in v's dtype, final state [B, H, K, V] float32, A for the backward pass)."""
     import torch
 
     s = _sizes(q, v, g)
-    h, ht = chunk_states(k, v, g, initial_state, s)
+    h, ht = chunk_states(k, v, g, initial_state, s, segments)
     A = chunk_attention(q, k, g, scale, s)
     o = torch.empty_like(v)
-    chunk_fwd_o_kernel[(s["B"] * s["H"], s["NT"], triton.cdiv(s["V"], s["BV"]))](
+    cfg = launch_settings("chunk_fwd_o_kernel", s)
+    chunk_fwd_o_kernel[(s["B"] * s["H"], s["NT"], triton.cdiv(s["V"], cfg["BV"]))](
         q, v, q if g is None else g, h, A, o, scale, s["T"], s["NT"], H=s["H"], K=s["K"], V=s["V"], BT=s["BT"],
-        BK=s["BK"], BV=s["BV"], GATE=s["GATE"], DOT=s["DOT"], num_warps=CHUNK_WARPS,
+        GATE=s["GATE"], DOT=s["DOT"], **cfg,
     )
     return o, ht, A
 
 
-def chunk_bwd(q, k, v, g, scale: float, initial_state, A, do, dht):
+def chunk_bwd(q, k, v, g, scale: float, initial_state, A, do, dht, segments=None):
     """Gradients (dq, dk, dv, dg, dh0) in the inputs' dtypes (dh0 float32); the states are recomputed."""
     import torch
 
     s = _sizes(q, v, g)
-    B, T, H, K, V, BT, NT, BK, BV = (s[n] for n in ("B", "T", "H", "K", "V", "BT", "NT", "BK", "BV"))
+    B, T, H, K, V, BT, NT = (s[n] for n in ("B", "T", "H", "K", "V", "BT", "NT"))
     consts = {"BT": BT, "DOT": s["DOT"]}
-    wide = {**consts, "num_warps": CHUNK_WARPS}
     g_arg = q if g is None else g
-    h, _ = chunk_states(k, v, g, initial_state, s)
+    h, _ = chunk_states(k, v, g, initial_state, s, segments)
     dh = torch.empty_like(h)
-    dh0 = torch.empty_like(initial_state, dtype=torch.float32) if initial_state is not None else None
-    chunk_bwd_dh_kernel[(B * H, triton.cdiv(V, BV), triton.cdiv(K, BK))](
-        q, do, g_arg, q if dht is None else dht, dh, q if dh0 is None else dh0, scale, T, NT, H=H, K=K, V=V,
-        BK=BK, BV=BV, GATE=s["GATE"], USE_DHT=dht is not None, STORE_DH0=dh0 is not None, **consts,
+    dh0 = None
+    if initial_state is not None:  # with segments, an empty sequence's is written below, not by the kernel
+        dh0 = (torch.empty_like if segments is None else torch.zeros_like)(initial_state, dtype=torch.float32)
+    flags = (dh, dh, dh) if segments is None else (segments.first, segments.last, segments.owner)
+    cfg = launch_settings("chunk_bwd_dh_kernel", s)
+    chunk_bwd_dh_kernel[(B * H, triton.cdiv(V, cfg["BV"]), triton.cdiv(K, cfg["BK"]))](
+        q, do, g_arg, q if dht is None else dht, dh, q if dh0 is None else dh0, *flags, scale, T, NT, H=H, K=K,
+        V=V, GATE=s["GATE"], USE_DHT=dht is not None, STORE_DH0=dh0 is not None,
+        SEGMENTS=segments is not None, **consts, **cfg,
     )
+    if segments is not None and dh0 is not None and dht is not None:  # an empty sequence: final = initial
+        dh0 = torch.where(segments.empty[:, None, None, None], dht, dh0)
     dA = q.new_empty(B, T, H, BT, dtype=torch.float32)
     dg_intra = q.new_empty(B, T, H, dtype=torch.float32) if s["GATE"] == SCALAR_GATE else None
     chunk_bwd_dA_kernel[(B * H, NT)](
-        v, do, A, dA, q if dg_intra is None else dg_intra, scale, T, H=H, V=V, BV=BV, GATE=s["GATE"], **wide,
+        v, do, A, dA, q if dg_intra is None else dg_intra, scale, T, H=H, V=V, GATE=s["GATE"], **consts,
+        **launch_settings("chunk_bwd_dA_kernel", s),
     )
     dv = torch.empty_like(v)
-    chunk_bwd_dv_kernel[(B * H, NT, triton.cdiv(V, BV))](
-        k, g_arg, A, do, dh, dv, T, NT, H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
+    cfg = launch_settings("chunk_bwd_dv_kernel", s)
+    chunk_bwd_dv_kernel[(B * H, NT, triton.cdiv(V, cfg["BV"]))](
+        k, g_arg, A, do, dh, dv, T, NT, H=H, K=K, V=V, GATE=s["GATE"], **consts, **cfg,
     )
-    NK = triton.cdiv(K, BK)
     dq_intra = q.new_empty(B, T, H, K, dtype=torch.float32)
     dk_intra = torch.empty_like(dq_intra)
-    chunk_bwd_intra_kernel[(B * H, NT * (BT // SUB_CHUNK), NK)](
-        q, k, g_arg, dA, dq_intra, dk_intra, T, H=H, K=K, BC=SUB_CHUNK, BK=BK, GATE=s["GATE"], **consts,
+    cfg = launch_settings("chunk_bwd_intra_kernel", s)
+    chunk_bwd_intra_kernel[(B * H, NT * (BT // SUB_CHUNK), triton.cdiv(K, cfg["BK"]))](
+        q, k, g_arg, dA, dq_intra, dk_intra, T, H=H, K=K, BC=SUB_CHUNK, GATE=s["GATE"], **consts, **cfg,
     )
     dq, dk = torch.empty_like(q), torch.empty_like(k)
+    cfg = launch_settings("chunk_bwd_inter_kernel", s)
+    NK = triton.cdiv(K, cfg["BK"])  # the scalar-gate dg buffer: one row per key block of this kernel
     dg = None
     if g is not None:
         dg = torch.empty_like(g) if s["GATE"] == VECTOR_GATE else q.new_empty(NK, B, T, H, dtype=torch.float32)
     chunk_bwd_inter_kernel[(B * H, NT, NK)](
         q, k, v, g_arg, h, dh, do, dA, dq_intra, dk_intra, dq, dk, q if dg is None else dg, scale, T, NT,
-        H=H, K=K, V=V, BK=BK, BV=BV, GATE=s["GATE"], **wide,
+        H=H, K=K, V=V, GATE=s["GATE"], **consts, **cfg,
     )
     if s["GATE"] == SCALAR_GATE:
         dg = (dg.sum(0) + dg_intra).to(g.dtype)  # [B, T, H]
@@ -550,10 +633,38 @@ def _autograd_function():
 
 
 
-def chunk_gated_triton(q, k, v, g, scale: float, initial_state):
+def chunk_gated_triton(q, k, v, g, scale: float, initial_state, segments=None):
     """The gated recurrence, chunked on Triton: q, k: [B, T, H, K], v: [B, T, H, V], g: [B, T, H] |
     [B, T, H, K] | None (log-space, <= 0), initial_state: [B, H, K, V] | None -> (o: [B, T, H, V] in v's
-    dtype, final state [B, H, K, V] float32)."""
+    dtype, final state [B, H, K, V] float32).
+
+    `segments` (a `Segments`, from `segments_of(varlen.stream_layout(cu_seqlens, T, CHUNK_SIZE))`):
+    the inputs are N packed sequences laid out as one stream of chunks (B = 1, each sequence from a
+    chunk boundary); the state pass restarts at each sequence's first chunk and the final states
+    [N, H, K, V] are read after each one's last. initial_state: [N, H, K, V] | None."""
     from alloyml.kernels.common.triton_autograd import apply_contiguous
 
-    return apply_contiguous(_autograd_function(), q, k, v, g, scale, initial_state)
+    return apply_contiguous(_autograd_function(), q, k, v, g, scale, initial_state, segments)
+
+
+@dataclasses.dataclass
+class Segments:
+    """Per-chunk flags of a stream of packed sequences, as the state passes read them: first / last
+    [n_chunks] int32 (the chunk starts / ends its sequence), owner [n_chunks] int64 (its sequence),
+    empty [N] bool (a sequence of no steps), n_sequences N."""
+
+    first: object
+    last: object
+    owner: object
+    empty: object
+    n_sequences: int
+
+
+def segments_of(layout) -> Segments:
+    """The flags of a varlen.StreamLayout, from tensor operations only (no read of values on the host)."""
+    import torch
+
+    chunks = torch.arange(layout.n_chunks, device=layout.owner.device)
+    last = (chunks == layout.last[layout.owner]) & ~layout.empty[layout.owner]
+    return Segments(layout.first.to(torch.int32).contiguous(), last.to(torch.int32).contiguous(),
+                    layout.owner.contiguous(), layout.empty, layout.last.numel())

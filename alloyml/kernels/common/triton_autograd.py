@@ -12,12 +12,15 @@ def gated_function(name: str, forward, backward):
 
     class GatedFunction(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, g, scale, initial_state):
+        def forward(ctx, q, k, v, g, scale, initial_state, segments=None):
             ctx.set_materialize_grads(False)  # an unused final state skips its gradient's work
+            extra = {} if segments is None else {"segments": segments}
             with device_guard(q):
-                o, final_state, saved = forward(q, k, v, g, scale, initial_state)
+                o, final_state, saved = forward(q, k, v, g, scale, initial_state, **extra)
             ctx.save_for_backward(q, k, v, g, initial_state, saved)
             ctx.scale = scale
+            ctx.extra = extra
+            ctx.n_inputs = 6 if segments is None else 7
             return o, final_state
 
         @staticmethod
@@ -26,8 +29,8 @@ def gated_function(name: str, forward, backward):
             do = torch.zeros_like(v) if do is None else do.contiguous()
             dht = None if dht is None else dht.contiguous()
             with device_guard(q):
-                dq, dk, dv, dg, dh0 = backward(q, k, v, g, ctx.scale, initial_state, saved, do, dht)
-            return dq, dk, dv, dg, None, dh0
+                dq, dk, dv, dg, dh0 = backward(q, k, v, g, ctx.scale, initial_state, saved, do, dht, **ctx.extra)
+            return (dq, dk, dv, dg, None, dh0, None)[: ctx.n_inputs]
 
     GatedFunction.__name__ = GatedFunction.__qualname__ = name
     return GatedFunction
@@ -43,7 +46,10 @@ def device_guard(x):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def apply_contiguous(function, q, k, v, g, scale: float, initial_state):
-    """function.apply on contiguous inputs (the kernels index them as dense row-major arrays)."""
+def apply_contiguous(function, q, k, v, g, scale: float, initial_state, segments=None):
+    """function.apply on contiguous inputs (the kernels index them as dense row-major arrays); `segments`
+    (packed sequences, chunk_triton.Segments) is passed on where given."""
     q, k, v, g, initial_state = (None if x is None else x.contiguous() for x in (q, k, v, g, initial_state))
-    return function.apply(q, k, v, g, scale, initial_state)
+    if segments is None:
+        return function.apply(q, k, v, g, scale, initial_state)
+    return function.apply(q, k, v, g, scale, initial_state, segments)

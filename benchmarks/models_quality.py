@@ -269,6 +269,9 @@ def anchors(rows: list[dict]) -> list[dict]:
     def get(task, mixer, count=""):
         return acc.get((task, count, mixer))
 
+    def budget(task):
+        return sorted({r.get("steps") for r in rows if r.get("task") == task})
+
     out = []
 
     def verdict(ok):
@@ -284,8 +287,10 @@ def anchors(rows: list[dict]) -> list[dict]:
                        "accuracy (best selective)", round(best_s6, 4),
                        {m: round(get("selective_copy", m), 4) for m in s6 + lti},
                        ratio(best_s6, best_lti, True), "selective >= 0.9 and every LTI layer < 0.9",
-                       verdict(ok), f"{'reproduced' if ok else 'not reproduced'} at this budget; LTI layers "
-                       f"measured: {lti}", task="anchor", mixer="mamba_selective_copy"))
+                       verdict(ok), f"{'reproduced' if ok else 'not reproduced'} at this budget "
+                       f"({budget('selective_copy')} steps)"
+                       f"{'' if best_s6 >= 0.9 else ': no selective layer solved it (undertrained)'}"
+                       f"; LTI layers measured: {lti}", task="anchor", mixer="mamba_selective_copy"))
     # Zoology: the MQAR gap between gated convolutions (H3, Hyena; S4D as the LTI stand-in) and attention.
     counts = sorted({c for (t, c, _) in acc if t == "mqar"}, key=lambda c: int(c.split()[0]))
     count = counts[-1] if counts else ""  # the hardest count measured
@@ -297,8 +302,10 @@ def anchors(rows: list[dict]) -> list[dict]:
         out.append(row(f"anchor: Zoology, MQAR gap gated convolutions vs attention ({count})", "accuracy (softmax)",
                        round(attn, 4), {m: round(get("mqar", m, count), 4) for m in convs},
                        ratio(attn, best_conv, True), "softmax >= 0.9 and >= 0.2 above every convolution",
-                       verdict(ok), f"{'reproduced' if ok else 'not reproduced'} at this budget",
-                       task="anchor", mixer="zoology_mqar_gap"))
+                       verdict(ok), f"{'reproduced' if ok else 'not reproduced'} at this budget "
+                       f"({budget('mqar')} steps){'' if attn >= 0.9 else ': softmax itself below 0.9 (undertrained)'}"
+                       "; H3/Hyena not registered yet: S4D (LTI, no gating) stands in", task="anchor",
+                       mixer="zoology_mqar_gap"))
     # DeltaNet: MQAR advantage over GLA and Mamba at equal (here: matched-parameter) state.
     delta = get("mqar", "deltanet", count)
     others = [m for m in ("gla", "mamba", "mamba1") if get("mqar", m, count) is not None]
@@ -308,7 +315,8 @@ def anchors(rows: list[dict]) -> list[dict]:
         out.append(row(f"anchor: DeltaNet beats GLA/Mamba on MQAR ({count})", "accuracy (deltanet)", round(delta, 4),
                        {m: round(get("mqar", m, count), 4) for m in others}, ratio(delta, best_other, True),
                        "deltanet > gla, mamba", verdict(ok),
-                       f"{'reproduced' if ok else 'not reproduced'} at this budget",
+                       f"{'reproduced' if ok else 'not reproduced'} at this budget ({budget('mqar')} steps; "
+                       "matched parameters, not equal state: the state sizes differ by mixer)",
                        task="anchor", mixer="deltanet_mqar"))
     return out
 

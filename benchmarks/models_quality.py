@@ -263,7 +263,7 @@ def anchors(rows: list[dict]) -> list[dict]:
     """The papers' orderings, judged on whatever rows the results file now holds."""
     acc = {}
     for r in rows:
-        if r.get("task") in SYNTHETIC and r.get("ffn", "mlp") == "mlp":
+        if r.get("task") in SYNTHETIC and r.get("ffn", "mlp") == "mlp" and not r.get("tag"):
             acc[(r["task"], r.get("count", ""), r["mixer"])] = r["alloyml"]
 
     def get(task, mixer, count=""):
@@ -345,6 +345,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--fresh", action="store_true", help="do not keep rows of an earlier run")
+    parser.add_argument("--tag", default="", help="label for extra rows (e.g. a longer budget) that replace only "
+                        "rows of the same tag; the anchors read untagged rows")
     args = parser.parse_args()
 
     import torch
@@ -384,31 +386,41 @@ def main() -> None:
             if not any(j["task"] == task_name and j["mixer"] == "softmax" and j["ffn"] == "mlp" for j in jobs):
                 jobs.append(dict(task=task_name, mixer="softmax", ffn="mlp", width=args.width, target_params=target))
     common = dict(quick=args.quick, seq=args.seq, layers=layers, heads=heads, batch=args.batch, lr=args.lr,
-                  pairs=pairs, keys=args.keys)
+                  pairs=pairs, keys=args.keys, tag=args.tag)
     jobs = [{**common, **j} for j in jobs]
 
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    previous = {} if args.fresh else load_previous()
+    run_id = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(started))}/{os.getpid()}"
+    first_save = [True]
     setup = {"layers": layers, "heads": heads, "softmax_width": args.width, "seq": args.seq, "batch": args.batch,
              "lr": args.lr, "mqar": f"Zoology layout, {args.keys} keys, {args.keys} values, trained on a uniform mix "
              f"of {list(pairs)} pairs", "selective_copy": f"{args.seq - args.seq // 8} noise positions, "
              f"{args.seq // 8} tokens of 16 symbols, as many markers (Mamba paper layout)",
              "induction": f"length {args.seq}, 16 symbols"}
 
+    def key(r):
+        return r.get("task"), r.get("mixer"), r.get("ffn"), r.get("count"), r.get("tag", "")
+
     def save(new_rows: list[dict], done: bool) -> None:
-        """Merge this run's rows (so far) into the results file: written after every finished model."""
+        """Merge this run's rows (so far) into the results file as it is now (another run may have written
+        to it meanwhile; --fresh drops what was there before this run's first write): after every model."""
+        previous = {} if args.fresh and first_save[0] else load_previous()
+        first_save[0] = False
         load_after = os.getloadavg()
-        replaced = {(r.get("task"), r.get("mixer"), r.get("ffn"), r.get("count")) for r in new_rows}
+        for r in new_rows:
+            r.setdefault("tag", args.tag)
+        replaced = {key(r) for r in new_rows}
         kept = [r for r in previous.get("rows", []) if "task" in r and r.get("task") != "anchor"
-                and (r.get("task"), r.get("mixer"), r.get("ffn"), r.get("count")) not in replaced]
+                and key(r) not in replaced]
         rows = kept + [r for r in new_rows if r.get("task") != "anchor"]
         rows += anchors(rows)
-        this = {"command": command, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        this = {"command": command, "run": run_id, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "finished": done, "wall_seconds": round(time.time() - started, 1),
                 "load_1min_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
                 "tasks": tasks, "mixers": mixers, **info}
-        write_results(TOPIC, rows, suffix="", device="cpu", commands=[*previous.get("commands", []), this],
-                      setup={**previous.get("setup", {}), **setup})
+        commands = [c for c in previous.get("commands", []) if c.get("run") != run_id]
+        write_results(TOPIC, rows, suffix="", device="cpu", commands=[*commands, this],
+                      setup={**previous.get("setup", {}), **({} if args.tag else setup)})
 
     with ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker) as pool:
         if jobs:
@@ -459,7 +471,8 @@ def synthetic_rows(results: list[dict]) -> list[dict]:
             peer = base.get((r["task"], label))
             compare = r["ffn"] != "mlp" or r["mixer"] != "softmax"
             rows.append(row(
-                f"{r['task']}{' ' + label if label else ''}: {name}", "accuracy", round(acc, 4),
+                f"{r['task']}{' ' + label if label else ''}: {name}{' [' + r['tag'] + ']' if r['tag'] else ''}",
+                "accuracy", round(acc, 4),
                 {"softmax": round(peer, 4)} if peer is not None and compare else {},
                 ratio(acc, peer, True) if compare else None,
                 "softmax >= 0.9" if not compare else "matched params vs softmax",

@@ -270,7 +270,7 @@ def anchors(rows: list[dict]) -> list[dict]:
         return acc.get((task, count, mixer))
 
     def budget(task):
-        return sorted({r.get("steps") for r in rows if r.get("task") == task})
+        return sorted({r.get("steps") for r in rows if r.get("task") == task and not r.get("tag")})
 
     out = []
 

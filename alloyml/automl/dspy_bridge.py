@@ -233,10 +233,14 @@ class DSPyRunResult:
 
 
 def evaluate_program(program, devset: Sequence, metric: DSPyMetric) -> float:
-    """Mean metric over `devset`, sequentially (deterministic for a deterministic LM)."""
+    """Mean metric over `devset`, sequentially (deterministic for a deterministic LM). An answer no adapter
+    can parse scores 0 (DSPy's `failure_score`) rather than counting toward `max_errors`, which would cancel
+    the whole evaluation once a small model misformats 10 answers."""
     import dspy
 
-    evaluate = dspy.Evaluate(devset=list(devset), metric=_scalar(metric), num_threads=1, display_progress=False)
+    devset = list(devset)
+    evaluate = dspy.Evaluate(devset=devset, metric=_scalar(metric), num_threads=1, display_progress=False,
+                             max_errors=len(devset) + 1, failure_score=0.0)
     return float(evaluate(program).score) / 100.0
 
 
@@ -284,7 +288,9 @@ def run_dspy_optimizer(
     proposer = model if supplied is None else _as_dspy_lm(supplied, max_tokens)
     engine = model.engine
     start = time.perf_counter()
-    with dspy.context(lm=model):
+    # Optimisers count unparseable answers toward dspy.settings.max_errors as well: allow one per call they
+    # may make on trainset and valset, so a misformatting small model lowers scores instead of aborting.
+    with dspy.context(lm=model, max_errors=max(10, 10 * (len(trainset) + len(valset or ())))):
         before = evaluate_program(program, devset, metric)
         teleprompter, compile_kwargs = OPTIMIZERS[optimizer](metric, model, proposer, seed, valset, **options)
         compiled = teleprompter.compile(program.deepcopy(), trainset=list(trainset), **compile_kwargs)

@@ -149,3 +149,21 @@ def test_cache_key_follows_the_model_not_just_its_name():
         with dspy.context(lm=dspy_lm(lm, cache=True)):
             got.append(dspy.Predict("question -> answer")(question="Capital of France? (cache test)").answer)
     assert got == ["Paris", "Lyon"]
+
+
+def test_unparseable_answers_score_zero_instead_of_cancelling_the_evaluation():
+    # A small model often answers in a form no adapter parses; DSPy stops after settings.max_errors (10)
+    # such failures. Here 12 of 16 words get prose, 4 get a parseable answer: the mean must be 4/16.
+    words = [f"w{i}x" for i in range(16)]
+    good = set(words[:4])
+
+    def respond(prompt, s):
+        word = re.findall(r"\[\[ ## word ## \]\]\n(\w+)", prompt)[-1]
+        if word in good:
+            return f"[[ ## reversed ## ]]\n{word[::-1]}\n\n[[ ## completed ## ]]"
+        return "I think the answer is a word."
+
+    exs = [dspy.Example(word=w, reversed=w[::-1]).with_inputs("word") for w in words]
+    with dspy.context(lm=dspy_lm(ScriptedLM(respond), max_tokens=20)):
+        score = evaluate_program(dspy.Predict("word -> reversed"), exs, metric)
+    assert score == pytest.approx(sum(w in good for w in words) / len(words))

@@ -32,6 +32,7 @@ from alloyml.valuation.samplers import (
     OwenSampler,
     PermutationSampler,
     SizeSampler,
+    StratifiedSampler,
 )
 from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
 from alloyml.valuation.sources import (
@@ -61,7 +62,7 @@ __all__ = [
     "exact_classwise_shapley",
     "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",
     "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
-    "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",
+    "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler", "StratifiedSampler",
     "StandardErrorThreshold",
     "Utility", "ValuationResult", "VotingGame", "beta_shapley", "check_rowwise", "data_oob", "exact_banzhaf",
     "exact_semivalues", "exact_shapley", "flip_labels", "get_semivalue", "knn_shapley", "leave_one_out",

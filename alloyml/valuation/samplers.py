@@ -214,3 +214,48 @@ class OwenSampler(Sampler):
 
     def params(self):
         return {"sampler": "owen", "n_q": self.n_q}
+
+
+@dataclass
+class StratifiedSampler(Sampler):
+    """Stratified by coalition size (pyDVL's `StratifiedSampler` with stochastic size iteration): one sample
+    = one marginal per point, the size k of S drawn from a proposal p(k) on 0..n-1 and S uniformly among
+    the other points of that size; the marginal is weighted by P(k) / p(k), with P(k) the semivalue's own
+    size distribution, so any proposal gives an unbiased estimate of any semivalue (2n evaluations).
+
+    sizes: the proposal, unnormalised as in pyDVL's size strategies: "uniform" (1, `ConstantSampleSize`),
+    "harmonic" (1 / (1 + k), `HarmonicSampleSize`) or a float a ((1 + k)^a, `PowerLawSampleSize`).
+    `SizeSampler` is the special case p = P."""
+
+    sizes: str | float = "harmonic"
+
+    def proposal(self, n: int) -> np.ndarray:
+        """[n] p(k), k = 0..n-1."""
+        k = np.arange(n, dtype=np.float64)
+        if self.sizes == "uniform":
+            p = np.ones(n)
+        elif self.sizes == "harmonic":
+            p = 1.0 / (1.0 + k)
+        elif isinstance(self.sizes, int | float) and not isinstance(self.sizes, bool) and np.isfinite(self.sizes):
+            p = (1.0 + k) ** float(self.sizes)
+        else:
+            raise ConfigError(f"StratifiedSampler sizes must be 'uniform', 'harmonic' or a finite power-law "
+                              f"exponent, got {self.sizes!r}")
+        return p / p.sum()
+
+    def prepare(self, utility, semivalue):
+        proposal = self.proposal(utility.n)
+        return {"proposal": proposal, "weights": semivalue.size_probabilities(utility.n) / proposal}
+
+    def sample(self, utility, semivalue, rng, context):
+        n = utility.n
+        marginals = np.empty(n)
+        sizes = rng.choice(n, size=n, p=context["proposal"])
+        for i in range(n):
+            others = np.delete(np.arange(n), i)
+            subset = rng.choice(others, size=sizes[i], replace=False)
+            marginals[i] = (utility(np.append(subset, i)) - utility(subset)) * context["weights"][sizes[i]]
+        return Sample(np.arange(n), marginals, 2 * n)
+
+    def params(self):
+        return {"sampler": "stratified", "sizes": self.sizes}

@@ -37,11 +37,13 @@ from alloyml.valuation.samplers import (
 from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
 from alloyml.valuation.sources import (
     KNNUtility,
+    NotExactError,
     Provenance,
     SourceUtility,
     aggregate_to_sources,
     exact_source_semivalues,
     fork_provenance,
+    knn_source_shapley,
     merge_with_provenance,
 )
 from alloyml.valuation.stopping import (
@@ -55,7 +57,8 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
-    "KNNUtility", "Provenance", "SourceUtility", "aggregate_to_sources", "exact_source_semivalues",
+    "KNNUtility", "NotExactError", "Provenance", "knn_source_shapley", "SourceUtility", "aggregate_to_sources",
+    "exact_source_semivalues",
     "fork_provenance", "merge_with_provenance",
     "LDSResult", "linear_datamodeling_score", "random_subsets",
     "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",

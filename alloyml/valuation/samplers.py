@@ -19,7 +19,7 @@ import numpy as np
 
 from alloyml.errors import ConfigError
 from alloyml.valuation.semivalues import Banzhaf, Semivalue
-from alloyml.valuation.stats import PointStats
+from alloyml.valuation.stats import PointStats, _Regression
 
 
 def _failures(utility) -> int:
@@ -51,10 +51,16 @@ class Sampler(ABC):
         for rng in rngs:
             failures_before = _failures(utility)
             drawn = self.sample(utility, semivalue, rng, context)
-            out.append(PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
-                                               drawn.out_values, samples=1, evaluations=drawn.evaluations,
-                                               failures=_failures(utility) - failures_before))
+            stats = PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
+                                            drawn.out_values, samples=1, evaluations=drawn.evaluations,
+                                            failures=_failures(utility) - failures_before)
+            self.annotate(stats, drawn, utility.n)
+            out.append(stats)
         return out
+
+    def annotate(self, stats: PointStats, drawn: Sample, n: int) -> None:
+        """Hook: add estimator-specific sums of one sample to its PointStats (none by default)."""
+        return None
 
     @abstractmethod
     def sample(self, utility, semivalue: Semivalue, rng: np.random.Generator, context: dict) -> Sample:
@@ -135,12 +141,23 @@ class SizeSampler(Sampler):
         return {"sampler": "size"}
 
 
+MAX_REGRESSION_POINTS = 2000  # the regression estimator keeps an [n+1, n+1] Gram matrix
+
+
 @dataclass
 class MSRSampler(Sampler):
     """Maximum sample reuse (Wang & Jia 2023), Banzhaf only: one sample = one uniformly random subset S
     and one evaluation U(S), which updates every point — as "with i" for i in S and "without i" for the
-    rest; value_i = mean(U | i in S) - mean(U | i not in S)."""
+    rest; value_i = mean(U | i in S) - mean(U | i not in S).
 
+    estimator: "msr" (the paper's difference of means, pyDVL's MSRBanzhafValuation) or "regression": the
+    same subsets, valued by least squares of U(S) on the membership indicators (the Banzhaf values are the
+    coefficients of the best linear fit of U under uniform subsets — Hammer & Holzman 1992; Kernel Banzhaf,
+    Liu et al. 2024). The fit explains the part of U(S) due to the other points (the subset's size above
+    all), which the difference of means leaves as noise in every value; unbiased as the samples grow, and
+    until there are more subsets than n + 1 the MSR means are reported. n <= 2000 (an [n+1, n+1] Gram)."""
+
+    estimator: str = "msr"
     two_groups = True
     default_batch_size = 32
 
@@ -150,7 +167,17 @@ class MSRSampler(Sampler):
                 f"MSRSampler estimates the Banzhaf semivalue only, got {semivalue.name}; "
                 "use PermutationSampler or SizeSampler for it"
             )
+        if self.estimator not in ("msr", "regression"):
+            raise ConfigError(f"MSRSampler estimator must be 'msr' or 'regression', got {self.estimator!r}")
+        if self.estimator == "regression" and utility.n > MAX_REGRESSION_POINTS:
+            raise ConfigError(f"the regression estimator keeps an [n+1, n+1] matrix: n <= {MAX_REGRESSION_POINTS}"
+                              f", got n={utility.n}; use estimator='msr'")
         return {}
+
+    def annotate(self, stats, drawn, n):
+        if self.estimator == "regression":
+            score = drawn.values[0] if drawn.values.size else drawn.out_values[0]
+            stats.regression = _Regression.from_sample(n, drawn.points, score)
 
     def sample(self, utility, semivalue, rng, context):
         mask = rng.random(utility.n) < 0.5
@@ -159,7 +186,7 @@ class MSRSampler(Sampler):
         return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
 
     def params(self):
-        return {"sampler": "msr"}
+        return {"sampler": "msr", "estimator": self.estimator}
 
 
 @dataclass

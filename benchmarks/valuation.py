@@ -319,11 +319,12 @@ def convergence(rows, quick):
         "tmc_shapley": (lambda stop, seed: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=None, seed=seed),
                         lambda: av.tmc_shapley(utility, av.MaxSamples(150 if quick else 400), truncation_rtol=None,
                                                seed=123), "tmc", [1]),
-        # the reference: least squares on 20,000 uniform subsets (the lowest-variance Banzhaf estimate of the
-        # budget), one run used for every estimator and both libraries
+        # the reference: least squares on 10,000 (quick) or 20,000 uniform subsets (the lowest-variance Banzhaf
+        # estimate of the budget), one run used for every estimator and both libraries
         "msr_banzhaf": (lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16),
-                        lambda: av.msr_banzhaf(utility, av.MaxSamples(20_000), seed=123, batch_size=256,
-                                               estimator="regression"), "msr", list(range(CONVERGENCE_SEEDS))),
+                        lambda: av.msr_banzhaf(utility, av.MaxSamples(10_000 if quick else 20_000), seed=123,
+                                               batch_size=256, estimator="regression"),
+                        "msr", list(range(CONVERGENCE_SEEDS))),
         "msr_banzhaf estimator=regression": (
             lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16,
                                               estimator="regression"), None, "msr", list(range(CONVERGENCE_SEEDS))),
@@ -335,6 +336,7 @@ def convergence(rows, quick):
             references[peer_method] = reference_fn().values
         reference = references[peer_method]
         msr = name.startswith("msr_banzhaf")
+        reference_note = ("10,000" if quick else "20,000") + " subsets, least-squares estimator"
         cap = 2000 if msr else 100
         every = 16 if msr else 1
         ours_evals, ours_secs, ours_rhos, peer_evals, peer_secs, peer_rhos, why = [], [], [], [], [], [], None
@@ -359,7 +361,7 @@ def convergence(rows, quick):
         peer_s = float(np.median(peer_secs)) if peer_secs else None
         notes = (f"n={n} breast_cancer rows, LogisticRegression (same split, same accuracy utility; one-class "
                  f"subsets score the constant predictor on both sides), no truncation; reference: one alloyml run of "
-                 f"{'20,000 subsets, least-squares estimator' if msr else 'permutations'} "
+                 f"{reference_note if msr else 'permutations'} "
                  f"(seed 123), the same for both libraries; both check rho every {every} sample(s). "
                  f"{len(seeds)} seed(s), median reported. "
                  f"Per seed: alloyml evaluations {ours_evals} (rho {ours_rhos}), "

@@ -304,7 +304,9 @@ def _pydvl_reaches(reference, min_corr):
     return Reaches()
 
 
-def convergence(rows, quick):
+def convergence(rows, quick, only=("tmc_shapley",)):
+    """Evaluations and seconds to Spearman 0.9 with a long-run reference (TMC-Shapley here; MSR-Banzhaf in
+    `msr_convergence`)."""
     x, y = load_breast_cancer(return_X_y=True)
     n = 40 if quick else 80
     xtr, ytr, xte, yte = split(x, y, n, 200)
@@ -313,30 +315,33 @@ def convergence(rows, quick):
     def utility_fresh():
         return av.Utility(LogisticRegression(max_iter=200), xtr, ytr, xte, yte)
 
+    msr_seeds = CONVERGENCE_SEEDS if not quick else 3
     # TMC: one run per library. MSR: the evaluations to reach rho 0.9 vary several-fold with the seed (1,000 to
     # 7,500 on this utility), so each library runs CONVERGENCE_SEEDS seeds and the medians are compared.
     cases = {
         "tmc_shapley": (lambda stop, seed: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=None, seed=seed),
                         lambda: av.tmc_shapley(utility, av.MaxSamples(150 if quick else 400), truncation_rtol=None,
                                                seed=123), "tmc", [1]),
-        # the reference: least squares on 10,000 (quick) or 20,000 uniform subsets (the lowest-variance Banzhaf
+        # the reference: least squares on 5,000 (quick) or 20,000 uniform subsets (the lowest-variance Banzhaf
         # estimate of the budget), one run used for every estimator and both libraries
         "msr_banzhaf": (lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16),
-                        lambda: av.msr_banzhaf(utility, av.MaxSamples(10_000 if quick else 20_000), seed=123,
+                        lambda: av.msr_banzhaf(utility, av.MaxSamples(5_000 if quick else 20_000), seed=123,
                                                batch_size=256, estimator="regression"),
-                        "msr", list(range(CONVERGENCE_SEEDS))),
+                        "msr", list(range(msr_seeds))),
         "msr_banzhaf estimator=regression": (
             lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16,
-                                              estimator="regression"), None, "msr", list(range(CONVERGENCE_SEEDS))),
+                                              estimator="regression"), None, "msr", list(range(msr_seeds))),
     }
     peer_runs = {}  # pyDVL's MSR runs, shared by both alloyml estimators (same seeds, same reference)
     references = {}
     for name, (ours_fn, reference_fn, peer_method, seeds) in cases.items():
+        if not name.startswith(only):
+            continue
         if reference_fn is not None:
             references[peer_method] = reference_fn().values
         reference = references[peer_method]
         msr = name.startswith("msr_banzhaf")
-        reference_note = ("10,000" if quick else "20,000") + " subsets, least-squares estimator"
+        reference_note = ("5,000" if quick else "20,000") + " subsets, least-squares estimator"
         cap = 2000 if msr else 100
         every = 16 if msr else 1
         ours_evals, ours_secs, ours_rhos, peer_evals, peer_secs, peer_rhos, why = [], [], [], [], [], [], None
@@ -385,6 +390,12 @@ def convergence(rows, quick):
 
 
 CONVERGENCE_SEEDS = 5
+
+
+def msr_convergence(rows, quick):
+    """MSR-Banzhaf (both estimators) against pyDVL's MSRBanzhafValuation: evaluations to Spearman 0.9 with the
+    least-squares reference; CONVERGENCE_SEEDS seeds (3 with --quick), medians compared."""
+    convergence(rows, quick, only=("msr_banzhaf",))
 
 
 def detection(rows, quick):
@@ -585,7 +596,7 @@ def new_methods(rows, quick):
                         seconds=ours_s, peer_seconds={"pydvl": peer_s}))
 
 
-CASES = (knn_speed, convergence, detection, new_methods)
+CASES = (knn_speed, convergence, msr_convergence, detection, new_methods)
 
 
 def main():

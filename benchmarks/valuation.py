@@ -258,6 +258,12 @@ def knn_speed(rows, quick):
 
 
 KNN_REPEATS = 3
+CHECKPOINT = None  # set by main: writes the rows a section has so far
+
+
+def _checkpoint():
+    if CHECKPOINT is not None:
+        CHECKPOINT()
 QUIET_NOTE = ""  # filled by --quiet-scale-seconds: the same case pinned to 2 cores of an idle machine
 
 
@@ -542,8 +548,8 @@ def new_methods(rows, quick):
     split (breast_cancer, 10% flipped labels, a class-stratified subset), the same utility (LogisticRegression
     accuracy, one-class subsets scored by the constant predictor on both sides) and the same evaluations
     (pyDVL runs first; alloyml gets the utility evaluations it used)."""
-    n = 40 if quick else 60
-    budgets = {"classwise": 6 if quick else 12, "owen": 4 if quick else 8, "least_core": 800 if quick else 2000}
+    n = 30 if quick else 60
+    budgets = {"classwise": 4 if quick else 12, "owen": 3 if quick else 8, "least_core": 400 if quick else 2000}
     x, y = load_breast_cancer(return_X_y=True)
     xtr, ytr, xte, yte = split(x, y, 400, 160)
     noisy, flipped = av.flip_labels(ytr, 0.1, seed=0)
@@ -594,6 +600,27 @@ def new_methods(rows, quick):
                         f"seconds alloyml {ours_s}, pydvl {peer_s}; evaluations alloyml {ours.utility_evaluations}, "
                         f"pydvl {peer_evals} (budget {budgets[key]}). {agree}{extra}{why or ''}",
                         seconds=ours_s, peer_seconds={"pydvl": peer_s}))
+        print(f"{method}: {rows[-1]['notes']}", flush=True)
+        _checkpoint()
+
+
+def _write(rows, sections, args):
+    """Write the results file; with --only, the other sections' rows (and how they were run) are kept."""
+    rows, sections = list(rows), dict(sections)
+    if args.only:  # keep the other sections' rows (and how they were run) from the results file
+        path = Path(__file__).resolve().parent / "results" / "valuation.json"
+        if path.exists():
+            earlier = json.loads(path.read_text())
+            kept = [r for r in earlier.get("rows", []) if r.get("section") and r["section"] not in sections]
+            rows = kept + rows
+            sections = {**{k: v for k, v in earlier.get("sections", {}).items() if k not in sections}, **sections}
+    order = {case.__name__: i for i, case in enumerate(CASES)}
+    rows.sort(key=lambda r: order.get(r.get("section"), len(order)))  # stable: case order within a section
+    opendataval_note = PEERS["opendataval"] or "imported"
+    write_results("valuation", rows, peer_failures={k: v for k, v in PEERS.items() if v},
+                  cpus_used=len(os.sched_getaffinity(0)), sections=sections,
+                  notes=f"OpenDataVal: {opendataval_note}. Machine: {args.machine_note}. Per-section command, "
+                  "seconds and load under `sections` (sections run with --only are merged into this file).")
 
 
 CASES = (knn_speed, convergence, msr_convergence, detection, new_methods)
@@ -625,6 +652,20 @@ def main():
             continue
         start, before = time.perf_counter(), len(rows)
         load_start = [round(v, 2) for v in os.getloadavg()]
+        global CHECKPOINT
+
+        def checkpoint(name=case.__name__, before=before, load_start=load_start, start=start):
+            """Write what a section has so far (a long section run on a busy machine keeps its finished rows)."""
+            for r in rows[before:]:
+                r["section"] = name
+            partial = {**sections, name: {"command": " ".join(["python", *sys.argv]), "partial": True,
+                                          "seconds": round(time.perf_counter() - start, 1),
+                                          "load": {"start": load_start,
+                                                   "end": [round(v, 2) for v in os.getloadavg()]},
+                                          "quick": args.quick}}
+            _write(rows, partial, args)
+
+        CHECKPOINT = checkpoint
         case(rows, args.quick)
         for r in rows[before:]:
             r["section"] = case.__name__
@@ -633,20 +674,7 @@ def main():
                                                          "end": [round(v, 2) for v in os.getloadavg()]},
                                    "quick": args.quick}
         print(f"{case.__name__}: {time.perf_counter() - start:.1f} s", flush=True)
-    if args.only:  # keep the other sections' rows (and how they were run) from the results file
-        path = Path(__file__).resolve().parent / "results" / "valuation.json"
-        if path.exists():
-            earlier = json.loads(path.read_text())
-            kept = [r for r in earlier.get("rows", []) if r.get("section") and r["section"] not in sections]
-            rows = kept + rows
-            sections = {**{k: v for k, v in earlier.get("sections", {}).items() if k not in sections}, **sections}
-    order = {case.__name__: i for i, case in enumerate(CASES)}
-    rows.sort(key=lambda r: order.get(r.get("section"), len(order)))  # stable: case order within a section
-    opendataval_note = PEERS["opendataval"] or "imported"
-    write_results("valuation", rows, peer_failures={k: v for k, v in PEERS.items() if v},
-                  cpus_used=len(os.sched_getaffinity(0)), sections=sections,
-                  notes=f"OpenDataVal: {opendataval_note}. Machine: {args.machine_note}. Per-section command, "
-                  "seconds and load under `sections` (sections run with --only are merged into this file).")
+    _write(rows, sections, args)
 
 
 if __name__ == "__main__":

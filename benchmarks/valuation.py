@@ -593,7 +593,12 @@ def new_methods(rows, quick):
                      f"(values span {np.ptp(peer_values):.3g}). ")
         extra = ""
         if key == "least_core":
-            extra = f"subsidy alloyml {ours.params['subsidy']:.4g}. "
+            extra = (f"subsidy alloyml {ours.params['subsidy']:.4g}; both return the egalitarian (least-norm) payoff "
+                     f"among the optimal ones (alloyml: {ours.params['egalitarian']}). ")
+        if key == "owen":
+            extra = (f"pyDVL's count is fits: its q = 0 grid point asks U(empty) for each of the {n} points without "
+                     f"a fit, so its utility calls are {peer_evals} + {n}; alloyml stops at the first Owen sample "
+                     f"({budgets[key]} x (n + 1) evaluations) that reaches the budget. ")
         rows.append(row(f"noisy-label AUC breast_cancer {method} (n={n})", "AUC", ours_auc, {"pydvl": peer_auc},
                         ratio(ours_auc, peer_auc, higher_is_better=True), ">= pydvl AUC in less time",
                         None if peer_auc is None else (ours_auc >= peer_auc - 0.005 and ours_s <= peer_s),

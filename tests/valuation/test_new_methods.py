@@ -163,3 +163,21 @@ def test_stratified_sampler_size_distribution_and_importance_weights():
     np.testing.assert_allclose(result.values.mean(), 1 / n, atol=0.02)
     with pytest.raises(ConfigError, match="sizes"):
         sampled_semivalues(AIRPORT, Shapley(), StratifiedSampler("zipf"), MaxSamples(2))
+
+
+def test_least_core_returns_the_egalitarian_payoff_among_the_optimal_ones():
+    """U({0, 1}) = U(N) = 1, every other coalition 0: the optimal subsidy is 0 and every x = (a, 1 - a, 0)
+    with 0 <= a <= 1 attains it (an LP returns a vertex, a in {0, 1}); the least-norm one — pyDVL's second
+    stage — is (1/2, 1/2, 0)."""
+
+    class Pair:
+        n, fits = 3, 0
+
+        def __call__(self, subset):
+            return float({0, 1} <= set(np.asarray(subset).tolist()))
+
+    result = least_core(Pair())
+    assert result.params["subsidy"] == pytest.approx(0.0, abs=1e-9)
+    assert result.params["egalitarian"] is True
+    np.testing.assert_allclose(result.values, [0.5, 0.5, 0.0], atol=1e-6)
+    assert _least_core_by_enumeration(Pair(), result.values) <= 1e-6

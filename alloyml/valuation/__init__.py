@@ -32,15 +32,18 @@ from alloyml.valuation.samplers import (
     OwenSampler,
     PermutationSampler,
     SizeSampler,
+    StratifiedSampler,
 )
 from alloyml.valuation.semivalues import Banzhaf, Beta, Semivalue, Shapley, get_semivalue, register_semivalue
 from alloyml.valuation.sources import (
     KNNUtility,
+    NotExactError,
     Provenance,
     SourceUtility,
     aggregate_to_sources,
     exact_source_semivalues,
     fork_provenance,
+    knn_source_shapley,
     merge_with_provenance,
 )
 from alloyml.valuation.stopping import (
@@ -54,14 +57,15 @@ from alloyml.valuation.stopping import (
 from alloyml.valuation.utility import Utility
 
 __all__ = [
-    "KNNUtility", "Provenance", "SourceUtility", "aggregate_to_sources", "exact_source_semivalues",
+    "KNNUtility", "NotExactError", "Provenance", "knn_source_shapley", "SourceUtility", "aggregate_to_sources",
+    "exact_source_semivalues",
     "fork_provenance", "merge_with_provenance",
     "LDSResult", "linear_datamodeling_score", "random_subsets",
     "ClasswiseUtility", "group_testing_samples", "group_testing_shapley", "classwise_shapley",
     "exact_classwise_shapley",
     "AdditiveGame", "AirportGame", "AntitheticPermutationSampler", "OwenSampler", "least_core",
     "Banzhaf", "Beta", "MSRSampler", "MaxEvaluations", "MaxSamples", "MaxTime",
-    "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler",
+    "MinUpdates", "PermutationSampler", "RankStability", "Semivalue", "Shapley", "SizeSampler", "StratifiedSampler",
     "StandardErrorThreshold",
     "Utility", "ValuationResult", "VotingGame", "beta_shapley", "check_rowwise", "data_oob", "exact_banzhaf",
     "exact_semivalues", "exact_shapley", "flip_labels", "get_semivalue", "knn_shapley", "leave_one_out",

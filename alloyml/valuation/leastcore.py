@@ -5,7 +5,9 @@ as possible. A linear programme in (x, e):
     minimise e   subject to   x(S) + e >= U(S) for every coalition S,   x(N) = U(N).
 
 Exact over all 2^n - 2 proper coalitions (n <= 16), or over `n_subsets` random coalitions (Monte Carlo
-least core). The optimal x is often not unique; the solver's vertex is returned.
+least core). The optimal x is often not unique: as pyDVL does, a second stage returns the one of least
+Euclidean norm among the payoffs with the optimal e (the egalitarian least core, unique), solved with SLSQP
+(`params["egalitarian"]`; False — the LP's vertex — if it does not converge or has > 70,000 coalitions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,23 @@ from alloyml.valuation.result import ValuationResult
 from alloyml.valuation.runner import run_entropy, sample_rng
 
 MAX_EXACT_LEAST_CORE_POINTS = 16
+MAX_EGALITARIAN_CONSTRAINTS = 70_000  # the second stage's dense constraint matrix
+
+
+def _egalitarian(members, scores, total, subsidy, start):
+    """(x, True): the least-norm payoff among those with the optimal subsidy (pyDVL's second stage, the
+    egalitarian least core), which is unique; (start, False) if the solver does not converge."""
+    from scipy.optimize import minimize
+
+    slack = 1e-9 * max(1.0, abs(subsidy))
+    bound = scores - subsidy - slack
+    result = minimize(lambda x: 0.5 * x @ x, start, jac=lambda x: x, method="SLSQP",
+                      constraints=[{"type": "ineq", "fun": lambda x: members @ x - bound, "jac": lambda x: members},
+                                   {"type": "eq", "fun": lambda x: np.array([x.sum() - total]),
+                                    "jac": lambda x: np.ones((1, len(x)))}],
+                      options={"maxiter": 500, "ftol": 1e-12})
+    feasible = result.success and np.all(members @ result.x >= bound - 1e-7) and abs(result.x.sum() - total) < 1e-7
+    return (result.x, True) if feasible else (start, False)
 
 
 def least_core(utility, *, n_subsets: int | None = None, seed: int | None = None) -> ValuationResult:
@@ -50,7 +69,10 @@ def least_core(utility, *, n_subsets: int | None = None, seed: int | None = None
     if not solution.success:
         raise InvalidInputError(f"the least-core programme has no solution: {solution.message}")
     values, subsidy = solution.x[:n], float(solution.x[n])
+    egalitarian = False
+    if len(members) <= MAX_EGALITARIAN_CONSTRAINTS:
+        values, egalitarian = _egalitarian(members.astype(np.float64), scores, total, subsidy, values)
     return ValuationResult(values, np.zeros(n), np.full(n, len(members)), "least_core",
-                           {"subsidy": subsidy, "coalitions": int(len(members)),
+                           {"subsidy": subsidy, "coalitions": int(len(members)), "egalitarian": egalitarian,
                             "exact": n_subsets is None, "seed": seed},
                            utility_evaluations=getattr(utility, "fits", 0) - fits_before)

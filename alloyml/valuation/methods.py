@@ -129,9 +129,10 @@ def tmc_shapley(utility, stopping: Stopping, *, truncation_rtol: float | None = 
                               method="tmc_shapley", **kwargs)
 
 
-def msr_banzhaf(utility, stopping: Stopping, **kwargs) -> ValuationResult:
-    """Data Banzhaf with maximum-sample-reuse sampling (Wang & Jia 2023)."""
-    return sampled_semivalues(utility, Banzhaf(), MSRSampler(), stopping, method="msr_banzhaf", **kwargs)
+def msr_banzhaf(utility, stopping: Stopping, *, estimator: str = "msr", **kwargs) -> ValuationResult:
+    """Data Banzhaf with maximum-sample-reuse sampling (Wang & Jia 2023). estimator: "msr" (difference of
+    means, as the paper and pyDVL) or "regression" (least squares on the same subsets; see `MSRSampler`)."""
+    return sampled_semivalues(utility, Banzhaf(), MSRSampler(estimator), stopping, method="msr_banzhaf", **kwargs)
 
 
 def beta_shapley(utility, stopping: Stopping, *, alpha: float = 16.0, beta: float = 1.0,

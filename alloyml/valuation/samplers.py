@@ -19,7 +19,7 @@ import numpy as np
 
 from alloyml.errors import ConfigError
 from alloyml.valuation.semivalues import Banzhaf, Semivalue
-from alloyml.valuation.stats import PointStats
+from alloyml.valuation.stats import PointStats, _Regression
 
 
 def _failures(utility) -> int:
@@ -51,10 +51,16 @@ class Sampler(ABC):
         for rng in rngs:
             failures_before = _failures(utility)
             drawn = self.sample(utility, semivalue, rng, context)
-            out.append(PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
-                                               drawn.out_values, samples=1, evaluations=drawn.evaluations,
-                                               failures=_failures(utility) - failures_before))
+            stats = PointStats.from_samples(utility.n, drawn.points, drawn.values, drawn.out_points,
+                                            drawn.out_values, samples=1, evaluations=drawn.evaluations,
+                                            failures=_failures(utility) - failures_before)
+            self.annotate(stats, drawn, utility.n)
+            out.append(stats)
         return out
+
+    def annotate(self, stats: PointStats, drawn: Sample, n: int) -> None:
+        """Hook: add estimator-specific sums of one sample to its PointStats (none by default)."""
+        return None
 
     @abstractmethod
     def sample(self, utility, semivalue: Semivalue, rng: np.random.Generator, context: dict) -> Sample:
@@ -135,12 +141,23 @@ class SizeSampler(Sampler):
         return {"sampler": "size"}
 
 
+MAX_REGRESSION_POINTS = 2000  # the regression estimator keeps an [n+1, n+1] Gram matrix
+
+
 @dataclass
 class MSRSampler(Sampler):
     """Maximum sample reuse (Wang & Jia 2023), Banzhaf only: one sample = one uniformly random subset S
     and one evaluation U(S), which updates every point — as "with i" for i in S and "without i" for the
-    rest; value_i = mean(U | i in S) - mean(U | i not in S)."""
+    rest; value_i = mean(U | i in S) - mean(U | i not in S).
 
+    estimator: "msr" (the paper's difference of means, pyDVL's MSRBanzhafValuation) or "regression": the
+    same subsets, valued by least squares of U(S) on the membership indicators (the Banzhaf values are the
+    coefficients of the best linear fit of U under uniform subsets — Hammer & Holzman 1992; Kernel Banzhaf,
+    Liu et al. 2024). The fit explains the part of U(S) due to the other points (the subset's size above
+    all), which the difference of means leaves as noise in every value; unbiased as the samples grow, and
+    until there are more subsets than n + 1 the MSR means are reported. n <= 2000 (an [n+1, n+1] Gram)."""
+
+    estimator: str = "msr"
     two_groups = True
     default_batch_size = 32
 
@@ -150,7 +167,17 @@ class MSRSampler(Sampler):
                 f"MSRSampler estimates the Banzhaf semivalue only, got {semivalue.name}; "
                 "use PermutationSampler or SizeSampler for it"
             )
+        if self.estimator not in ("msr", "regression"):
+            raise ConfigError(f"MSRSampler estimator must be 'msr' or 'regression', got {self.estimator!r}")
+        if self.estimator == "regression" and utility.n > MAX_REGRESSION_POINTS:
+            raise ConfigError(f"the regression estimator keeps an [n+1, n+1] matrix: n <= {MAX_REGRESSION_POINTS}"
+                              f", got n={utility.n}; use estimator='msr'")
         return {}
+
+    def annotate(self, stats, drawn, n):
+        if self.estimator == "regression":
+            score = drawn.values[0] if drawn.values.size else drawn.out_values[0]
+            stats.regression = _Regression.from_sample(n, drawn.points, score)
 
     def sample(self, utility, semivalue, rng, context):
         mask = rng.random(utility.n) < 0.5
@@ -159,7 +186,7 @@ class MSRSampler(Sampler):
         return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
 
     def params(self):
-        return {"sampler": "msr"}
+        return {"sampler": "msr", "estimator": self.estimator}
 
 
 @dataclass
@@ -214,3 +241,48 @@ class OwenSampler(Sampler):
 
     def params(self):
         return {"sampler": "owen", "n_q": self.n_q}
+
+
+@dataclass
+class StratifiedSampler(Sampler):
+    """Stratified by coalition size (pyDVL's `StratifiedSampler` with stochastic size iteration): one sample
+    = one marginal per point, the size k of S drawn from a proposal p(k) on 0..n-1 and S uniformly among
+    the other points of that size; the marginal is weighted by P(k) / p(k), with P(k) the semivalue's own
+    size distribution, so any proposal gives an unbiased estimate of any semivalue (2n evaluations).
+
+    sizes: the proposal, unnormalised as in pyDVL's size strategies: "uniform" (1, `ConstantSampleSize`),
+    "harmonic" (1 / (1 + k), `HarmonicSampleSize`) or a float a ((1 + k)^a, `PowerLawSampleSize`).
+    `SizeSampler` is the special case p = P."""
+
+    sizes: str | float = "harmonic"
+
+    def proposal(self, n: int) -> np.ndarray:
+        """[n] p(k), k = 0..n-1."""
+        k = np.arange(n, dtype=np.float64)
+        if self.sizes == "uniform":
+            p = np.ones(n)
+        elif self.sizes == "harmonic":
+            p = 1.0 / (1.0 + k)
+        elif isinstance(self.sizes, int | float) and not isinstance(self.sizes, bool) and np.isfinite(self.sizes):
+            p = (1.0 + k) ** float(self.sizes)
+        else:
+            raise ConfigError(f"StratifiedSampler sizes must be 'uniform', 'harmonic' or a finite power-law "
+                              f"exponent, got {self.sizes!r}")
+        return p / p.sum()
+
+    def prepare(self, utility, semivalue):
+        proposal = self.proposal(utility.n)
+        return {"proposal": proposal, "weights": semivalue.size_probabilities(utility.n) / proposal}
+
+    def sample(self, utility, semivalue, rng, context):
+        n = utility.n
+        marginals = np.empty(n)
+        sizes = rng.choice(n, size=n, p=context["proposal"])
+        for i in range(n):
+            others = np.delete(np.arange(n), i)
+            subset = rng.choice(others, size=sizes[i], replace=False)
+            marginals[i] = (utility(np.append(subset, i)) - utility(subset)) * context["weights"][sizes[i]]
+        return Sample(np.arange(n), marginals, 2 * n)
+
+    def params(self):
+        return {"sampler": "stratified", "sizes": self.sizes}

@@ -19,8 +19,12 @@ is the source-tuple game — a training row exists iff all the tuples it was bui
   With a join (a row needs two tuples at once) or an interacting utility such as k-NN it is an approximation
   (the source game's values are not a linear function of the row game's); the tests show both cases.
 
-Exact KNN-Shapley of the source game in polynomial time needs DataScope's circuit (ADD) compilation, which
-is not implemented here; for more than 20 source tuples use the sampled methods on `SourceUtility`.
+- `knn_source_shapley`: exact KNN-Shapley of the source game. Polynomial (a counting algorithm over source
+  groups) when every training row has exactly one source tuple — forks, single tables, one-to-one tables —
+  at any size; by enumeration for any other provenance (joins, where a row needs a fact and a side tuple at
+  once) with <= 20 source tuples; otherwise it raises `NotExactError` rather than approximate. A join of
+  more tuples needs DataScope's circuit (ADD) compilation, not implemented here: value it with the sampled
+  methods on `SourceUtility`, which estimate.
 """
 
 from __future__ import annotations
@@ -196,3 +200,127 @@ def aggregate_to_sources(row_values, provenance: Provenance) -> np.ndarray:
     present = ids >= 0
     return np.bincount(ids[present], weights=np.broadcast_to(values[:, None], ids.shape)[present],
                        minlength=provenance.n_sources)
+
+
+# ---------------------------------------------------------------- exact KNN-Shapley of source groups
+class NotExactError(InvalidInputError):
+    """An exact value was asked for a pipeline shape that has no exact method here (see `knn_source_shapley`)."""
+
+
+def _single_source(provenance: Provenance) -> np.ndarray | None:
+    """[n_rows] the one source tuple of every row when each row has exactly one (a fork, a single table, a
+    one-to-one table); None when some row depends on two or more tuples (a join) or on none."""
+    ids = provenance.source_ids()
+    present = ids >= 0
+    if not np.all(present.sum(axis=1) == 1):
+        return None
+    return ids[present]
+
+
+def _add_group(table: np.ndarray, c: int) -> np.ndarray:
+    """table[j, s] = # subsets of size j and count sum s (< k); one more group contributing c rows."""
+    k = table.shape[1]
+    if c >= k:
+        return table  # any subset with it reaches k: outside the window
+    out = table.copy()
+    out[1:, c:] += table[:-1, : k - c]
+    return out
+
+
+def _remove_group(table: np.ndarray, c: int) -> np.ndarray:
+    """The inverse of `_add_group` (deconvolution by 1 + x y^c, solved in increasing size)."""
+    k = table.shape[1]
+    if c >= k:
+        return table
+    out = table.copy()
+    for j in range(1, table.shape[0]):
+        out[j, c:] -= out[j - 1, : k - c]
+    return out
+
+
+def _group_knn_shapley_one(groups: np.ndarray, match: np.ndarray, m: int, k: int) -> np.ndarray:
+    """[m] exact Shapley values of the m source groups in one test point's k-NN game.
+
+    groups, match: per training row in order of distance, its group and whether its label matches. By
+    linearity U = (1/k) Σ_r match_r f_r, f_r(T) = 1[g_r ∈ T and Σ_{h ∈ T} c_h(r) < k] with c_h(r) the rows
+    of group h nearer than r. Only g_r and the groups Q with c_h(r) >= 1 are players of f_r (the rest are
+    dummies); counting the subsets of Q by size j and row sum (< k) in a [k, k] table, maintained as the
+    walk adds rows and deconvolved to remove one group, gives
+      own group:   + Σ_{j, s < k - c_g} N_Q[j, s] / ((q + 1) C(q, j))
+      s ∈ Q:       - Σ_{j, k - c_g - c_s <= s < k - c_g} N_{Q∖s}[j, s] (j + 1) / (q (q + 1) C(q - 1, j)),
+    and N_{Q∖s} depends on s only through min(c_s, k). Cost per row O(k^3 + m)."""
+    counts = np.zeros(m, dtype=np.int64)
+    table = np.zeros((k, k))
+    table[0, 0] = 1.0
+    positive = 0  # groups with at least one row walked
+    phi = np.zeros(m)
+    j = np.arange(k)
+    sums = np.arange(k)
+    from scipy.special import comb
+
+    for g, hit in zip(groups, match, strict=True):
+        cg = int(counts[g])
+        if hit and cg < k:
+            others = _remove_group(table, min(cg, k)) if cg else table
+            q = positive - (cg > 0)
+            own = np.where(j <= q, 1.0 / ((q + 1) * np.maximum(comb(q, j), 1.0)), 0.0)
+            phi[g] += (others[:, sums < k - cg] * own[:, None]).sum() / k
+            if q:
+                shared = np.where(j <= q - 1, (j + 1) / (q * (q + 1) * np.maximum(comb(q - 1, j), 1.0)), 0.0)
+                penalty = np.zeros(k + 1)
+                for c in range(1, k + 1):
+                    window = (sums >= k - cg - c) & (sums < k - cg)
+                    penalty[c] = (_remove_group(others, c)[:, window] * shared[:, None]).sum() / k
+                capped = np.minimum(counts, k)
+                affected = capped >= 1
+                affected[g] = False
+                phi[affected] -= penalty[capped[affected]]
+        if cg:
+            table = _remove_group(table, min(cg, k))
+        else:
+            positive += 1
+        table = _add_group(table, min(cg + 1, k))
+        counts[g] += 1
+    return phi
+
+
+def knn_source_shapley(provenance: Provenance, x_train, y_train, x_test, y_test, k: int = 5) -> ValuationResult:
+    """Exact KNN-Shapley of the source tuples of a pipeline, for the k-NN utility of `KNNUtility` (squared
+    Euclidean distance of direct float64 differences, ties by training index).
+
+    Exact shapes, and how:
+    - every training row has exactly one source tuple — a fork (`fork_provenance`: one source row feeds
+      several training rows), a single table, a one-to-one table: a counting algorithm over source groups
+      (DataScope-style, `_group_knn_shapley_one`), O(m_test · n_rows · (k^3 + n_sources)), any size;
+    - any other provenance (a join, where a training row needs a fact tuple and a side tuple at once) with at
+      most 20 source tuples: enumeration of the source game (`exact_source_semivalues`).
+    Anything else raises `NotExactError` before any work: value it with a sampled method on
+    `SourceUtility(provenance, KNNUtility(...))` (e.g. `tmc_shapley`), which is an estimate, not exact."""
+    if not isinstance(provenance, Provenance):
+        raise InvalidInputError(f"provenance must be a Provenance, got {type(provenance).__name__}")
+    utility = KNNUtility(x_train, y_train, x_test, y_test, k=k)  # validates the data, orders the neighbours
+    if utility.n != len(provenance.rows):
+        raise InvalidInputError(f"x_train has {utility.n} rows but the provenance describes "
+                                f"{len(provenance.rows)} training rows")
+    groups = _single_source(provenance)
+    if groups is None:
+        from alloyml.valuation.methods import MAX_EXACT_POINTS
+
+        if provenance.n_sources > MAX_EXACT_POINTS:
+            raise NotExactError(
+                f"exact KNN-Shapley over these sources is not available: the provenance has training rows built "
+                f"from {int((provenance.rows >= 0).sum(axis=1).max())} source tuples at once (a join of "
+                f"{', '.join(provenance.tables)}) and {provenance.n_sources} source tuples, more than the "
+                f"{MAX_EXACT_POINTS} enumeration allows; exact counting covers rows with one source tuple each "
+                "(forks, single tables). Use a sampled method on SourceUtility(provenance, KNNUtility(...)).")
+        result = exact_source_semivalues(provenance, utility)
+        result.params.update({"k": int(k), "exact": "enumeration"})
+        return result
+    m = provenance.n_sources
+    total = np.zeros(m)
+    for order, match in zip(utility.order, utility.matches, strict=True):
+        total += _group_knn_shapley_one(groups[order], match, m, k)
+    n_test = len(utility.order)
+    return ValuationResult(total / n_test, np.zeros(m), np.full(m, n_test), "knn_source_shapley",
+                           {"k": int(k), "n_test": n_test, "exact": "group counting",
+                            "sources": [f"{t}[{r}]" for t, r in map(provenance.source_name, range(m))]})

@@ -47,6 +47,47 @@ class _Moments:
 
 
 @dataclass
+class _Regression:
+    """Sums for least squares of U(S) on [1, 1[j in S] for every j] over uniform subsets (Banzhaf as the
+    coefficients of the best linear fit, Hammer & Holzman 1992; the Kernel-Banzhaf estimator): gram [n+1, n+1],
+    xty [n+1], yty and the number of subsets. Sums merge exactly (in a fixed order, bit-identically)."""
+
+    gram: np.ndarray
+    xty: np.ndarray
+    yty: float
+    count: int
+
+    @classmethod
+    def zeros(cls, n):
+        return cls(np.zeros((n + 1, n + 1)), np.zeros(n + 1), 0.0, 0)
+
+    @classmethod
+    def from_sample(cls, n, inside, score):
+        x = np.zeros(n + 1)
+        x[0] = 1.0
+        x[np.asarray(inside, np.int64) + 1] = 1.0
+        return cls(np.outer(x, x), x * score, float(score) ** 2, 1)
+
+    def merge(self, other: _Regression) -> _Regression:
+        return _Regression(self.gram + other.gram, self.xty + other.xty, self.yty + other.yty,
+                           self.count + other.count)
+
+    def solve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(coefficients [n], stderr [n]) once there are more subsets than unknowns and the design has full
+        rank; None before (the caller uses the MSR means)."""
+        n1 = len(self.xty)
+        if self.count <= n1:
+            return None
+        try:
+            inverse = np.linalg.inv(self.gram)
+        except np.linalg.LinAlgError:
+            return None
+        beta = inverse @ self.xty
+        residual = max(self.yty - beta @ self.xty, 0.0) / (self.count - n1)
+        return beta[1:], np.sqrt(np.maximum(np.diag(inverse)[1:], 0.0) * residual)
+
+
+@dataclass
 class PointStats:
     """Mergeable statistics of n points; see the module docstring."""
 
@@ -55,6 +96,7 @@ class PointStats:
     samples: int = 0
     evaluations: int = 0
     failures: int = 0  # evaluations whose fit failed and scored the default (see Utility)
+    regression: _Regression | None = None  # MSRSampler(estimator="regression") only
 
     @classmethod
     def zeros(cls, n: int, two_groups: bool = False) -> PointStats:
@@ -75,15 +117,31 @@ class PointStats:
 
     def merge(self, other: PointStats) -> PointStats:
         outside = None if self.outside is None else self.outside.merge(other.outside)
+        regression = other.regression if self.regression is None else (
+            self.regression if other.regression is None else self.regression.merge(other.regression))
         return PointStats(self.inside.merge(other.inside), outside, self.samples + other.samples,
-                          self.evaluations + other.evaluations, self.failures + other.failures)
+                          self.evaluations + other.evaluations, self.failures + other.failures, regression)
+
+    def _solved(self):
+        if self.regression is None:
+            return None
+        key = (self.regression.count, self.samples)
+        if getattr(self, "_solution_key", None) != key:
+            self._solution, self._solution_key = self.regression.solve(), key
+        return self._solution
 
     @property
     def values(self) -> np.ndarray:
+        solved = self._solved()
+        if solved is not None:
+            return solved[0]
         return self.inside.mean - (0.0 if self.outside is None else self.outside.mean)
 
     @property
     def stderr(self) -> np.ndarray:
+        solved = self._solved()
+        if solved is not None:
+            return solved[1]
         var = self.inside.variance_of_mean()
         if self.outside is not None:
             var = var + self.outside.variance_of_mean()

@@ -130,3 +130,32 @@ def test_msr_refuses_other_semivalues_and_bad_parts():
         msr_banzhaf(AIRPORT, 10)
     with pytest.raises(InvalidInputError, match="n <= 20"):
         exact_shapley(VotingGame(22))
+
+
+# ---------------------------------------------------------------- MSR samples, regression estimator
+def test_msr_regression_is_exact_on_an_additive_game_once_there_are_enough_subsets():
+    weights = np.random.default_rng(0).normal(size=12)
+    game = AdditiveGame(weights)
+    result = msr_banzhaf(game, MaxSamples(40), seed=1, estimator="regression")
+    np.testing.assert_allclose(result.values, weights, atol=1e-10)  # U is linear: the fit has no residual
+    np.testing.assert_allclose(result.stderr, 0.0, atol=1e-6)
+    plain = msr_banzhaf(game, MaxSamples(40), seed=1)
+    assert np.abs(plain.values - weights).max() > 0.1  # the difference of means is still noisy here
+    assert result.utility_evaluations == plain.utility_evaluations == 40
+
+
+def test_msr_regression_within_stderr_of_closed_form_and_tighter_than_the_means():
+    for game in (AIRPORT, VotingGame(8)):
+        result = msr_banzhaf(game, MaxSamples(1500), seed=2, estimator="regression")
+        _within_stderr(result, game.banzhaf_values())
+        plain = msr_banzhaf(game, MaxSamples(1500), seed=2)
+        assert np.sqrt(np.mean((result.values - game.banzhaf_values()) ** 2)) < \
+            np.sqrt(np.mean((plain.values - game.banzhaf_values()) ** 2))
+    # bit-identical for any batch size, and the means before there are more subsets than unknowns
+    a = msr_banzhaf(AIRPORT, MaxSamples(50), seed=3, estimator="regression", batch_size=1)
+    b = msr_banzhaf(AIRPORT, MaxSamples(50), seed=3, estimator="regression", batch_size=16)
+    np.testing.assert_array_equal(a.values, b.values)
+    few = msr_banzhaf(AIRPORT, MaxSamples(5), seed=3, estimator="regression")
+    np.testing.assert_array_equal(few.values, msr_banzhaf(AIRPORT, MaxSamples(5), seed=3).values)
+    with pytest.raises(ConfigError, match="estimator"):
+        msr_banzhaf(AIRPORT, MaxSamples(5), estimator="ols")

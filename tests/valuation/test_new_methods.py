@@ -125,3 +125,59 @@ def test_progress_reports_every_batch_and_the_bar_leaves_values_unchanged():
     np.testing.assert_array_equal(tracin(model, checkpoints, data, data, F.cross_entropy, progress=True,
                                          chunk_size=7).scores,
                                   tracin(model, checkpoints, data, data, F.cross_entropy, chunk_size=7).scores)
+
+
+# ---------------------------------------------------------------- stratified sampler (pyDVL's StratifiedSampler)
+@pytest.mark.parametrize("sizes", ["uniform", "harmonic", -2.0])
+@pytest.mark.parametrize("semivalue", [Shapley(), Banzhaf(), Beta(16, 1)])
+def test_stratified_sampler_within_stderr_of_enumeration(semivalue, sizes):
+    from alloyml.valuation import StratifiedSampler
+
+    exact = exact_semivalues(AIRPORT, semivalue).values
+    result = sampled_semivalues(AIRPORT, semivalue, StratifiedSampler(sizes), MaxSamples(150), seed=4)
+    _within_stderr(result, exact)
+    assert result.utility_evaluations == 150 * 2 * AIRPORT.n
+
+
+def test_stratified_sampler_size_distribution_and_importance_weights():
+    """The proposal over |S| follows pyDVL's strategies (1, 1/(1+k), (1+k)^a, normalised) and a marginal at
+    size k is weighted by P_semivalue(k) / p(k): a game whose marginal is 1 at one size only pins both."""
+    from alloyml.valuation import StratifiedSampler
+
+    n = 6
+    k = np.arange(n)
+    for sizes, expected in [("uniform", np.ones(n)), ("harmonic", 1 / (1 + k)), (1.5, (1 + k) ** 1.5)]:
+        np.testing.assert_allclose(StratifiedSampler(sizes).proposal(n), expected / expected.sum())
+
+    class OneSize:  # U(S) = 1 iff |S| > 2: the marginal is 1 exactly when the other points number 2
+        def __init__(self):
+            self.n, self.fits = n, 0
+
+        def __call__(self, subset):
+            return float(len(subset) > 2)
+
+    exact = exact_semivalues(OneSize(), Shapley()).values  # = 1/n each
+    # p(2) = 27/441 under (1+k)^3: unweighted marginals would average 0.06, 8 of their stderrs below 1/6
+    result = sampled_semivalues(OneSize(), Shapley(), StratifiedSampler(3.0), MaxSamples(1000), seed=0)
+    _within_stderr(result, exact)
+    np.testing.assert_allclose(result.values.mean(), 1 / n, atol=0.02)
+    with pytest.raises(ConfigError, match="sizes"):
+        sampled_semivalues(AIRPORT, Shapley(), StratifiedSampler("zipf"), MaxSamples(2))
+
+
+def test_least_core_returns_the_egalitarian_payoff_among_the_optimal_ones():
+    """U({0, 1}) = U(N) = 1, every other coalition 0: the optimal subsidy is 0 and every x = (a, 1 - a, 0)
+    with 0 <= a <= 1 attains it (an LP returns a vertex, a in {0, 1}); the least-norm one — pyDVL's second
+    stage — is (1/2, 1/2, 0)."""
+
+    class Pair:
+        n, fits = 3, 0
+
+        def __call__(self, subset):
+            return float({0, 1} <= set(np.asarray(subset).tolist()))
+
+    result = least_core(Pair())
+    assert result.params["subsidy"] == pytest.approx(0.0, abs=1e-9)
+    assert result.params["egalitarian"] is True
+    np.testing.assert_allclose(result.values, [0.5, 0.5, 0.0], atol=1e-6)
+    assert _least_core_by_enumeration(Pair(), result.values) <= 1e-6

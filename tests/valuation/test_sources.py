@@ -162,3 +162,64 @@ def test_bad_inputs_are_refused():
         aggregate_to_sources(np.zeros(2), provenance)
     with pytest.raises(InvalidInputError, match="k must be"):
         KNNUtility(x, y, xt, yt, k=100)
+
+
+# ---------------------------------------------------------------- exact KNN-Shapley of source groups
+@pytest.mark.parametrize("case", range(24))
+def test_group_counting_equals_enumeration_on_forks_with_ties(case):
+    """Forks (one source row feeding several training rows), integer features so distances tie, k from 1 to
+    past the group sizes, empty groups, two and three classes: the counting algorithm against enumeration of
+    the source game with the independent `_naive_knn_utility`."""
+    from alloyml.valuation.sources import knn_source_shapley
+
+    rng = np.random.default_rng(100 + case)
+    n_rows, n_sources = int(rng.integers(3, 13)), int(rng.integers(2, 8))
+    k = int(rng.integers(1, min(n_rows, 6) + 1))
+    x = rng.integers(0, 3, (n_rows, 2)).astype(float)
+    y = rng.integers(0, 2 + case % 2, n_rows)
+    xt, yt = rng.integers(0, 3, (3, 2)).astype(float), rng.integers(0, 2 + case % 2, 3)
+    source_rows = rng.integers(0, n_sources, n_rows)
+    provenance = fork_provenance(source_rows, n_sources)
+    expected = _brute_force_source_shapley(
+        n_sources, lambda members: np.flatnonzero(np.isin(source_rows, list(members))),
+        lambda rows: _naive_knn_utility(x, y, xt, yt, k, list(rows)))
+    result = knn_source_shapley(provenance, x, y, xt, yt, k=k)
+    np.testing.assert_allclose(result.values, expected, atol=1e-12)
+    assert result.params["exact"] == "group counting"
+
+
+def test_group_counting_on_one_to_one_sources_is_knn_shapley_and_scales_past_enumeration():
+    from alloyml.valuation.sources import knn_source_shapley
+
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(60, 3)), rng.integers(0, 3, 60)
+    xt, yt = rng.normal(size=(8, 3)), rng.integers(0, 3, 8)
+    provenance = fork_provenance(np.arange(60))
+    np.testing.assert_allclose(knn_source_shapley(provenance, x, y, xt, yt, k=4).values,
+                               knn_shapley(x, y, xt, yt, k=4).values, atol=1e-12)
+    # 30 sources of two rows each: beyond enumeration; efficiency (the values sum to U(all) - U(empty))
+    grouped = fork_provenance(np.repeat(np.arange(30), 2)[rng.permutation(60)])
+    values = knn_source_shapley(grouped, x, y, xt, yt, k=4).values
+    np.testing.assert_allclose(values.sum(), _naive_knn_utility(x, y, xt, yt, 4, list(range(60))), atol=1e-12)
+
+
+def test_joins_are_enumerated_when_small_and_refused_when_exact_is_out_of_reach():
+    from alloyml.valuation.sources import NotExactError, knn_source_shapley
+
+    rng = np.random.default_rng(3)
+    fact = pd.DataFrame({"key": rng.integers(0, 3, 8), "a": rng.normal(size=8)})
+    side = pd.DataFrame({"key": np.arange(3), "b": rng.normal(size=3)})
+    frame, provenance = merge_with_provenance(fact, side, on="key")
+    x, y = frame[["a", "b"]].to_numpy(), rng.integers(0, 2, len(frame))
+    xt, yt = rng.normal(size=(4, 2)), rng.integers(0, 2, 4)
+    result = knn_source_shapley(provenance, x, y, xt, yt, k=2)
+    np.testing.assert_allclose(result.values, exact_source_semivalues(provenance, KNNUtility(x, y, xt, yt, k=2)).values,
+                               atol=1e-15)
+    assert result.params["exact"] == "enumeration"
+    big_fact = pd.DataFrame({"key": rng.integers(0, 5, 30), "a": rng.normal(size=30)})
+    big, big_provenance = merge_with_provenance(big_fact, side.assign(key=np.arange(3)).iloc[:3], on="key")
+    xb, yb = big[["a", "b"]].to_numpy(), rng.integers(0, 2, len(big))
+    with pytest.raises(NotExactError, match="SourceUtility"):
+        knn_source_shapley(big_provenance, xb, yb, xt, yt, k=2)
+    with pytest.raises(InvalidInputError, match="rows"):
+        knn_source_shapley(provenance, x[:-1], y[:-1], xt, yt, k=2)

@@ -118,6 +118,21 @@ class PermutationSampler(Sampler):
         return {"sampler": "permutation", "truncation_rtol": self.truncation_rtol}
 
 
+def _size_drawn_marginals(utility, rng, size_probabilities, size_weights=None) -> Sample:
+    """One marginal per point: k ~ size_probabilities, S uniform among the other points of size k; each
+    marginal multiplied by size_weights[k] when given (importance weights of a proposal)."""
+    n = utility.n
+    marginals = np.empty(n)
+    sizes = rng.choice(n, size=n, p=size_probabilities)
+    for i in range(n):
+        others = np.delete(np.arange(n), i)
+        subset = rng.choice(others, size=sizes[i], replace=False)
+        marginals[i] = utility(np.append(subset, i)) - utility(subset)
+        if size_weights is not None:
+            marginals[i] *= size_weights[sizes[i]]
+    return Sample(np.arange(n), marginals, 2 * n)
+
+
 @dataclass
 class SizeSampler(Sampler):
     """One sample = one marginal per point: the size k of S is drawn from the semivalue's own P(k) and
@@ -128,14 +143,7 @@ class SizeSampler(Sampler):
         return {"sizes": semivalue.size_probabilities(utility.n)}
 
     def sample(self, utility, semivalue, rng, context):
-        n = utility.n
-        marginals = np.empty(n)
-        sizes = rng.choice(n, size=n, p=context["sizes"])
-        for i in range(n):
-            others = np.delete(np.arange(n), i)
-            subset = rng.choice(others, size=sizes[i], replace=False)
-            marginals[i] = utility(np.append(subset, i)) - utility(subset)
-        return Sample(np.arange(n), marginals, 2 * n)
+        return _size_drawn_marginals(utility, rng, context["sizes"])
 
     def params(self):
         return {"sampler": "size"}
@@ -275,14 +283,7 @@ class StratifiedSampler(Sampler):
         return {"proposal": proposal, "weights": semivalue.size_probabilities(utility.n) / proposal}
 
     def sample(self, utility, semivalue, rng, context):
-        n = utility.n
-        marginals = np.empty(n)
-        sizes = rng.choice(n, size=n, p=context["proposal"])
-        for i in range(n):
-            others = np.delete(np.arange(n), i)
-            subset = rng.choice(others, size=sizes[i], replace=False)
-            marginals[i] = (utility(np.append(subset, i)) - utility(subset)) * context["weights"][sizes[i]]
-        return Sample(np.arange(n), marginals, 2 * n)
+        return _size_drawn_marginals(utility, rng, context["proposal"], context["weights"])
 
     def params(self):
         return {"sampler": "stratified", "sizes": self.sizes}

@@ -57,7 +57,8 @@ def rglru(x, r, i, Lambda, *, c=RGLRU_C, initial_state=None, output_final_state=
     import torch
 
     from alloyml.kernels.common import checks
-    from alloyml.kernels.common.diagonal_scan import chunked_scan, final_states, fold_initial_state, starts_mask
+    from alloyml.kernels.common.diagonal_scan import final_states, fold_initial_state, starts_mask
+    from alloyml.kernels.common.scan_autograd import linear_scan
 
     checks.check_tensor("x", x, (None, None, None), x)
     b, T = x.shape[:2]
@@ -70,7 +71,7 @@ def rglru(x, r, i, Lambda, *, c=RGLRU_C, initial_state=None, output_final_state=
     log_a, scale = rglru_coefficients(r, Lambda, c, f)
     u = fold_initial_state(log_a, scale * (i.to(f) * x.to(f)), None if initial_state is None else
                            initial_state.to(f), cu_seqlens)
-    h = chunked_scan(log_a, u, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
+    h = linear_scan(log_a, u, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
     return h.to(x.dtype), (final_states(h, cu_seqlens) if output_final_state else None)
 
 

@@ -88,27 +88,57 @@ def s4d(u, log_dt, A_real_log, A_imag, C, D=None, *, initial_state=None, output_
     return y.to(u.dtype), (state if output_final_state else None)
 
 
-def _s4d_fft(u, log_dt, A_real_log, A_imag, C, initial_state, cu_seqlens):
-    """The convolution form: K from the Vandermonde powers A_bar^l, y = K * u by a zero-padded FFT."""
+VANDERMONDE_CHUNK = 64  # powers a^l factor as a^(cL) a^j, j < L: two small tables and one matrix product
+
+
+def vandermonde(w, log_a, T: int):
+    """sum_n w[g, h, n] a[h, n]^l for l = 0 .. T-1, a = exp(log_a): [G, H, T] complex.
+
+    w: [G, H, N2] complex; log_a: [H, N2] complex (Re <= 0). Writing l = cL + j, the sum is
+    sum_n (w a^(cL))[g, h, n, c] (a^j)[h, n, j]: a batched matrix product over n, which only needs
+    the [H, N2, T / L] and [H, N2, L] power tables instead of all T powers of every mode (the direct
+    [H, N2, T] table is several passes over T * H * N2 complex numbers, forward and backward)."""
     import torch
+
+    from alloyml.kernels.common.diagonal_scan import complex_exp
+
+    L = min(VANDERMONDE_CHUNK, T)
+    nc = -(-T // L)
+    real = log_a.real.dtype
+    outer = complex_exp(log_a[..., None] * (torch.arange(nc, device=log_a.device, dtype=real) * L))  # [H, N2, nc]
+    inner = complex_exp(log_a[..., None] * torch.arange(L, device=log_a.device, dtype=real))  # [H, N2, L]
+    out = torch.einsum("ghnc,hnj->ghcj", w[..., None] * outer, inner)  # [G, H, nc, L]
+    return out.flatten(2)[..., :T]
+
+
+def _s4d_fft(u, log_dt, A_real_log, A_imag, C, initial_state, cu_seqlens):
+    """The convolution form: K from the Vandermonde sums of A_bar^l, y = K * u by a zero-padded FFT."""
+    import torch
+    import torch.nn.functional as F
 
     from alloyml.kernels.common.diagonal_scan import complex_exp
 
     f, log_A_bar, B_bar, Cc = s4d_coefficients(u, log_dt, A_real_log, A_imag, C)
     T = u.shape[1]
-    steps = torch.arange(T, device=u.device, dtype=f)
-    powers = complex_exp(log_A_bar[..., None] * steps)  # [H, N2, T]: A_bar^l
-    K = 2 * torch.einsum("hn,hnt->th", Cc * B_bar, powers).real  # [T, H]
+    K = 2 * vandermonde((Cc * B_bar)[None], log_A_bar, T)[0].real  # [H, T]
     size = 1 << (2 * T - 1).bit_length()  # >= 2T - 1: the circular convolution is the linear one
     uf = u.to(f)
-    y = torch.fft.irfft(torch.fft.rfft(uf, n=size, dim=1) * torch.fft.rfft(K, n=size, dim=0), n=size, dim=1)[:, :T]
-    # the final state: x_{T-1} = sum_s A_bar^(T-1-s) B_bar u_s (+ A_bar^T x0)
-    state = B_bar * torch.einsum("bsh,hns->bhn", uf.to(powers.dtype), powers.flip(-1))
+    # along the last axis, time contiguous: pocketfft runs ~1.5x faster than over the strided time axis
+    y = torch.fft.irfft(torch.fft.rfft(uf.transpose(1, 2), n=size) * torch.fft.rfft(K, n=size), n=size)
+    y = y[..., :T].transpose(1, 2)
+    # the final state: x_{T-1} = sum_r A_bar^r B_bar u_{T-1-r} (+ A_bar^T x0), r = cL + j as in vandermonde
+    L = min(VANDERMONDE_CHUNK, T)
+    nc = -(-T // L)
+    u_rev = F.pad(uf.flip(1), (0, 0, 0, nc * L - T)).unflatten(1, (nc, L)).to(log_A_bar.dtype)  # [b, nc, L, H]
+    steps = torch.arange(max(nc, L), device=u.device, dtype=f)
+    inner = complex_exp(log_A_bar[..., None] * steps[:L])  # [H, N2, L]
+    outer = complex_exp(log_A_bar[..., None] * (steps[:nc] * L))  # [H, N2, nc]
+    per_chunk = torch.einsum("bcjh,hnj->bhnc", u_rev, inner)  # one matrix product per channel
+    state = B_bar * (per_chunk * outer).sum(-1)
     if initial_state is not None:
-        x0 = initial_state.to(powers.dtype)
-        carried = powers * log_A_bar.exp()[..., None]  # A_bar^(t+1): [H, N2, T]
-        y = y + 2 * torch.einsum("hn,bhn,hnt->bth", Cc, x0, carried).real
-        state = state + carried[..., -1] * x0
+        x0 = initial_state.to(log_A_bar.dtype)
+        y = y + 2 * vandermonde(Cc * x0 * log_A_bar.exp(), log_A_bar, T).real.transpose(1, 2)  # A_bar^(t+1) x0
+        state = state + complex_exp(T * log_A_bar) * x0
     return y, state
 
 

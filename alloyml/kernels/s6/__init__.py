@@ -53,7 +53,8 @@ def s6(x, dt, A, B, C, D=None, z=None, *, initial_state=None, output_final_state
     import torch.nn.functional as F
 
     from alloyml.kernels.common import checks
-    from alloyml.kernels.common.diagonal_scan import chunked_scan, final_states, fold_initial_state, starts_mask
+    from alloyml.kernels.common.diagonal_scan import final_states, fold_initial_state, starts_mask
+    from alloyml.kernels.common.scan_autograd import linear_scan
 
     checks.check_tensor("x", x, (None, None, None), x)
     b, T = x.shape[:2]
@@ -68,7 +69,7 @@ def s6(x, dt, A, B, C, D=None, z=None, *, initial_state=None, output_final_state
     log_a = dtf[..., None] * A.to(f)  # [b, T, D, N]
     inputs = (dtf * xf)[..., None] * B.to(f)[:, :, None, :]
     inputs = fold_initial_state(log_a, inputs, None if initial_state is None else initial_state.to(f), cu_seqlens)
-    h = chunked_scan(log_a, inputs, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
+    h = linear_scan(log_a, inputs, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
     y = torch.einsum("btdn,btn->btd", h, C.to(f))
     if D is not None:
         y = y + D.to(f) * xf

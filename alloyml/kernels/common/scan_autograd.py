@@ -1,0 +1,97 @@
+"""The real diagonal recurrence h_t = a_t h_{t-1} + b_t (a_t = exp(log_a_t)) as one autograd node with a
+hand-written backward, for the per-step-decay ops (S6, RG-LRU) on CPU.
+
+Why not autograd through diagonal_scan.chunked_scan: its graph records every one of the L in-chunk steps
+and their decays (about a dozen [B, T, M] tensors saved and replayed), which is most of its fwd+bwd cost.
+Here the forward runs without a graph and saves only a and h; the backward is the same recurrence run
+backwards in time,
+
+    g_t = dL/dh_t + a_{t+1} g_{t+1}      (the gradient reaching h_t, g_T = 0),
+    dL/db_t = g_t,   dL/dlog_a_t = g_t a_t h_{t-1}   (h_{-1} = 0: an initial state is folded into b_0).
+
+Both directions use `forward_scan` (the backward with reverse=True): inside chunks of CHUNK steps the steps run in order (in place, all
+chunks at once: a loop of L steps, not of T), the decay since the chunk start is exp of a running sum of
+logs (no division by a decay, no long products), and the state entering each chunk comes from a loop over
+the T / L chunk ends. Cuts (packed sequence starts) enter as log_a = -inf, a = 0: nothing carries across.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK = 32  # in-chunk steps; 32-64 measured alike on CPU, longer chunks mean fewer chunk-end steps
+
+
+def _chunks(t, nc: int, L: int, copy: bool):
+    """[B, T, M] -> [B, nc, L, M] (zero-padded at the end; a copy when asked or when padding is needed)."""
+    import torch.nn.functional as F
+
+    pad = nc * L - t.shape[1]
+    if pad:
+        t = F.pad(t, (0, 0, 0, pad))
+    elif copy:
+        t = t.clone()
+    return t.view(t.shape[0], nc, L, t.shape[-1])
+
+
+def forward_scan(a, log_a, b, reverse: bool = False):
+    """h from h_t = a_t h_{t-1} + b_t, h_{-1} = 0, along axis 1; with reverse, g from g_t = a_t g_{t+1} + b_t,
+    g_T = 0 (the backward pass: there a_t is the next step's decay). a = exp(log_a), log_a and b: [B, T, M]
+    (same shape, real; log_a may hold -inf). Returns a new [B, T, M] tensor. The running sums of log_a
+    and the states are both built in place by the in-chunk loop (a strided cumsum over the chunk axis
+    measured several times slower)."""
+    Bsz, T, M = b.shape
+    L = min(CHUNK, T)
+    nc = -(-T // L)
+    h = _chunks(b, nc, L, copy=True)
+    av = _chunks(a, nc, L, copy=False)
+    decay = _chunks(log_a, nc, L, copy=True)  # becomes the log-decay from the chunk's start (end) through s
+    steps = range(L - 2, -1, -1) if reverse else range(1, L)
+    for s in steps:
+        prev = s + 1 if reverse else s - 1
+        h[:, :, s].addcmul_(av[:, :, s], h[:, :, prev])
+        decay[:, :, s].add_(decay[:, :, prev])
+    decay.exp_()
+    edge = 0 if reverse else L - 1  # where a chunk hands its state to the next one
+    carry = torch.zeros_like(h[:, 0, 0])
+    entering = torch.empty_like(h[:, :, 0])
+    for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
+        entering[:, c] = carry
+        carry = torch.addcmul(h[:, c, edge], decay[:, c, edge], carry)
+    h.addcmul_(decay, entering[:, :, None])
+    return h.view(Bsz, nc * L, M)[:, :T]
+
+
+class _LinearScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_a, b):
+        a = log_a.exp()
+        h = forward_scan(a, log_a, b)
+        ctx.save_for_backward(a, log_a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        a, log_a, h = ctx.saved_tensors
+        # g_t = gh_t + a_{t+1} g_{t+1}: the reverse scan with the decays shifted by one step
+        zero = torch.zeros_like(a[:, :1])
+        g = forward_scan(torch.cat([a[:, 1:], zero], 1), torch.cat([log_a[:, 1:], zero], 1), gh.contiguous(),
+                         reverse=True)
+        g_log_a = torch.zeros_like(g)
+        torch.mul(g[:, 1:], a[:, 1:], out=g_log_a[:, 1:]).mul_(h[:, :-1])  # h_{-1} = 0: nothing at t = 0
+        return g_log_a, g
+
+
+def linear_scan(log_a, b, first=None):
+    """Same arguments and result as diagonal_scan.chunked_scan, for real tensors: all h_t = a_t h_{t-1} + b_t
+    from zero along axis 1, a_t = exp(log_a_t); log_a: [B or 1, T, ...], b: [B, T, ...]; first: [T] bool
+    or None (True cuts the carry there). Gradients reach log_a and b."""
+    Bsz, T = b.shape[:2]
+    rest = b.shape[2:]
+    f = torch.promote_types(log_a.dtype, b.dtype)
+    log_a = log_a.to(f).expand(b.shape)
+    if first is not None:
+        cut = first.view(1, T, *([1] * len(rest)))
+        log_a = torch.where(cut, torch.tensor(-torch.inf, dtype=f, device=b.device), log_a)
+    h = _LinearScan.apply(log_a.reshape(Bsz, T, -1), b.to(f).reshape(Bsz, T, -1))
+    return h.reshape(Bsz, T, *rest)

@@ -75,7 +75,7 @@ def diagonal_scan(log_a, b, first=None):
     return b
 
 
-CHUNK = 64  # constant_decay_scan's chunk: a [L, L] decay matrix per channel
+CHUNK = 16  # constant_decay_scan's chunk: a [L, L] decay matrix per channel
 
 
 def constant_decay_scan(log_a, b):

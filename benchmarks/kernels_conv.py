@@ -2,12 +2,18 @@
 references, forward + backward, and decoding throughput and state size of the h3 / hyena / local_attn /
 griffin mixers against the softmax + KV-cache baseline. Writes benchmarks/results/kernels_conv.json.
 
-    python benchmarks/kernels_conv.py [--quick]
+    python benchmarks/kernels_conv.py [--quick] [--only s6,s4d,...]
+
+--only reruns the named groups (ops, or "decode") and keeps the other rows of the existing JSON.
 
 - `long_conv` (Hyena's long convolution, kernels/long_conv): FFT vs the direct sum (naive.py), B=2, C=64,
   filter as long as the sequence, T = 1024 and 4096 (--quick: 1024 and 2048).
 - `local_attn` (kernels/local_attn): blocked band attention vs dense masked T x T attention, B=1, H=4,
   Dh=64, window 128.
+- `s6`, `s4d`, `lru`, `rglru` (kernels_ssm_cases.py for the shapes): each fast path (S6 / RG-LRU: the
+  one-node chunked scan of common/scan_autograd.py; S4D: the FFT convolution; LRU: the chunked
+  constant-decay scan) against its naive loop, T = 1024, 4096 and 8192 (--quick: 1024 and 2048); the
+  ratio is the median over interleaved rounds, as in kernels.py.
 - decoding: a 2-layer d_model=64 model per mixer, prompt of P tokens prefilled, then 64 steps; tokens/s of
   the steps and the bytes of the per-sequence state after them (P = 256 and 1024; --quick: 256).
 """
@@ -22,7 +28,11 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ratio, row, write_results  # noqa: E402
+from _common import RESULTS_DIR, ratio, row, write_results  # noqa: E402
+from kernels import interleaved  # noqa: E402
+from kernels_ssm_cases import SHAPES, ssm_case  # noqa: E402
+
+SSM_OPS = tuple(SHAPES)
 
 DECODE_MIXERS = ("softmax", "h3", "hyena", "local_attn", "griffin")
 
@@ -62,9 +72,38 @@ def op_case(op: str, T: int):
     return run
 
 
-def op_rows(quick: bool) -> list[dict]:
+def ssm_rows(quick: bool, ops, rounds: int = 3) -> list[dict]:
+    """Fast vs naive fwd+bwd for the state-space ops, interleaved rounds (kernels.interleaved)."""
     rows = []
-    for op in ("long_conv", "local_attn"):
+    for op in ops:
+        for T in (1024, 2048) if quick else (1024, 4096, 8192):
+            run = ssm_case(op, T)
+
+            def fast(run=run):
+                times = sorted(timed(partial(run, "auto"), 1) for _ in range(3))
+                return times[1]  # the median of 3
+
+            m = interleaved(fast, partial(timed, partial(run, "naive"), 1), rounds)
+            r = m["ratio"]
+            at_target = T == 4096
+            rows.append(row(
+                f"{op} fwd+bwd {SHAPES[op]} T={T} (CPU)", "CPU seconds", m["fast_cpu"],
+                peers={"naive": m["naive_cpu"]}, ratio=r, target=">= 20x naive" if at_target else None,
+                met=(r >= 20) if at_target else None,
+                notes=f"ratio: median over {rounds} interleaved rounds of (naive / fast), rounds {m['round_ratios']};"
+                      f" medians: wall seconds fast {m['fast_wall']}, naive {m['naive_wall']}; {os.cpu_count()} "
+                      f"cores shared with other jobs, load average {m['load_average']} (before each round, then "
+                      f"after); one thread; fast: median of 3 runs per round; naive: one full run",
+                wall_seconds={"fast": m["fast_wall"], "naive": m["naive_wall"]}, load_average=m["load_average"],
+                round_ratios=m["round_ratios"]))
+            print(rows[-1]["case"], m["fast_cpu"], m["naive_cpu"], r, m["round_ratios"], m["load_average"],
+                  flush=True)
+    return rows
+
+
+def op_rows(quick: bool, ops=("long_conv", "local_attn")) -> list[dict]:
+    rows = []
+    for op in ops:
         for T in (1024, 2048) if quick else (1024, 4096):
             load = os.getloadavg()
             run = op_case(op, T)
@@ -132,11 +171,24 @@ def decode_rows(quick: bool) -> list[dict]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller T and one prompt length")
+    parser.add_argument("--only", default="", help="comma-separated groups to rerun: long_conv, local_attn, "
+                        + ", ".join(SSM_OPS) + ", decode (default: all)")
     args = parser.parse_args()
+    import json
+
     import torch
 
     torch.set_num_threads(1)
-    write_results("kernels_conv", op_rows(args.quick) + decode_rows(args.quick))
+    groups = [g for g in args.only.split(",") if g] or ["long_conv", "local_attn", *SSM_OPS, "decode"]
+    rows = (op_rows(args.quick, [g for g in groups if g in ("long_conv", "local_attn")])
+            + ssm_rows(args.quick, [g for g in groups if g in SSM_OPS])
+            + (decode_rows(args.quick) if "decode" in groups else []))
+    path = RESULTS_DIR / "kernels_conv.json"
+    if args.only and path.exists():  # keep the rows not rerun, in their order, new cases appended
+        new = {r["case"]: r for r in rows}
+        old = json.loads(path.read_text())["rows"]
+        rows = [new.pop(r["case"], r) for r in old] + list(new.values())
+    write_results("kernels_conv", rows)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def test_scan_matches_loop_with_gradients(T, rate, cuts):
     want = loop_scan(log_a, b, first)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     want_grads = torch.autograd.grad((want * w).sum(), (log_a, b), allow_unused=True)  # T = 1 cut: no log_a
-    for g, e, x in zip(torch.autograd.grad((got * w).sum(), (log_a, b)), want_grads, (log_a, b)):
+    for g, e, x in zip(torch.autograd.grad((got * w).sum(), (log_a, b)), want_grads, (log_a, b), strict=True):
         torch.testing.assert_close(g, torch.zeros_like(x) if e is None else e, rtol=1e-10, atol=1e-12)
 
 

@@ -9,10 +9,11 @@ backwards in time,
     g_t = dL/dh_t + a_{t+1} g_{t+1}      (the gradient reaching h_t, g_T = 0),
     dL/db_t = g_t,   dL/dlog_a_t = g_t a_t h_{t-1}   (h_{-1} = 0: an initial state is folded into b_0).
 
-Both directions use `forward_scan` (the backward with reverse=True): inside chunks of CHUNK steps the steps run in order (in place, all
-chunks at once: a loop of L steps, not of T), the decay since the chunk start is exp of a running sum of
-logs (no division by a decay, no long products), and the state entering each chunk comes from a loop over
-the T / L chunk ends. Cuts (packed sequence starts) enter as log_a = -inf, a = 0: nothing carries across.
+Both directions use `forward_scan` (the backward with reverse=True): inside chunks of CHUNK steps the steps
+run in order (in place, all chunks at once: a loop of L steps, not of T), the decay since the chunk start is
+exp of a running sum of logs (no division by a decay, no long products), and the state entering each chunk
+comes from a loop over the T / L chunk ends. Cuts (packed sequence starts) enter as log_a = -inf, a = 0:
+nothing carries across.
 """
 
 from __future__ import annotations

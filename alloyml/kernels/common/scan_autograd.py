@@ -9,18 +9,25 @@ backwards in time,
     g_t = dL/dh_t + a_{t+1} g_{t+1}      (the gradient reaching h_t, g_T = 0),
     dL/db_t = g_t,   dL/dlog_a_t = g_t a_t h_{t-1}   (h_{-1} = 0: an initial state is folded into b_0).
 
-Both directions use `forward_scan` (the backward with reverse=True): inside chunks of CHUNK steps the steps
-run in order (in place, all chunks at once: a loop of L steps, not of T), the decay since the chunk start is
-exp of a running sum of logs (no division by a decay, no long products), and the state entering each chunk
-comes from a loop over the T / L chunk ends. Cuts (packed sequence starts) enter as log_a = -inf, a = 0:
-nothing carries across.
+Both directions use `forward_scan` (the backward with reverse=True): inside chunks of about sqrt(T) steps
+(chunk_size) the steps run in order (in place, all chunks at once: a loop of L steps, not of T), the decay
+since the chunk start is exp of a running sum of logs (no division by a decay, no long products), and the
+state entering each chunk comes from a loop over the T / L chunk ends. Cuts (packed sequence starts) enter as
+log_a = -inf, a = 0: nothing carries across.
 """
 
 from __future__ import annotations
 
 import torch
 
-CHUNK = 32  # in-chunk steps; 32-64 measured alike on CPU, longer chunks mean fewer chunk-end steps
+
+def chunk_size(T: int) -> int:
+    """In-chunk steps for length T: about sqrt(T), which balances the L steps of the in-chunk loop against
+    the T / L steps of the chunk-carry loop (each a few whole-tensor ops: for the small state of an LRU
+    layer the per-op overhead is most of the cost), clamped to [16, 128] and to T."""
+    import math
+
+    return min(T, max(16, min(128, round(math.sqrt(T)))))
 
 
 def _chunks(t, nc: int, L: int, copy: bool):
@@ -42,7 +49,7 @@ def forward_scan(a, log_a, b, reverse: bool = False):
     running sums of log_a are both built by the in-chunk loop (a strided cumsum over the chunk axis
     measured several times slower), into fresh buffers: no shifted or cloned copies of a and log_a."""
     Bsz, T, M = b.shape
-    L = min(CHUNK, T)
+    L = chunk_size(T)
     nc = -(-T // L)
     h = _chunks(b, nc, L, copy=True)
     av = _chunks(a, nc, L, copy=False)
@@ -102,4 +109,69 @@ def linear_scan(log_a, b, first=None):
         cut = first.view(1, T, *([1] * len(rest)))
         log_a = torch.where(cut, torch.tensor(-torch.inf, dtype=f, device=b.device), log_a)
     h = _LinearScan.apply(log_a.reshape(Bsz, T, -1), b.to(f).reshape(Bsz, T, -1))
+    return h.reshape(Bsz, T, *rest)
+
+
+class _ConstantDecayScan(torch.autograd.Function):
+    """h_t = a h_{t-1} + b_t with one decay a = exp(log_a) per channel for every step (LRU), real or
+    complex. The powers a^(s + 1) inside a chunk come from one exp each (no running sums of phases). For
+    complex a PyTorch's gradients are conjugate-linear: dL/db_t = g_t with g_t = dL/dh_t + conj(a) g_{t+1},
+    and dL/dlog_a = conj(a) sum_t g_t conj(h_{t-1})."""
+
+    @staticmethod
+    def forward(ctx, log_a, b):
+        from alloyml.kernels.common.diagonal_scan import complex_exp
+
+        Bsz, T, M = b.shape
+        L = chunk_size(T)
+        nc = -(-T // L)
+        powers = complex_exp(torch.arange(1, L + 1, device=b.device, dtype=log_a.real.dtype)[:, None] * log_a)
+        h = _chunks(b, nc, L, copy=True)
+        a = powers[0]
+        for s in range(1, L):
+            h[:, :, s].addcmul_(h[:, :, s - 1], a)
+        _carry_in(h, powers, reverse=False)
+        h = h.view(Bsz, nc * L, M)[:, :T]
+        ctx.save_for_backward(powers, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh):
+        powers, h = ctx.saved_tensors
+        Bsz, T, M = h.shape
+        L = powers.shape[0]
+        nc = -(-T // L)
+        conj = powers.conj()
+        g = _chunks(gh, nc, L, copy=True)
+        a = conj[0]
+        for s in range(L - 2, -1, -1):
+            g[:, :, s].addcmul_(g[:, :, s + 1], a)
+        _carry_in(g, conj.flip(0), reverse=True)  # position s is L - s steps from the next chunk's start
+        g = g.view(Bsz, nc * L, M)[:, :T]
+        g_log_a = conj[0] * (g[:, 1:] * h[:, :-1].conj()).sum((0, 1))
+        return g_log_a, g
+
+
+def _carry_in(h, decay, reverse: bool):
+    """Add to each chunk of h ([B, nc, L, M], states from zero at the chunk's edge) the state entering it
+    times decay ([L, M]: its decay to each position), chunk by chunk along (or against) time."""
+    nc, L = h.shape[1], h.shape[2]
+    edge = 0 if reverse else L - 1
+    carry = torch.zeros_like(h[:, 0, 0])
+    entering = torch.empty_like(h[:, :, 0])
+    for c in (range(nc - 1, -1, -1) if reverse else range(nc)):
+        entering[:, c] = carry
+        carry = torch.addcmul(h[:, c, edge], decay[edge], carry)
+    h.addcmul_(decay, entering[:, :, None])
+
+
+def constant_decay_linear_scan(log_a, b):
+    """All h_t = a h_{t-1} + b_t from zero along axis 1 with a = exp(log_a) the same at every step (the
+    result of diagonal_scan.constant_decay_scan, as one autograd node). log_a: [M] or broadcastable to b's
+    channels (real or complex); b: [B, T, ...]. Gradients reach log_a (its shape) and b."""
+    Bsz, T = b.shape[:2]
+    rest = b.shape[2:]
+    f = torch.promote_types(log_a.dtype, b.dtype)
+    la = log_a.to(f).expand(rest).reshape(-1)
+    h = _ConstantDecayScan.apply(la, b.to(f).reshape(Bsz, T, -1))
     return h.reshape(Bsz, T, *rest)

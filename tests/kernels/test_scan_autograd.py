@@ -1,4 +1,4 @@
-"""The one-node diagonal scan (common/scan_autograd.py) against a plain loop over time in float64: states
+"""The one-node diagonal scans (common/scan_autograd.py) against a plain loop over time in float64: states
 and the gradients of log_a and b (from the loop's autograd), over odd lengths around the chunk size, packed
 cuts, and decays from ~1 (log a = -1e-4) to fast (log a = -20)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alloyml.kernels.common.scan_autograd import linear_scan
+from alloyml.kernels.common.scan_autograd import constant_decay_linear_scan, linear_scan
 
 
 def loop_scan(log_a, b, first):
@@ -49,3 +49,32 @@ def test_broadcast_log_a_gets_a_reduced_gradient():
     want = torch.autograd.grad(loop_scan(log_a.expand(3, -1, -1), b, None).sum(), log_a)[0]
     assert got.shape == log_a.shape
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("T", [1, 7, 16, 17, 300])
+@pytest.mark.parametrize("complex_decay", [False, True])
+def test_constant_decay_scan_matches_loop_with_gradients(T, complex_decay):
+    gen = torch.Generator().manual_seed(T)
+    modulus_log = -torch.tensor([1e-4, 1e-2, 0.5, 3.0], dtype=torch.float64)  # slow to fast forgetting
+    if complex_decay:  # phases up to 2 pi, as the LRU's initialisation
+        log_a = torch.complex(modulus_log, 2 * torch.pi * torch.rand(4, generator=gen, dtype=torch.float64))
+        b = torch.randn(2, T, 4, generator=gen, dtype=torch.complex128)
+        w = torch.randn(2, T, 4, generator=gen, dtype=torch.complex128)
+    else:
+        log_a = modulus_log.clone()
+        b = torch.randn(2, T, 4, generator=gen, dtype=torch.float64)
+        w = torch.randn(2, T, 4, generator=gen, dtype=torch.float64)
+    log_a.requires_grad_()
+    b.requires_grad_()
+    got = constant_decay_linear_scan(log_a, b)
+    a = log_a.exp()
+    h, steps = torch.zeros_like(b[:, 0]), []
+    for t in range(T):
+        h = a * h + b[:, t]
+        steps.append(h)
+    want = torch.stack(steps, 1)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    loss = (lambda y: (y * w).real.sum())
+    for g, e in zip(torch.autograd.grad(loss(got), (log_a, b)), torch.autograd.grad(loss(want), (log_a, b)),
+                    strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

@@ -204,12 +204,21 @@ class Hyena(Mixer):
 class DistilledHyena(Mixer):
     name = "hyena_distilled"
 
-    def __init__(self, hyena: Hyena, order: int = 16, length: int = 1024):
+    def __init__(self, hyena: Hyena, order: int = 16, length: int | None = 1024):
+        """length=None builds the layer without fitting (buffers of the fitted shapes, zeros): the shell
+        that loading a saved distilled model fills (saving.load_model)."""
         from alloyml.kernels.long_conv.distill import distill_filter
         from alloyml.kernels.s4d import _expm1_complex
 
         super().__init__()
-        self.hyena, self.backend = hyena, hyena.backend
+        self.hyena, self.backend, self.modes = hyena, hyena.backend, order
+        if length is None:
+            dtype, N, d = hyena.bias.dtype, hyena.order, hyena.bias.shape[-1]
+            self.fit_error = None  # not stored: only the fitted state space is
+            for name, shape in (("A_real_log", (N, d, order)), ("A_imag", (N, d, order)),
+                                ("C", (N, d, order, 2)), ("D", (N, d)), ("log_dt", (N, d))):
+                self.register_buffer(name, torch.zeros(shape, dtype=dtype))
+            return
         with torch.no_grad():
             h = hyena.filter(length).double()  # [N, L, d]
         fits = [distill_filter(h[n], order) for n in range(hyena.order)]
@@ -253,6 +262,25 @@ class DistilledHyena(Mixer):
             z = gate[:, 0] * z
             finals.append(new)
         return self.hyena.out(z), (conv_state, *finals)
+
+
+def distilled_layers(model) -> dict:
+    """{layer index: modes per channel} of the DistilledHyena mixers of `model` (what saving records)."""
+    return {i: block.mixer.modes for i, block in enumerate(model.blocks) if isinstance(block.mixer, DistilledHyena)}
+
+
+def restore_distilled(model, layers: dict):
+    """Put DistilledHyena shells (unfitted, length=None) in place of the Hyena mixers of `model` at
+    `layers` ({layer index: modes}, as distilled_layers returns): the structure a saved distilled model's
+    tensors load into."""
+    from alloyml.errors import InvalidInputError
+
+    for i, modes in layers.items():
+        i = int(i)
+        if not 0 <= i < len(model.blocks) or not isinstance(model.blocks[i].mixer, Hyena):
+            raise InvalidInputError(f"distilled_hyena names layer {i}, which is not a Hyena layer of this model")
+        model.blocks[i].mixer = DistilledHyena(model.blocks[i].mixer, int(modes), length=None)
+    return model
 
 
 def distill_hyena(model, order: int = 16, length: int = 1024):

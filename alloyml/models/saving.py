@@ -56,6 +56,11 @@ def save_model(model, directory, metadata: dict | None = None) -> Path:
         **hf_fields(cfg),
         **(metadata or {}),
     }
+    from alloyml.models.conv_mixers import distilled_layers
+
+    distilled = distilled_layers(model)
+    if distilled:  # layers replaced after construction (conv_mixers.distill_hyena): the config alone misses them
+        info["distilled_hyena"] = {str(i): modes for i, modes in distilled.items()}
     config_json = json.dumps(info, indent=2) + "\n"  # a bad metadata value fails here, before any write
     with atomic_directory(directory, overwrite=True) as staging:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -122,6 +127,11 @@ def load_model(directory, device="cpu"):
     if not weights.is_file():
         raise NotFoundError(f"{directory} has no {WEIGHTS_FILE}")
     model = LinearLM(cfg)
+    distilled = json.loads((Path(directory) / CONFIG_FILE).read_text()).get("distilled_hyena")
+    if distilled:
+        from alloyml.models.conv_mixers import restore_distilled
+
+        restore_distilled(model, distilled)
     state = load_file(str(weights))
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:

@@ -5,7 +5,8 @@ a stable exponential parameterisation and gamma normalisation,
     gamma = sqrt(1 - |lambda|^2) (or exp(gamma_log), the paper's trainable form initialised there),
 
 with x_t = B u_t already projected (the layer's B, C and D are the mixer's). The fast form is the
-parallel scan of common/diagonal_scan.py (O(T log T) per channel, depth log T); naive.py is the
+chunked constant-decay scan of common/scan_autograd.py (O(T) per channel; packed sequences: the doubling
+scan of common/diagonal_scan.py, O(T log T)); naive.py is the
 reference loop, recurrent.py the one-token step.
 """
 

@@ -4,8 +4,8 @@ whose decay is gated by the input,
     a_t = sigmoid(Lambda)^(c r_t),   h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t),
 
 with recurrence gate r_t and input gate i_t (values in [0, 1], computed by the mixer) and c = 8. The fast
-form is the parallel scan of common/diagonal_scan.py on log a_t = -c r_t softplus(-Lambda) (O(T log T)
-per channel, depth log T); naive.py is the reference loop, recurrent.py the one-token step.
+form is the chunked scan of common/scan_autograd.py on log a_t = -c r_t softplus(-Lambda) (O(T) per
+channel, one autograd node); naive.py is the reference loop, recurrent.py the one-token step.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ decay rate per entry (A: [D, N]), and input-dependent step dt, B and C,
     y_t = C_t h_t + D x_t,   y <- y * silu(z)    (the block's gate, optional).
 
 Unlike Mamba-2's SSD (selective_scan/) the decay differs along N, so there is no matrix-product form; the
-fast path is the parallel scan of common/diagonal_scan.py over the D x N channels (O(T log T) work and
-memory per channel, depth log T). naive.py is the reference loop, recurrent.py the one-token step.
+fast path is the chunked scan of common/scan_autograd.py over the D x N channels, one autograd node with
+a reverse-scan backward (O(T) work and memory per channel). naive.py is the reference loop, recurrent.py
+the one-token step.
 """
 
 from __future__ import annotations

@@ -44,8 +44,9 @@ def s6(x, dt, A, B, C, D=None, z=None, *, initial_state=None, output_final_state
     checked on CPU where reading it is free); B, C: [b, T, N] shared by all channels; D: [D] skip or None;
     z: [b, T, D] gate or None; initial_state: [n, D, N] (n = b, or the number of packed sequences);
     cu_seqlens: int64 offsets [n + 1] of packed sequences in a batch of one (the state restarts at each);
-    backend: "naive" (the reference loop) or any other name in checks.BACKENDS for the parallel scan (any
-    device; no Triton form yet).
+    backend: "naive" (the reference loop); "auto" / "triton" / "triton_recurrent" on CUDA: the Triton
+    kernels of triton_scan.py (unpacked batches; packed ones and float64 run the scan); any other name,
+    or any name off CUDA, the chunked scan (any device).
     Returns (y: [b, T, D] in x's dtype, final_state: [n, D, N] float32 (float64 for float64 input), or
     None when `output_final_state` is False). dt, A and the state stay in float32 for half inputs."""
     import math
@@ -65,6 +66,11 @@ def s6(x, dt, A, B, C, D=None, z=None, *, initial_state=None, output_final_state
     if checks.diagonal_backend(backend) == "naive":
         return naive_s6(x, dt, A, B, C, D, z, initial_state=initial_state, output_final_state=output_final_state,
                         cu_seqlens=cu_seqlens)
+    if _use_triton(x, backend, cu_seqlens):
+        from alloyml.kernels.s6.triton_scan import s6_triton
+
+        y, final = s6_triton(x, dt, A, B, C, D, z, initial_state)
+        return y, (final if output_final_state else None)
     f = torch.promote_types(x.dtype, torch.float32)
     xf, dtf = x.to(f), dt.to(f)
     log_a = dtf[..., None] * A.to(f)  # [b, T, D, N]
@@ -77,6 +83,24 @@ def s6(x, dt, A, B, C, D=None, z=None, *, initial_state=None, output_final_state
     if z is not None:
         y = y * F.silu(z.to(f))
     return y.to(x.dtype), (final_states(h, cu_seqlens) if output_final_state else None)
+
+
+def _use_triton(x, backend: str, cu_seqlens) -> bool:
+    """The Triton kernels (triton_scan.py) for unpacked float32 / half CUDA tensors under "auto" or a
+    Triton backend name, and on CPU under a Triton name with TRITON_INTERPRET=1 (the interpreter tests);
+    packed batches and float64 keep the scan. A Triton name on plain CPU also keeps the scan, so that a
+    model configured for Triton still runs here."""
+    import os
+
+    import torch
+
+    from alloyml.kernels.common.checks import TRITON_BACKENDS
+
+    if cu_seqlens is not None or x.dtype == torch.float64:
+        return False
+    if x.is_cuda:
+        return backend == "auto" or backend in TRITON_BACKENDS
+    return backend in TRITON_BACKENDS and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 from alloyml.kernels.s6.recurrent import s6_step  # noqa: E402  (it imports the checks above)

@@ -243,8 +243,8 @@ def write_table(path=None, quick: bool = False) -> None:
 
     quick (`--bf16`): the chunked engine over BF16_CASES + PACKED_CASES only (about 25 s a
     specialisation on a loaded 2-core machine, so the full matrix takes hours there); the step-by-step
-    engine's rows, whose kernels that change does not touch, are carried over from the previous table
-    (marked "carried_from")."""
+    engine's and the S6 kernels' rows, whose kernels that change does not touch, are carried over from
+    the previous table (marked "carried_from"). `--s6` recompiles only the S6 rows (write_s6_rows)."""
     import json
     from pathlib import Path
 
@@ -257,7 +257,7 @@ def write_table(path=None, quick: bool = False) -> None:
     if quick:
         previous = json.loads(out.read_text())
         rows += [{**row, "carried_from": row.get("carried_from", previous["when"])} for row in previous["rows"]
-                 if row["backend"] == "triton_recurrent"]
+                 if row["backend"] in ("triton_recurrent", "s6_triton")]
         launches = recorded_launches("triton", BF16_CASES + PACKED_CASES)
         rows += [{"backend": "triton", **row} for row in assert_all_compile(launches, SPILL_FREE["triton"])]
         cases = ("triton: bf16, K = V in {64, 128}, every gate kind, unpacked and packed; triton_recurrent: "
@@ -267,6 +267,7 @@ def write_table(path=None, quick: bool = False) -> None:
         for engine in sorted(ENGINES):
             launches = recorded_launches(engine, ALL_CASES + PACKED_CASES)
             rows += [{"backend": engine, **row} for row in assert_all_compile(launches, SPILL_FREE[engine])]
+        rows += s6_rows(s6_launches())
         cases = "ALL_CASES (every gate kind x float32 / bf16 / fp16 x K, V in {64, 128, (60, 20)}) + packed"
         command = "python tests/kernels/test_triton_compile.py"
     bf16 = [r for r in rows if r["dtype"] == "bfloat16"]
@@ -292,5 +293,79 @@ def write_table(path=None, quick: bool = False) -> None:
     print(json.dumps(summary))
 
 
+# Mamba-1's selective scan (kernels/s6/triton_scan.py): (dtype, D, N, gate and skip), the block's usual
+# state size N = 16 at D = 64, and odd sizes that mask part of both blocks.
+S6_CASES = [(torch.float32, 64, 16, True), (torch.bfloat16, 64, 16, True), (torch.float32, 20, 7, False)]
+
+
+def s6_launches(cases=S6_CASES) -> list:
+    """The distinct launches of the S6 kernels over `cases`, forward + backward (recorded: nothing runs, so
+    the backward sees unwritten outputs, which only the values, not the launch, depend on)."""
+    from alloyml.kernels.s6 import triton_scan
+
+    distinct = {}
+    for case in cases:
+        dtype, D, N, full = case
+        gen = torch.Generator().manual_seed(0)
+        x, dt, z = (torch.rand(2, 40, D, generator=gen).to(dtype).requires_grad_() for _ in range(3))
+        A = (-torch.rand(D, N, generator=gen)).requires_grad_()
+        B, C = (torch.randn(2, 40, N, generator=gen).to(dtype).requires_grad_() for _ in range(2))
+        skip = torch.randn(D, generator=gen).requires_grad_() if full else None
+        h0 = torch.randn(2, D, N, generator=gen).requires_grad_() if full else None
+        with recording(*jit_functions(triton_scan)) as launches:
+            y, state = triton_scan.s6_triton(x, dt, A, B, C, skip, z if full else None, h0)
+            (y.float().sum() + state.sum()).backward()
+        for launch in launches:
+            launch.case = case
+            distinct.setdefault(launch.key(), launch)
+    return list(distinct.values())
+
+
+def s6_rows(launches) -> list[dict]:
+    rows = []
+    for launch in launches:
+        dtype, D, N, full = launch.case
+        compiled = launch.compile()
+        assert compiled.asm["cubin"], launch.kernel.__name__
+        row = {"backend": "s6_triton", "kernel": launch.kernel.__name__, "dtype": str(dtype).removeprefix("torch."),
+               "D": D, "N": N, "gate_skip_h0": full, "BD": launch.args["BD"], "BN": launch.args["BN"],
+               "has_dot": False, **usage(compiled)}
+        assert row["shared"] <= H100_SHARED_MEMORY and row["registers"] <= H100_REGISTERS, row
+        assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
+        rows.append(row)
+    assert {r["kernel"] for r in rows} == {"s6_fwd_kernel", "s6_bwd_kernel"}
+    return rows
+
+
+@pytest.mark.triton
+def test_s6_kernels_compile_for_an_h100_without_spills(in_child_without_interpreter):
+    if not in_child_without_interpreter:
+        s6_rows(s6_launches())
+
+
+def write_s6_rows(path=None) -> None:
+    """The S6 kernels' rows (backend "s6_triton") written into kernels.compile.json, the other rows kept."""
+    import datetime
+    import json
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    out = Path(path) if path else results / "kernels.compile.json"
+    table = json.loads(out.read_text())
+    rows = s6_rows(s6_launches())
+    table["rows"] = [r for r in table["rows"] if r.get("backend") != "s6_triton"] + rows
+    table["summary"]["s6_triton"] = {
+        "cases": "float32 and bf16 at D=64 N=16 (gate, skip, initial state); float32 D=20 N=7 (none)",
+        "specialisations": len(rows), "max_registers": max(r["registers"] for r in rows),
+        "with_spills": sum(r["spill_stores"] > 0 for r in rows),
+        "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": "python tests/kernels/test_triton_compile.py --s6"}
+    out.write_text(json.dumps(table, indent=1) + "\n")
+    print(json.dumps(table["summary"]["s6_triton"]))
+
+
 if __name__ == "__main__":
-    write_table(quick="--bf16" in sys.argv[1:])
+    if "--s6" in sys.argv[1:]:
+        write_s6_rows()
+    else:
+        write_table(quick="--bf16" in sys.argv[1:])

@@ -65,6 +65,37 @@ def test_s6_triton_interpreter_matches_naive():
     assert "ok" in run.stdout
 
 
+# RG-LRU's scan on the shared diagonal-scan kernels (common/diagonal_scan_triton.py)
+RGLRU_CHILD = """
+import sys
+sys.path.insert(0, {here!r})
+import torch
+from ssm_cases import TIMESCALES, check_forms_against_naive
+from test_rglru import make, run_scan
+from alloyml.kernels.common import diagonal_scan_triton
+
+calls = []
+launch = diagonal_scan_triton.diagonal_scan_triton
+diagonal_scan_triton.diagonal_scan_triton = lambda *a: (calls.append(1), launch(*a))[1]
+for timescale, (b, T, D) in zip(TIMESCALES, [(2, 13, 5), (1, 40, 130), (3, 7, 17)], strict=True):
+    inputs = make(b, T, D, timescale, torch.Generator().manual_seed(T * D))
+    check_forms_against_naive(run_scan("naive"), [run_scan("triton")], inputs)
+assert len(calls) == 3, calls
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.triton
+def test_rglru_triton_interpreter_matches_naive():
+    """Outputs, final states and the gradients of x, r, i, Lambda and the initial state, three timescale
+    ranges, odd sizes (130 channels: two blocks of 128, the second masked)."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", RGLRU_CHILD.format(here=str(HERE))], env=env, capture_output=True,
+                         text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok" in run.stdout
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(("b", "T", "D", "N"), [(2, 63, 40, 16), (1, 300, 64, 16)])
@@ -76,3 +107,16 @@ def test_s6_triton_on_gpu_matches_naive(b, T, D, N):
         inputs = make(b, T, D, N, dt_range, torch.Generator().manual_seed(T))
         inputs = {k: None if v is None else v.detach().cuda().requires_grad_() for k, v in inputs.items()}
         check_forms_against_naive(run("naive"), [run("auto")], inputs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(("b", "T", "D"), [(2, 63, 40), (1, 300, 130)])
+def test_rglru_triton_on_gpu_matches_naive(b, T, D):
+    from ssm_cases import TIMESCALES, check_forms_against_naive
+    from test_rglru import make, run_scan
+
+    for timescale in TIMESCALES:
+        inputs = make(b, T, D, timescale, torch.Generator().manual_seed(T))
+        inputs = {k: v.detach().cuda().requires_grad_() for k, v in inputs.items()}
+        check_forms_against_naive(run_scan("naive"), [run_scan("auto")], inputs)

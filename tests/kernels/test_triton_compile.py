@@ -293,7 +293,8 @@ def write_table(path=None, quick: bool = False) -> None:
     print(json.dumps(summary))
 
 
-# Mamba-1's selective scan (kernels/s6/triton_scan.py): (dtype, D, N, gate and skip), the block's usual
+# Mamba-1's selective scan (kernels/s6/triton_scan.py) and the diagonal scan RG-LRU runs on
+# (common/diagonal_scan_triton.py): (dtype, D, N, gate and skip), the block's usual
 # state size N = 16 at D = 64, and odd sizes that mask part of both blocks.
 S6_CASES = [(torch.float32, 64, 16, True), (torch.bfloat16, 64, 16, True), (torch.float32, 20, 7, False)]
 
@@ -318,6 +319,18 @@ def s6_launches(cases=S6_CASES) -> list:
         for launch in launches:
             launch.case = case
             distinct.setdefault(launch.key(), launch)
+    from alloyml.kernels.common import diagonal_scan_triton
+
+    for M in (64, 130):  # RG-LRU's scan on the shared diagonal-scan kernels: one block, and a masked second
+        case = (torch.float32, M, 1, False)
+        gen = torch.Generator().manual_seed(0)
+        log_a = (-torch.rand(2, 40, M, generator=gen)).requires_grad_()
+        b = torch.randn(2, 40, M, generator=gen).requires_grad_()
+        with recording(*jit_functions(diagonal_scan_triton)) as launches:
+            diagonal_scan_triton.diagonal_scan_triton(log_a, b).sum().backward()
+        for launch in launches:
+            launch.case = case
+            distinct.setdefault(launch.key(), launch)
     return list(distinct.values())
 
 
@@ -328,12 +341,14 @@ def s6_rows(launches) -> list[dict]:
         compiled = launch.compile()
         assert compiled.asm["cubin"], launch.kernel.__name__
         row = {"backend": "s6_triton", "kernel": launch.kernel.__name__, "dtype": str(dtype).removeprefix("torch."),
-               "D": D, "N": N, "gate_skip_h0": full, "BD": launch.args["BD"], "BN": launch.args["BN"],
+               "D": D, "N": N, "gate_skip_h0": full, "BD": launch.args.get("BD", launch.args.get("BM")),
+               "BN": launch.args.get("BN"),
                "has_dot": False, **usage(compiled)}
         assert row["shared"] <= H100_SHARED_MEMORY and row["registers"] <= H100_REGISTERS, row
         assert row["spill_stores"] == 0 and row["spill_loads"] == 0, row
         rows.append(row)
-    assert {r["kernel"] for r in rows} == {"s6_fwd_kernel", "s6_bwd_kernel"}
+    assert {r["kernel"] for r in rows} == {"s6_fwd_kernel", "s6_bwd_kernel", "diagonal_scan_fwd_kernel",
+                                           "diagonal_scan_bwd_kernel"}
     return rows
 
 
@@ -355,7 +370,8 @@ def write_s6_rows(path=None) -> None:
     rows = s6_rows(s6_launches())
     table["rows"] = [r for r in table["rows"] if r.get("backend") != "s6_triton"] + rows
     table["summary"]["s6_triton"] = {
-        "cases": "float32 and bf16 at D=64 N=16 (gate, skip, initial state); float32 D=20 N=7 (none)",
+        "cases": "S6: float32 and bf16 at D=64 N=16 (gate, skip, initial state), float32 D=20 N=7 (none); "
+                 "diagonal scan (RG-LRU): float32 M=64 and M=130 (rows with N=1)",
         "specialisations": len(rows), "max_registers": max(r["registers"] for r in rows),
         "with_spills": sum(r["spill_stores"] > 0 for r in rows),
         "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -51,7 +51,8 @@ def rglru(x, r, i, Lambda, *, c=RGLRU_C, initial_state=None, output_final_state=
     Lambda: [D] the decay parameter (any real: sigmoid maps it into (0, 1)); c: the exponent scale (8 in the
     paper); initial_state: [n, D] (n = b, or the number of packed sequences); cu_seqlens: int64 offsets
     [n + 1] of packed sequences in a batch of one (the state restarts at each); backend: "naive" (the
-    reference loop) or any other name in checks.BACKENDS for the parallel scan (any device; no Triton form).
+    reference loop); "auto" or a Triton name on CUDA: the Triton scan (unpacked float32 / half); any other
+    name, or off CUDA, the chunked scan (any device).
     Returns (h: [b, T, D] in x's dtype, final_state: [n, D] float32 (float64 for float64 input), or None
     when `output_final_state` is False). The recurrence runs in float32 for half-precision inputs."""
     import torch
@@ -71,8 +72,22 @@ def rglru(x, r, i, Lambda, *, c=RGLRU_C, initial_state=None, output_final_state=
     log_a, scale = rglru_coefficients(r, Lambda, c, f)
     u = fold_initial_state(log_a, scale * (i.to(f) * x.to(f)), None if initial_state is None else
                            initial_state.to(f), cu_seqlens)
-    h = linear_scan(log_a, u, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
+    if _use_triton(x, backend, cu_seqlens):
+        from alloyml.kernels.common.diagonal_scan_triton import diagonal_scan_triton
+
+        h = diagonal_scan_triton(log_a, u)
+    else:
+        h = linear_scan(log_a, u, None if cu_seqlens is None else starts_mask(cu_seqlens, T, x.device))
     return h.to(x.dtype), (final_states(h, cu_seqlens) if output_final_state else None)
+
+
+def _use_triton(x, backend: str, cu_seqlens) -> bool:
+    """The Triton scan (common/diagonal_scan_triton.py) for unpacked float32 / half CUDA tensors under
+    "auto" or a Triton backend name, and on CPU under a Triton name with TRITON_INTERPRET=1; otherwise
+    (packed, float64, a Triton name on plain CPU) the chunked scan."""
+    from alloyml.kernels.s6 import _use_triton as s6_rule
+
+    return s6_rule(x, backend, cu_seqlens)
 
 
 from alloyml.kernels.rglru.recurrent import rglru_step  # noqa: E402  (it imports the checks above)

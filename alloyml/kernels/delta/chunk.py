@@ -18,8 +18,9 @@ over chunks (T / C steps), never over tokens. The outputs of all chunks then com
 O = scale (diag(e^gamma) Q S_0 + (Q K^T * e^{gamma_t - gamma_s} [s <= t]) U).
 
 Every exponent above is a difference gamma_t - gamma_s with s <= t, or gamma_t itself: a sum of log-gates
-<= 0, so no factor exceeds 1 and none can overflow, however strong the decay. On the "chunk" backend the gradients are written out
-(chunk_backward.py); the Triton path's backward takes them by autograd through `chunk_scan_torch`.
+<= 0, so no factor exceeds 1 and none can overflow, however strong the decay. On the "chunk" backend
+the gradients are written out (chunk_backward.py); the Triton path's backward takes them by autograd
+through `chunk_scan_torch`.
 """
 
 from __future__ import annotations

@@ -50,21 +50,26 @@ def _forward(q, k, v, beta, gamma, S, scale):
         end_decay = gamma[..., -1].exp()[..., None, None]
     Tm = _inverse(A)
     solved = Tm @ rhs
-    u_part, w = solved[..., :V], solved[..., V:]
-    n = q.shape[2]
-    starts = S.new_empty(*S.shape[:2], n, *S.shape[2:])
-    U = torch.empty_like(u_part)
+    u_part = solved[..., :V]
+    B, H, n = q.shape[:3]
+    # the loop reads one chunk of every (batch, head) per step: chunk-major copies make those slices
+    # contiguous, so each step is two plain batched products
+    w_seq, k_seq = (x.movedim(2, 0).reshape(n, B * H, *x.shape[3:]).contiguous() for x in (solved[..., V:], k_end))
+    u_seq = solved[..., :V].movedim(2, 0).reshape(n, B * H, *u_part.shape[3:]).contiguous()
+    a_seq = None if end_decay is None else end_decay.movedim(2, 0).reshape(n, B * H, 1, 1).contiguous()
+    starts = S.new_empty(n, B * H, *S.shape[2:])
+    U = torch.empty_like(u_seq)
+    S = S.reshape(B * H, *S.shape[2:])
     for i in range(n):
-        starts[:, :, i] = S
-        u = torch.baddbmm(u_part[:, :, i].flatten(0, 1), w[:, :, i].flatten(0, 1), S.flatten(0, 1),
-                          alpha=-1).view_as(u_part[:, :, i])
-        U[:, :, i] = u
-        S0 = S if end_decay is None else end_decay[:, :, i] * S
-        S = torch.baddbmm(S0.flatten(0, 1), k_end[:, :, i].transpose(-1, -2).flatten(0, 1),
-                          u.flatten(0, 1)).view_as(S)
+        starts[i] = S
+        u = torch.baddbmm(u_seq[i], w_seq[i], S, alpha=-1, out=U[i])
+        S = torch.baddbmm(S if a_seq is None else a_seq[i] * S, k_seq[i].transpose(-1, -2), u)
+    S = S.view(B, H, *S.shape[1:])
+    starts = starts.view(n, B, H, *starts.shape[2:]).movedim(0, 2)
+    U = U.view(n, B, H, *U.shape[2:]).movedim(0, 2)
     o = q_start @ starts
     o = (o + qk @ U).mul_(scale)
-    saved = (q, k, v, beta, gamma, Tm, A, qk, decay, solved, U, starts, q_start, k_end, end_decay, rhs)
+    saved = (q, k, v, beta, gamma, Tm, A, kk, qk, decay, solved, U, starts, q_start, k_end, end_decay, rhs)
     return o, S, saved
 
 
@@ -82,7 +87,7 @@ class ChunkDeltaFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dS):
-        q, k, v, beta, gamma, Tm, A, qk, decay, solved, U, starts, q_start, k_end, end_decay, rhs = ctx.saved
+        q, k, v, beta, gamma, Tm, A, kk, qk, decay, solved, U, starts, q_start, k_end, end_decay, rhs = ctx.saved
         ctx.saved = None
         scale, V = ctx.scale, v.shape[-1]
         n = q.shape[2]
@@ -93,16 +98,21 @@ class ChunkDeltaFunction(torch.autograd.Function):
         do = do * scale
         X = qk.transpose(-1, -2) @ do  # [B, H, n, C, V]
         Y = q_start.transpose(-1, -2) @ do  # [B, H, n, K, V]
-        dU = torch.empty_like(U)
-        dS_next = torch.empty_like(starts)  # the gradient of the state leaving each chunk
+        B, H = q.shape[:2]
+        X_seq, Y_seq = (x.movedim(2, 0).reshape(n, B * H, *x.shape[3:]).contiguous() for x in (X, Y))
+        k_seq = k_end.movedim(2, 0).reshape(n, B * H, *k_end.shape[3:]).contiguous()
+        wt_seq = solved[..., V:].transpose(-1, -2).movedim(2, 0).reshape(n, B * H, -1, q.shape[-2]).contiguous()
+        a_seq = None if end_decay is None else end_decay.movedim(2, 0).reshape(n, B * H, 1, 1).contiguous()
+        dU = torch.empty_like(X_seq)
+        dS_next = torch.empty_like(Y_seq)  # the gradient of the state leaving each chunk
+        dS = dS.reshape(B * H, *dS.shape[2:])
         for i in range(n - 1, -1, -1):
-            dS_next[:, :, i] = dS
-            du = torch.baddbmm(X[:, :, i].flatten(0, 1), k_end[:, :, i].flatten(0, 1), dS.flatten(0, 1))
-            du = du.view_as(X[:, :, i])
-            dU[:, :, i] = du
-            dS0 = dS if end_decay is None else end_decay[:, :, i] * dS
-            dS = torch.baddbmm((dS0 + Y[:, :, i]).flatten(0, 1), w_t(solved, V, i).flatten(0, 1),
-                               du.flatten(0, 1), alpha=-1).view_as(dS)
+            dS_next[i] = dS
+            du = torch.baddbmm(X_seq[i], k_seq[i], dS, out=dU[i])
+            dS = torch.baddbmm((dS if a_seq is None else a_seq[i] * dS) + Y_seq[i], wt_seq[i], du, alpha=-1)
+        dS = dS.view(B, H, *dS.shape[1:])
+        dU = dU.view(n, B, H, *dU.shape[2:]).movedim(0, 2)
+        dS_next = dS_next.view(n, B, H, *dS_next.shape[2:]).movedim(0, 2)
         d_solved = torch.cat([dU, -(dU @ starts.transpose(-1, -2))], dim=-1)  # [d U_part, d W]
         dk_end = U @ dS_next.transpose(-1, -2)  # [B, H, n, C, K]
         dq_start = do @ starts.transpose(-1, -2)
@@ -115,7 +125,7 @@ class ChunkDeltaFunction(torch.autograd.Function):
         if gamma is None:
             dkk_b = dA * beta[..., :, None]  # d kk_ts = dA_ts beta_t
             dqk_raw = dqk.tril_()
-            dbeta = (dA * (k @ k.transpose(-1, -2))).sum(-1) + (d_rhs_v * v).sum(-1) + (d_rhs_k * k).sum(-1)
+            dbeta = (dA * kk).sum(-1) + (d_rhs_v * v).sum(-1) + (d_rhs_k * k).sum(-1)
             dq = dqk_raw @ k + dq_start
             dk = dqk_raw.transpose(-1, -2) @ q + (dkk_b + dkk_b.transpose(-1, -2)) @ k + beta[..., None] * d_rhs_k \
                 + dk_end
@@ -124,7 +134,6 @@ class ChunkDeltaFunction(torch.autograd.Function):
             eg = gamma.exp()[..., None]
             dkk_b = dA * beta[..., :, None] * decay
             dqk_raw = dqk * decay
-            kk = k @ k.transpose(-1, -2)
             dbeta = (dA * kk * decay).sum(-1) + (d_rhs_v * v).sum(-1) + (d_rhs_k * eg * k).sum(-1)
             e_end = (gamma[..., -1:] - gamma).exp()[..., None]
             dq = dqk_raw @ k + dq_start * eg
@@ -137,7 +146,3 @@ class ChunkDeltaFunction(torch.autograd.Function):
             dgamma[..., -1] += d_end
         return dq, dk, dv, dbeta, dgamma, dS, None
 
-
-def w_t(solved, V, i):
-    """W of chunk i, transposed: [B, H, K, C]."""
-    return solved[:, :, i, :, V:].transpose(-1, -2)

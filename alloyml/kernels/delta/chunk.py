@@ -18,8 +18,9 @@ over chunks (T / C steps), never over tokens. The outputs of all chunks then com
 O = scale (diag(e^gamma) Q S_0 + (Q K^T * e^{gamma_t - gamma_s} [s <= t]) U).
 
 Every exponent above is a difference gamma_t - gamma_s with s <= t, or gamma_t itself: a sum of log-gates
-<= 0, so no factor exceeds 1 and none can overflow, however strong the decay. Gradients come from autograd
-through these few batched ops (and the chunk loop).
+<= 0, so no factor exceeds 1 and none can overflow, however strong the decay. On the "chunk" backend
+the gradients are written out (chunk_backward.py); the Triton path's backward takes them by autograd
+through `chunk_scan_torch`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def chunk_delta_rule(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_
     [B, H, K, V]) in float32 (float64 for float64 input)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
+    if backend != "triton":
+        return _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size)
     parts = ut_transform(q, k, v, beta, g, chunk_size)
     S = parts[0].new_zeros(B, H, K, V) if initial_state is None else initial_state.to(parts[0].dtype)
     if backend == "triton":
@@ -122,3 +125,22 @@ def chunk_delta_rule(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_
     n, C = o.shape[2], o.shape[3]
     o = o.movedim(1, 3).reshape(B, n * C, H, V)[:, :T]
     return o, S
+
+
+def _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size):
+    """The PyTorch path: padding and chunking here (autograd), the rest in chunk_backward's Function with
+    its hand-written backward."""
+    from alloyml.kernels.delta.chunk_backward import ChunkDeltaFunction
+
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    c = torch.promote_types(q.dtype, torch.float32)
+    C = min(chunk_size, T)
+    n = -(-T // C)
+    pad = n * C - T
+    q, k, v = (_chunked(F.pad(x.to(c), (0, 0, 0, 0, 0, pad)), C) for x in (q, k, v))
+    beta = _chunked(F.pad(beta.to(c), (0, 0, 0, pad)), C)
+    gamma = None if g is None else _chunked(F.pad(g.to(c), (0, 0, 0, pad)), C).cumsum(-1)
+    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(c)
+    o, S = ChunkDeltaFunction.apply(q, k, v, beta, gamma, S, scale)
+    return o.movedim(1, 3).reshape(B, n * C, H, V)[:, :T], S

@@ -140,22 +140,10 @@ def ttt_dual_form(q, k, v, eta, weights, norm, mini_batch, eps, initial_state, c
 
     point = theta  # where the mini-batch's gradients are taken
     base = theta if pending is None else [p - G for p, G in zip(theta, pending, strict=True)]  # outputs' start
-    points, bases, datas = [], [], []
-    for x_m, y_m, e_m in zip(kf.unbind(2), vf.unbind(2), eta_f.unbind(2), strict=True):
-        data = inner_gradients(x_m, y_m, point, norm_b, eps)
-        points.append(point)
-        bases.append(base)
-        datas.append(data)
-        nxt = []
-        for (W, bias), (a, g) in zip(layer_pairs(base), data, strict=True):
-            eg = e_m[..., None] * g
-            nxt += [W - a.transpose(-1, -2) @ eg, bias - eg.sum(-2)]
-        point = base = nxt
-    points.append(point)
-
-    stacked_base = [torch.stack(p, dim=2) for p in zip(*bases, strict=True)]  # [N, H, nb, ...]
-    stacked_data = [tuple(torch.stack(t, dim=2) for t in zip(*layer, strict=True))
-                    for layer in zip(*datas, strict=True)]  # per layer: ([N, H, nb, b, d_in], [N, H, nb, b, d_out])
+    if n_par == 2:
+        points, stacked_base, stacked_data = _linear_minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps)
+    else:
+        points, stacked_base, stacked_data = _minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps)
     norm_f = None if norm_b is None else tuple(x[:, None] for x in norm_b)  # [H, 1, 1, d]
     z = dual_outputs(qf, stacked_base, stacked_data, eta_f, norm_f, eps)  # [N, H, nb, b, d]
     z = z.permute(0, 2, 3, 1, 4).reshape(N, L, H, d)
@@ -185,3 +173,77 @@ def ttt_dual_form(q, k, v, eta, weights, norm, mini_batch, eps, initial_state, c
         final_pending = [F_ + torch.where(first.reshape(N, *[1] * (G.dim() - 1)), G, 0.0)
                          for F_, G in zip(final_pending, pending, strict=True)]
     return z, (*final_theta, *final_pending, seen)
+
+
+def _minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps):
+    """The mini-batch-to-mini-batch recurrence for any inner model. kf, vf: [N, H, nb, b, d]; eta_f:
+    [N, H, nb, b]; point: the parameters the first mini-batch's gradients are taken at, base: where its
+    outputs start. Returns (the parameters at each mini-batch start, nb + 1 lists; the bases stacked
+    [N, H, nb, ...] per parameter; per layer the (inputs, dl/dz) stacked [N, H, nb, b, d])."""
+    points, bases, datas = [], [], []
+    for x_m, y_m, e_m in zip(kf.unbind(2), vf.unbind(2), eta_f.unbind(2), strict=True):
+        data = inner_gradients(x_m, y_m, point, norm_b, eps)
+        points.append(point)
+        bases.append(base)
+        datas.append(data)
+        nxt = []
+        for (W, bias), (a, g) in zip(layer_pairs(base), data, strict=True):
+            eg = e_m[..., None] * g
+            nxt += [W - a.transpose(-1, -2) @ eg, bias - eg.sum(-2)]
+        point = base = nxt
+    points.append(point)
+    stacked_base = [torch.stack(p, dim=2) for p in zip(*bases, strict=True)]
+    stacked_data = [tuple(torch.stack(t, dim=2) for t in zip(*layer, strict=True))
+                    for layer in zip(*datas, strict=True)]
+    return points, stacked_base, stacked_data
+
+
+def _linear_minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps):
+    """`_minibatch_loop` for TTT-Linear, with the same results, written for few operations per step: the
+    loop runs T / b times and each step is a handful of small ops whose fixed cost (forward and autograd)
+    dominates. Everything that does not depend on the carried W is computed for all mini-batches at once
+    before the loop: the LayerNorm-residual gradient's constant part (x + bias_LN - y) * w_LN, the
+    eta-scaled transposed inputs of the weight update, and eta as a row for the bias update. Inside the
+    loop the pre-activation and both updates are single fused batched products (baddbmm)."""
+    N, H, nb, b, d = kf.shape
+    M = N * H
+    k3 = kf.reshape(M, nb, b, d).unbind(1)  # unbind, not indexing: its backward is one stack
+    ekT = (eta_f[..., None] * kf).transpose(-1, -2).reshape(M, nb, d, b).unbind(1)  # eta_s x_s^T
+    e_row = eta_f.reshape(M, nb, 1, b).unbind(1)
+    if norm_b is None:
+        const = (kf - vf).reshape(M, nb, b, d).unbind(1)  # g = z + x - y
+        w2 = None
+    else:
+        w, bn = norm_b  # [H, 1, d]
+        const = ((kf + bn[:, None] - vf) * w[:, None]).reshape(M, nb, b, d).unbind(1)
+        w2 = (w * w).expand(N, H, 1, d).reshape(M, 1, d)
+
+    def flat(params):
+        W, bias = params
+        return W.reshape(M, d, d), bias.reshape(M, 1, d)
+
+    def residual_grad(z, c):
+        if w2 is None:
+            return z + c
+        zc = z - z.mean(-1, keepdim=True)
+        rstd = (zc.pow(2).mean(-1, keepdim=True) + eps).rsqrt()
+        x_hat = zc * rstd
+        dx = torch.addcmul(c, x_hat, w2)
+        return rstd * (dx - dx.mean(-1, keepdim=True) - x_hat * (dx * x_hat).mean(-1, keepdim=True))
+
+    (W_p, b_p), (W, bias) = flat(point), flat(base)
+    starts_W, starts_b, bases_W, bases_b, grads = [W_p], [b_p], [], [], []
+    for m in range(nb):
+        g = residual_grad(torch.baddbmm(b_p, k3[m], W_p), const[m])
+        grads.append(g)
+        bases_W.append(W)
+        bases_b.append(bias)
+        W = torch.baddbmm(W, ekT[m], g, alpha=-1)
+        bias = torch.baddbmm(bias, e_row[m], g, alpha=-1)
+        W_p, b_p = W, bias
+        starts_W.append(W)
+        starts_b.append(bias)
+    points = [[Wm.view(N, H, d, d), bm.view(N, H, d)] for Wm, bm in zip(starts_W, starts_b, strict=True)]
+    stacked_base = [torch.stack(bases_W, 1).view(N, H, nb, d, d), torch.stack(bases_b, 1).view(N, H, nb, d)]
+    stacked_data = [(kf, torch.stack(grads, 1).view(N, H, nb, b, d))]
+    return points, stacked_base, stacked_data

@@ -189,8 +189,19 @@ def _carry_backward(d_starts, d_final, starts, decay, need_decay: bool, need_ini
     for n in range(N - 1, 0, -1):
         _fma_into(d_delta[:, :, n - 1], d_starts[:, :, n], d_delta[:, :, n], decay[:, :, n])
     d_initial = torch.addcmul(d_starts[:, :, 0], d_delta[:, :, 0], decay[:, :, 0]) if need_initial else None
-    d_decay = (d_delta * starts).sum_to_size(decay.shape) if need_decay else None
+    d_decay = _decay_grad(d_delta, starts, decay.shape) if need_decay else None
     return d_delta, d_decay, d_initial
+
+
+def _decay_grad(d_delta, starts, shape):
+    """sum of d_delta * starts over what `shape` ([B | 1, H, N, K | 1, 1]) broadcasts, as dot products
+    over V (and K for a scalar decay): (d_delta * starts).sum_to_size(shape) wrote a full [B, H, N, K, V]
+    product first, twice the memory traffic of reading the two."""
+    if shape[-2] == 1:
+        dots = torch.linalg.vecdot(d_delta.flatten(-2), starts.flatten(-2))  # [B, H, N]
+    else:
+        dots = torch.linalg.vecdot(d_delta, starts)  # [B, H, N, K]
+    return dots.reshape(*dots.shape[:3], -1, 1).sum_to_size(shape)
 
 
 class Carry(torch.autograd.Function):

@@ -208,3 +208,40 @@ def test_scalar_chunk_backward_equals_autograd_of_its_formula(shared, plain_q):
     for want, got in zip(*results, strict=True):
         assert got.shape == want.shape
         assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), (got - want).abs().max()
+
+
+def test_vector_chunk_backward_equals_autograd_of_its_formula():
+    """VectorChunk's written-out backward (joined buffers, the gate gradient split into pair and state
+    parts) against autograd through the factored formula written out plainly, float64, every input."""
+    from alloyml.kernels.common.chunk_torch import VectorChunk
+
+    gen = torch.Generator().manual_seed(4)
+    B, H, N, C, K, V, scale = 2, 2, 3, 8, 5, 6, 0.6
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    q, k, v, h0 = rand(B, H, N, C, K), rand(B, H, N, C, K), rand(B, H, N, C, V), rand(B, H, K, V)
+    g = (-torch.rand(B, H, N, C, K, generator=gen, dtype=torch.float64)).requires_grad_()
+    inputs = [q, k, v, g, h0]
+
+    def formula():
+        G = g.cumsum(-2)
+        S, outs = h0, []
+        for n in range(N):
+            qg, kg = scale * q[:, :, n] * G[:, :, n].exp(), k[:, :, n] * (-G[:, :, n]).exp()
+            E = G[:, :, n, -1].exp()  # [B, H, K]
+            outs.append((qg @ kg.transpose(-1, -2)).tril() @ v[:, :, n] + qg @ S)
+            S = E[..., None] * S + (kg * E[:, :, None]).transpose(-1, -2) @ v[:, :, n]
+        return torch.stack(outs, dim=2), S
+
+    d_o = torch.randn(B, H, N, C, V, generator=gen, dtype=torch.float64)
+    d_s = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    results = []
+    for run in (formula, lambda: VectorChunk.apply(q, k, v, g, g.detach().cumsum(-2), h0, scale)):
+        o, state = run()
+        grads = torch.autograd.grad((o * d_o).sum() + (state * d_s).sum(), inputs)
+        results.append((o, state, *grads))
+    for want, got in zip(*results, strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), (got - want).abs().max()

@@ -472,39 +472,39 @@ class VectorChunk(torch.autograd.Function):
         eG = G.exp()
         emG = eG.reciprocal()  # = exp(-G) to rounding (both in range here), a sixth the cost of an exp
         E = eG[..., -1, :]  # [B, H, N, K]: the decay over the whole chunk
-        left, right, A, qg, v_part, starts = _joined_buffers(q, v)
-        torch.mul(q, eG, out=qg).mul_(scale)
-        v_part.copy_(v)
+        qg = (q * scale).mul_(eG)
         kg = k * emG
         kd = kg * E[..., None, :]  # k_j e^(g_(j+1) + .. + g_(C-1)): its write to the outgoing state
-        A.copy_(_mm(qg, kg.transpose(-1, -2)).tril_())  # [B, H, N, C, C]
+        A = _mm(qg, kg.transpose(-1, -2)).tril_()  # [B, H, N, C, C]
         delta = _mm(kd.transpose(-1, -2), v)  # [B, H, N, K, V]
         decay = E[..., None]  # [B, H, N, K, 1]
-        _, final = _carry_forward(delta, decay, initial_state, starts)
-        o = _mm(left, right)
-        ctx.save_for_backward(q, k, eG, emG, kg, kd, left, right, decay)
+        starts, final = _carry_forward(delta, decay, initial_state)
+        o = torch.baddbmm(_mm(A, v).view(-1, *v.shape[-2:]), qg.view(-1, *q.shape[-2:]),
+                          starts.view(-1, *starts.shape[-2:])).view(v.shape)
+        ctx.save_for_backward(q, k, v, eG, emG, qg, kg, kd, A, decay, starts)
         ctx.has_initial = initial_state is not None
         ctx.scale = scale
         return o, final
 
     @staticmethod
     def backward(ctx, d_o, d_final):
-        q, k, eG, emG, kg, kd, left, right, decay = ctx.saved_tensors
+        q, k, v, eG, emG, qg, kg, kd, A, decay, starts = ctx.saved_tensors
         need = ctx.needs_input_grad
         C = q.shape[-2]
-        qg, v, starts = left[..., C:], right[..., :C, :], right[..., C:, :]
         d_o = d_o.contiguous()
-        d_left = _mm(d_o, right.transpose(-1, -2))  # [B, H, N, C, C + K]: (d A, d_o starts^T)
-        dA = d_left[..., :C]
+        dA = _mm(d_o, v.transpose(-1, -2))  # [B, H, N, C, C]
         d0 = torch.diagonal(dA, 0, -2, -1)[..., None].clone()  # the undecayed pairs i = j
         dA.tril_(-1)
-        d_right = _mm(left.transpose(-1, -2), d_o)  # [B, H, N, C + K, V]: (A^T d_o, d starts)
-        d_delta, d_decay, d_initial = _carry_backward(d_right[..., C:, :], d_final, starts, decay, need[3],
+        d_starts = _mm(qg.transpose(-1, -2), d_o)  # [B, H, N, K, V]
+        d_delta, d_decay, d_initial = _carry_backward(d_starts, d_final, starts, decay, need[3],
                                                       ctx.has_initial and need[5])
-        dqg = _mm_add(d_left[..., C:], dA, kg)
+        dqg = _mm(dA, kg)
+        dqg.view(-1, *dqg.shape[-2:]).baddbmm_(d_o.view(-1, *d_o.shape[-2:]),
+                                               starts.transpose(-1, -2).reshape(-1, *starts.shape[-2:][::-1]))
         dkg = _mm(dA.transpose(-1, -2), qg)
         dkd = _mm(v, d_delta.transpose(-1, -2))  # [B, H, N, C, K]
-        dv = _mm_add(d_right[..., :C, :], kd, d_delta)
+        dv = _mm(A.transpose(-1, -2), d_o)
+        dv.view(-1, *dv.shape[-2:]).baddbmm_(kd.view(-1, *kd.shape[-2:]), d_delta.view(-1, *d_delta.shape[-2:]))
         dg = None
         if need[3]:
             ones = torch.ones(C, C, dtype=q.dtype, device=q.device)

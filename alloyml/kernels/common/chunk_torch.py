@@ -187,22 +187,27 @@ def _carry_backward(d_starts, d_final, starts, decay, need_decay: bool, need_ini
         d_delta[:, :, N - 1].copy_(d_final)
     if d_starts is None:
         d_starts = torch.zeros_like(starts)
+    dots = []  # the decay gradient's dot products, chunk by chunk while d_delta_n is in cache
     for n in range(N - 1, 0, -1):
+        if need_decay:
+            dots.append(_decay_dots(d_delta[:, :, n], starts[:, :, n], decay.shape))
         _fma_into(d_delta[:, :, n - 1], d_starts[:, :, n], d_delta[:, :, n], decay[:, :, n])
     d_initial = torch.addcmul(d_starts[:, :, 0], d_delta[:, :, 0], decay[:, :, 0]) if need_initial else None
-    d_decay = _decay_grad(d_delta, starts, decay.shape) if need_decay else None
+    d_decay = None
+    if need_decay:
+        dots.append(_decay_dots(d_delta[:, :, 0], starts[:, :, 0], decay.shape))
+        d_decay = torch.stack(dots[::-1], dim=2)[..., None].sum_to_size(decay.shape)
     return d_delta, d_decay, d_initial
 
 
-def _decay_grad(d_delta, starts, shape):
-    """sum of d_delta * starts over what `shape` ([B | 1, H, N, K | 1, 1]) broadcasts, as dot products
-    over V (and K for a scalar decay): (d_delta * starts).sum_to_size(shape) wrote a full [B, H, N, K, V]
-    product first, twice the memory traffic of reading the two."""
+def _decay_dots(d_delta, starts, shape):
+    """One chunk's part of the decay gradient, d_delta_n * starts_n ([B, H, K, V]) summed over V, and
+    over K too where the decay `shape` ([B | 1, H, N, K | 1, 1]) is one per chunk: [B, H, K | 1]. Taken
+    chunk by chunk in the carry's backward loop, where d_delta_n was just written: the product over all
+    chunks at once was a [B, H, N, K, V] temporary and one more pass over two tensors of that size."""
     if shape[-2] == 1:
-        dots = torch.linalg.vecdot(d_delta.flatten(-2), starts.flatten(-2))  # [B, H, N]
-    else:
-        dots = torch.linalg.vecdot(d_delta, starts)  # [B, H, N, K]
-    return dots.reshape(*dots.shape[:3], -1, 1).sum_to_size(shape)
+        return torch.linalg.vecdot(d_delta.flatten(-2), starts.flatten(-2))[..., None]
+    return torch.linalg.vecdot(d_delta, starts)
 
 
 class Carry(torch.autograd.Function):

@@ -162,6 +162,14 @@ def _fma_into(out, a, b, c):
         torch.addcmul(a, b, c, out=out)
 
 
+def _mul_into(out, a, b):
+    """out[...] = a * b into a strided slice of a buffer, as `_fma_into`."""
+    if torch.compiler.is_compiling():
+        out.copy_(a * b)
+    else:
+        torch.mul(a, b, out=out)
+
+
 def _carry_forward(delta, decay, initial_state, starts=None):
     """The loop of `_carry`: one fused multiply-add per chunk into a preallocated buffer (`starts`, a
     [B, H, N, K, V] view that may be strided, or a new one)."""
@@ -270,8 +278,8 @@ class ScalarChunk(torch.autograd.Function):
     def forward(ctx, q, k, v, D, eq, ek, decay, initial_state, scale):
         left, right, A, qi, v_part, starts = _joined_buffers(q, v)
         qk = _mm(q, k.transpose(-1, -2))  # [B, H, N, C, C]
-        torch.mul(qk, D, out=A)
-        torch.mul(q, scale if eq is None else eq, out=qi)
+        _mul_into(A, qk, D)
+        _mul_into(qi, q, scale if eq is None else eq)
         v_part.copy_(v)
         kj = k if ek is None else k * ek
         delta = _mm(kj.transpose(-1, -2), v)  # [B, H, N, K, V]

@@ -20,8 +20,10 @@ value but not in autograd, where its two gradient paths cancel only to rounding,
 divided by a tiny decay gamma in d/d gamma, swamps the true gradient. Gradients come from autograd
 through these same safe ops, except for three written-out backwards that reuse what the forward built:
 the scalar-gated chunk (`ScalarChunk`: q k^T, the decayed attention, the decayed q and k and the chunk
-states are kept, and every product runs on contiguous operands), the chunk-to-chunk carry (`Carry`: one
-fused multiply-add per chunk into a buffer, either way) and the per-channel diagonal blocks
+states are kept; [A | q'] and [v; S] share buffers, so o and its backward take three products, not
+six), the chunk-to-chunk carry (`Carry`: one fused multiply-add per chunk into a buffer, either way,
+with the decay gradient's dot products taken chunk by chunk in the backward loop) and the per-channel
+diagonal blocks
 (decayed_attention.py).
 
 Packed sequences (`cu_seqlens`) run as one stream of chunks, each sequence from a chunk boundary, the

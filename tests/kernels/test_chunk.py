@@ -163,3 +163,85 @@ def test_gla_factored_chunk_is_not_chosen_where_values_are_not_read(monkeypatch)
     inputs, h0 = make_case(case, B=1, T=40, H=1, K=8, V=8, scale=0.05, seed=1)
     assert_matches_naive(case, inputs, h0)
     assert set(taken) == {"sub-chunked"}, taken
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("plain_q", [True, False])
+def test_scalar_chunk_backward_equals_autograd_of_its_formula(shared, plain_q):
+    """ScalarChunk's written-out backward (on the joined [A | q'] and [v; S] buffers) against autograd
+    through the formula it implements, written out plainly with a Python loop for the carry: every
+    input's gradient, decays shared over the batch ([1, H, N, 1, 1], as RetNet's) or not, float64."""
+    from alloyml.kernels.common.chunk_torch import ScalarChunk
+
+    gen = torch.Generator().manual_seed(3)
+    B, H, N, C, K, V, scale = 2, 3, 4, 8, 5, 6, 0.7
+
+    def rand(*shape, positive=False):
+        x = torch.rand(*shape, generator=gen, dtype=torch.float64) if positive else \
+            torch.randn(*shape, generator=gen, dtype=torch.float64)
+        return x.requires_grad_()
+
+    lead = (1 if shared else B, H)
+    q, k, v = rand(B, H, N, C, K), rand(B, H, N, C, K), rand(B, H, N, C, V)
+    D = (rand(*lead, N if not shared else 1, C, C, positive=True) * torch.ones(C, C).tril().double()).detach()
+    D.requires_grad_()
+    eq = None if plain_q else rand(*lead, N, C, 1, positive=True)
+    ek, decay, h0 = rand(*lead, N, C, 1, positive=True), rand(*lead, N, 1, 1, positive=True), rand(B, H, K, V)
+    inputs = [x for x in (q, k, v, D, eq, ek, decay, h0) if x is not None]
+
+    def formula():
+        qi = q * scale if eq is None else q * eq
+        S, outs = h0, []
+        for n in range(N):
+            outs.append((q[:, :, n] @ k[:, :, n].transpose(-1, -2) * D[:, :, min(n, D.shape[2] - 1)]) @ v[:, :, n]
+                        + qi[:, :, n] @ S)
+            S = decay[:, :, n] * S + (k[:, :, n] * ek[:, :, n]).transpose(-1, -2) @ v[:, :, n]
+        return torch.stack(outs, dim=2), S
+
+    d_o, d_s = torch.randn(B, H, N, C, V, generator=gen, dtype=torch.float64), torch.randn(B, H, K, V, generator=gen,
+                                                                                      dtype=torch.float64)
+    results = []
+    for run in (formula, lambda: ScalarChunk.apply(q, k, v, D, eq, ek, decay, h0, scale)):
+        o, state = run()
+        grads = torch.autograd.grad((o * d_o).sum() + (state * d_s).sum(), inputs)
+        results.append((o, state, *grads))
+    for want, got in zip(*results, strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), (got - want).abs().max()
+
+
+def test_vector_chunk_backward_equals_autograd_of_its_formula():
+    """VectorChunk's written-out backward (joined buffers, the gate gradient split into pair and state
+    parts) against autograd through the factored formula written out plainly, float64, every input."""
+    from alloyml.kernels.common.chunk_torch import VectorChunk
+
+    gen = torch.Generator().manual_seed(4)
+    B, H, N, C, K, V, scale = 2, 2, 3, 8, 5, 6, 0.6
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    q, k, v, h0 = rand(B, H, N, C, K), rand(B, H, N, C, K), rand(B, H, N, C, V), rand(B, H, K, V)
+    g = (-torch.rand(B, H, N, C, K, generator=gen, dtype=torch.float64)).requires_grad_()
+    inputs = [q, k, v, g, h0]
+
+    def formula():
+        G = g.cumsum(-2)
+        S, outs = h0, []
+        for n in range(N):
+            qg, kg = scale * q[:, :, n] * G[:, :, n].exp(), k[:, :, n] * (-G[:, :, n]).exp()
+            E = G[:, :, n, -1].exp()  # [B, H, K]
+            outs.append((qg @ kg.transpose(-1, -2)).tril() @ v[:, :, n] + qg @ S)
+            S = E[..., None] * S + (kg * E[:, :, None]).transpose(-1, -2) @ v[:, :, n]
+        return torch.stack(outs, dim=2), S
+
+    d_o = torch.randn(B, H, N, C, V, generator=gen, dtype=torch.float64)
+    d_s = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    results = []
+    for run in (formula, lambda: VectorChunk.apply(q, k, v, g, g.detach().cumsum(-2), h0, scale)):
+        o, state = run()
+        grads = torch.autograd.grad((o * d_o).sum() + (state * d_s).sum(), inputs)
+        results.append((o, state, *grads))
+    for want, got in zip(*results, strict=True):
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-10), (got - want).abs().max()

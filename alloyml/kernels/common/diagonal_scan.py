@@ -8,8 +8,6 @@ from zero); ceil(log2 T) rounds of whole-tensor multiply-adds give every h_t. Wo
 channel, depth O(log T), no Python loop over T, and only products of decays (|a| <= 1 in every use)
 and sums: nothing is divided by a decay, so nothing overflows however fast a channel forgets.
 
-A decay constant in time (LRU, S4D) has a cheaper chunked form, `constant_decay_scan`: one [L, L]
-decay matrix per channel shared by every chunk, a batched matmul, and the doubling scan over chunk ends.
 
 Packed sequences: a_t = 0 at a sequence's first step cuts the carry from the previous sequence exactly;
 an initial state enters as a * h0 added to that step's input.
@@ -75,35 +73,6 @@ def diagonal_scan(log_a, b, first=None):
     return b
 
 
-CHUNK = 16  # constant_decay_scan's chunk: a [L, L] decay matrix per channel
-
-
-def constant_decay_scan(log_a, b):
-    """diagonal_scan for a decay that is the same at every step (LRU, S4D): log_a: [...] per channel;
-    b: [B, T, ...]. Chunked: inside each chunk of CHUNK steps, h = W b with W[t, s] = a^(t - s) (t >= s),
-    one batched matrix product shared by all chunks (O(T L) work per channel, on BLAS); the chunk-end
-    states then come from diagonal_scan over the T / L chunks with decay a^L, and each chunk adds
-    a^(t + 1) times the state entering it. Every power is exp of an exponent <= 0 (no division)."""
-    import torch
-
-    Bsz, T = b.shape[:2]
-    L = min(CHUNK, T)
-    n_chunks = -(-T // L)
-    rest = b.shape[2:]
-    x = torch.nn.functional.pad(b.flatten(2), (0, 0, 0, n_chunks * L - T)).view(Bsz, n_chunks, L, -1)
-    la = log_a.expand(rest).reshape(-1)  # [M]
-    steps = torch.arange(L, device=b.device)
-    lag = steps[:, None] - steps[None, :]  # [L, L]: t - s
-    W = complex_exp(lag.clamp_min(0).to(la.real.dtype)[..., None] * la)  # [L, L, M]
-    W = torch.where((lag >= 0)[..., None], W, torch.zeros((), dtype=W.dtype, device=W.device))
-    intra = torch.einsum("tsm,bcsm->bctm", W, x)  # [B, C, L, M]
-    ends = diagonal_scan((L * la).expand(1, n_chunks, -1), intra[:, :, -1])  # [B, C, M] states at chunk ends
-    entering = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)  # [B, C, M]
-    carry = complex_exp((steps + 1).to(la.real.dtype)[:, None] * la)  # [L, M]: a^(t + 1)
-    h = intra + entering[:, :, None] * carry
-    return h.reshape(Bsz, n_chunks * L, *rest)[:, :T]
-
-
 def complex_exp(z):
     """exp for real or complex z; complex from real exp, cos and sin, which PyTorch's CPU kernels vectorise
     (its complex exp runs ~15x slower; torch.polar's backward divides by the modulus, NaN once it
@@ -114,59 +83,6 @@ def complex_exp(z):
         return z.exp()
     r = z.real.exp()
     return torch.complex(r * torch.cos(z.imag), r * torch.sin(z.imag))
-
-
-LOOP_CHUNK = 32  # chunked_scan's chunk: steps run in order inside, all chunks at once
-
-
-def chunked_scan(log_a, b, first=None):
-    """diagonal_scan (same arguments and result) in chunks of LOOP_CHUNK steps: inside a chunk the steps
-    run in order, every chunk of the batch at once (a loop of L steps over [B, T / L, ...] tensors, not
-    of T), keeping the log of the decay since the chunk's start as a running sum (and whether a cut has
-    passed); the chunk-end states then come from the doubling scan over the T / L chunks, and each step
-    adds its decay since the chunk start times the state entering the chunk. O(T) work per channel plus
-    O((T / L) log T); for per-step decays (RG-LRU, S6) it does about log T times less work than the
-    doubling scan over all T. For real decays: with complex ones of large phase (S4D-Inv) the running
-    sum of phases loses more than the doubling scan's shorter sums (measured 3e-5 against 5e-6), so the
-    complex ops (LRU, S4D) use the doubling scan when packed."""
-    import torch
-    import torch.nn.functional as F
-
-    Bsz, T = b.shape[:2]
-    L = min(LOOP_CHUNK, T)
-    n_chunks = -(-T // L)
-    pad = n_chunks * L - T
-    log_a = log_a.expand(b.shape) if log_a.shape != b.shape else log_a
-    rest = b.shape[2:]
-    la = F.pad(log_a.flatten(2), (0, 0, 0, pad)).view(Bsz, n_chunks, L, -1)
-    x = F.pad(b.flatten(2), (0, 0, 0, pad)).view(Bsz, n_chunks, L, -1)
-    cut = None
-    if first is not None:
-        cut = F.pad(first, (0, pad)).view(1, n_chunks, L, 1)
-    zero = torch.zeros((), dtype=x.dtype, device=x.device)
-    h, since, cut_since = None, None, None
-    hs, decays = [], []
-    for step in range(L):
-        a = complex_exp(la[:, :, step])
-        c = None if cut is None else cut[:, :, step]
-        if c is not None:
-            a = torch.where(c, zero.to(a.dtype), a)
-        h = x[:, :, step] if h is None else a * h + x[:, :, step]
-        since = la[:, :, step] if since is None else since + la[:, :, step]
-        if c is not None:
-            cut_since = c if cut_since is None else cut_since | c
-        decay = complex_exp(since)  # decay from the chunk's start through this step
-        if cut_since is not None:
-            decay = torch.where(cut_since, zero.to(decay.dtype), decay)
-        hs.append(h)
-        decays.append(decay)
-    h_in = torch.stack(hs, dim=2)  # [B, C, L, M]: from zero at each chunk start
-    decay = torch.stack(decays, dim=2)  # [B or 1, C, L, M]
-    chunk_first = None if cut_since is None else cut_since[0, :, 0]  # [C]: a cut inside the chunk
-    ends = diagonal_scan(since, h_in[:, :, -1], chunk_first)  # [B, C, M]
-    entering = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], dim=1)
-    h = h_in + decay * entering[:, :, None]
-    return h.reshape(Bsz, n_chunks * L, *rest)[:, :T]
 
 
 def final_states(h, cu_seqlens):

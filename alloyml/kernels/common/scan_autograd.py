@@ -1,7 +1,7 @@
 """The real diagonal recurrence h_t = a_t h_{t-1} + b_t (a_t = exp(log_a_t)) as one autograd node with a
 hand-written backward, for the per-step-decay ops (S6, RG-LRU) on CPU.
 
-Why not autograd through diagonal_scan.chunked_scan: its graph records every one of the L in-chunk steps
+Why not autograd through a chunked loop of steps: its graph records every one of the L in-chunk steps
 and their decays (about a dozen [B, T, M] tensors saved and replayed), which is most of its fwd+bwd cost.
 Here the forward runs without a graph and saves only a and h; the backward is the same recurrence run
 backwards in time,
@@ -98,7 +98,7 @@ class _LinearScan(torch.autograd.Function):
 
 
 def linear_scan(log_a, b, first=None):
-    """Same arguments and result as diagonal_scan.chunked_scan, for real tensors: all h_t = a_t h_{t-1} + b_t
+    """For real tensors: all h_t = a_t h_{t-1} + b_t
     from zero along axis 1, a_t = exp(log_a_t); log_a: [B or 1, T, ...], b: [B, T, ...]; first: [T] bool
     or None (True cuts the carry there). Gradients reach log_a and b."""
     Bsz, T = b.shape[:2]
@@ -167,7 +167,7 @@ def _carry_in(h, decay, reverse: bool):
 
 def constant_decay_linear_scan(log_a, b):
     """All h_t = a h_{t-1} + b_t from zero along axis 1 with a = exp(log_a) the same at every step (the
-    result of diagonal_scan.constant_decay_scan, as one autograd node). log_a: [M] or broadcastable to b's
+    result of a chunked constant-decay scan, as one autograd node). log_a: [M] or broadcastable to b's
     channels (real or complex); b: [B, T, ...]. Gradients reach log_a (its shape) and b."""
     Bsz, T = b.shape[:2]
     rest = b.shape[2:]

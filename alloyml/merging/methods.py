@@ -63,19 +63,57 @@ def trim_magnitude_(delta: torch.Tensor, density: float, chunk: int = 1 << 20) -
         return delta.mul_(magnitude_mask(delta, density))
     flat = delta.reshape(-1)
     blocks = flat.split(chunk)
-    threshold, tied_kept = magnitude_threshold(lambda: blocks, max(1, int(density * flat.numel())))
+    threshold, tied_kept = magnitude_threshold(lambda: blocks, max(1, int(density * flat.numel())), flat.numel())
     for block in blocks:
         tied_kept = apply_threshold_(block, threshold, tied_kept)
     return delta
 
 
-def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int) -> tuple[float, int]:
-    """The `keep`-th largest |entry| over the float32 blocks that `blocks()` yields (flat order, called twice),
-    and how many entries equal to it are kept (the first ones in flat order, as `magnitude_mask` keeps them).
+_SAMPLE = 1 << 16  # entries sampled to bracket the threshold (sorting them costs ~5 ms)
 
-    Exact, by a two-pass radix select on bit patterns (non-negative float32s order like their int32 bits): a
-    histogram of the high 16 bits finds the threshold's bucket, one of the low 16 bits within it the
-    threshold itself. Memory: one block and two histograms, whatever the tensor's size."""
+
+def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int, numel: int) -> tuple[float, int]:
+    """The `keep`-th largest |entry| over the `numel` float32 entries that `blocks()` yields (flat order, called
+    twice), and how many entries equal to it are kept (the first ones in flat order, as `magnitude_mask`
+    keeps them).
+
+    The first pass takes a strided sample of the magnitudes; its order statistics around rank
+    `keep / numel` bracket the threshold with a margin of several standard deviations. The second pass
+    counts the entries above the bracket and gathers those inside it (a few percent of the tensor), and the
+    threshold is selected exactly among them. Both are cheap vectorised compares, ~4x faster than a radix
+    select; where the bracket misses (not seen in practice, but possible), the exact radix select runs.
+    The threshold is the tensor's k-th largest magnitude whichever way it is found, so whole tensors and
+    row blocks give the same bits. Memory: one block, the sample and the bracketed entries."""
+    stride = max(1, numel // _SAMPLE)
+    sample = torch.cat([b.reshape(-1)[::stride].abs() for b in blocks()] or [torch.zeros(0)])
+    n = sample.numel()
+    if n < 64:
+        return _radix_threshold(blocks, keep)
+    ordered = sample.sort(descending=True).values
+    rank = keep * n / numel  # the threshold's expected rank (from the top) in the sample
+    margin = 6 * (rank * (1 - rank / n)) ** 0.5 + 16  # binomial standard deviations, and a floor
+    top, bottom = int(rank - margin), int(rank + margin)
+    high = float(ordered[top - 1]) if top >= 1 else float("inf")
+    low = float(ordered[bottom - 1]) if bottom <= n else 0.0
+    above, inside = 0, []
+    for block in blocks():
+        magnitude = block.reshape(-1).abs()
+        if high != float("inf"):
+            above += int((magnitude > high).sum())
+        inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])
+    candidates = torch.cat(inside)
+    need = keep - above  # the threshold's rank among the bracketed entries
+    if not 0 < need <= candidates.numel():
+        return _radix_threshold(blocks, keep)
+    threshold = float(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
+    return threshold, keep - above - int((candidates > threshold).sum())
+
+
+def _radix_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int) -> tuple[float, int]:
+    """`magnitude_threshold` without a sample: exact, by a two-pass radix select on bit patterns
+    (non-negative float32s order like their int32 bits): a histogram of the high 16 bits finds the
+    threshold's bucket, one of the low 16 bits within it the threshold itself. Memory: one block and two
+    histograms, whatever the tensor's size."""
 
     def bits(block):
         return block.abs().view(torch.int32)
@@ -284,7 +322,7 @@ def task_vector_merge_blocks(
         elif d <= 0:
             cuts.append("zero")
         else:
-            cuts.append(list(magnitude_threshold(lambda i=i: delta_blocks(i), max(1, int(d * numel)))))
+            cuts.append(list(magnitude_threshold(lambda i=i: delta_blocks(i), max(1, int(d * numel)), numel)))
 
     def merged_blocks():
         for start, stop in ranges:

@@ -149,3 +149,48 @@ def test_block_merge_matches_mergekit(tiny_llamas, tmp_path, monkeypatch, method
     assert sorted(ours) == sorted(theirs)
     for name in ours:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("sample", [1 << 16, 64])
+@pytest.mark.parametrize("kind", ["normal", "ties", "spiky", "zeros"])
+def test_sampled_magnitude_threshold_is_the_exact_kth_largest(monkeypatch, sample, kind):
+    """The sample-bracketed threshold (and its radix fallback, reached when a small sample misses) equals the
+    k-th largest |entry| from a full sort, and the tie count keeps exactly `keep` entries; blocks of 1000."""
+    from alloyml.merging import methods
+
+    monkeypatch.setattr(methods, "_SAMPLE", sample)
+    gen = torch.Generator().manual_seed(len(kind) + sample)
+    n = 20_000
+    x = {
+        "normal": torch.randn(n, generator=gen),
+        "ties": torch.randint(-5, 6, (n,), generator=gen).float() / 4,
+        # one huge run of equal magnitudes among a few outliers: samples see almost only the run
+        "spiky": torch.where(torch.rand(n, generator=gen) < 0.995, torch.tensor(0.5), torch.randn(n, generator=gen)),
+        "zeros": torch.where(torch.rand(n, generator=gen) < 0.9, torch.tensor(0.0), torch.randn(n, generator=gen)),
+    }[kind]
+    ordered = x.abs().sort(descending=True).values
+    for keep in (1, 7, 2_500, 10_000, 19_999, 20_000):
+        threshold, tied_kept = methods.magnitude_threshold(lambda: x.split(1000), keep, n)
+        assert threshold == float(ordered[keep - 1]), keep
+        assert int((x.abs() > threshold).sum()) + tied_kept == keep
+        assert 1 <= tied_kept <= int((x.abs() == threshold).sum())
+        assert (threshold, tied_kept) == methods._radix_threshold(lambda: x.split(1000), keep)
+
+
+def test_magnitude_threshold_falls_back_to_radix_when_the_sample_misleads(monkeypatch):
+    """Large entries exactly at the sampled positions (every 48th of each 1000-entry block) put the sample's
+    bracket far above the true median magnitude: the exact radix select must take over."""
+    from alloyml.merging import methods
+
+    monkeypatch.setattr(methods, "_SAMPLE", 4096)
+    n, stride = 200_000, 200_000 // 4096
+    x = torch.rand(n, generator=torch.Generator().manual_seed(5))
+    x.view(-1, 1000)[:, ::stride] += 10
+    fallbacks = []
+    radix = methods._radix_threshold
+    monkeypatch.setattr(methods, "_radix_threshold", lambda *a: fallbacks.append(1) or radix(*a))
+    keep = n // 2
+    threshold, tied_kept = methods.magnitude_threshold(lambda: x.split(1000), keep, n)
+    assert fallbacks
+    assert threshold == float(x.abs().sort(descending=True).values[keep - 1])
+    assert int((x > threshold).sum()) + tied_kept == keep

@@ -46,9 +46,7 @@ def _run(monkeypatch, config, out, blocks: bool):
     monkeypatch.setattr(engine, "BLOCK_THRESHOLD", threshold)
     calls = []
     # Wrap the unpatched method: a second `_run` in the same test must not feed the first one's list.
-    monkeypatch.setattr(
-        SafetensorsCheckpoint, "read_rows", lambda self, *a: calls.append(a) or _READ_ROWS(self, *a)
-    )
+    monkeypatch.setattr(SafetensorsCheckpoint, "read_rows", lambda self, *a: calls.append(a) or _READ_ROWS(self, *a))
     merge(config, out)
     return load_file(out / "model.safetensors"), calls
 

@@ -69,7 +69,7 @@ def trim_magnitude_(delta: torch.Tensor, density: float, chunk: int = 1 << 20) -
     return delta
 
 
-_SAMPLE = 1 << 16  # entries sampled to bracket the threshold (sorting them costs ~5 ms)
+_SAMPLE = 1 << 16  # entries sampled to bracket the threshold; smaller tensors select among all entries
 
 
 def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int, numel: int) -> tuple[float, int]:
@@ -84,20 +84,27 @@ def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int,
     select; where the bracket misses (not seen in practice, but possible), the exact radix select runs.
     The threshold is the tensor's k-th largest magnitude whichever way it is found, so whole tensors and
     row blocks give the same bits. Memory: one block, the sample and the bracketed entries."""
-    stride = max(1, numel // _SAMPLE)
+    if numel <= _SAMPLE:  # small: select among all magnitudes directly (the sample would be the tensor)
+        candidates = torch.cat([b.reshape(-1).abs() for b in blocks()] or [torch.zeros(0)])
+        if candidates.numel() != numel or not 0 < keep <= numel:
+            return _radix_threshold(blocks, keep)
+        threshold = float(torch.kthvalue(candidates, numel - keep + 1).values)
+        return threshold, keep - int((candidates > threshold).sum())
+    stride = numel // _SAMPLE
     sample = torch.cat([b.reshape(-1)[::stride].abs() for b in blocks()] or [torch.zeros(0)])
     n = sample.numel()
-    if n < 64:
-        return _radix_threshold(blocks, keep)
-    ordered = sample.sort(descending=True).values
     rank = keep * n / numel  # the threshold's expected rank (from the top) in the sample
     margin = 6 * (rank * (1 - rank / n)) ** 0.5 + 16  # binomial standard deviations, and a floor
     top, bottom = int(rank - margin), int(rank + margin)
-    high = float(ordered[top - 1]) if top >= 1 else float("inf")
-    low = float(ordered[bottom - 1]) if bottom <= n else 0.0
-    above, inside = 0, []
+    # The top-th and bottom-th largest sample entries (kthvalue counts from the smallest; no full sort).
+    high = float(torch.kthvalue(sample, n - top + 1).values) if top >= 1 else float("inf")
+    low = float(torch.kthvalue(sample, n - bottom + 1).values) if bottom <= n else 0.0
+    above, inside, scratch = 0, [], None
     for block in blocks():
-        magnitude = block.reshape(-1).abs()
+        flat = block.reshape(-1)
+        if scratch is None or scratch.numel() < flat.numel():
+            scratch = torch.empty(flat.numel(), dtype=flat.dtype)  # reused: fresh buffers cost page faults
+        magnitude = torch.abs(flat, out=scratch[: flat.numel()])
         if high != float("inf"):
             above += int((magnitude > high).sum())
         inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])

@@ -54,7 +54,14 @@ def llama_shapes(hidden, intermediate, layers, heads, kv_heads, vocab) -> dict[s
 
 def write_checkpoints(root: Path, dims: dict) -> tuple[dict[str, Path], int]:
     """Base (seed 0) and fine-tunes a, b (base + 0.002 * noise), written tensor by tensor."""
-    from transformers import LlamaConfig
+    # Run as a script, this folder is on sys.path, and its kernels.py would shadow the `kernels` package
+    # that transformers probes at import: import transformers without it.
+    here, saved = Path(__file__).resolve().parent, sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
+    try:
+        from transformers import LlamaConfig
+    finally:
+        sys.path[:] = saved
 
     from alloyml.merging.checkpoints import TensorInfo
     from alloyml.merging.writer import ShardedWriter

@@ -69,6 +69,14 @@ class Checkpoint(ABC):
     def read(self, name: str) -> torch.Tensor:
         """One tensor, read from the source."""
 
+    # True where `read_rows` reads only the rows asked for; the engine merges large tensors in row blocks
+    # only from such sources (elsewhere each block would cost a whole-tensor read).
+    row_reads = False
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop` (along the first dimension) of one tensor, as a fresh tensor."""
+        return self.read(name)[start:stop].clone()
+
     def close(self) -> None:  # noqa: B027 (a no-op by default: in-memory sources hold no files)
         """Release open files; reading again reopens them."""
 
@@ -84,18 +92,32 @@ class SafetensorsCheckpoint(Checkpoint):
                 self.infos[name] = info
                 self._where[name] = (path, start, end)
 
+    row_reads = True
+
     def read(self, name: str) -> torch.Tensor:
-        path, start, end = self._where[name]
         info = self.infos[name]
-        tensor = torch.empty(info.shape, dtype=info.dtype)
-        if end > start:
+        return self._read_into(name, torch.empty(info.shape, dtype=info.dtype), self._where[name][1])
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        begin, info = self._where[name][1], self.infos[name]
+        if not info.shape or not 0 <= start <= stop <= info.shape[0]:
+            raise InvalidInputError(f"{self.label}: tensor {name!r} {info.shape} has no rows {start}:{stop}")
+        rows = torch.empty((stop - start, *info.shape[1:]), dtype=info.dtype)
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        return self._read_into(name, rows, begin + start * row_bytes)
+
+    def _read_into(self, name: str, tensor: torch.Tensor, offset: int) -> torch.Tensor:
+        """Fill `tensor` with the bytes at `offset` of `name`'s file."""
+        path = self._where[name][0]
+        size = tensor.numel() * tensor.element_size()
+        if size:
             handle = self._handles.get(path)
             if handle is None:
                 handle = self._handles[path] = open(path, "rb", buffering=0)  # noqa: SIM115
             buffer = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
             done = 0
-            while done < end - start:  # Linux returns at most ~2 GiB per call
-                got = os.preadv(handle.fileno(), [buffer[done:]], start + done)
+            while done < size:  # Linux returns at most ~2 GiB per call
+                got = os.preadv(handle.fileno(), [buffer[done:]], offset + done)
                 if got == 0:
                     raise InvalidInputError(f"{path}: tensor {name!r} is truncated")
                 done += got

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,11 @@ from alloyml.merging.vocabulary import TOKENIZER_FILES, Vocabulary, build_vocabu
 from alloyml.merging.writer import ShardedWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+# Tensors above BLOCK_THRESHOLD entries are merged in row blocks of about BLOCK_ENTRIES (16 MB in float32)
+# by methods that can (`MergeMethod.blocks`), so peak memory is a few blocks per model rather than
+# n_models + 1 copies of the largest tensor (a 49152 x 576 embedding is 113 MB in float32).
+BLOCK_ENTRIES = 1 << 22
+BLOCK_THRESHOLD = 2 * BLOCK_ENTRIES
 
 
 @dataclass
@@ -71,8 +76,10 @@ def run_tasks(
     sink: Callable[[str, torch.Tensor], None],
     progress: bool = False,
     vocabulary: Vocabulary | None = None,
+    block_sink: Callable[[str, Iterable[torch.Tensor]], None] | None = None,
 ) -> dict[str, float]:
-    """Merge tensor by tensor, handing each result to `sink`; returns read/compute seconds."""
+    """Merge tensor by tensor, handing each result to `sink` (or, for tensors merged in row blocks, its
+    blocks in order to `block_sink` when given); returns read/compute/write seconds."""
     method = get_method(config.merge_method)
     compute_dtype = torch_dtype(config.dtype)
     timings = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
@@ -87,6 +94,15 @@ def run_tasks(
 
     for task in iterator:
         start = time.perf_counter()
+        blocks = _merge_blocks(method, task, checkpoints, compute_dtype, config.seed)
+        if blocks is not None:
+            # Reads, math and writes interleave block by block; the block loop is timed as compute.
+            if block_sink is not None:
+                block_sink(task.name, (b.to(task.out.dtype) for b in blocks))
+            else:
+                sink(task.name, torch.cat([b.to(task.out.dtype) for b in blocks]))
+            timings["compute_s"] += time.perf_counter() - start
+            continue
         if not task.merge:
             tensor = read(task.inputs[0])
             timings["read_s"] += time.perf_counter() - start
@@ -115,6 +131,34 @@ def run_tasks(
         sink(task.name, tensor)
         timings["write_s"] += time.perf_counter() - start
     return timings
+
+
+def _merge_blocks(method, task: TensorTask, checkpoints, compute_dtype, seed) -> Iterator[torch.Tensor] | None:
+    """The merged rows of a large tensor block by block, read lazily from its sources; None where the
+    tensor is small, its method or parameters need it whole, or a source cannot read rows alone."""
+    shape = task.out.shape
+    if not task.merge or task.vocabulary or task.out.numel <= BLOCK_THRESHOLD or method.blocks is None:
+        return None
+    sources = ([task.base] if task.base is not None else []) + list(task.inputs)
+    if task.base is None or not all(checkpoints[s.model].row_reads for s in sources):
+        return None
+
+    def reader(source: TensorSource):
+        def read(start: int, stop: int) -> torch.Tensor:
+            rows = checkpoints[source.model].read_rows(source.name, start, stop)
+            return rows.to(compute_dtype) if compute_dtype is not None else rows
+
+        return read
+
+    # The dtype the math runs in, as `methods.compute_dtype` picks it for the (cast) inputs.
+    read_dtype = compute_dtype or checkpoints[task.base.model].infos[task.base.name].dtype
+    math_dtype = torch.float64 if read_dtype == torch.float64 else torch.float32
+    block_rows = max(1, BLOCK_ENTRIES // max(1, task.out.numel // shape[0]))
+    extra = {"generator": torch.Generator().manual_seed(_tensor_seed(seed, task.name))} if method.stochastic else {}
+    return method.run_blocks(
+        reader(task.base), [reader(s) for s in task.inputs], shape, math_dtype,
+        block_rows, **dict(task.parameters), **extra,
+    )  # fmt: skip
 
 
 def _plain(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,7 +244,9 @@ def merge(
         else:
             with atomic_directory(out_dir, overwrite=overwrite) as staging:
                 writer = ShardedWriter(staging, {t.name: t.out for t in tasks}, max_shard_bytes)
-                timings.update(run_tasks(config, checkpoints, tasks, writer.write, progress, vocabulary))
+                timings.update(
+                    run_tasks(config, checkpoints, tasks, writer.write, progress, vocabulary, writer.write_blocks)
+                )
                 writer.close()
                 own_tokenizer = save_tokenizer(config, vocabulary, directories, reference, staging)
                 copy_model_files(reference, staging, model_config, skip=TOKENIZER_FILES if own_tokenizer else ())

@@ -8,6 +8,7 @@ methods may overwrite `tensors` in place; that keeps peak memory near the inputs
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import torch
@@ -55,48 +56,109 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
 def trim_magnitude_(delta: torch.Tensor, density: float, chunk: int = 1 << 20) -> torch.Tensor:
     """`delta * magnitude_mask(delta, density)`, in place and without full-size temporaries (float32).
 
-    The threshold, the keep-th largest |entry|, is found exactly by a two-pass radix select on the bit
-    patterns of the magnitudes (non-negative float32s order like their int32 bits): a histogram of the high
-    16 bits finds the threshold's bucket, one of the low 16 bits within it the threshold itself. Ties at the
-    threshold are then kept first-in-flat-order, as `magnitude_mask` keeps them. Memory: one block."""
+    The threshold and its ties come from `magnitude_threshold` over the flattened tensor's blocks; the
+    blockwise merge (`task_vector_merge_blocks`) calls the same two functions on row blocks read from disk,
+    so both give the same bits. Memory: one block."""
     if delta.dtype != torch.float32 or not delta.is_contiguous() or not 0 < density < 1 or delta.numel() == 0:
         return delta.mul_(magnitude_mask(delta, density))
     flat = delta.reshape(-1)
-    keep = max(1, int(density * flat.numel()))
     blocks = flat.split(chunk)
+    threshold, tied_kept = magnitude_threshold(lambda: blocks, max(1, int(density * flat.numel())), flat.numel())
+    for block in blocks:
+        tied_kept = apply_threshold_(block, threshold, tied_kept)
+    return delta
+
+
+_SAMPLE = 1 << 16  # entries sampled to bracket the threshold; smaller tensors select among all entries
+
+
+def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int, numel: int) -> tuple[float, int]:
+    """The `keep`-th largest |entry| over the `numel` float32 entries that `blocks()` yields (flat order, called
+    twice), and how many entries equal to it are kept (the first ones in flat order, as `magnitude_mask`
+    keeps them).
+
+    The first pass takes a strided sample of the magnitudes; its order statistics around rank
+    `keep / numel` bracket the threshold with a margin of several standard deviations. The second pass
+    counts the entries above the bracket and gathers those inside it (a few percent of the tensor), and the
+    threshold is selected exactly among them. Both are cheap vectorised compares, ~4x faster than a radix
+    select; where the bracket misses (not seen in practice, but possible), the exact radix select runs.
+    The threshold is the tensor's k-th largest magnitude whichever way it is found, so whole tensors and
+    row blocks give the same bits. Memory: one block, the sample and the bracketed entries."""
+    if numel <= _SAMPLE:  # small: select among all magnitudes directly (the sample would be the tensor)
+        candidates = torch.cat([b.reshape(-1).abs() for b in blocks()] or [torch.zeros(0)])
+        if candidates.numel() != numel or not 0 < keep <= numel:
+            return _radix_threshold(blocks, keep)
+        threshold = float(torch.kthvalue(candidates, numel - keep + 1).values)
+        return threshold, keep - int((candidates > threshold).sum())
+    stride = numel // _SAMPLE
+    sample = torch.cat([b.reshape(-1)[::stride].abs() for b in blocks()] or [torch.zeros(0)])
+    n = sample.numel()
+    rank = keep * n / numel  # the threshold's expected rank (from the top) in the sample
+    margin = 6 * (rank * (1 - rank / n)) ** 0.5 + 16  # binomial standard deviations, and a floor
+    top, bottom = int(rank - margin), int(rank + margin)
+    # The top-th and bottom-th largest sample entries (kthvalue counts from the smallest; no full sort).
+    high = float(torch.kthvalue(sample, n - top + 1).values) if top >= 1 else float("inf")
+    low = float(torch.kthvalue(sample, n - bottom + 1).values) if bottom <= n else 0.0
+    above, inside, scratch = 0, [], None
+    for block in blocks():
+        flat = block.reshape(-1)
+        if scratch is None or scratch.numel() < flat.numel():
+            scratch = torch.empty(flat.numel(), dtype=flat.dtype)  # reused: fresh buffers cost page faults
+        magnitude = torch.abs(flat, out=scratch[: flat.numel()])
+        if high != float("inf"):
+            above += int((magnitude > high).sum())
+        inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])
+    candidates = torch.cat(inside)
+    need = keep - above  # the threshold's rank among the bracketed entries
+    if not 0 < need <= candidates.numel():
+        return _radix_threshold(blocks, keep)
+    threshold = float(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
+    return threshold, keep - above - int((candidates > threshold).sum())
+
+
+def _radix_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int) -> tuple[float, int]:
+    """`magnitude_threshold` without a sample: exact, by a two-pass radix select on bit patterns
+    (non-negative float32s order like their int32 bits): a histogram of the high 16 bits finds the
+    threshold's bucket, one of the low 16 bits within it the threshold itself. Memory: one block and two
+    histograms, whatever the tensor's size."""
 
     def bits(block):
         return block.abs().view(torch.int32)
 
     high = torch.zeros(1 << 15, dtype=torch.int64)
-    for block in blocks:
-        high += torch.bincount(bits(block) >> 16, minlength=1 << 15)[: 1 << 15]
+    for block in blocks():
+        high += torch.bincount(bits(block).reshape(-1) >> 16, minlength=1 << 15)[: 1 << 15]
     from_top = high.flip(0).cumsum(0)
     i = int(torch.searchsorted(from_top, keep))  # first bucket (from the top) reaching `keep`
     bucket = (1 << 15) - 1 - i
     need = keep - (int(from_top[i]) - int(high[bucket]))  # rank of the threshold within its bucket
     low = torch.zeros(1 << 16, dtype=torch.int64)
-    for block in blocks:
-        b = bits(block)
+    for block in blocks():
+        b = bits(block).reshape(-1)
         low += torch.bincount(b[(b >> 16) == bucket] & 0xFFFF, minlength=1 << 16)
     j = int(torch.searchsorted(low.flip(0).cumsum(0), need))
     threshold_bits = (bucket << 16) | ((1 << 16) - 1 - j)
     threshold = float(torch.tensor([threshold_bits], dtype=torch.int32).view(torch.float32))
     above = keep - need + int(low[(1 << 16) - 1 - j + 1 :].sum())  # entries strictly above the threshold
-    tied_kept = keep - above
-    for block in blocks:
-        magnitude = block.abs()
-        tied = magnitude == threshold
-        n_tied = int(tied.sum())
-        if n_tied > tied_kept:  # keep the first `tied_kept` ties of this block, drop the rest
-            positions = tied.nonzero().squeeze(1)
-            tied[positions[:tied_kept]] = False
-            block.masked_fill_(tied, 0)
-            tied_kept = 0
-        else:
-            tied_kept -= n_tied
-        block.masked_fill_(magnitude < threshold, 0)
-    return delta
+    return threshold, keep - above
+
+
+def apply_threshold_(block: torch.Tensor, threshold: float, tied_kept: int) -> int:
+    """Zero the entries of `block` below `threshold`, and those equal to it beyond the first `tied_kept`;
+    returns how many tied entries later blocks may still keep."""
+    flat = block.reshape(-1)
+    magnitude = flat.abs()
+    tied = magnitude == threshold
+    n_tied = int(tied.sum())
+    if n_tied > tied_kept:  # keep the first `tied_kept` ties of this block, drop the rest
+        positions = tied.nonzero().squeeze(1)
+        tied[positions[:tied_kept]] = False
+        flat.masked_fill_(tied, 0)
+        tied_kept = 0
+    else:
+        tied_kept -= n_tied
+    flat.masked_fill_(magnitude < threshold, 0)
+    return tied_kept
 
 
 def random_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -185,16 +247,7 @@ def task_vector_merge(
         deltas.append(delta.mul_(w))
     if elect_sign:
         return _disjoint_merge(base_c, deltas, weight, lam, normalize).to(base.dtype)
-    merged = deltas[0]
-    for delta in deltas[1:]:
-        merged.add_(delta)
-    divisor = sum(weight)
-    divisor = 1.0 if abs(divisor) < 1e-8 else divisor
-    if normalize:
-        merged.div_(divisor)
-    if lam != 1:
-        merged.mul_(lam)
-    return merged.add_(base_c).to(base.dtype)
+    return _sum_deltas(base_c, deltas, weight, lam, normalize).to(base.dtype)
 
 
 _CHUNK = 1 << 20  # entries per block of the disjoint merge: its temporaries stay ~10 MB for any tensor
@@ -225,6 +278,91 @@ def _disjoint_merge(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
             summed.mul_(lam)
         parts[0].copy_(summed.add_(flat_base[start : start + _CHUNK]))
     return deltas[0]
+
+
+RowReader = Callable[[int, int], torch.Tensor]  # (start, stop) -> a fresh tensor of those rows
+
+
+def row_ranges(n_rows: int, block_rows: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block_rows, n_rows)) for start in range(0, n_rows, block_rows)]
+
+
+def task_vector_merge_blocks(
+    read_base: RowReader,
+    reads: list[RowReader],
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    block_rows: int,
+    *,
+    weight: list[float],
+    density: list[float],
+    lam: float,
+    normalize: bool,
+    trim: str | None,
+    elect_sign: bool,
+    rescale: str | None = None,
+    **_unused,
+) -> Iterator[torch.Tensor] | None:
+    """`task_vector_merge` over row blocks read lazily, for tensors too large to hold n_models + 1 times:
+    the merged rows, block after block (None where these parameters need the whole tensor at once).
+
+    Magnitude trimming needs each task vector's whole-tensor threshold: a first pass over the blocks
+    finds it (`magnitude_threshold`, exact), the merge pass then trims each block with it. Every other
+    step is elementwise, so the blocks hold the same bits as the whole-tensor merge. Only float32 math,
+    no trimming or magnitude trimming, and no L1 rescale (its norms would take one more pass) go blockwise.
+    """
+    if trim not in (None, "magnitude") or rescale is not None or dtype != torch.float32 or not shape:
+        return None
+    ranges = row_ranges(shape[0], block_rows)
+    numel = 1
+    for size in shape:
+        numel *= size
+
+    def delta_blocks(i):
+        for start, stop in ranges:
+            yield reads[i](start, stop).to(dtype).sub_(read_base(start, stop).to(dtype))
+
+    cuts = []  # per model: None (keep all), "zero", or [threshold, ties still kept]
+    for i, d in enumerate(density):
+        if trim is None or d >= 1 or numel == 0:
+            cuts.append(None)
+        elif d <= 0:
+            cuts.append("zero")
+        else:
+            cuts.append(list(magnitude_threshold(lambda i=i: delta_blocks(i), max(1, int(d * numel)), numel)))
+
+    def merged_blocks():
+        for start, stop in ranges:
+            base = read_base(start, stop)
+            base_c = base.to(dtype)
+            deltas = []
+            for read, cut, w in zip(reads, cuts, weight, strict=True):
+                delta = read(start, stop).to(dtype).sub_(base_c)
+                if cut == "zero":
+                    delta.zero_()
+                elif cut is not None:
+                    cut[1] = apply_threshold_(delta, cut[0], cut[1])
+                deltas.append(delta.mul_(w))
+            if elect_sign:
+                yield _disjoint_merge(base_c, deltas, weight, lam, normalize).to(base.dtype)
+                continue
+            yield _sum_deltas(base_c, deltas, weight, lam, normalize).to(base.dtype)
+
+    return merged_blocks()
+
+
+def _sum_deltas(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
+    """Task arithmetic's `base + lam * sum(deltas) [/ sum(weights)]`, in the first delta's storage."""
+    merged = deltas[0]
+    for delta in deltas[1:]:
+        merged.add_(delta)
+    divisor = sum(weight)
+    divisor = 1.0 if abs(divisor) < 1e-8 else divisor
+    if normalize:
+        merged.div_(divisor)
+    if lam != 1:
+        merged.mul_(lam)
+    return merged.add_(base_c)
 
 
 def _weights_sum_nonzero(parameters: dict) -> str | None:
@@ -395,9 +533,28 @@ def _register_task_vector_method(name: str, reference, parameters, trim, elect_s
             epsilon=shared.get("epsilon"),
         )
 
+    def blocks(
+        read_base, reads, shape, dtype, block_rows, *, weight, normalize, density=None, rescale=False, **shared
+    ):
+        return task_vector_merge_blocks(
+            read_base,
+            reads,
+            shape,
+            dtype,
+            block_rows,
+            weight=weight,
+            density=density or [1.0] * len(reads),
+            lam=shared.get("lambda", 1.0),
+            normalize=normalize,
+            trim=trim,
+            elect_sign=elect_sign,
+            rescale="l1" if rescale else None,
+        )
+
     method.__name__, method.__doc__ = name, doc
     merge_method(
         name,
+        blocks=blocks if trim in (None, "magnitude") else None,
         reference=reference,
         parameters=parameters,
         uses_base=True,

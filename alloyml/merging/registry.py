@@ -48,6 +48,11 @@ class MergeMethod:
     check: Callable[[dict], str | None] | None = None
     # With `uses_base`: the base model may also be left out (the method then merges the models themselves).
     base_optional: bool = False
+    # Optional row-block variant for tensors too large to hold once per model:
+    # `blocks(read_base, reads, shape, dtype, block_rows, **parameters)` returns an iterator of the merged
+    # rows in order (each `read(start, stop)` gives those rows of one input), or None where these
+    # parameters need whole tensors (the engine then calls `fn`). See `methods.task_vector_merge_blocks`.
+    blocks: Callable | None = None
 
     @property
     def requires_base(self) -> bool:
@@ -62,10 +67,21 @@ class MergeMethod:
 
     def __call__(self, base, tensors, **parameters):
         """Run the method; parameters left out take their declared defaults."""
+        return self.fn(base, tensors, **self._with_defaults(parameters, len(tensors)))
+
+    def _with_defaults(self, parameters: dict, n_models: int) -> dict:
         for p in self.parameters:
             if p.name not in parameters and p.default is not None:
-                parameters[p.name] = p.default if p.scope == "shared" else [p.default] * len(tensors)
-        return self.fn(base, tensors, **parameters)
+                parameters[p.name] = p.default if p.scope == "shared" else [p.default] * n_models
+        return parameters
+
+    def run_blocks(self, read_base, reads, shape, dtype, block_rows, **parameters):
+        """The merged rows block by block (see `blocks`), or None where this method or these parameters
+        need whole tensors."""
+        if self.blocks is None:
+            return None
+        parameters = self._with_defaults(parameters, len(reads))
+        return self.blocks(read_base, reads, shape, dtype, block_rows, **parameters)
 
 
 _METHODS: dict[str, MergeMethod] = {}
@@ -82,6 +98,7 @@ def merge_method(
     stochastic: bool = False,
     check: Callable[[dict], str | None] | None = None,
     base_optional: bool = False,
+    blocks: Callable | None = None,
 ) -> Callable[[Callable], Callable]:
     """Register `fn` under `name`. Stochastic methods also receive `generator=` (a seeded
     `torch.Generator`, derived per tensor by the engine so results do not depend on tensor order)."""
@@ -90,7 +107,8 @@ def merge_method(
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} is already registered")
         _METHODS[name] = MergeMethod(
-            name, fn, parameters, reference, uses_base, min_models, max_models, stochastic, check, base_optional
+            name, fn, parameters, reference, uses_base, min_models, max_models, stochastic, check, base_optional,
+            blocks,
         )
         return fn
 

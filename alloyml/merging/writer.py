@@ -9,6 +9,7 @@ its shard to fill. Shards follow Hugging Face naming (`model.safetensors`, or
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -51,19 +52,33 @@ class ShardedWriter:
         self._open_shard = -1
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
+        self.write_blocks(name, [tensor], whole=True)
+
+    def write_blocks(self, name: str, blocks: Iterable[torch.Tensor], whole: bool = False) -> None:
+        """Write tensor `name` from its row blocks, in order (one block: the whole tensor)."""
         expected = self._order[self._next] if self._next < len(self._order) else None
         if name != expected:
             raise InvalidInputError(f"writer expected tensor {expected!r} next, got {name!r}")
         info = self.infos[name]
-        if tuple(tensor.shape) != info.shape or tensor.dtype != info.dtype:
-            raise InvalidInputError(
-                f"tensor {name!r}: planned {info.shape} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}"
-            )
         shard = self._shard_of[name]
         if shard != self._open_shard:
             self._start_shard(shard)
-        if tensor.numel():
-            self._handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        rows = 0
+        for tensor in blocks:
+            if whole:
+                ok = tuple(tensor.shape) == info.shape
+            else:
+                ok = info.shape and tuple(tensor.shape[1:]) == info.shape[1:] and rows + len(tensor) <= info.shape[0]
+            if not ok or tensor.dtype != info.dtype:
+                raise InvalidInputError(
+                    f"tensor {name!r}: planned {info.shape} {info.dtype}, got {tuple(tensor.shape)} {tensor.dtype}"
+                    + ("" if whole else f" after {rows} rows")
+                )
+            rows += len(tensor) if tensor.dim() else 1
+            if tensor.numel():
+                self._handle.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        if not whole and rows != info.shape[0]:
+            raise InvalidInputError(f"tensor {name!r}: planned {info.shape[0]} rows, got {rows}")
         self._next += 1
 
     def _start_shard(self, shard: int) -> None:

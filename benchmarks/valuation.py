@@ -340,6 +340,10 @@ def convergence(rows, quick, only=("tmc_shapley",)):
         "msr_banzhaf estimator=regression": (
             lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16,
                                               estimator="regression"), None, "msr", list(range(msr_seeds))),
+        "msr_banzhaf estimator=regression paired": (
+            lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=8,
+                                              estimator="regression", paired=True), None, "msr",
+            list(range(msr_seeds))),
     }
     peer_runs = {}  # pyDVL's MSR runs, shared by both alloyml estimators (same seeds, same reference)
     references = {}
@@ -352,7 +356,8 @@ def convergence(rows, quick, only=("tmc_shapley",)):
         msr = name.startswith("msr_banzhaf")
         reference_note = ("5,000" if quick else "20,000") + " subsets, least-squares estimator"
         cap = 2000 if msr else 100
-        every = 16 if msr else 1
+        # rho is checked every 16 evaluations on both sides (a paired sample is two evaluations)
+        every = (8 if name.endswith("paired") else 16) if msr else 1
         ours_evals, ours_secs, ours_rhos, peer_evals, peer_secs, peer_rhos, why = [], [], [], [], [], [], None
         for seed in seeds:
             with timer() as t:
@@ -376,7 +381,8 @@ def convergence(rows, quick, only=("tmc_shapley",)):
         notes = (f"n={n} breast_cancer rows, LogisticRegression (same split, same accuracy utility; one-class "
                  f"subsets score the constant predictor on both sides), no truncation; reference: one alloyml run of "
                  f"{reference_note if msr else 'permutations'} "
-                 f"(seed 123), the same for both libraries; both check rho every {every} sample(s). "
+                 f"(seed 123), the same for both libraries; both check rho every {every} sample(s) "
+                 f"({'16 evaluations' if msr else 'permutation'}). "
                  f"{len(seeds)} seed(s), median reported. "
                  f"Per seed: alloyml evaluations {ours_evals} (rho {ours_rhos}), "
                  f"pydvl evaluations {peer_evals} (rho {peer_rhos}). ")
@@ -389,6 +395,13 @@ def convergence(rows, quick, only=("tmc_shapley",)):
             notes += ("alloyml's regression estimator on the same kind of samples (one uniform subset per evaluation)"
                       " against pyDVL's MSRBanzhafValuation: least squares of U(S) on the membership indicators "
                       "removes the variance the other points (above all |S|) put into every difference of means. "
+                      "The pyDVL runs are the ones of the msr_banzhaf rows. ")
+        if name == "msr_banzhaf estimator=regression paired":
+            notes += ("alloyml's least-squares estimator on paired samples (msr_banzhaf(estimator='regression', "
+                      "paired=True)): each sample is a uniform subset S and its complement, two evaluations, both "
+                      "rows of the least squares (each is a uniform subset, so the fit is the same consistent "
+                      "estimator; the pair is antithetic in |S|). Consistent, not unbiased at a finite budget (OLS); "
+                      "tests/valuation/test_games_and_sampling.py checks it against closed-form Banzhaf values. "
                       "The pyDVL runs are the ones of the msr_banzhaf rows. ")
         rows.append(row(f"{name} seconds to spearman 0.9 (breast_cancer n={n})", "seconds", ours_s,
                         {"pydvl": peer_s}, ratio(ours_s, peer_s), "<= 1/2 of pydvl",

@@ -326,7 +326,8 @@ def _merge_row(new_row: dict) -> None:
         rows.append(new_row)
     commands = payload.get("commands") or [payload.get("command")]
     extra = {k: v for k, v in payload.items() if k not in ("topic", "when", "machine", "command", "rows")}
-    extra["commands"] = [c for c in commands if c] + ["python " + " ".join(sys.argv)]
+    extra["commands"] = [c for c in commands if c] + ["python " + " ".join(sys.argv) + " (self-influence scale row)"]
+    extra["command"] = payload["command"]  # the run that made the other rows; `commands` lists the reruns
     write_results("influence", rows, **extra)
 
 

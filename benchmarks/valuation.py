@@ -364,7 +364,7 @@ def convergence(rows, quick, only=("tmc_shapley",)):
                 ours = ours_fn(_first_reaching(reference, 0.9, every) | av.MaxSamples(cap * every), seed + 1)
             ours_secs.append(round(t(), 3))
             ours_evals.append(ours.utility_evaluations)
-            ours_rhos.append(round(spearmanr(ours.values, reference).statistic, 3))
+            ours_rhos.append(round(float(spearmanr(ours.values, reference).statistic), 3))
             peer_cap = 10_000 if msr else cap
             if (peer_method, seed) not in peer_runs:
                 peer_runs[peer_method, seed] = run_peer(pydvl_sampled, peer_method, xtr, ytr, xte, yte, peer_cap,
@@ -374,7 +374,7 @@ def convergence(rows, quick, only=("tmc_shapley",)):
             if out is not None:
                 peer_evals.append(out[1])
                 peer_secs.append(peer_s)
-                peer_rhos.append(round(spearmanr(out[0], reference).statistic, 3))
+                peer_rhos.append(round(float(spearmanr(out[0], reference).statistic), 3))
         ours_e, ours_s = float(np.median(ours_evals)), float(np.median(ours_secs))
         peer_e = float(np.median(peer_evals)) if peer_evals else None
         peer_s = float(np.median(peer_secs)) if peer_secs else None
@@ -665,7 +665,7 @@ def new_methods(rows, quick):
                 peer_aucs.append(auc(peer_values))
                 peer_secs.append(peer_s)
                 peer_evals_all.append(peer_evals)
-                rhos.append(round(spearmanr(ours.values, peer_values).statistic, 3))
+                rhos.append(round(float(spearmanr(ours.values, peer_values).statistic), 3))
             if key == "least_core":
                 subsidies.append(round(ours.params["subsidy"], 4))
                 egalitarian.append(ours.params["egalitarian"])

@@ -143,7 +143,7 @@ def pydvl_sampled(method, x, y, xt, yt, budget, stop=None, truncation_rtol=0.05,
             utility, RelativeTruncation(rtol=truncation_rtol) if truncation_rtol else NoTruncation(), is_done,
             seed=seed),
         "msr": lambda: MSRBanzhafValuation(utility, is_done, batch_size=16, seed=seed),
-        "beta": lambda: BetaShapleyValuation(utility, PermutationSampler(seed=0), is_done, alpha=16, beta=1),
+        "beta": lambda: BetaShapleyValuation(utility, PermutationSampler(seed=seed), is_done, alpha=16, beta=1),
         "loo": lambda: LOOValuation(utility),
     }[method]()
     CountingLR.fits = 0
@@ -258,6 +258,8 @@ def knn_speed(rows, quick):
 
 
 KNN_REPEATS = 3
+SEEDS = (0, 1, 2)  # seeds per library for the randomised AUC rows (--seeds)
+METHODS = None  # --methods: the detection / new_methods methods to run (None: all)
 CHECKPOINT = None  # set by main: writes the rows a section has so far
 
 
@@ -321,9 +323,10 @@ def convergence(rows, quick, only=("tmc_shapley",)):
     def utility_fresh():
         return av.Utility(LogisticRegression(max_iter=200), xtr, ytr, xte, yte)
 
-    msr_seeds = CONVERGENCE_SEEDS if not quick else 3
+    msr_seeds = CONVERGENCE_SEEDS
     # TMC: one run per library. MSR: the evaluations to reach rho 0.9 vary several-fold with the seed (1,000 to
-    # 7,500 on this utility), so each library runs CONVERGENCE_SEEDS seeds and the medians are compared.
+    # 7,500 on this utility), so each library runs CONVERGENCE_SEEDS seeds (--quick too) and the medians are
+    # compared.
     cases = {
         "tmc_shapley": (lambda stop, seed: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=None, seed=seed),
                         lambda: av.tmc_shapley(utility, av.MaxSamples(150 if quick else 400), truncation_rtol=None,
@@ -337,6 +340,10 @@ def convergence(rows, quick, only=("tmc_shapley",)):
         "msr_banzhaf estimator=regression": (
             lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16,
                                               estimator="regression"), None, "msr", list(range(msr_seeds))),
+        "msr_banzhaf estimator=regression paired": (
+            lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=8,
+                                              estimator="regression", paired=True), None, "msr",
+            list(range(msr_seeds))),
     }
     peer_runs = {}  # pyDVL's MSR runs, shared by both alloyml estimators (same seeds, same reference)
     references = {}
@@ -349,14 +356,15 @@ def convergence(rows, quick, only=("tmc_shapley",)):
         msr = name.startswith("msr_banzhaf")
         reference_note = ("5,000" if quick else "20,000") + " subsets, least-squares estimator"
         cap = 2000 if msr else 100
-        every = 16 if msr else 1
+        # rho is checked every 16 evaluations on both sides (a paired sample is two evaluations)
+        every = (8 if name.endswith("paired") else 16) if msr else 1
         ours_evals, ours_secs, ours_rhos, peer_evals, peer_secs, peer_rhos, why = [], [], [], [], [], [], None
         for seed in seeds:
             with timer() as t:
                 ours = ours_fn(_first_reaching(reference, 0.9, every) | av.MaxSamples(cap * every), seed + 1)
             ours_secs.append(round(t(), 3))
             ours_evals.append(ours.utility_evaluations)
-            ours_rhos.append(round(spearmanr(ours.values, reference).statistic, 3))
+            ours_rhos.append(round(float(spearmanr(ours.values, reference).statistic), 3))
             peer_cap = 10_000 if msr else cap
             if (peer_method, seed) not in peer_runs:
                 peer_runs[peer_method, seed] = run_peer(pydvl_sampled, peer_method, xtr, ytr, xte, yte, peer_cap,
@@ -366,14 +374,15 @@ def convergence(rows, quick, only=("tmc_shapley",)):
             if out is not None:
                 peer_evals.append(out[1])
                 peer_secs.append(peer_s)
-                peer_rhos.append(round(spearmanr(out[0], reference).statistic, 3))
+                peer_rhos.append(round(float(spearmanr(out[0], reference).statistic), 3))
         ours_e, ours_s = float(np.median(ours_evals)), float(np.median(ours_secs))
         peer_e = float(np.median(peer_evals)) if peer_evals else None
         peer_s = float(np.median(peer_secs)) if peer_secs else None
         notes = (f"n={n} breast_cancer rows, LogisticRegression (same split, same accuracy utility; one-class "
                  f"subsets score the constant predictor on both sides), no truncation; reference: one alloyml run of "
                  f"{reference_note if msr else 'permutations'} "
-                 f"(seed 123), the same for both libraries; both check rho every {every} sample(s). "
+                 f"(seed 123), the same for both libraries; both check rho every {every} sample(s) "
+                 f"({'16 evaluations' if msr else 'permutation'}). "
                  f"{len(seeds)} seed(s), median reported. "
                  f"Per seed: alloyml evaluations {ours_evals} (rho {ours_rhos}), "
                  f"pydvl evaluations {peer_evals} (rho {peer_rhos}). ")
@@ -386,6 +395,13 @@ def convergence(rows, quick, only=("tmc_shapley",)):
             notes += ("alloyml's regression estimator on the same kind of samples (one uniform subset per evaluation)"
                       " against pyDVL's MSRBanzhafValuation: least squares of U(S) on the membership indicators "
                       "removes the variance the other points (above all |S|) put into every difference of means. "
+                      "The pyDVL runs are the ones of the msr_banzhaf rows. ")
+        if name == "msr_banzhaf estimator=regression paired":
+            notes += ("alloyml's least-squares estimator on paired samples (msr_banzhaf(estimator='regression', "
+                      "paired=True)): each sample is a uniform subset S and its complement, two evaluations, both "
+                      "rows of the least squares (each is a uniform subset, so the fit is the same consistent "
+                      "estimator; the pair is antithetic in |S|). Consistent, not unbiased at a finite budget (OLS); "
+                      "tests/valuation/test_games_and_sampling.py checks it against closed-form Banzhaf values. "
                       "The pyDVL runs are the ones of the msr_banzhaf rows. ")
         rows.append(row(f"{name} seconds to spearman 0.9 (breast_cancer n={n})", "seconds", ours_s,
                         {"pydvl": peer_s}, ratio(ours_s, peer_s), "<= 1/2 of pydvl",
@@ -400,7 +416,7 @@ CONVERGENCE_SEEDS = 5
 
 def msr_convergence(rows, quick):
     """MSR-Banzhaf (both estimators) against pyDVL's MSRBanzhafValuation: evaluations to Spearman 0.9 with the
-    least-squares reference; CONVERGENCE_SEEDS seeds (3 with --quick), medians compared."""
+    least-squares reference; CONVERGENCE_SEEDS seeds (--quick too), medians compared."""
     convergence(rows, quick, only=("msr_banzhaf",))
 
 
@@ -435,8 +451,39 @@ def detection(rows, quick):
                     budgets, include=("knn_shapley", "data_oob"))
 
 
+def _seed_summary(values):
+    """(mean, std, standard error of the mean) of per-seed AUCs (std and se 0 for a single seed)."""
+    values = np.asarray(values, dtype=np.float64)
+    std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return float(values.mean()), std, std / np.sqrt(values.size)
+
+
+SEED_RULE = ("mean AUC over seeds >= pydvl's mean - one standard error of the difference of the means "
+             "(sqrt(se_alloyml^2 + se_pydvl^2))")
+
+
+def _seeded_auc_row(rows, case, ours_aucs, peer_aucs, ours_secs, peer_secs, notes):
+    """One AUC row from per-seed AUCs of both libraries: means, std, and `met` by SEED_RULE."""
+    ours_mean, ours_std, ours_se = _seed_summary(ours_aucs)
+    peer = _seed_summary(peer_aucs) if peer_aucs else None
+    met = None if peer is None else bool(ours_mean >= peer[0] - np.hypot(ours_se, peer[2]))
+    spread = (f"alloyml {ours_mean:.4f} +- {ours_std:.4f} (per seed {ours_aucs}), "
+              + ("pydvl n/a" if peer is None else f"pydvl {peer[0]:.4f} +- {peer[1]:.4f} (per seed {peer_aucs})")
+              + f" over {len(ours_aucs)} seed(s), mean +- std; median seconds alloyml "
+              f"{float(np.median(ours_secs)):.3f}, pydvl {float(np.median(peer_secs)) if peer_secs else None}. ")
+    rows.append(row(case, "AUC (mean over seeds)", round(ours_mean, 4),
+                    {"pydvl": None if peer is None else round(peer[0], 4)},
+                    None if peer is None else ratio(ours_mean, peer[0], higher_is_better=True), SEED_RULE, met,
+                    spread + notes, seconds=float(np.median(ours_secs)),
+                    peer_seconds={"pydvl": float(np.median(peer_secs)) if peer_secs else None},
+                    auc_std={"alloyml": round(ours_std, 4), "pydvl": None if peer is None else round(peer[1], 4)},
+                    seeds=len(ours_aucs)))
+
+
 def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budgets,
                     include=("knn_shapley", "data_oob", "tmc_shapley", "msr_banzhaf", "beta_shapley", "loo")):
+    include = [m for m in include if METHODS is None or m in METHODS]
+
     def scored(values, idx):
         result = av.ValuationResult(values, np.zeros(len(values)), np.ones(len(values)), "peer")
         return round(av.noisy_label_detection(result, np.flatnonzero(np.isin(idx, flipped))).auc, 4)
@@ -446,7 +493,8 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
         peer_auc = None if peer_values is None else scored(peer_values, idx)
         met = None if peer_auc is None else (ours_auc >= peer_auc - 0.005 and ours_s <= peer_s)
         rows.append(row(f"noisy-label AUC {name} {method}", "AUC", ours_auc, {"pydvl": peer_auc},
-                        ratio(ours_auc, peer_auc, higher_is_better=True), ">= pydvl AUC in less time", met,
+                        ratio(ours_auc, peer_auc, higher_is_better=True), ">= pydvl AUC in less time "
+                        "(deterministic: one run)", met,
                         f"seconds alloyml {ours_s}, pydvl {peer_s}. {extra}{why or ''}", seconds=ours_s,
                         peer_seconds={"pydvl": peer_s}))
 
@@ -457,33 +505,56 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
         peer, peer_s, why = run_peer(pydvl_knn, xtr, noisy, xte, yte, 5)
         add("knn_shapley", ours, round(t(), 3), peer, peer_s, why, full)
     if "data_oob" in include:
-        utility = av.Utility(DecisionTreeClassifier(), xtr, noisy, xte, yte)
-        with timer() as t:
-            ours = av.data_oob(utility, av.MaxSamples(200), seed=0).values
-        peer, peer_s, why = run_peer(pydvl_oob, xtr, noisy, 200)
-        add("data_oob", ours, round(t(), 3), peer, peer_s, why, full, "200 bagged decision trees. ")
+        # the bags are random: SEEDS seeds for both libraries (bag draws and tree seeds from the seed)
+        ours_aucs, peer_aucs, ours_secs, peer_secs, why = [], [], [], [], None
+        for seed in SEEDS:
+            utility = av.Utility(DecisionTreeClassifier(), xtr, noisy, xte, yte)
+            with timer() as t:
+                ours = av.data_oob(utility, av.MaxSamples(200), seed=seed).values
+            ours_secs.append(round(t(), 3))
+            ours_aucs.append(scored(ours, full))
+            peer, peer_s, why = run_peer(pydvl_oob, xtr, noisy, 200, seed=seed)
+            if peer is not None:
+                peer_aucs.append(scored(peer, full))
+                peer_secs.append(peer_s)
+        _seeded_auc_row(rows, f"noisy-label AUC {name} data_oob", ours_aucs, peer_aucs, ours_secs, peer_secs,
+                        f"200 bagged decision trees, seeds {list(SEEDS)}. {why or ''}")
+        _checkpoint()
     # sampled methods: a subset stratified by (noisy) class, so every class keeps its share (refits are the cost)
     sub = np.sort(train_test_split(np.arange(len(noisy)), train_size=n_sampled, random_state=1, stratify=noisy)[0])
     xs, ys = xtr[sub], noisy[sub]
     utility = lambda: av.Utility(LogisticRegression(max_iter=200), xs, ys, xte, yte)
     # same budget for both: pyDVL runs first and alloyml gets as many utility evaluations as it used
     ours_methods = {
-        "tmc_shapley": ("tmc", lambda stop: av.tmc_shapley(utility(), stop, truncation_rtol=0.05, seed=0)),
-        "msr_banzhaf": ("msr", lambda stop: av.msr_banzhaf(utility(), stop, seed=0, batch_size=64)),
-        "beta_shapley": ("beta", lambda stop: av.beta_shapley(utility(), stop, sampler=av.PermutationSampler(),
-                                                               seed=0)),
-        "loo": ("loo", lambda stop: av.leave_one_out(utility())),
+        "tmc_shapley": ("tmc", lambda stop, seed: av.tmc_shapley(utility(), stop, truncation_rtol=0.05, seed=seed)),
+        "msr_banzhaf": ("msr", lambda stop, seed: av.msr_banzhaf(utility(), stop, seed=seed, batch_size=64)),
+        "beta_shapley": ("beta", lambda stop, seed: av.beta_shapley(utility(), stop, sampler=av.PermutationSampler(),
+                                                                     seed=seed)),
+        "loo": ("loo", lambda stop, seed: av.leave_one_out(utility())),
     }
     for method, (peer_method, fn) in ours_methods.items():
         if method not in include:
             continue
-        peer, peer_s, why = run_peer(pydvl_sampled, peer_method, xs, ys, xte, yte, budgets.get(peer_method, 1))
-        stop = av.MaxSamples(budgets.get(peer_method, 1)) if peer is None else av.MaxEvaluations(peer[1])
-        with timer() as t:
-            ours = fn(stop)
-        add(method, ours.values, round(t(), 3), None if peer is None else peer[0], peer_s, why, sub,
-            f"{len(sub)} rows, LogisticRegression, pydvl budget {budgets.get(peer_method, 'n+1')}; "
-            f"evaluations alloyml {ours.utility_evaluations}, pydvl {None if peer is None else peer[1]}. ")
+        seeds = [0] if method == "loo" else list(SEEDS)  # leave-one-out is deterministic
+        ours_aucs, peer_aucs, ours_secs, peer_secs, ours_evals, peer_evals, why = [], [], [], [], [], [], None
+        for seed in seeds:
+            peer, peer_s, why = run_peer(pydvl_sampled, peer_method, xs, ys, xte, yte, budgets.get(peer_method, 1),
+                                         seed=seed)
+            stop = av.MaxSamples(budgets.get(peer_method, 1)) if peer is None else av.MaxEvaluations(peer[1])
+            with timer() as t:
+                ours = fn(stop, seed)
+            ours_secs.append(round(t(), 3))
+            ours_aucs.append(scored(ours.values, sub))
+            ours_evals.append(ours.utility_evaluations)
+            if peer is not None:
+                peer_aucs.append(scored(peer[0], sub))
+                peer_secs.append(peer_s)
+                peer_evals.append(peer[1])
+        _seeded_auc_row(rows, f"noisy-label AUC {name} {method}", ours_aucs, peer_aucs, ours_secs, peer_secs,
+                        f"{len(sub)} rows, LogisticRegression, pydvl budget {budgets.get(peer_method, 'n+1')}; "
+                        f"seeds {seeds} (the same seed for both libraries); evaluations per seed alloyml "
+                        f"{ours_evals}, pydvl {peer_evals} (alloyml stops at pyDVL's count). {why or ''}")
+        _checkpoint()
 
 
 # ---------------------------------------------------------------- class-wise Shapley, Owen, least core vs pyDVL
@@ -567,44 +638,49 @@ def new_methods(rows, quick):
     n_classes = len(np.unique(ys))
     ours_fns = {
         # per draw and class: U(T) and one U per in-class point, i.e. n + n_classes evaluations a draw
-        "classwise_shapley": ("classwise", pydvl_classwise, lambda evals: av.classwise_shapley(
-            utility(), max(2, round(evals / (n + n_classes))), seed=0)),
-        "owen_shapley": ("owen", pydvl_owen, lambda evals: av.sampled_semivalues(
-            utility(), av.Shapley(), av.OwenSampler(n_q=budgets["owen"]), av.MaxEvaluations(evals), seed=0)),
-        "least_core (monte carlo)": ("least_core", pydvl_least_core, lambda evals: av.least_core(
-            utility(), n_subsets=max(1, evals - 1), seed=0)),
+        "classwise_shapley": ("classwise", pydvl_classwise, lambda evals, seed: av.classwise_shapley(
+            utility(), max(2, round(evals / (n + n_classes))), seed=seed)),
+        "owen_shapley": ("owen", pydvl_owen, lambda evals, seed: av.sampled_semivalues(
+            utility(), av.Shapley(), av.OwenSampler(n_q=budgets["owen"]), av.MaxEvaluations(evals), seed=seed)),
+        "least_core (monte carlo)": ("least_core", pydvl_least_core, lambda evals, seed: av.least_core(
+            utility(), n_subsets=max(1, evals - 1), seed=seed)),
     }
     for method, (key, peer_fn, ours_fn) in ours_fns.items():
-        out, peer_s, why = run_peer(peer_fn, xs, ys, xte, yte, budgets[key])
-        peer_values, peer_evals = (None, None) if out is None else out
-        evals = peer_evals if peer_evals else {"classwise": budgets[key] * (n + n_classes),
-                                               "owen": 2 * n * budgets[key],
-                                               "least_core": budgets[key] + 1}[key]
-        with timer() as t:
-            ours = ours_fn(evals)
-        ours_s = round(t(), 3)
-        ours_auc = auc(ours.values)
-        peer_auc = None if peer_values is None else auc(peer_values)
-        agree = ""
-        if peer_values is not None:
-            rho = spearmanr(ours.values, peer_values).statistic
-            gap = np.abs(ours.values - peer_values).max()
-            agree = (f"agreement: Spearman {rho:.3f}, max |alloyml - pydvl| {gap:.3g} "
-                     f"(values span {np.ptp(peer_values):.3g}). ")
-        extra = ""
+        if METHODS is not None and key not in METHODS:
+            continue
+        ours_aucs, peer_aucs, ours_secs, peer_secs, ours_evals, peer_evals_all = [], [], [], [], [], []
+        rhos, subsidies, egalitarian, why = [], [], [], None
+        for seed in SEEDS:  # the same seed for both libraries; the sampled coalitions differ between them
+            out, peer_s, why = run_peer(peer_fn, xs, ys, xte, yte, budgets[key], seed=seed)
+            peer_values, peer_evals = (None, None) if out is None else out
+            evals = peer_evals if peer_evals else {"classwise": budgets[key] * (n + n_classes),
+                                                   "owen": 2 * n * budgets[key],
+                                                   "least_core": budgets[key] + 1}[key]
+            with timer() as t:
+                ours = ours_fn(evals, seed)
+            ours_secs.append(round(t(), 3))
+            ours_aucs.append(auc(ours.values))
+            ours_evals.append(ours.utility_evaluations)
+            if peer_values is not None:
+                peer_aucs.append(auc(peer_values))
+                peer_secs.append(peer_s)
+                peer_evals_all.append(peer_evals)
+                rhos.append(round(float(spearmanr(ours.values, peer_values).statistic), 3))
+            if key == "least_core":
+                subsidies.append(round(ours.params["subsidy"], 4))
+                egalitarian.append(ours.params["egalitarian"])
+        extra = f"Spearman alloyml vs pydvl values per seed {rhos} (different random coalitions). "
         if key == "least_core":
-            extra = (f"subsidy alloyml {ours.params['subsidy']:.4g}; both return the egalitarian (least-norm) payoff "
-                     f"among the optimal ones (alloyml: {ours.params['egalitarian']}). ")
+            extra += (f"subsidy alloyml per seed {subsidies}; both return the egalitarian (least-norm) payoff among "
+                      f"the optimal ones (alloyml converged: {egalitarian}); on the same coalitions the two LPs agree "
+                      "(tests/valuation/test_new_methods.py checks alloyml against an independent solve). ")
         if key == "owen":
-            extra = (f"pyDVL's count is fits: its q = 0 grid point asks U(empty) for each of the {n} points without "
-                     f"a fit, so its utility calls are {peer_evals} + {n}; alloyml stops at the first Owen sample "
-                     f"({budgets[key]} x (n + 1) evaluations) that reaches the budget. ")
-        rows.append(row(f"noisy-label AUC breast_cancer {method} (n={n})", "AUC", ours_auc, {"pydvl": peer_auc},
-                        ratio(ours_auc, peer_auc, higher_is_better=True), ">= pydvl AUC in less time",
-                        None if peer_auc is None else (ours_auc >= peer_auc - 0.005 and ours_s <= peer_s),
-                        f"seconds alloyml {ours_s}, pydvl {peer_s}; evaluations alloyml {ours.utility_evaluations}, "
-                        f"pydvl {peer_evals} (budget {budgets[key]}). {agree}{extra}{why or ''}",
-                        seconds=ours_s, peer_seconds={"pydvl": peer_s}))
+            extra += (f"pyDVL's count is fits: its q = 0 grid point asks U(empty) for each of the {n} points without "
+                      f"a fit, so its utility calls are its count + {n}; alloyml stops at the first Owen sample "
+                      f"({budgets[key]} x (n + 1) evaluations) that reaches the budget. ")
+        _seeded_auc_row(rows, f"noisy-label AUC breast_cancer {method} (n={n})", ours_aucs, peer_aucs, ours_secs,
+                        peer_secs, f"evaluations per seed alloyml {ours_evals}, pydvl {peer_evals_all} (budget "
+                        f"{budgets[key]}). {extra}{why or ''}")
         print(f"{method}: {rows[-1]['notes']}", flush=True)
         _checkpoint()
 
@@ -616,7 +692,10 @@ def _write(rows, sections, args):
         path = Path(__file__).resolve().parent / "results" / "valuation.json"
         if path.exists():
             earlier = json.loads(path.read_text())
-            kept = [r for r in earlier.get("rows", []) if r.get("section") and r["section"] not in sections]
+            new_cases = {r["case"] for r in rows}
+            # with --methods a section is rerun in part: its other rows are kept (merged by case name)
+            kept = [r for r in earlier.get("rows", []) if r.get("section") and (
+                r["section"] not in sections or (args.methods and r["case"] not in new_cases))]
             rows = kept + rows
             sections = {**{k: v for k, v in earlier.get("sections", {}).items() if k not in sections}, **sections}
     order = {case.__name__: i for i, case in enumerate(CASES)}
@@ -643,7 +722,14 @@ def main():
                         help="the --knn-scale figure measured on a quiet machine, recorded in the notes")
     parser.add_argument("--only", nargs="*", choices=[case.__name__ for case in CASES],
                         help="run only these cases; their rows replace theirs in the results file, the rest kept")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds per library for the randomised noisy-label AUC rows (mean +- std reported)")
+    parser.add_argument("--methods", nargs="*", default=None,
+                        help="detection/new_methods: only these methods (tmc_shapley, msr_banzhaf, beta_shapley, "
+                        "loo, knn_shapley, data_oob, classwise, owen, least_core); the section's other rows are kept")
     args = parser.parse_args()
+    global SEEDS, METHODS
+    SEEDS, METHODS = tuple(range(args.seeds)), (None if args.methods is None else tuple(args.methods))
     if args.knn_scale:
         print(json.dumps({"knn_shapley_1000000x1000_seconds": knn_scale(1000)}))
         return

@@ -129,10 +129,13 @@ def tmc_shapley(utility, stopping: Stopping, *, truncation_rtol: float | None = 
                               method="tmc_shapley", **kwargs)
 
 
-def msr_banzhaf(utility, stopping: Stopping, *, estimator: str = "msr", **kwargs) -> ValuationResult:
+def msr_banzhaf(utility, stopping: Stopping, *, estimator: str = "msr", paired: bool = False,
+                **kwargs) -> ValuationResult:
     """Data Banzhaf with maximum-sample-reuse sampling (Wang & Jia 2023). estimator: "msr" (difference of
-    means, as the paper and pyDVL) or "regression" (least squares on the same subsets; see `MSRSampler`)."""
-    return sampled_semivalues(utility, Banzhaf(), MSRSampler(estimator), stopping, method="msr_banzhaf", **kwargs)
+    means, as the paper and pyDVL) or "regression" (least squares on the same subsets); paired: each
+    sample is a subset and its complement (two evaluations). See `MSRSampler`."""
+    return sampled_semivalues(utility, Banzhaf(), MSRSampler(estimator, paired), stopping, method="msr_banzhaf",
+                              **kwargs)
 
 
 def beta_shapley(utility, stopping: Stopping, *, alpha: float = 16.0, beta: float = 1.0,

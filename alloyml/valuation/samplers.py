@@ -35,6 +35,7 @@ class Sample(NamedTuple):
     evaluations: int
     out_points: np.ndarray | None = None
     out_values: np.ndarray | None = None
+    meta: tuple | None = None  # sampler-specific details for `annotate` (the paired MSR subset and scores)
 
 
 class Sampler(ABC):
@@ -163,9 +164,15 @@ class MSRSampler(Sampler):
     coefficients of the best linear fit of U under uniform subsets — Hammer & Holzman 1992; Kernel Banzhaf,
     Liu et al. 2024). The fit explains the part of U(S) due to the other points (the subset's size above
     all), which the difference of means leaves as noise in every value; unbiased as the samples grow, and
-    until there are more subsets than n + 1 the MSR means are reported. n <= 2000 (an [n+1, n+1] Gram)."""
+    until there are more subsets than n + 1 the MSR means are reported. n <= 2000 (an [n+1, n+1] Gram).
+
+    paired: one sample = a uniform subset S and its complement N \\ S (two evaluations): every point gets
+    one "with" and one "without" value per sample. Each of S and N \\ S is a uniform subset, so both
+    estimators stay what they are (unbiased means; the consistent least squares); the pairs are negatively
+    correlated in |S|, which cancels the subset-size part of U(S) - U(N \\ S) (antithetic variates)."""
 
     estimator: str = "msr"
+    paired: bool = False
     two_groups = True
     default_batch_size = 32
 
@@ -183,18 +190,31 @@ class MSRSampler(Sampler):
         return {}
 
     def annotate(self, stats, drawn, n):
-        if self.estimator == "regression":
-            score = drawn.values[0] if drawn.values.size else drawn.out_values[0]
-            stats.regression = _Regression.from_sample(n, drawn.points, score)
+        if self.estimator != "regression":
+            return
+        if self.paired:  # two rows of the least squares: (S, U(S)) and (N \\ S, U(N \\ S))
+            inside, score, other = drawn.meta
+            stats.regression = _Regression.from_sample(n, inside, score).merge(
+                _Regression.from_sample(n, np.setdiff1d(np.arange(n), inside), other))
+            return
+        score = drawn.values[0] if drawn.values.size else drawn.out_values[0]
+        stats.regression = _Regression.from_sample(n, drawn.points, score)
 
     def sample(self, utility, semivalue, rng, context):
         mask = rng.random(utility.n) < 0.5
         inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
         score = utility(inside)
-        return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
+        if not self.paired:
+            return Sample(inside, np.full(inside.size, score), 1, outside, np.full(outside.size, score))
+        other = utility(outside)
+        # every point: "with" = the score of its own side, "without" = the score of the other side
+        points = np.concatenate([inside, outside])
+        with_values = np.concatenate([np.full(inside.size, score), np.full(outside.size, other)])
+        without_values = np.concatenate([np.full(inside.size, other), np.full(outside.size, score)])
+        return Sample(points, with_values, 2, points, without_values, meta=(inside, score, other))
 
     def params(self):
-        return {"sampler": "msr", "estimator": self.estimator}
+        return {"sampler": "msr", "estimator": self.estimator, "paired": self.paired}
 
 
 @dataclass

@@ -84,7 +84,8 @@ class MinUpdates(_AtLeast):
 
 class MaxEvaluations(_AtLeast):
     """Stop at the first sample that brings the utility evaluations (values asked for, fitted or cached)
-    to `n`: exactly `n` for one-evaluation samples (MSR, bags); a permutation can pass it by its own length."""
+    to `n`: exactly `n` for one-evaluation samples (MSR, bags); a paired MSR sample (two evaluations) can pass
+    it by one, a permutation by its own length."""
 
     def measure(self, stats, elapsed_s):
         return stats.evaluations

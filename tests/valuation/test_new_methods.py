@@ -181,3 +181,33 @@ def test_least_core_returns_the_egalitarian_payoff_among_the_optimal_ones():
     assert result.params["egalitarian"] is True
     np.testing.assert_allclose(result.values, [0.5, 0.5, 0.0], atol=1e-6)
     assert _least_core_by_enumeration(Pair(), result.values) <= 1e-6
+
+
+def test_sampled_least_core_matches_an_independent_two_stage_solve_on_the_same_coalitions():
+    """A non-additive game, 150 sampled coalitions: the subsidy and the least-norm payoff equal those of a
+    separate conic solve (cvxpy, pyDVL's formulation: min e, then min ||x|| at that e) of the same programme,
+    rebuilt here from the game's values on the coalitions alloyml drew."""
+    cp = pytest.importorskip("cvxpy")
+    from alloyml.valuation.runner import run_entropy, sample_rng
+
+    class Saturating:
+        n, fits = 10, 0
+        weights = np.random.default_rng(4).normal(size=10)
+
+        def __call__(self, subset):
+            subset = np.asarray(subset, dtype=np.int64)
+            return 0.0 if subset.size == 0 else float(np.tanh(self.weights[subset].sum() / 2) + 0.05 * subset.size)
+
+    game = Saturating()
+    result = least_core(game, n_subsets=150, seed=7)
+    members = sample_rng(run_entropy(7), 0).random((150, game.n)) < 0.5  # the coalitions least_core draws
+    scores = np.array([game(np.flatnonzero(m)) for m in members])
+    total = game(np.arange(game.n))
+    x, e = cp.Variable(game.n), cp.Variable()
+    cp.Problem(cp.Minimize(e), [cp.sum(x) == total, members @ x + e >= scores]).solve(solver=cp.CLARABEL)
+    assert result.params["subsidy"] == pytest.approx(float(e.value), abs=1e-6)
+    y = cp.Variable(game.n)
+    cp.Problem(cp.Minimize(cp.sum_squares(y)), [cp.sum(y) == total, members @ y + float(e.value) + 1e-8 >= scores]
+               ).solve(solver=cp.CLARABEL)
+    assert result.params["egalitarian"] is True
+    np.testing.assert_allclose(result.values, y.value, atol=1e-4)

@@ -77,7 +77,9 @@ def test_bit_identical_on_ray_for_any_worker_count_with_a_cached_utility_and_uns
         runs[n_jobs] = (msr_banzhaf(utility, MaxEvaluations(60), seed=3, batch_size=8, n_jobs=n_jobs),
                         tmc_shapley(utility, MaxEvaluations(40), seed=3, truncation_rtol=0.05, n_jobs=n_jobs,
                                     batch_size=1),
-                        data_oob(utility, MaxSamples(20), seed=3, batch_size=3, n_jobs=n_jobs))
+                        data_oob(utility, MaxSamples(20), seed=3, batch_size=3, n_jobs=n_jobs),
+                        msr_banzhaf(utility, MaxEvaluations(60), seed=3, batch_size=5, n_jobs=n_jobs,
+                                    estimator="regression", paired=True))
     for n_jobs in (2, 4):
         for local, remote in zip(runs[1], runs[n_jobs], strict=True):
             np.testing.assert_array_equal(remote.values, local.values)

@@ -92,8 +92,11 @@ class _LinearScan(torch.autograd.Function):
     def backward(ctx, gh):
         a, log_a, h = ctx.saved_tensors
         g = forward_scan(a, log_a, gh, reverse=True)  # g_t = gh_t + a_{t+1} g_{t+1}
-        g_log_a = torch.zeros_like(g)
-        torch.mul(g[:, 1:], a[:, 1:], out=g_log_a[:, 1:]).mul_(h[:, :-1])  # h_{-1} = 0: nothing at t = 0
+        # g a h_{t-1} in place on one new buffer (not out= a slice: torch.compile refuses strided out=);
+        # h_{-1} = 0: nothing at t = 0
+        g_log_a = g * a
+        g_log_a[:, 1:].mul_(h[:, :-1])
+        g_log_a[:, 0] = 0
         return g_log_a, g
 
 

@@ -304,7 +304,7 @@ def anchors(rows: list[dict]) -> list[dict]:
                        ratio(attn, best_conv, True), "softmax >= 0.9 and >= 0.2 above every convolution",
                        verdict(ok), f"{'reproduced' if ok else 'not reproduced'} at this budget "
                        f"({budget('mqar')} steps){'' if attn >= 0.9 else ': softmax itself below 0.9 (undertrained)'}"
-                       "; H3/Hyena not registered yet: S4D (LTI, no gating) stands in", task="anchor",
+                       f"; convolutions measured: {convs}", task="anchor",
                        mixer="zoology_mqar_gap"))
     # DeltaNet: MQAR advantage over GLA and Mamba at equal (here: matched-parameter) state.
     delta = get("mqar", "deltanet", count)

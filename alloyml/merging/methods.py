@@ -515,18 +515,18 @@ _TASK_VECTOR_METHODS = {
 
 
 def _register_task_vector_method(name: str, reference, parameters, trim, elect_sign, doc) -> None:
+    def options(count, weight, normalize, density, shared):
+        """The keyword arguments the whole-tensor and the row-block paths share."""
+        return dict(weight=weight, density=density or [1.0] * count, lam=shared.get("lambda", 1.0),
+                    normalize=normalize, trim=trim, elect_sign=elect_sign)
+
     def method(
         base, tensors, *, weight, normalize, density=None, rescale=False, rescale_mode="l1", generator=None, **shared
     ):
         return task_vector_merge(
             base,
             tensors,
-            weight=weight,
-            density=density or [1.0] * len(tensors),
-            lam=shared.get("lambda", 1.0),
-            normalize=normalize,
-            trim=trim,
-            elect_sign=elect_sign,
+            **options(len(tensors), weight, normalize, density, shared),
             rescale=(rescale_mode if trim == "random" else "l1") if rescale else None,
             generator=generator,
             gamma=shared.get("gamma"),
@@ -542,12 +542,7 @@ def _register_task_vector_method(name: str, reference, parameters, trim, elect_s
             shape,
             dtype,
             block_rows,
-            weight=weight,
-            density=density or [1.0] * len(reads),
-            lam=shared.get("lambda", 1.0),
-            normalize=normalize,
-            trim=trim,
-            elect_sign=elect_sign,
+            **options(len(reads), weight, normalize, density, shared),
             rescale="l1" if rescale else None,
         )
 

@@ -1,6 +1,7 @@
 """Long-convolution and local-attention benchmarks (CPU, one thread): the fast paths against their naive
-references, forward + backward, and decoding throughput and state size of the h3 / hyena / local_attn /
-griffin mixers against the softmax + KV-cache baseline. Writes benchmarks/results/kernels_conv.json.
+references, forward + backward, and decoding throughput and state size of every mixer issue 23 added
+(mamba1, s4d, h3, hyena, lru, hawk, local_attn, griffin) against the softmax + KV-cache baseline.
+Writes benchmarks/results/kernels_conv.json.
 
     python benchmarks/kernels_conv.py [--quick] [--only s6,s4d,...]
 
@@ -21,6 +22,7 @@ griffin mixers against the softmax + KV-cache baseline. Writes benchmarks/result
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -34,7 +36,7 @@ from kernels_ssm_cases import SHAPES, ssm_case  # noqa: E402
 
 SSM_OPS = tuple(SHAPES)
 
-DECODE_MIXERS = ("softmax", "h3", "hyena", "local_attn", "griffin")
+DECODE_MIXERS = ("softmax", "mamba1", "s4d", "h3", "hyena", "lru", "hawk", "local_attn", "griffin")
 
 
 def timed(fn, repeats: int) -> tuple[float, float]:
@@ -101,25 +103,34 @@ def ssm_rows(quick: bool, ops, rounds: int = 3) -> list[dict]:
     return rows
 
 
-def op_rows(quick: bool, ops=("long_conv", "local_attn")) -> list[dict]:
+def op_rows(quick: bool, ops=("long_conv", "local_attn"), rounds: int = 3) -> list[dict]:
+    """Fast vs dense naive fwd+bwd, timed like the state-space rows: interleaved rounds (fast: median of 3
+    runs per round; naive: one run), the ratio the median of the rounds' ratios. Both sides run once
+    untimed first: the dense naive's first call pays for page-faulting its T x T buffers, which is not
+    the cost of the computation (it made single-run ratios swing from 18x to 48x between sessions)."""
     rows = []
     for op in ops:
         for T in (1024, 2048) if quick else (1024, 4096):
-            load = os.getloadavg()
             run = op_case(op, T)
-            fast = timed(partial(run, "auto"), 3)
-            naive = timed(partial(run, "naive"), 1)
-            r = ratio(fast[0], naive[0])
+
+            def fast(run=run):
+                return sorted(timed(partial(run, "auto"), 1) for _ in range(3))[1]
+
+            run("naive")
+            m = interleaved(fast, partial(timed, partial(run, "naive"), 1), rounds)
+            r = m["ratio"]
             shape = "B=2 C=64" if op == "long_conv" else "B=1 H=4 Dh=64 window=128"
             target = T == 4096
-            rows.append(row(f"{op} fwd+bwd {shape} T={T} (CPU)", "CPU seconds", fast[0],
-                            peers={"naive": naive[0]}, ratio=r, target=">= 20x naive" if target else None,
-                            met=(r is not None and r >= 20) if target else None,
-                            notes=f"wall seconds: fast {fast[1]}, naive {naive[1]}; one thread; fast best of 3, "
-                                  f"naive 1 run; load average before {tuple(round(x, 2) for x in load)} on "
-                                  f"{os.cpu_count()} cores",
-                            load_average=[round(x, 2) for x in load]))
-            print(rows[-1]["case"], fast, naive, r, flush=True)
+            rows.append(row(f"{op} fwd+bwd {shape} T={T} (CPU)", "CPU seconds", m["fast_cpu"],
+                            peers={"naive": m["naive_cpu"]}, ratio=r, target=">= 20x naive" if target else None,
+                            met=(r >= 20) if target else None,
+                            notes=f"ratio: median over {rounds} interleaved rounds of (naive / fast), rounds "
+                                  f"{m['round_ratios']}; wall seconds fast {m['fast_wall']}, naive "
+                                  f"{m['naive_wall']}; one thread; both sides warmed up once; load average "
+                                  f"{m['load_average']} on {os.cpu_count()} cores",
+                            wall_seconds={"fast": m["fast_wall"], "naive": m["naive_wall"]},
+                            load_average=m["load_average"], round_ratios=m["round_ratios"]))
+            print(rows[-1]["case"], m["fast_cpu"], m["naive_cpu"], r, m["round_ratios"], flush=True)
     return rows
 
 
@@ -148,6 +159,8 @@ def decode_rows(quick: bool) -> list[dict]:
             with torch.no_grad():
                 states = model(ids).states
                 token = ids[:, -1]
+                for _ in range(8):  # untimed warm-up on a copy: the first steps pay for allocation, not decoding
+                    model.step(token, copy.deepcopy(states))
                 start = time.perf_counter()
                 for _ in range(64):
                     logits, states = model.step(token, states)

@@ -37,10 +37,10 @@ test-all: install browser-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # On a CUDA machine: the kernels' GPU tests, then their GPU benchmark against flash-linear-attention
-# (`make bench-peers` installs it); writes benchmarks/results/kernels.gpu.json.
+# (`make bench-peers` installs it), and the per-dtype precision table; writes
+# benchmarks/results/kernels.gpu.json and kernels_gpu_precision.json.
 gpu-check: install
-	$(BIN)/python -m pytest -q -m gpu tests/kernels $(PYTEST_ARGS)
-	$(BIN)/python benchmarks/kernels.py --gpu-only
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
 demo: install
 	$(BIN)/alloyml demo

@@ -211,7 +211,7 @@ def one_pass(fn, args: dict, fwd_only: bool):
     return run
 
 
-def gpu_rows(ops) -> list[dict]:
+def gpu_rows(ops, backends=GPU_BACKENDS) -> list[dict]:
     import torch
     from triton.testing import do_bench
 
@@ -234,8 +234,14 @@ def gpu_rows(ops) -> list[dict]:
                 except Exception as exc:  # a peer failure is reported, not fatal
                     note = f"fla failed: {type(exc).__name__}: {exc}"[:300]
             bound_ms = bytes_moved(args, fwd_only) / bandwidth * 1e3
-            for backend in GPU_BACKENDS:
-                ms = do_bench(one_pass(partial(ours, backend=backend), args, fwd_only), warmup=5, rep=50)
+            for backend in backends:
+                try:
+                    ms = do_bench(one_pass(partial(ours, backend=backend), args, fwd_only), warmup=5, rep=50)
+                except Exception as exc:  # recorded as a failed row; the other backends and ops still run
+                    rows.append(row(f"{op} {label} B={B} H={H} T={T} D={D} bf16 (GPU, {backend})", "milliseconds",
+                                    None, notes=f"failed: {type(exc).__name__}: {exc}"[:300]))
+                    print(rows[-1]["case"], rows[-1]["notes"], flush=True)
+                    continue
                 r = ratio(ms, peer_ms)
                 rows.append(row(
                     f"{op} {label} B={B} H={H} T={T} D={D} bf16 (GPU, {backend})", "milliseconds", round(ms, 3),
@@ -334,6 +340,7 @@ def main():
     parser.add_argument("--gpu-only", action="store_true", help="skip the CPU part")
     parser.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
     parser.add_argument("--delta", action="store_true", help="only the delta-rule and TTT rows (CPU)")
+    parser.add_argument("--backends", default=",".join(GPU_BACKENDS), help="GPU backends to time (comma-separated)")
     args = parser.parse_args()
     import torch
 
@@ -345,7 +352,7 @@ def main():
     if not args.gpu_only:
         write_results("kernels", cpu_rows(args.quick, ops))
     if torch.cuda.is_available():
-        gpu_rows(ops)
+        gpu_rows(ops, args.backends.split(","))
 
 
 if __name__ == "__main__":

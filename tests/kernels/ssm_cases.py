@@ -23,7 +23,8 @@ def as64(inputs):
 
 
 def _weight(t, gen):
-    return torch.randn(t.shape, generator=gen, dtype=torch.complex128 if t.is_complex() else torch.float64).to(t.dtype)
+    dtype = torch.complex128 if t.is_complex() else torch.float64
+    return torch.randn(t.shape, generator=gen, dtype=dtype).to(t.device, t.dtype)  # CPU stream, any device
 
 
 def grads(fn, inputs, gen):

@@ -125,14 +125,18 @@ def _store_rows(x, value, i_b, i_h, o_t, m_t, o_c, m_c, T, H: tl.constexpr, D: t
 
 @triton.jit
 def _gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H: tl.constexpr, K: tl.constexpr, GATE: tl.constexpr):
-    """Log-gates of steps o_t (zero where ~m_t, and everywhere without gates): [len(o_t), BK] per key
-    channel for vector gates, [len(o_t), 1] otherwise."""
+    """Log-gates of steps o_t (zero where ~m_t, and everywhere without gates): [len(o_t), len(o_k)].
+
+    A scalar gate is broadcast over the key channels rather than returned as [len(o_t), 1]: Triton 3.6
+    aborts while lowering a cumulative sum over a [64, 1] tensor for sm_90 (ScanOpToLLVM's
+    AddPartialReduce assertion, seen on an H200), and every caller takes cumulative sums of the gates."""
     if GATE == 2:  # one branch is compiled, so the shapes may differ (separate returns may not)
         b_g = _rows(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)
     elif GATE == 1:
         b_g = tl.load(g + ((i_b * T + o_t) * H + i_h).to(tl.int64), mask=m_t, other=0.0).to(tl.float32)[:, None]
+        b_g = b_g + tl.zeros_like(o_k).to(tl.float32)[None, :]
     else:
-        b_g = tl.zeros_like(o_t).to(tl.float32)[:, None]
+        b_g = tl.zeros_like(o_t).to(tl.float32)[:, None] + tl.zeros_like(o_k).to(tl.float32)[None, :]
     return b_g
 
 
@@ -210,7 +214,7 @@ def chunk_fwd_h_kernel(k, v, g, h0, h, ht, seg_first, seg_last, seg_owner, T, NT
         b_k = _rows(k, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K)  # [BT, BK]
         b_v = _rows(v, i_b, i_h, o_t, m_t, o_v, m_v, T, H, V)  # [BT, BV]
         if GATE != 0:
-            b_g = _gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K, GATE)  # [BT, BK | 1]
+            b_g = _gates(g, i_b, i_h, o_t, m_t, o_k, m_k, T, H, K, GATE)  # [BT, BK]
             b_k = b_k * tl.exp(_gates_after(g, i_b, i_h, o_t, i_t * BT + BT, o_k, m_k, T, H, K, GATE))
             b_h = b_h * tl.exp(tl.sum(b_g, 0))[:, None]
         b_h += _dot(tl.trans(b_k), b_v, DOT)
@@ -261,7 +265,7 @@ def chunk_fwd_attn_kernel(q, k, g, A, scale, T, H: tl.constexpr, K: tl.constexpr
             b_kd = _rows(k, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)
             b_Ad += _dot(b_q, tl.trans(b_kd), DOT)
     if GATE != 2:  # one decay per (i, j): G(j+1..i) as a masked cumulative sum over i
-        b_g = _gates(g, i_b, i_h, o_i, m_i, o_d, o_d < BC, T, H, K, GATE)  # [BC, 1]
+        b_g = _gates(g, i_b, i_h, o_i, m_i, o_d, o_d < BC, T, H, K, GATE)  # [BC, BC], equal columns
         b_D = tl.cumsum(tl.where(o_d[:, None] > o_d[None, :], b_g, 0.0), 0)
         b_Ad = b_Ad * tl.exp(tl.where(o_d[:, None] >= o_d[None, :], b_D, float("-inf")))
     o_col = tl.arange(0, BT)
@@ -403,7 +407,7 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
     m_k = o_k < K
     b_q = _rows(q, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)  # [BC, BK]
     b_k = _rows(k, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K)
-    b_g = _gates(g, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K, GATE)  # [BC, BK | 1]
+    b_g = _gates(g, i_b, i_h, o_i, m_i, o_k, m_k, T, H, K, GATE)  # [BC, BK]
 
     # dq from the keys of earlier sub-chunks: exp(G(r..i)) sum_j dA_ij k_j exp(G(j+1..r-1))
     b_kb = _rows(k, i_b, i_h, o_j, m_before, o_k, m_k, T, H, K)  # [BT, BK]
@@ -432,7 +436,8 @@ def chunk_bwd_intra_kernel(q, k, g, dA, dq, dk, T, H: tl.constexpr, K: tl.conste
             b_dk += tl.where(o_d[:, None] == j, tl.sum(b_w * b_q, 0)[None, :], 0.0)
             b_D = tl.where(o_d[:, None] >= j, b_D + b_gj[None, :], 0.0)
     else:  # one decay per (i, j): G(j+1..i) as a masked cumulative sum over i
-        b_D = tl.cumsum(tl.where(o_d[:, None] > o_d[None, :], b_g, 0.0), 0)  # [BC, BC]
+        b_gd = _gates(g, i_b, i_h, o_i, m_i, o_d, o_d < BC, T, H, K, GATE)  # [BC, BC], equal columns
+        b_D = tl.cumsum(tl.where(o_d[:, None] > o_d[None, :], b_gd, 0.0), 0)  # [BC, BC]
         b_dAd = _rows(dA, i_b, i_h, o_i, m_i, i_c * BC + o_d, o_d < BC, T, H, BT)
         b_dAd = b_dAd * tl.exp(tl.where(o_d[:, None] > o_d[None, :], b_D, float("-inf")))
         b_dq += _dot(b_dAd, b_k, DOT)

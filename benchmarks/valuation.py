@@ -558,6 +558,7 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
 
 
 BETA_SEEDS = 10  # seeds per library for the beta_accuracy rows (the per-seed AUC spread is ~0.05-0.1)
+BETA_ABLATIONS = False  # --beta-ablations: also SizeSampler(exact_sizes=0) and PermutationSampler (3x the time)
 
 
 def beta_accuracy(rows, quick):
@@ -566,8 +567,8 @@ def beta_accuracy(rows, quick):
     BetaShapleyValuation (PermutationSampler, as in its docs) on the split and class-stratified subset of the
     detection rows, the same utility (LogisticRegression accuracy; one-class subsets score the constant predictor
     on both sides), BETA_SEEDS seeds per library. pyDVL runs first; each alloyml variant then stops at its last
-    sample within pyDVL's evaluation count. Two ablations on the same pyDVL runs: SizeSampler(exact_sizes=0) and
-    PermutationSampler."""
+    sample within pyDVL's evaluation count. With --beta-ablations, two more alloyml rows on the same pyDVL runs:
+    SizeSampler(exact_sizes=0) and PermutationSampler."""
     n_sampled = 100 if quick else 200
     permutations = 10 if quick else 30
     datasets = {"breast_cancer": (*load_breast_cancer(return_X_y=True), 400, 160),
@@ -577,6 +578,8 @@ def beta_accuracy(rows, quick):
         "beta_shapley SizeSampler(exact_sizes=0)": (lambda: av.SizeSampler(exact_sizes=0), lambda n: 2 * n),
         "beta_shapley PermutationSampler": (av.PermutationSampler, lambda n: n),
     }
+    if not BETA_ABLATIONS:
+        variants = {"beta_shapley": variants["beta_shapley"]}
     for name, (x, y, n_train, n_test) in datasets.items():
         xtr, ytr, xte, yte = split(x, y, n_train, n_test)
         noisy, flipped = av.flip_labels(ytr, 0.1, seed=0)
@@ -788,12 +791,15 @@ def main():
                         help="run only these cases; their rows replace theirs in the results file, the rest kept")
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds per library for the randomised noisy-label AUC rows (mean +- std reported)")
+    parser.add_argument("--beta-ablations", action="store_true",
+                        help="beta_accuracy: also alloyml's SizeSampler(exact_sizes=0) and PermutationSampler rows")
     parser.add_argument("--methods", nargs="*", default=None,
                         help="detection/new_methods: only these methods (tmc_shapley, msr_banzhaf, beta_shapley, "
                         "loo, knn_shapley, data_oob, classwise, owen, least_core); the section's other rows are kept")
     args = parser.parse_args()
-    global SEEDS, METHODS
+    global SEEDS, METHODS, BETA_ABLATIONS
     SEEDS, METHODS = tuple(range(args.seeds)), (None if args.methods is None else tuple(args.methods))
+    BETA_ABLATIONS = args.beta_ablations
     if args.knn_scale:
         print(json.dumps({"knn_shapley_1000000x1000_seconds": knn_scale(1000)}))
         return

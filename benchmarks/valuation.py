@@ -3,7 +3,7 @@
 Cases: KNN-Shapley speed (digits, 20,000 points, 1,000,000 x 1,000 alone); TMC-Shapley and MSR-Banzhaf
 evaluations and seconds to a Spearman correlation >= 0.9 with a long-run reference; AUC of flagging 10%
 flipped labels per method on breast_cancer, digits and palmerpenguins (a dataset shipped in a PyPI
-package, valued through a ColumnTransformer pipeline).
+package, valued through a ColumnTransformer pipeline); Beta(16, 1) Shapley's AUC over 10 seeds (beta_accuracy).
 
     python benchmarks/valuation.py --quick     # ~10 min on 2 busy cores
 """
@@ -557,6 +557,73 @@ def _detection_rows(rows, name, xtr, noisy, xte, yte, flipped, n_sampled, budget
         _checkpoint()
 
 
+BETA_SEEDS = 10  # seeds per library for the beta_accuracy rows (the per-seed AUC spread is ~0.05-0.1)
+BETA_ABLATIONS = False  # --beta-ablations: also SizeSampler(exact_sizes=0) and PermutationSampler (3x the time)
+
+
+def beta_accuracy(rows, quick):
+    """Beta(16, 1) Shapley: AUC of flagging 10% flipped labels, alloyml's `beta_shapley` (its default
+    SizeSampler(exact_sizes=1): sizes drawn from the Beta weights, size 0 exact) against pyDVL's
+    BetaShapleyValuation (PermutationSampler, as in its docs) on the split and class-stratified subset of the
+    detection rows, the same utility (LogisticRegression accuracy; one-class subsets score the constant predictor
+    on both sides), BETA_SEEDS seeds per library. pyDVL runs first; each alloyml variant then stops at its last
+    sample within pyDVL's evaluation count. With --beta-ablations, two more alloyml rows on the same pyDVL runs:
+    SizeSampler(exact_sizes=0) and PermutationSampler."""
+    n_sampled = 100 if quick else 200
+    permutations = 10 if quick else 30
+    datasets = {"breast_cancer": (*load_breast_cancer(return_X_y=True), 400, 160),
+                "digits": (*load_digits(return_X_y=True), 1257, 540)}
+    variants = {  # name -> (sampler, evaluations of one sample at n points)
+        "beta_shapley": (lambda: None, lambda n: 2 * n),
+        "beta_shapley SizeSampler(exact_sizes=0)": (lambda: av.SizeSampler(exact_sizes=0), lambda n: 2 * n),
+        "beta_shapley PermutationSampler": (av.PermutationSampler, lambda n: n),
+    }
+    if not BETA_ABLATIONS:
+        variants = {"beta_shapley": variants["beta_shapley"]}
+    for name, (x, y, n_train, n_test) in datasets.items():
+        xtr, ytr, xte, yte = split(x, y, n_train, n_test)
+        noisy, flipped = av.flip_labels(ytr, 0.1, seed=0)
+        sub = np.sort(train_test_split(np.arange(len(noisy)), train_size=n_sampled, random_state=1,
+                                       stratify=noisy)[0])
+        xs, ys = xtr[sub], noisy[sub]
+        bad = np.flatnonzero(np.isin(sub, flipped))
+
+        def auc(values, bad=bad):
+            n = len(values)
+            return round(av.noisy_label_detection(av.ValuationResult(values, np.zeros(n), np.ones(n), "v"),
+                                                  bad).auc, 4)
+
+        peer_aucs, peer_secs, peer_evals, why = [], [], [], None
+        ours = {variant: ([], [], []) for variant in variants}  # aucs, seconds, evaluations
+        for seed in range(BETA_SEEDS):
+            out, peer_s, why = run_peer(pydvl_sampled, "beta", xs, ys, xte, yte, permutations, seed=seed)
+            budget = permutations * n_sampled if out is None else out[1]
+            if out is not None:
+                peer_aucs.append(auc(out[0]))
+                peer_secs.append(peer_s)
+                peer_evals.append(out[1])
+            for variant, (sampler, per_sample) in variants.items():
+                utility = av.Utility(LogisticRegression(max_iter=200), xs, ys, xte, yte)
+                # MaxEvaluations stops at the first sample reaching its budget: this one keeps alloyml <= pyDVL
+                stop = av.MaxEvaluations(max(1, budget - per_sample(n_sampled) + 1))
+                with timer() as t:
+                    result = av.beta_shapley(utility, stop, alpha=16, beta=1, sampler=sampler(), seed=seed)
+                aucs, secs, evals = ours[variant]
+                aucs.append(auc(result.values))
+                secs.append(round(t(), 3))
+                evals.append(result.utility_evaluations)
+            print(f"beta_accuracy {name} seed {seed}: pydvl {peer_aucs[-1:]}, "
+                  + ", ".join(f"{v} {ours[v][0][-1]}" for v in variants), flush=True)
+        for variant, (aucs, secs, evals) in ours.items():
+            _seeded_auc_row(rows, f"beta_accuracy noisy-label AUC {name} {variant} (n={n_sampled})", aucs, peer_aucs,
+                            secs, peer_secs, f"Beta(16, 1); {n_sampled} rows, LogisticRegression; pydvl "
+                            f"BetaShapleyValuation with PermutationSampler, {permutations} permutations (MaxUpdates); "
+                            f"seeds 0..{BETA_SEEDS - 1}, the same for both libraries; evaluations per seed alloyml "
+                            f"{evals}, pydvl {peer_evals} (alloyml stops at its last sample within pyDVL's count; "
+                            f"its U(N) check and exact strata are counted). {why or ''}")
+        _checkpoint()
+
+
 # ---------------------------------------------------------------- class-wise Shapley, Owen, least core vs pyDVL
 def pydvl_classwise(x, y, xt, yt, n_permutations, seed=0):
     """pyDVL's ClasswiseShapleyValuation on the same utility as alloyml's: in-class accuracy x exp(out-of-class
@@ -707,7 +774,7 @@ def _write(rows, sections, args):
                   "seconds and load under `sections` (sections run with --only are merged into this file).")
 
 
-CASES = (knn_speed, convergence, msr_convergence, detection, new_methods)
+CASES = (knn_speed, convergence, msr_convergence, detection, beta_accuracy, new_methods)
 
 
 def main():
@@ -724,12 +791,15 @@ def main():
                         help="run only these cases; their rows replace theirs in the results file, the rest kept")
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds per library for the randomised noisy-label AUC rows (mean +- std reported)")
+    parser.add_argument("--beta-ablations", action="store_true",
+                        help="beta_accuracy: also alloyml's SizeSampler(exact_sizes=0) and PermutationSampler rows")
     parser.add_argument("--methods", nargs="*", default=None,
                         help="detection/new_methods: only these methods (tmc_shapley, msr_banzhaf, beta_shapley, "
                         "loo, knn_shapley, data_oob, classwise, owen, least_core); the section's other rows are kept")
     args = parser.parse_args()
-    global SEEDS, METHODS
+    global SEEDS, METHODS, BETA_ABLATIONS
     SEEDS, METHODS = tuple(range(args.seeds)), (None if args.methods is None else tuple(args.methods))
+    BETA_ABLATIONS = args.beta_ablations
     if args.knn_scale:
         print(json.dumps({"knn_shapley_1000000x1000_seconds": knn_scale(1000)}))
         return

@@ -140,7 +140,9 @@ def msr_banzhaf(utility, stopping: Stopping, *, estimator: str = "msr", paired: 
 
 def beta_shapley(utility, stopping: Stopping, *, alpha: float = 16.0, beta: float = 1.0,
                  sampler: Sampler | None = None, **kwargs) -> ValuationResult:
-    """Beta(alpha, beta) Shapley (Kwon & Zou 2022), by default with subset sizes drawn from its weights."""
+    """Beta(alpha, beta) Shapley (Kwon & Zou 2022), by default with subset sizes drawn from its weights and the
+    size-0 stratum (U({i}) - U(empty), weight 16 / (n + 15) for Beta(16, 1)) computed exactly:
+    `SizeSampler(exact_sizes=1)`."""
     return sampled_semivalues(utility, Beta(alpha, beta), sampler or SizeSampler(), stopping,
                               method="beta_shapley", **kwargs)
 

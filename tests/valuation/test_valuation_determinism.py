@@ -11,6 +11,7 @@ from alloyml.valuation import (
     MaxEvaluations,
     MaxSamples,
     Utility,
+    beta_shapley,
     data_oob,
     msr_banzhaf,
     tmc_shapley,
@@ -27,7 +28,8 @@ def _tree_utility(n=14):
 
 
 @pytest.mark.parametrize("run", [lambda **kw: msr_banzhaf(GAME, MaxSamples(50), seed=4, **kw),
-                                 lambda **kw: tmc_shapley(GAME, MaxSamples(9), seed=4, truncation_rtol=0.1, **kw)])
+                                 lambda **kw: tmc_shapley(GAME, MaxSamples(9), seed=4, truncation_rtol=0.1, **kw),
+                                 lambda **kw: beta_shapley(GAME, MaxSamples(11), seed=4, **kw)])  # exact size 0
 def test_batch_size_does_not_change_the_values(run):
     results = [run(batch_size=b) for b in (1, 3, 8, 64)]
     for other in results[1:]:
@@ -79,7 +81,8 @@ def test_bit_identical_on_ray_for_any_worker_count_with_a_cached_utility_and_uns
                                     batch_size=1),
                         data_oob(utility, MaxSamples(20), seed=3, batch_size=3, n_jobs=n_jobs),
                         msr_banzhaf(utility, MaxEvaluations(60), seed=3, batch_size=5, n_jobs=n_jobs,
-                                    estimator="regression", paired=True))
+                                    estimator="regression", paired=True),
+                        beta_shapley(utility, MaxEvaluations(80), seed=3, batch_size=2, n_jobs=n_jobs))
     for n_jobs in (2, 4):
         for local, remote in zip(runs[1], runs[n_jobs], strict=True):
             np.testing.assert_array_equal(remote.values, local.values)

@@ -104,7 +104,12 @@ HYENA_FAST_DECAY, HYENA_SLOW_DECAY = 0.3, 1.5  # lags / S at which the windows r
 
 
 class HyenaFilter(nn.Module):
-    """The implicit filters of one Hyena layer: `forward(L) -> [order, L, d]` float32, taps at lags 0 .. L - 1."""
+    """The implicit filters of one Hyena layer: `forward(L) -> [order, L, d]` float32 (float64 in
+    a float64 model), taps at lags 0 .. L - 1."""
+
+    # PyTorch's default init for the MLP: its sines need O(1) pre-activations; LinearLM's N(0, 0.02)
+    # would leave them linear and the taps near 1e-3, the long convolutions all but off
+    keeps_init = True
 
     def __init__(self, d: int, order: int, bands: int = HYENA_PE_BANDS, width: int = HYENA_FILTER_WIDTH):
         super().__init__()
@@ -114,25 +119,28 @@ class HyenaFilter(nn.Module):
         self.fc3 = nn.Linear(width, order * d)
         self.freq = nn.Parameter(torch.ones(width))
 
-    def decay_rates(self, device) -> torch.Tensor:
-        """alpha [order * d] float32, fast to slow across the channels of each filter; made at each call
+    def decay_rates(self, device, dtype=torch.float32) -> torch.Tensor:
+        """alpha [order * d], fast to slow across the channels of each filter; made at each call
         (not a buffer, which `model.to(torch.bfloat16)` would round)."""
         low, high = math.log(100) / HYENA_SLOW_DECAY, math.log(100) / HYENA_FAST_DECAY
-        return torch.linspace(high, low, self.d, device=device).repeat(self.order)
+        return torch.linspace(high, low, self.d, device=device, dtype=dtype).repeat(self.order)
 
-    def positional(self, L: int, device) -> torch.Tensor:
-        lag = torch.arange(L, device=device, dtype=torch.float32) / HYENA_LAG_SCALE
-        angle = 2 * math.pi * lag[:, None] * torch.arange(1, self.bands + 1, device=device, dtype=torch.float32)
+    def positional(self, L: int, device, dtype=torch.float32) -> torch.Tensor:
+        lag = torch.arange(L, device=device, dtype=dtype) / HYENA_LAG_SCALE
+        angle = 2 * math.pi * lag[:, None] * torch.arange(1, self.bands + 1, device=device, dtype=dtype)
         return torch.cat([lag[:, None], angle.cos(), angle.sin()], dim=-1)  # [L, 1 + 2 bands]
 
     def forward(self, L: int) -> torch.Tensor:
-        z = self.positional(L, self.fc1.weight.device)
-        w = self.freq.float()
-        for fc in (self.fc1, self.fc2):  # float32 whatever the model's dtype
-            z = torch.sin(w * F.linear(z, fc.weight.float(), fc.bias.float()))
-        h = F.linear(z, self.fc3.weight.float(), self.fc3.bias.float())  # [L, order * d]
-        lag = torch.arange(L, device=h.device, dtype=torch.float32)[:, None] / HYENA_LAG_SCALE
-        h = h * torch.exp(-self.decay_rates(h.device) * lag)
+        # float32 in a half model (bf16 taps would round the long filter); float64 in a float64 one, whose
+        # outputs float32 taps of size O(0.1) would put off by ~1e-9
+        dtype = torch.promote_types(self.fc1.weight.dtype, torch.float32)
+        z = self.positional(L, self.fc1.weight.device, dtype)
+        w = self.freq.to(dtype)
+        for fc in (self.fc1, self.fc2):
+            z = torch.sin(w * F.linear(z, fc.weight.to(dtype), fc.bias.to(dtype)))
+        h = F.linear(z, self.fc3.weight.to(dtype), self.fc3.bias.to(dtype))  # [L, order * d]
+        lag = torch.arange(L, device=h.device, dtype=dtype)[:, None] / HYENA_LAG_SCALE
+        h = h * torch.exp(-self.decay_rates(h.device, dtype) * lag)
         return h.unflatten(-1, (self.order, self.d)).transpose(0, 1)  # [order, L, d]
 
 

@@ -53,6 +53,8 @@ class Mixer(nn.Module):
     """Base class: subclasses implement `forward` and `step`; states here are tuples of tensors [B, ...]."""
 
     name = "mixer"
+    # True: LinearLM leaves this module's parameters as its constructor set them (see model.reinit)
+    keeps_init = False
 
     def select_state(self, state, index: torch.Tensor):
         """The state of the sequences at `index` ([n] long), in that order."""
@@ -256,6 +258,8 @@ def causal_conv_packed(x, weight, bias, cu_seqlens):
 
 @register_mixer("mamba")
 class Mamba(Mixer):
+    keeps_init = True  # as mamba_ssm: PyTorch's default init for the projections, the dt bias as set here
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_heads, self.backend = cfg.n_heads, cfg.backend
@@ -285,10 +289,12 @@ class Mamba(Mixer):
         xs, Bm, Cm = F.silu(xbc).split([self.d_inner, N, N], dim=-1)
         xs = head_split(xs, H)  # [B, T, H, P]
         Bm, Cm = (m[:, :, None, :].expand(Bsz, T, H, N) for m in (Bm, Cm))  # [B, T, H, N], shared by heads
-        # dt and A in float32 whatever the model's dtype (as mamba_ssm does): the decay exp(dt A) compounds
-        # over the sequence, and dt rounded to bfloat16 would put it off by |dt A| * 2^-9 at every step.
-        dt = F.softplus(dt.float() + self.dt_bias.float())  # [B, T, H]
-        return z, (xs, dt, -self.A_log.float().exp(), Bm, Cm), conv_state
+        # dt and A in float32 at least (as mamba_ssm does): the decay exp(dt A) compounds over the sequence,
+        # and dt rounded to bfloat16 would put it off by |dt A| * 2^-9 at every step. float64 in a float64
+        # model, whose outputs a float32 dt would put off by ~1e-10 (the projections' PyTorch init).
+        wide = torch.promote_types(dt.dtype, torch.float32)
+        dt = F.softplus(dt.to(wide) + self.dt_bias.to(wide))  # [B, T, H]
+        return z, (xs, dt, -self.A_log.to(wide).exp(), Bm, Cm), conv_state
 
     def _output(self, y, z):  # y: [..., H, P], z: [..., d_inner]
         return self.out(self.norm(y.flatten(-2) * F.silu(z)))
@@ -332,7 +338,8 @@ class RWKV5TimeMix(Mixer):
         self.decay_base = nn.Parameter(torch.linspace(-6.0, -1.0, D))  # slow to fast channels
         self.decay_down = nn.Linear(D, RWKV_DECAY_RANK, bias=False)
         self.decay_up = nn.Linear(RWKV_DECAY_RANK, D, bias=False)
-        nn.init.zeros_(self.decay_up.weight)
+        nn.init.zeros_(self.decay_up.weight)  # decays start at decay_base
+        self.decay_up.keeps_init = True
         self.bonus = nn.Parameter(torch.zeros(cfg.n_heads, cfg.head_dim))
         self.head_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.out = nn.Linear(D, D, bias=False)

@@ -112,7 +112,7 @@ class LinearLM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.apply(_init_weights)
+        reinit(self)
 
     def forward(self, ids, states=None, targets=None, cu_seqlens=None) -> LMOutput:
         """ids: [B, T] token ids; states: from a previous call (None: new sequences); targets: [B, T]
@@ -168,9 +168,23 @@ class LinearLM(nn.Module):
 
 
 def _init_weights(module):
+    """GPT-2's initialisation of one module (not its children): linear and embedding weights N(0, 0.02),
+    linear biases zero."""
     if isinstance(module, nn.Linear):
         nn.init.normal_(module.weight, std=0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)
+
+
+def reinit(module: nn.Module):
+    """`_init_weights` over `module` and its descendants, except below a module whose `keeps_init` is
+    True: a mixer (or part of one) whose own initialisation is part of its method, such as Mamba's dt
+    bias (softplus^-1 of a log-uniform dt, held by an nn.Linear in Mamba-1) or an implicit filter's
+    MLP, would otherwise be overwritten by the N(0, 0.02) / zero-bias rule."""
+    if getattr(module, "keeps_init", False):
+        return
+    _init_weights(module)
+    for child in module.children():
+        reinit(child)

@@ -193,6 +193,10 @@ MAMBA1_DT_MIN, MAMBA1_DT_MAX = 1e-3, 1e-1
 
 @register_mixer("mamba1")
 class Mamba1(Mixer):
+    # as mamba_ssm: PyTorch's default init for the projections (dt_proj's weight then uniform in
+    # +-dt_rank^-1/2, as mamba_ssm's dt_init="random"), the dt bias as set here
+    keeps_init = True
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         width = self.width = cfg.expand * cfg.d_model
@@ -215,9 +219,10 @@ class Mamba1(Mixer):
         xs, conv_state = conv_branch(self.conv, xs, conv_past, cu_seqlens)
         xs = F.silu(xs)
         dt_in, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # dt in float32 whatever the model's dtype: exp(dt A) compounds over the sequence
-        dt = F.softplus(F.linear(dt_in.float(), self.dt_proj.weight.float(), self.dt_proj.bias.float()))
-        return xs, dt, -self.A_log.float().exp(), Bm, Cm, z, conv_state
+        # dt in float32 at least (float64 in a float64 model): exp(dt A) compounds over the sequence
+        wide = torch.promote_types(dt_in.dtype, torch.float32)
+        dt = F.softplus(F.linear(dt_in.to(wide), self.dt_proj.weight.to(wide), self.dt_proj.bias.to(wide)))
+        return xs, dt, -self.A_log.to(wide).exp(), Bm, Cm, z, conv_state
 
     def forward(self, x, state=None, cu_seqlens=None):
         from alloyml.kernels import s6

@@ -167,3 +167,24 @@ def test_bad_inputs_are_refused():
         ttt(q, k, v, eta[..., :1], tuple(weights))
     with pytest.raises(InvalidInputError, match="state"):
         ttt(q, k, v, eta, tuple(weights), initial_state=(weights[0],))
+
+
+@pytest.mark.parametrize(("T", "mini_batch", "use_norm"), [(37, 16, True), (23, 5, False), (16, 16, True)])
+def test_ttt_linear_written_out_backward_is_exact_in_float64(T, mini_batch, use_norm, monkeypatch):
+    # TTT-Linear's dual form runs as one autograd.Function with its backward written out
+    # (linear_backward.py); in float64 it must agree with autograd through the loop of explicit gradient
+    # steps to round-off, for the outputs, the final state and every input gradient.
+    from alloyml.kernels.ttt import linear_backward
+
+    calls = []
+    apply = linear_backward.TTTLinearDualForm.apply
+    monkeypatch.setattr(linear_backward.TTTLinearDualForm, "apply", lambda *a: (calls.append(1), apply(*a))[1])
+    gen = torch.Generator().manual_seed(100 + T)
+    weights, norm = make_weights("linear", gen)
+    leaves = make_tokens(2, T, gen, eta_max=0.5 if use_norm else 0.1) + weights + (norm if use_norm else [])
+    (got, count) = outputs_and_grads(op("chunk", "linear", use_norm, mini_batch), leaves, torch.float64)
+    (want, want_count) = outputs_and_grads(op("naive", "linear", use_norm, mini_batch), leaves, torch.float64)
+    assert calls, "the written-out backward was not used"
+    assert torch.equal(count, want_count)
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, b.abs().max().item()), i

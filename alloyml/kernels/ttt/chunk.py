@@ -134,19 +134,22 @@ def ttt_dual_form(q, k, v, eta, weights, norm, mini_batch, eps, initial_state, c
         eta_f = eta[rows, src.clamp(0, T - 1)] * inside[..., None]
         ends = count + (T if lengths is None else lengths)
     nb = L // b
-    qf, kf, vf = (x.reshape(N, nb, b, H, d).permute(0, 3, 1, 2, 4).contiguous() for x in frames)  # [N, H, nb, b, d]
-    eta_f = eta_f.reshape(N, nb, b, H).permute(0, 3, 1, 2).contiguous()  # [N, H, nb, b]
     norm_b = None if norm is None else tuple(x.to(c)[:, None, :] for x in norm)  # [H, 1, d]
-
     point = theta  # where the mini-batch's gradients are taken
     base = theta if pending is None else [p - G for p, G in zip(theta, pending, strict=True)]  # outputs' start
-    if n_par == 2:
-        points, stacked_base, stacked_data = _linear_minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps)
+    if n_par == 2 and not _USE_AUTOGRAD_LINEAR:
+        z, starts, data, e_mb = _linear_dual_form(frames, eta_f, b, point, base, norm_b, eps)
     else:
-        points, stacked_base, stacked_data = _minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps)
-    norm_f = None if norm_b is None else tuple(x[:, None] for x in norm_b)  # [H, 1, 1, d]
-    z = dual_outputs(qf, stacked_base, stacked_data, eta_f, norm_f, eps)  # [N, H, nb, b, d]
-    z = z.permute(0, 2, 3, 1, 4).reshape(N, L, H, d)
+        qf, kf, vf = (x.reshape(N, nb, b, H, d).permute(0, 3, 1, 2, 4).contiguous() for x in frames)  # [N, H, nb, b, d]
+        eta_f = eta_f.reshape(N, nb, b, H).permute(0, 3, 1, 2).contiguous()  # [N, H, nb, b]
+        loop = _linear_minibatch_loop if n_par == 2 else _minibatch_loop
+        points, stacked_base, stacked_data = loop(kf, vf, eta_f, point, base, norm_b, eps)
+        norm_f = None if norm_b is None else tuple(x[:, None] for x in norm_b)  # [H, 1, 1, d]
+        z = dual_outputs(qf, stacked_base, stacked_data, eta_f, norm_f, eps)  # [N, H, nb, b, d]
+        z = z.permute(0, 2, 3, 1, 4).reshape(N, L, H, d)
+        starts = [torch.stack(p, dim=0) for p in zip(*points, strict=True)]  # [nb + 1, N, ...] per parameter
+        data = [tuple(x.transpose(1, 2) for x in layer) for layer in stacked_data]  # [N, nb, H, b, d_*]
+        e_mb = eta_f.transpose(1, 2)  # [N, nb, H, b]
     if count is None:
         z = z[:, :T]
     else:
@@ -158,21 +161,50 @@ def ttt_dual_form(q, k, v, eta, weights, norm, mini_batch, eps, initial_state, c
     # pending gradients up to that token
     last, seen = ends // b, ends % b  # [N]
     if count is None and lengths is None:  # every row ends at T: its theta is known without a gather
-        final_theta = list(points[T // b])
+        final_theta = [s[T // b] for s in starts]
     else:
-        final_theta = [_rows(torch.stack(p, dim=1), last) for p in zip(*points, strict=True)]
+        final_theta = [_rows(s.transpose(0, 1), last) for s in starts]
     at = last.clamp(max=nb - 1)
     taken = torch.arange(b, device=q.device)[None, :] < seen[:, None]  # [N, b]
-    e_last = _rows(eta_f.transpose(1, 2), at) * taken[:, None, :]  # [N, H, b]
+    e_last = _rows(e_mb, at) * taken[:, None, :]  # [N, H, b]
     final_pending = []
-    for a, g in stacked_data:
-        a_last, eg = _rows(a.transpose(1, 2), at), e_last[..., None] * _rows(g.transpose(1, 2), at)
+    for a, g in data:
+        a_last, eg = _rows(a, at), e_last[..., None] * _rows(g, at)
         final_pending += [a_last.transpose(-1, -2) @ eg, eg.sum(-2)]
     if pending is not None:  # rows still in the mini-batch the state started in keep its pending part
         first = last == 0
         final_pending = [F_ + torch.where(first.reshape(N, *[1] * (G.dim() - 1)), G, 0.0)
                          for F_, G in zip(final_pending, pending, strict=True)]
     return z, (*final_theta, *final_pending, seen)
+
+
+_USE_AUTOGRAD_LINEAR = False  # the earlier path (autograd through the loop), kept for the A/B benchmark
+
+
+def _linear_dual_form(frames, eta_f, b, point, base, norm_b, eps):
+    """TTT-Linear by `linear_backward.TTTLinearDualForm` (one autograd.Function, backward written out).
+    frames: q, k, v [N, L, H, d]; eta_f: [N, L, H]; b: the mini-batch; point, base: (W [N, H, d, d],
+    b [N, H, d]); norm_b: (weight, bias) [H, 1, d] or None. Returns (z [N, L, H, d], the parameters at
+    each mini-batch start [nb + 1, N, H, ...], [(k, g) as [N, nb, H, b, d]], eta [N, nb, H, b])."""
+    from alloyml.kernels.ttt.linear_backward import TTTLinearDualForm
+
+    N, L, H, d = frames[0].shape
+    nb, M = L // b, N * H
+    q, k, v = (x.reshape(N, nb, b, H, d).permute(1, 0, 3, 2, 4).reshape(nb, M, b, d) for x in frames)
+    eta = eta_f.reshape(N, nb, b, H).permute(1, 0, 3, 2).reshape(nb, M, b)
+
+    def flat(params):
+        return params[0].reshape(M, d, d), params[1].reshape(M, 1, d)
+
+    W_p, b_p = flat(point)
+    # the same tensor twice would stop torch.compile from tracing the Function: None means "the point"
+    W0, b0 = (None, None) if base is point else flat(base)
+    nw, nbias = (None, None) if norm_b is None else (x.expand(N, H, 1, d).reshape(M, 1, d) for x in norm_b)
+    z, Ws, bs, G = TTTLinearDualForm.apply(q, k, v, eta, W_p, b_p, W0, b0, nw, nbias, eps)
+    z = z.view(nb, N, H, b, d).permute(1, 0, 3, 2, 4).reshape(N, L, H, d)
+    starts = [Ws.view(nb + 1, N, H, d, d), bs.view(nb + 1, N, H, d)]
+    data = [tuple(x.view(nb, N, H, b, d).transpose(0, 1) for x in (k, G))]
+    return z, starts, data, eta.view(nb, N, H, b).transpose(0, 1)
 
 
 def _minibatch_loop(kf, vf, eta_f, point, base, norm_b, eps):

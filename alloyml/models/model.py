@@ -185,6 +185,6 @@ def reinit(module: nn.Module):
     MLP, would otherwise be overwritten by the N(0, 0.02) / zero-bias rule."""
     if getattr(module, "keeps_init", False):
         return
+    for child in module.children():  # children first, as nn.Module.apply: the same random draws in the
+        reinit(child)                # same order as before for every model without a keeps_init part
     _init_weights(module)
-    for child in module.children():
-        reinit(child)

@@ -3,6 +3,7 @@ specialists fine-tuned from it, their merge, and a larger model — every one re
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from dataclasses import dataclass
 
@@ -50,9 +51,26 @@ class PromptTask:
         letters = "".join(chr(97 + i) for i in torch.randint(10, (3,), generator=generator).tolist())
         return f"{letters}|", letters[::-1]
 
-    def examples(self, n: int, seed: int) -> list[tuple[str, str]]:
+    def examples(self, n: int | None, seed: int) -> list[tuple[str, str]]:
+        """`n` random draws (with repeats) from this split, or, for n None, every prompt of the split once
+        in a fixed order."""
+        if n is None:
+            return self.every_prompt()
         generator = torch.Generator().manual_seed(seed)
         return [self.pair(generator) for _ in range(n)]
+
+    def every_prompt(self) -> list[tuple[str, str]]:
+        """All prompts of this split (about 100 of the task's 1,000 for validation), each once."""
+        symbols = "0123456789" if self.name == "increment" else "abcdefghij"
+        out = []
+        for a, b, c in itertools.product(symbols, repeat=3):
+            if self.name == "increment":
+                prompt, answer = f"{a}{b}{c}>", "".join(str((int(d) + 1) % 10) for d in (a, b, c))
+            else:
+                prompt, answer = f"{a}{b}{c}|", f"{c}{b}{a}"
+            if prompt_split(prompt) == self.split:
+                out.append((prompt, answer))
+        return out
 
     def sample(self, n: int, generator: torch.Generator):
         width = 8  # every text is 8 bytes: "348>459\n", "abc|cba\n"
@@ -81,16 +99,21 @@ def _mixed_batches(task_names, batch_size: int, seed: int):
     return batch
 
 
-def task_accuracy(model, task: str, n: int, seed: int = 10_000, split: str = "held_out") -> float:
-    """Exact-match accuracy of greedy answers on `n` prompts of `task` drawn from `split`."""
+def task_accuracy(model, task: str, n: int | None, seed: int = 10_000, split: str = "held_out") -> float:
+    """Exact-match accuracy of greedy answers on `n` prompts of `task` drawn from `split` (n None: every
+    prompt of the split once)."""
     from alloyml.lm import RecurrentLM
 
     examples = PromptTask(task, split).examples(n, seed)
     generations = RecurrentLM(model).generate([p for p, _ in examples], max_tokens=MAX_ANSWER, stop=["\n"])
-    return sum(g.text.strip() == answer for g, (_, answer) in zip(generations, examples, strict=True)) / n
+    return sum(g.text.strip() == answer for g, (_, answer) in zip(generations, examples, strict=True)) / len(examples)
 
 
 def _scores(model, n: int, split: str = "held_out") -> dict:
+    # The merge is chosen on the whole validation split (each prompt once): 50 random draws with repeats
+    # from its ~100 prompts were noisy enough to pick a merge that kept 0.84 of a specialist on validation
+    # and 0.62 / 0.82 on the held-out prompts.
+    n = None if split == "validation" else n
     return {task: task_accuracy(model, task, n, split=split) for task in DEMO_TASKS}
 
 
@@ -177,7 +200,6 @@ def merge_spec(method: str, setting: dict) -> dict:
 
 def merge_settings(grid: dict) -> list[dict]:
     """Every setting of one method's grid: a list value is searched, a scalar is fixed."""
-    import itertools
 
     names = list(grid)
     values = [v if isinstance(v, list) else [v] for v in grid.values()]

@@ -138,12 +138,13 @@ def train_synthetic(spec: dict) -> dict:
     from alloyml.models.trainer import Trainer
 
     task, evals = synthetic_task(spec["task"], spec["quick"], spec["seq"], spec["pairs"], spec["keys"])
-    torch.manual_seed(0)
+    seed = spec.get("seed", 0)  # initial weights and training batches; the scored examples stay fixed
+    torch.manual_seed(seed)
     model = build(spec["mixer"], task.vocab_size, spec["width"], spec["layers"], spec["heads"], spec["ffn"])
     steps = spec["steps"]
     with timer() as took:
         trainer = Trainer(steps=steps, lr=spec["lr"], warmup_steps=max(1, steps // 10)).fit(
-            model, batches(task, spec["batch"], seed=0))
+            model, batches(task, spec["batch"], seed=seed))
     n_eval = 256 if spec["task"] == "mqar" else 2048  # MQAR scores 4-16 positions per example
     scores = {label: accuracy(model, t, n_eval) for label, t in evals.items()}
     losses = [m.loss for m in trainer.history_]
@@ -349,7 +350,11 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="do not keep rows of an earlier run")
     parser.add_argument("--tag", default="", help="label for extra rows (e.g. a longer budget) that replace only "
                         "rows of the same tag; the anchors read untagged rows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and training batches "
+                        "(needs --tag: the untagged rows are the seed-0 runs)")
     args = parser.parse_args()
+    if args.seed and not args.tag:
+        parser.error("--seed other than 0 needs --tag, so that its rows do not replace the seed-0 rows")
 
     import torch
 
@@ -388,7 +393,7 @@ def main() -> None:
             if not any(j["task"] == task_name and j["mixer"] == "softmax" and j["ffn"] == "mlp" for j in jobs):
                 jobs.append(dict(task=task_name, mixer="softmax", ffn="mlp", width=args.width, target_params=target))
     common = dict(quick=args.quick, seq=args.seq, layers=layers, heads=heads, batch=args.batch, lr=args.lr,
-                  pairs=pairs, keys=args.keys, tag=args.tag)
+                  pairs=pairs, keys=args.keys, tag=args.tag, seed=args.seed)
     jobs = [{**common, **j} for j in jobs]
 
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
@@ -481,7 +486,7 @@ def synthetic_rows(results: list[dict]) -> list[dict]:
                 (acc >= 0.9) if not compare else None,
                 f"d_model {r['width']}, params {r['params']} (softmax target {r['target_params']}); {r['steps']} steps "
                 f"x batch {r['batch']}, lr {r['lr']}, T {r['seq']}, {r['layers']} layers; final train loss "
-                f"{r['final_loss']}; {r['seconds']}s; chance {chance[r['task']]:.3f}",
+                f"{r['final_loss']}; {r['seconds']}s; chance {chance[r['task']]:.3f}; seed {r.get('seed', 0)}",
                 task=r["task"], mixer=r["mixer"], ffn=r["ffn"], count=label, steps=r["steps"], params=r["params"],
                 d_model=r["width"],
             ))

@@ -146,9 +146,14 @@ def _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size):
     C = min(chunk_size, T)
     n = -(-T // C)
     pad = n * C - T
-    q, k, v = (_chunk_major(F.pad(x.to(c), (0, 0, 0, 0, 0, pad)), C) for x in (q, k, v))
-    beta = _chunk_major(F.pad(beta.to(c), (0, 0, 0, pad)), C)
-    gamma = None if g is None else _chunk_major(F.pad(g.to(c), (0, 0, 0, pad)), C).cumsum(-1)
+    def chunked(x):  # zero steps at the end (k = v = 0, beta = 0, g = 0) leave the state as it is
+        x = x.to(c)
+        if pad:  # F.pad copies even when it pads nothing
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+        return _chunk_major(x, C)
+
+    q, k, v, beta = (chunked(x) for x in (q, k, v, beta))
+    gamma = None if g is None else chunked(g).cumsum(-1)
     S = q.new_zeros(B * H, K, V) if initial_state is None else initial_state.to(c).reshape(B * H, K, V)
     o, S = ChunkDeltaFunction.apply(q, k, v, beta, gamma, S, scale)
     o = o.view(n, B, H, C, V).movedim(0, 1).movedim(3, 2)  # [B, n, C, H, V]

@@ -40,9 +40,9 @@ def _flat(x):
     return x.reshape(-1, *x.shape[2:])
 
 
-def _forward_group(q, k, v, beta, gamma, S, scale):
+def _forward_group(q, k, v, beta, gamma, S, scale, o):
     """One group: q, k [g, N, C, K], v [g, N, C, V], beta and gamma [g, N, C], S [N, K, V] entering the
-    group. Returns (o [g, N, C, V], S leaving the group, what the backward needs)."""
+    group; writes the outputs into o [g, N, C, V]. Returns (S leaving the group, what the backward needs)."""
     C = q.shape[-2]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     kT = k.transpose(-1, -2)
@@ -64,22 +64,26 @@ def _forward_group(q, k, v, beta, gamma, S, scale):
     A = beta[..., :, None] * kkd
     Tm = unit_lower_inverse(A)
     Tmb = Tm * beta[..., None, :]  # Tm diag(beta)
-    starts = S.new_empty(q.shape[0], *S.shape)
+    g = q.shape[0]
+    states = S.new_empty(g + 1, *S.shape)  # states[i]: the state entering chunk i; the products write here
+    states[0] = S
     R, U = torch.empty_like(v), torch.empty_like(v)
     kg, ke = (k, k) if gamma is None else (k_g, k_end)
-    for i in range(q.shape[0]):
-        starts[i] = S
+    for i in range(g):
+        S = states[i]
         torch.baddbmm(v[i], kg[i], S, alpha=-1, out=R[i])
         torch.bmm(Tmb[i], R[i], out=U[i])
-        S = torch.baddbmm(S if a is None else a[i] * S, ke[i].transpose(-1, -2), U[i])
-    o = torch.baddbmm(_flat(QK) @ _flat(U), _flat(q if gamma is None else q_g), _flat(starts))
-    o = o.mul_(scale).view(v.shape)
-    return o, S, (q, k, beta, gamma, decay, kkd, A, Tm, QK, q_g, k_g, k_end, a, starts, R, U)
+        torch.baddbmm(S if a is None else a[i] * S, ke[i].transpose(-1, -2), U[i], out=states[i + 1])
+    starts = states[:g]
+    of = _flat(o)
+    torch.baddbmm(_flat(QK) @ _flat(U), _flat(q if gamma is None else q_g), _flat(starts), out=of)
+    of.mul_(scale)
+    return states[g], (q, k, beta, gamma, decay, kkd, A, Tm, QK, q_g, k_g, k_end, a, starts, R, U)
 
 
-def _backward_group(saved, do, dS, scale):
-    """The gradients of one group, from the gradient dS of the state leaving it. Returns
-    (dq, dk, dv, dbeta, dgamma or None, dS entering the group)."""
+def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
+    """The gradients of one group, from the gradient dS of the state leaving it, written into dq, dk, dv,
+    dbeta and dgamma (None without gates). Returns the gradient of the state entering the group."""
     q, k, beta, gamma, decay, kkd, A, Tm, QK, q_g, k_g, k_end, a, starts, R, U = saved
     gated = gamma is not None
     qg, kg, ke = (q, k, k) if not gated else (q_g, k_g, k_end)
@@ -87,40 +91,46 @@ def _backward_group(saved, do, dS, scale):
     X = (QK.transpose(-1, -2) @ do)  # [g, N, C, V]
     Y = (qg.transpose(-1, -2) @ do)  # [g, N, K, V]
     kgb = kg * beta[..., None]
-    G, dS_next = torch.empty_like(X), torch.empty_like(Y)  # dS_next: the gradient of the state leaving each chunk
-    for i in range(q.shape[0] - 1, -1, -1):
-        dS_next[i] = dS
+    g = q.shape[0]
+    G = torch.empty_like(X)
+    dstates = dS.new_empty(g + 1, *dS.shape)  # dstates[i]: the gradient of the state entering chunk i
+    dstates[g] = dS
+    for i in range(g - 1, -1, -1):
+        dS = dstates[i + 1]
         du = torch.baddbmm(X[i], ke[i], dS)
         torch.bmm(Tm[i].transpose(-1, -2), du, out=G[i])
-        dS = torch.baddbmm((dS if a is None else a[i] * dS) + Y[i], kgb[i].transpose(-1, -2), G[i], alpha=-1)
+        carried = dS + Y[i] if a is None else torch.addcmul(Y[i], a[i], dS)
+        torch.baddbmm(carried, kgb[i].transpose(-1, -2), G[i], alpha=-1, out=dstates[i])
+    dS_next = dstates[1:]
     Uf, Sf = _flat(U), _flat(starts)
     UT, ST = Uf.transpose(-1, -2), Sf.transpose(-1, -2)
-    dv = G * beta[..., None]
+    dv = torch.mul(G, beta[..., None], out=dv)
     dQK = (_flat(do) @ UT).view(QK.shape)
     dA = (_flat(G) @ UT).neg_().view(A.shape).tril_(-1)
     dqg = (_flat(do) @ ST).view(q.shape)
     dkg = (_flat(dv) @ ST).neg_().view(k.shape)
     dke = (Uf @ _flat(dS_next).transpose(-1, -2)).view(k.shape)
-    dbeta = (G * R).sum(-1) + (dA * kkd).sum(-1)
+    torch.sum(G * R, -1, out=dbeta)
+    dbeta += (dA * kkd).sum(-1)
     dkk = dA * beta[..., :, None]
     if gated:
         dkk = dkk.mul_(decay)
         dqk = dQK * decay
         P = dA * A + dQK * QK  # gradient x value of each e^{gamma_t - gamma_s}, on s <= t
         p_end = (dke * k_end).sum(-1)  # [g, N, C]
-        dgamma = P.sum(-1) - P.sum(-2) + (dqg * q_g).sum(-1) + (dkg * k_g).sum(-1) - p_end
+        dgamma[:] = P.sum(-1) - P.sum(-2) + (dqg * q_g).sum(-1) + (dkg * k_g).sum(-1) - p_end
         dgamma[..., -1] += (dS_next * starts).sum((-1, -2)) * a[..., 0, 0] + p_end.sum(-1)
         eg = gamma.exp()[..., None]
         dqg, dkg = dqg * eg, dkg * eg
         dke = dke * (gamma[..., -1:] - gamma).exp()[..., None]
     else:
         dqk = dQK.tril_()
-        dgamma = None
-    dq = torch.baddbmm(_flat(dqg), _flat(dqk), _flat(k)).view(q.shape)
+    torch.baddbmm(_flat(dqg), _flat(dqk), _flat(k), out=_flat(dq))
     dkk = dkk + dkk.transpose(-1, -2)
-    dk = torch.baddbmm(_flat(dkg + dke), _flat(dqk).transpose(-1, -2), _flat(q))
-    dk = torch.baddbmm(dk, _flat(dkk), _flat(k)).view(k.shape)
-    return dq, dk, dv, dbeta, dgamma, dS
+    dk_flat = _flat(dk)
+    torch.baddbmm(_flat(dkg.add_(dke)), _flat(dqk).transpose(-1, -2), _flat(q), out=dk_flat)
+    dk_flat.baddbmm_(_flat(dkk), _flat(k))
+    return dstates[0]
 
 
 class ChunkDeltaFunction(torch.autograd.Function):
@@ -129,34 +139,28 @@ class ChunkDeltaFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, gamma, S, scale):
-        outs, saved = [], []
+        o, saved = torch.empty_like(v), []
         for j in range(0, q.shape[0], GROUP):
             part = slice(j, j + GROUP)
-            o, S, s = _forward_group(q[part], k[part], v[part], beta[part],
-                                     None if gamma is None else gamma[part], S, scale)
-            outs.append(o)
-            saved.append(s)
+            S, s = _forward_group(q[part], k[part], v[part], beta[part], None if gamma is None else gamma[part], S,
+                                  scale, o[part])
+            saved.append((part, s))
         ctx.saved = saved
         ctx.scale = scale
         ctx.gated = gamma is not None
-        o = torch.cat(outs)
-        ctx.shapes = o.shape, S.shape  # of a missing dO or dS
-        return o, S
+        ctx.shapes = q.shape, v.shape, beta.shape, S.shape
+        return o, S.clone()  # the clone: the returned state is not a view of what the backward reads
 
     @staticmethod
     def backward(ctx, do, dS):
         saved, ctx.saved = ctx.saved, None
-        like = saved[0][0]
-        do = like.new_zeros(ctx.shapes[0]) if do is None else do
-        dS = like.new_zeros(ctx.shapes[1]) if dS is None else dS
-        grads = []
-        j = do.shape[0]
-        for s in reversed(saved):
-            g = s[0].shape[0]
-            *gr, dS = _backward_group(s, do[j - g:j], dS, ctx.scale)
-            grads.append(gr)
-            j -= g
-        grads.reverse()
-        dq, dk, dv, dbeta = (torch.cat([g[i] for g in grads]) for i in range(4))
-        dgamma = torch.cat([g[4] for g in grads]) if ctx.gated else None
+        qk_shape, v_shape, beta_shape, s_shape = ctx.shapes
+        like = saved[0][1][0]
+        do = like.new_zeros(v_shape) if do is None else do
+        dS = like.new_zeros(s_shape) if dS is None else dS
+        dq, dk, dv, dbeta = (like.new_empty(x) for x in (qk_shape, qk_shape, v_shape, beta_shape))
+        dgamma = like.new_empty(beta_shape) if ctx.gated else None
+        for part, s in reversed(saved):
+            dS = _backward_group(s, do[part], dS, ctx.scale, dq[part], dk[part], dv[part], dbeta[part],
+                                 None if dgamma is None else dgamma[part])
         return dq, dk, dv, dbeta, dgamma, dS, None

@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 32
 
 
 def _chunked(x, C):

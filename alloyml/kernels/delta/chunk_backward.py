@@ -32,7 +32,7 @@ import torch
 
 from alloyml.kernels.delta.triangular import unit_lower_inverse
 
-GROUP = 8
+GROUP = 16
 
 
 def _flat(x):
@@ -67,17 +67,20 @@ def _forward_group(q, k, v, beta, gamma, S, scale, o):
     g = q.shape[0]
     states = S.new_empty(g + 1, *S.shape)  # states[i]: the state entering chunk i; the products write here
     states[0] = S
-    R, U = torch.empty_like(v), torch.empty_like(v)
+    R, U = v.clone(), torch.empty_like(v)  # one copy for the group, then updated in place chunk by chunk
     kg, ke = (k, k) if gamma is None else (k_g, k_end)
     for i in range(g):
         S = states[i]
-        torch.baddbmm(v[i], kg[i], S, alpha=-1, out=R[i])
+        R[i].baddbmm_(kg[i], S, alpha=-1)
         torch.bmm(Tmb[i], R[i], out=U[i])
-        torch.baddbmm(S if a is None else a[i] * S, ke[i].transpose(-1, -2), U[i], out=states[i + 1])
+        if a is None:
+            states[i + 1] = S
+        else:
+            torch.mul(a[i], S, out=states[i + 1])
+        states[i + 1].baddbmm_(ke[i].transpose(-1, -2), U[i])
     starts = states[:g]
-    of = _flat(o)
-    torch.baddbmm(_flat(QK) @ _flat(U), _flat(q if gamma is None else q_g), _flat(starts), out=of)
-    of.mul_(scale)
+    torch.baddbmm(_flat(QK) @ _flat(U), _flat(q if gamma is None else q_g), _flat(starts), beta=scale, alpha=scale,
+                  out=_flat(o))
     return states[g], (q, k, beta, gamma, decay, kkd, A, Tm, QK, q_g, k_g, k_end, a, starts, R, U)
 
 
@@ -97,18 +100,21 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
     dstates[g] = dS
     for i in range(g - 1, -1, -1):
         dS = dstates[i + 1]
-        du = torch.baddbmm(X[i], ke[i], dS)
+        du = X[i].baddbmm_(ke[i], dS)  # X is read only here: dU overwrites it
         torch.bmm(Tm[i].transpose(-1, -2), du, out=G[i])
-        carried = dS + Y[i] if a is None else torch.addcmul(Y[i], a[i], dS)
-        torch.baddbmm(carried, kgb[i].transpose(-1, -2), G[i], alpha=-1, out=dstates[i])
+        if a is None:
+            torch.add(Y[i], dS, out=dstates[i])
+        else:
+            torch.addcmul(Y[i], a[i], dS, out=dstates[i])
+        dstates[i].baddbmm_(kgb[i].transpose(-1, -2), G[i], alpha=-1)
     dS_next = dstates[1:]
     Uf, Sf = _flat(U), _flat(starts)
     UT, ST = Uf.transpose(-1, -2), Sf.transpose(-1, -2)
     dv = torch.mul(G, beta[..., None], out=dv)
     dQK = (_flat(do) @ UT).view(QK.shape)
-    dA = (_flat(G) @ UT).neg_().view(A.shape).tril_(-1)
+    dA = torch.baddbmm(_flat(A), _flat(G), UT, beta=0, alpha=-1).view(A.shape).tril_(-1)  # beta=0: A unread
     dqg = (_flat(do) @ ST).view(q.shape)
-    dkg = (_flat(dv) @ ST).neg_().view(k.shape)
+    dkg = torch.baddbmm(_flat(k), _flat(dv), ST, beta=0, alpha=-1).view(k.shape)
     dke = (Uf @ _flat(dS_next).transpose(-1, -2)).view(k.shape)
     torch.sum(G * R, -1, out=dbeta)
     dbeta += (dA * kkd).sum(-1)
@@ -116,7 +122,7 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
     if gated:
         dkk = dkk.mul_(decay)
         dqk = dQK * decay
-        P = dA * A + dQK * QK  # gradient x value of each e^{gamma_t - gamma_s}, on s <= t
+        P = torch.addcmul(dA * A, dQK, QK)  # gradient x value of each e^{gamma_t - gamma_s}, on s <= t
         p_end = (dke * k_end).sum(-1)  # [g, N, C]
         dgamma[:] = P.sum(-1) - P.sum(-2) + (dqg * q_g).sum(-1) + (dkg * k_g).sum(-1) - p_end
         dgamma[..., -1] += (dS_next * starts).sum((-1, -2)) * a[..., 0, 0] + p_end.sum(-1)

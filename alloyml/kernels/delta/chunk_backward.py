@@ -159,7 +159,7 @@ class ChunkDeltaFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dS):
-        saved, ctx.saved = ctx.saved, None
+        saved = ctx.saved  # kept, not cleared: a retained graph (retain_graph=True) may run the backward again
         qk_shape, v_shape, beta_shape, s_shape = ctx.shapes
         like = saved[0][1][0]
         do = like.new_zeros(v_shape) if do is None else do

@@ -93,24 +93,28 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
     do = do * scale
     X = (QK.transpose(-1, -2) @ do)  # [g, N, C, V]
     Y = (qg.transpose(-1, -2) @ do)  # [g, N, K, V]
-    kgb = kg * beta[..., None]
     g = q.shape[0]
     G = torch.empty_like(X)
+    dv = dv.view(G.shape)
     dstates = dS.new_empty(g + 1, *dS.shape)  # dstates[i]: the gradient of the state entering chunk i
     dstates[g] = dS
+    # small per-chunk terms are taken inside the loop, where their operands were just written and are in
+    # cache, rather than in whole-group passes afterwards: dV = beta G, and <dS_next, S_0> for the gates
+    d_end = None if a is None else dS.new_empty(g, dS.shape[0], 1, 1)
     for i in range(g - 1, -1, -1):
         dS = dstates[i + 1]
         du = X[i].baddbmm_(ke[i], dS)  # X is read only here: dU overwrites it
         torch.bmm(Tm[i].transpose(-1, -2), du, out=G[i])
+        torch.mul(G[i], beta[i][..., None], out=dv[i])
         if a is None:
             torch.add(Y[i], dS, out=dstates[i])
         else:
+            torch.bmm(dS.view(dS.shape[0], 1, -1), starts[i].reshape(dS.shape[0], -1, 1), out=d_end[i])
             torch.addcmul(Y[i], a[i], dS, out=dstates[i])
-        dstates[i].baddbmm_(kgb[i].transpose(-1, -2), G[i], alpha=-1)
+        dstates[i].baddbmm_(kg[i].transpose(-1, -2), dv[i], alpha=-1)
     dS_next = dstates[1:]
     Uf, Sf = _flat(U), _flat(starts)
     UT, ST = Uf.transpose(-1, -2), Sf.transpose(-1, -2)
-    dv = torch.mul(G, beta[..., None], out=dv)
     dQK = (_flat(do) @ UT).view(QK.shape)
     dA = torch.baddbmm(_flat(A), _flat(G), UT, beta=0, alpha=-1).view(A.shape).tril_(-1)  # beta=0: A unread
     dqg = (_flat(do) @ ST).view(q.shape)
@@ -125,7 +129,7 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
         P = torch.addcmul(dA * A, dQK, QK)  # gradient x value of each e^{gamma_t - gamma_s}, on s <= t
         p_end = (dke * k_end).sum(-1)  # [g, N, C]
         dgamma[:] = P.sum(-1) - P.sum(-2) + (dqg * q_g).sum(-1) + (dkg * k_g).sum(-1) - p_end
-        dgamma[..., -1] += (dS_next * starts).sum((-1, -2)) * a[..., 0, 0] + p_end.sum(-1)
+        dgamma[..., -1] += d_end[..., 0, 0] * a[..., 0, 0] + p_end.sum(-1)
         eg = gamma.exp()[..., None]
         dqg, dkg = dqg * eg, dkg * eg
         dke = dke * (gamma[..., -1:] - gamma).exp()[..., None]

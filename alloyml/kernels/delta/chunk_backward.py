@@ -98,9 +98,7 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
     dv = dv.view(G.shape)
     dstates = dS.new_empty(g + 1, *dS.shape)  # dstates[i]: the gradient of the state entering chunk i
     dstates[g] = dS
-    # small per-chunk terms are taken inside the loop, where their operands were just written and are in
-    # cache, rather than in whole-group passes afterwards: dV = beta G, and <dS_next, S_0> for the gates
-    d_end = None if a is None else dS.new_empty(g, dS.shape[0], 1, 1)
+    # dV = beta G inside the loop, where G[i] was just written and is in cache, not in a pass afterwards
     for i in range(g - 1, -1, -1):
         dS = dstates[i + 1]
         du = X[i].baddbmm_(ke[i], dS)  # X is read only here: dU overwrites it
@@ -109,7 +107,6 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
         if a is None:
             torch.add(Y[i], dS, out=dstates[i])
         else:
-            torch.bmm(dS.view(dS.shape[0], 1, -1), starts[i].reshape(dS.shape[0], -1, 1), out=d_end[i])
             torch.addcmul(Y[i], a[i], dS, out=dstates[i])
         dstates[i].baddbmm_(kg[i].transpose(-1, -2), dv[i], alpha=-1)
     dS_next = dstates[1:]
@@ -129,7 +126,8 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
         P = torch.addcmul(dA * A, dQK, QK)  # gradient x value of each e^{gamma_t - gamma_s}, on s <= t
         p_end = (dke * k_end).sum(-1)  # [g, N, C]
         dgamma[:] = P.sum(-1) - P.sum(-2) + (dqg * q_g).sum(-1) + (dkg * k_g).sum(-1) - p_end
-        dgamma[..., -1] += d_end[..., 0, 0] * a[..., 0, 0] + p_end.sum(-1)
+        d_end = (_flat(dS_next).flatten(1)[:, None] @ Sf.flatten(1)[..., None]).view(a.shape[:2])  # <dS_next, S_0>
+        dgamma[..., -1] += d_end * a[..., 0, 0] + p_end.sum(-1)
         eg = gamma.exp()[..., None]
         dqg, dkg = dqg * eg, dkg * eg
         dke = dke * (gamma[..., -1:] - gamma).exp()[..., None]

@@ -132,7 +132,7 @@ def _chunk_major(x, C):
     loop (all sequences and heads) is one contiguous slice."""
     B, T, H = x.shape[:3]
     x = x.reshape(B, T // C, C, H, *x.shape[3:]).movedim(3, 2).movedim(1, 0)  # [n, B, H, C, ...]
-    return x.reshape(T // C, B * H, C, *x.shape[4:])
+    return x.reshape(T // C, B * H, C, *x.shape[4:]).contiguous()  # reshape may return a strided view
 
 
 def _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size):

@@ -67,7 +67,11 @@ def _forward_group(q, k, v, beta, gamma, S, scale, o):
     g = q.shape[0]
     states = S.new_empty(g + 1, *S.shape)  # states[i]: the state entering chunk i; the products write here
     states[0] = S
-    R, U = v.clone(), torch.empty_like(v)  # one copy for the group, then updated in place chunk by chunk
+    # R: one copy of V for the group, then updated in place chunk by chunk. Buffers that products write into
+    # are allocated contiguous: *_like would copy the strides of the inputs, and _flat of a non-contiguous
+    # tensor is a copy, so a product written there would be lost
+    R = v.clone(memory_format=torch.contiguous_format)
+    U = v.new_empty(v.shape)
     kg, ke = (k, k) if gamma is None else (k_g, k_end)
     for i in range(g):
         S = states[i]
@@ -94,7 +98,7 @@ def _backward_group(saved, do, dS, scale, dq, dk, dv, dbeta, dgamma):
     X = (QK.transpose(-1, -2) @ do)  # [g, N, C, V]
     Y = (qg.transpose(-1, -2) @ do)  # [g, N, K, V]
     g = q.shape[0]
-    G = torch.empty_like(X)
+    G = X.new_empty(X.shape)
     dv = dv.view(G.shape)
     dstates = dS.new_empty(g + 1, *dS.shape)  # dstates[i]: the gradient of the state entering chunk i
     dstates[g] = dS
@@ -147,7 +151,7 @@ class ChunkDeltaFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, gamma, S, scale):
-        o, saved = torch.empty_like(v), []
+        o, saved = v.new_empty(v.shape), []  # contiguous (see _forward_group)
         for j in range(0, q.shape[0], GROUP):
             part = slice(j, j + GROUP)
             S, s = _forward_group(q[part], k[part], v[part], beta[part], None if gamma is None else gamma[part], S,

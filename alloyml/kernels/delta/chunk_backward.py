@@ -15,14 +15,15 @@ loop in reverse with dS the gradient of the state leaving a chunk and G = Tm^T d
 
     dU = QK^T dO' + K_end dS,    G = Tm^T dU,    dS_0 = e^{gamma_C} dS + Q_g^T dO' - (beta K_g)^T G
 
-(dO' = scale dO), and then for all chunks at once dV = beta G, dK_g = -dV S_0^T, d beta = rowsum(G R) +
+(dO' = scale dO; dV = beta G inside the loop), and then for all chunks at once dK_g = -dV S_0^T, d beta = rowsum(G R) +
 rowsum(dA kk Gamma) and dA = -G U^T: the gradient of the triangular system needs only G, never Tm's own
 gradient. The gates enter only through e^{...} factors, so the gradient of each cumulative log-gate is a
 sum of (gradient x value) terms; chunk.py turns it into dg with the cumulative sum's autograd.
 
 Chunks are processed in groups (GROUP chunks of every sequence and head at a time): the batched products
 of a group then work on tensors of about a megabyte, which stay in cache between the ops that use them,
-instead of streaming every intermediate of the whole sequence through memory (about 1.5x faster here).
+instead of streaming every intermediate of the whole sequence through memory (DeltaNet fwd + bwd at
+T = 4096, C = 64: 0.13 s in groups of 8 against 0.19 s in one batch, one thread, loaded machine).
 Tensors are chunk-major, [n, B * H, C, D], so a group and each chunk of the loop are contiguous slices.
 """
 

@@ -1,7 +1,8 @@
 """(I + A)^{-1} for a batch of strictly lower-triangular A: the UT transform of the chunked delta rule.
 
-torch.linalg.solve_triangular (and inv) on a batch of small matrices runs at a few GFLOP/s on CPU: LAPACK
-is called once per matrix, and a 64 x 64 triangle is too small to amortise the call. The inverse is
+torch.linalg.solve_triangular (and inv) on a batch of small matrices runs at about a fifth of a batched
+matmul's speed on CPU (one thread: 11 against 57 GFLOP/s at 512 matrices of 64 x 64): LAPACK is called once
+per matrix, and such a triangle is too small to amortise the call. The inverse is
 instead built by block forward substitution, which turns it into a handful of batched matmuls: invert the
 diagonal blocks row by row (a short loop, all blocks of all matrices at once), then fill block row i from
 the rows above it, T_i,<i = -T_ii (A_i,<i T_<i,<i).

@@ -78,6 +78,21 @@ def test_gated_deltanet_chunked_and_step_match_naive(gate_shift, T, chunk_size):
 
 
 @pytest.mark.parametrize("gate_shift", [None, 2.0])
+@pytest.mark.parametrize("T", [67, 64])  # padded, and a whole number of chunks
+def test_time_major_inputs_match_naive(gate_shift, T):
+    """Inputs whose time axis has stride 1 (what a convolution's output, transposed back, gives the delta
+    mixers): buffers allocated like them would inherit those strides, and a product written into a
+    reshaped copy of one would be lost."""
+    inputs = make(2, T, 2, 16, 16, torch.Generator().manual_seed(T), gate_shift=gate_shift)
+    for n in ("q", "k", "v"):
+        x = inputs[n].detach()
+        inputs[n] = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).requires_grad_()  # [B, T, H, D], T stride 1
+        assert inputs[n].stride(1) == 1
+    want = grads(run_op("naive"), as64(inputs), torch.Generator().manual_seed(1))
+    assert_all_within_tol(grads(run_op("chunk", 32), inputs, torch.Generator().manual_seed(1)), want)
+
+
+@pytest.mark.parametrize("gate_shift", [None, 2.0])
 def test_packed_sequences_restart_from_their_initial_state(gate_shift):
     cu = torch.tensor([0, 1, 40, 41, 97, 130])
     inputs = make(1, 130, 2, 12, 8, torch.Generator().manual_seed(5), gate_shift=gate_shift, state_rows=5)

@@ -75,3 +75,30 @@ def test_matches_autograd_through_the_chunked_ops(gated):
     want = gradients(i, *by_autograd(), "both", torch.Generator().manual_seed(2))
     for name in i:
         assert rel_rms(got[name], want[name]) <= TOL, (name, rel_rms(got[name], want[name]))
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_function_backward_passes_float64_gradcheck(gated):
+    """The written-out backward against finite differences of its own forward, in float64, over several
+    chunks and more than one chunk group (so the state gradient crosses from group to group)."""
+    import alloyml.kernels.delta.chunk_backward as cb
+
+    gen = torch.Generator().manual_seed(11)
+    n, N, C, K, V = 3, 2, 3, 2, 3
+    q = torch.randn(n, N, C, K, generator=gen, dtype=torch.float64)
+    k = F.normalize(torch.randn(n, N, C, K, generator=gen, dtype=torch.float64), dim=-1)
+    v = torch.randn(n, N, C, V, generator=gen, dtype=torch.float64)
+    beta = torch.rand(n, N, C, generator=gen, dtype=torch.float64)
+    gamma = F.logsigmoid(torch.randn(n, N, C, generator=gen, dtype=torch.float64)).cumsum(-1) if gated else None
+    S = torch.randn(N, K, V, generator=gen, dtype=torch.float64)
+    inputs = [x.requires_grad_() for x in (q, k, v, beta, S)] + ([gamma.requires_grad_()] if gated else [])
+
+    def f(q, k, v, beta, S, gamma=None):
+        return cb.ChunkDeltaFunction.apply(q, k, v, beta, gamma, S, 0.7)
+
+    group = cb.GROUP
+    cb.GROUP = 2  # 3 chunks: groups of 2 and 1
+    try:
+        assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-8, rtol=1e-6, fast_mode=True)
+    finally:
+        cb.GROUP = group

@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 32
 
 
 def _chunked(x, C):
@@ -127,6 +127,14 @@ def chunk_delta_rule(q, k, v, beta, g, scale, initial_state, chunk_size=DEFAULT_
     return o, S
 
 
+def _chunk_major(x, C):
+    """[B, T, H, ...] with T a multiple of C -> [T / C, B * H, C, ...]: chunk-major, so that each chunk of the
+    loop (all sequences and heads) is one contiguous slice."""
+    B, T, H = x.shape[:3]
+    x = x.reshape(B, T // C, C, H, *x.shape[3:]).movedim(3, 2).movedim(1, 0)  # [n, B, H, C, ...]
+    return x.reshape(T // C, B * H, C, *x.shape[4:]).contiguous()  # reshape may return a strided view
+
+
 def _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size):
     """The PyTorch path: padding and chunking here (autograd), the rest in chunk_backward's Function with
     its hand-written backward."""
@@ -138,9 +146,15 @@ def _chunk_function(q, k, v, beta, g, scale, initial_state, chunk_size):
     C = min(chunk_size, T)
     n = -(-T // C)
     pad = n * C - T
-    q, k, v = (_chunked(F.pad(x.to(c), (0, 0, 0, 0, 0, pad)), C) for x in (q, k, v))
-    beta = _chunked(F.pad(beta.to(c), (0, 0, 0, pad)), C)
-    gamma = None if g is None else _chunked(F.pad(g.to(c), (0, 0, 0, pad)), C).cumsum(-1)
-    S = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(c)
+    def chunked(x):  # zero steps at the end (k = v = 0, beta = 0, g = 0) leave the state as it is
+        x = x.to(c)
+        if pad:  # F.pad copies even when it pads nothing
+            x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, pad))
+        return _chunk_major(x, C)
+
+    q, k, v, beta = (chunked(x) for x in (q, k, v, beta))
+    gamma = None if g is None else chunked(g).cumsum(-1)
+    S = q.new_zeros(B * H, K, V) if initial_state is None else initial_state.to(c).reshape(B * H, K, V)
     o, S = ChunkDeltaFunction.apply(q, k, v, beta, gamma, S, scale)
-    return o.movedim(1, 3).reshape(B, n * C, H, V)[:, :T], S
+    o = o.view(n, B, H, C, V).movedim(0, 1).movedim(3, 2)  # [B, n, C, H, V]
+    return o.reshape(B, n * C, H, V)[:, :T], S.view(B, H, K, V)

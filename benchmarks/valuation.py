@@ -414,19 +414,21 @@ REFERENCE_EVALUATIONS = {True: 20_000, False: 60_000}  # --quick or not: utility
 
 
 def banzhaf_reference(utility, evaluations: int):
-    """(values, note): the Banzhaf values the MSR rows are measured against — the mean of two independent runs of
-    alloyml's lowest-variance estimator (least squares on paired subsets) of evaluations / 2 each, and their
-    split-half Spearman correlation. A reference that is itself noisy caps the correlation any estimator can reach
-    with it (two independent least-squares runs on 3,000 unpaired subsets each correlated at 0.87 here, ~0.96 with the
-    exact values for the 6,000 together), which turns "evaluations to 0.9" into luck; from the split-half rho_h, Spearman-Brown estimates the reference's own correlation with the exact
-    values as sqrt(2 rho_h / (1 + rho_h))."""
+    """(values, note): the Banzhaf values the MSR rows are measured against — the mean of two independent runs
+    of alloyml's lowest-variance estimator (least squares on paired subsets) of evaluations / 2 each, and their
+    split-half Spearman correlation. A reference that is itself noisy caps the correlation any estimator can
+    reach with it (two independent least-squares runs on 3,000 unpaired subsets each correlated at 0.87 here,
+    ~0.96 with the exact values for the 6,000 together), which turns "evaluations to 0.9" into luck. From the
+    split-half rho_h, Spearman-Brown estimates the reference's own correlation with the exact values as
+    sqrt(2 rho_h / (1 + rho_h))."""
     halves = [av.msr_banzhaf(utility, av.MaxEvaluations(evaluations // 2), seed=seed, batch_size=256,
                              estimator="regression", paired=True).values for seed in (123, 124)]
     split_half = float(spearmanr(*halves).statistic)
+    with_exact = np.sqrt(2 * split_half / (1 + split_half))
     note = (f"the mean of two independent alloyml least-squares runs on paired subsets (msr_banzhaf(estimator="
             f"'regression', paired=True), seeds 123 and 124) of {evaluations // 2:,} evaluations each; split-half "
-            f"Spearman {split_half:.3f}, so an estimated correlation of {np.sqrt(2 * split_half / (1 + split_half)):.3f}"
-            " with the exact values (Spearman-Brown)")
+            f"Spearman {split_half:.3f}, so an estimated correlation of {with_exact:.3f} with the exact values "
+            "(Spearman-Brown)")
     return (halves[0] + halves[1]) / 2, note
 
 

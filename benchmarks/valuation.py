@@ -330,7 +330,8 @@ def convergence(rows, quick, only=("tmc_shapley",)):
     cases = {
         "tmc_shapley": (lambda stop, seed: av.tmc_shapley(utility_fresh(), stop, truncation_rtol=None, seed=seed),
                         lambda: (av.tmc_shapley(utility, av.MaxSamples(150 if quick else 400), truncation_rtol=None,
-                                                seed=123).values, "one alloyml run of permutations"), "tmc", [1]),
+                                                seed=123).values, "one alloyml run of permutations (seed 123)"),
+                        "tmc", [1]),
         # the reference for every MSR row of both libraries: see `banzhaf_reference`
         "msr_banzhaf": (lambda stop, seed: av.msr_banzhaf(utility_fresh(), stop, seed=seed, batch_size=16),
                         lambda: banzhaf_reference(utility, REFERENCE_EVALUATIONS[quick]),

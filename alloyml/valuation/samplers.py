@@ -240,9 +240,7 @@ class MSRSampler(Sampler):
         if self.estimator != "regression":
             return
         if self.paired:  # two rows of the least squares: (S, U(S)) and (N \\ S, U(N \\ S))
-            inside, score, other = drawn.meta
-            stats.regression = _Regression.from_sample(n, inside, score).merge(
-                _Regression.from_sample(n, np.setdiff1d(np.arange(n), inside), other))
+            stats.regression = _Regression.from_pair(n, *drawn.meta)
             return
         score = drawn.values[0] if drawn.values.size else drawn.out_values[0]
         stats.regression = _Regression.from_sample(n, drawn.points, score)

@@ -50,12 +50,21 @@ class _Moments:
 class _Regression:
     """Sums for least squares of U(S) on [1, 1[j in S] for every j] over uniform subsets (Banzhaf as the
     coefficients of the best linear fit, Hammer & Holzman 1992; the Kernel-Banzhaf estimator): gram [n+1, n+1],
-    xty [n+1], yty and the number of subsets. Sums merge exactly (in a fixed order, bit-identically)."""
+    xty [n+1], yty and the number of subsets. Sums merge exactly (in a fixed order, bit-identically).
+
+    Paired samples (S and N \\ S, `from_pair`) also keep the sums of each pair's mean score e = (U(S) + U(N \\ S)) / 2.
+    In centred coordinates c = 1[j in S] - 1/2 the pair's rows are [1, c] and [1, -c], so the Gram is block
+    diagonal: the intercept fits the mean of e and the coefficients fit o = (U(S) - U(N \\ S)) / 2 on c alone. The
+    residual sum of squares is 2 * sum (e - mean e)^2 + 2 * sum (o - c.beta)^2, and only the second part is noise
+    in the coefficients, with pairs - n degrees of freedom."""
 
     gram: np.ndarray
     xty: np.ndarray
     yty: float
     count: int
+    pairs: int = 0
+    pair_mean_sum: float = 0.0  # sum of e over pairs
+    pair_mean_sq: float = 0.0  # sum of e^2 over pairs
 
     @classmethod
     def zeros(cls, n):
@@ -68,22 +77,39 @@ class _Regression:
         x[np.asarray(inside, np.int64) + 1] = 1.0
         return cls(np.outer(x, x), x * score, float(score) ** 2, 1)
 
+    @classmethod
+    def from_pair(cls, n, inside, score, other):
+        """The two rows of a subset `inside` scoring `score` and its complement scoring `other`."""
+        complement = np.setdiff1d(np.arange(n), inside)
+        rows = cls.from_sample(n, inside, score).merge(cls.from_sample(n, complement, other))
+        mean = (float(score) + float(other)) / 2
+        return _Regression(rows.gram, rows.xty, rows.yty, rows.count, 1, mean, mean**2)
+
     def merge(self, other: _Regression) -> _Regression:
         return _Regression(self.gram + other.gram, self.xty + other.xty, self.yty + other.yty,
-                           self.count + other.count)
+                           self.count + other.count, self.pairs + other.pairs,
+                           self.pair_mean_sum + other.pair_mean_sum, self.pair_mean_sq + other.pair_mean_sq)
 
     def solve(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(coefficients [n], stderr [n]) once there are more subsets than unknowns and the design has full
-        rank; None before (the caller uses the MSR means)."""
+        """(coefficients [n], stderr [n]) once the residual has a degree of freedom — more subsets than unknowns,
+        or for pairs more pairs than points — and the design has full rank; None before (the caller uses the MSR
+        means). A rank-deficient Gram does not always make `inv` raise, so its eigenvalues are checked."""
         n1 = len(self.xty)
-        if self.count <= n1:
+        paired = self.pairs > 0
+        dof = self.pairs - (n1 - 1) if paired else self.count - n1
+        if dof <= 0:
             return None
-        try:
-            inverse = np.linalg.inv(self.gram)
-        except np.linalg.LinAlgError:
+        eigenvalues, eigenvectors = np.linalg.eigh(self.gram)
+        if eigenvalues[0] <= 1e-10 * eigenvalues[-1]:
             return None
+        inverse = (eigenvectors / eigenvalues) @ eigenvectors.T
         beta = inverse @ self.xty
-        residual = max(self.yty - beta @ self.xty, 0.0) / (self.count - n1)
+        rss = self.yty - beta @ self.xty
+        if paired:  # drop the pairs' mean scores around their mean: the intercept's part, no coefficient's noise
+            rss -= 2 * (self.pair_mean_sq - self.pair_mean_sum**2 / self.pairs)
+            # the slope block of inv(gram) is inv(2 sum c c^T); the coefficients' variance is s_o^2 inv(sum c c^T)
+            # with s_o^2 = (rss / 2) / dof, i.e. (rss / dof) * that block
+        residual = max(rss, 0.0) / dof
         return beta[1:], np.sqrt(np.maximum(np.diag(inverse)[1:], 0.0) * residual)
 
 

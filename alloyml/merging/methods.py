@@ -106,9 +106,9 @@ def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int,
         if scratch is None or scratch.numel() < flat.numel():
             scratch = torch.empty(flat.numel(), dtype=flat.dtype)  # reused: fresh buffers cost page faults
         magnitude = torch.abs(flat, out=scratch[: flat.numel()])
-        if high != float("inf"):
-            above += int(torch.count_nonzero(magnitude > high))  # counting a bool tensor's sum is ~5x slower
-        inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])
+        over = magnitude > high
+        above += int(torch.count_nonzero(over))  # counting by a bool tensor's sum is ~5x slower
+        inside.append(magnitude[(magnitude >= low) & over.logical_not_()])  # not-over: one compare fewer
     candidates = torch.cat(inside)
     need = keep - above  # the threshold's rank among the bracketed entries
     if not 0 < need <= candidates.numel():

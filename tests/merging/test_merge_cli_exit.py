@@ -49,8 +49,10 @@ def test_merge_program_skips_teardown_but_keeps_output_and_atexit(tmp_path):
     base, a, b = states["base"], states["a"], states["b"]
     for name, value in base.items():  # base + sum_i w_i (x_i - base), computed here in float64
         if value.is_floating_point():
-            expected = base[name].double() + 0.7 * (a[name].double() - base[name].double()) - 0.3 * (
-                b[name].double() - base[name].double()
+            expected = (
+                base[name].double()
+                + 0.7 * (a[name].double() - base[name].double())
+                - 0.3 * (b[name].double() - base[name].double())
             )
             torch.testing.assert_close(merged[name].double(), expected, rtol=0, atol=1e-6, msg=name)
         else:

@@ -8,7 +8,9 @@ handler, so `alloyml --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
+import os
 import sys
 
 from alloyml.errors import AlloyError
@@ -55,13 +57,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except AlloyError as err:
         print(f"alloyml: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alloyml: interrupted", file=sys.stderr)
         return 130
+    if code == 0 and argv is None and getattr(args, "exit_without_teardown", False):
+        _exit_without_teardown()
+    return code
+
+
+def _exit_without_teardown() -> None:
+    """End the process as an orderly exit would (atexit handlers, flushed output), minus the interpreter's
+    teardown: freeing every module and object of torch's import graph takes ~0.8 s, a third of a
+    two-second merge, and frees nothing the OS does not reclaim anyway. Only for commands that opt in
+    (`exit_without_teardown`), which have closed, flushed and synced everything they wrote by the time
+    they return, and only when run as the program (`main()` from Python returns as usual)."""
+    atexit._run_exitfuncs()  # what a normal exit runs first (logging's flush, libraries' hooks)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--extract-lora", nargs=3, metavar=("BASE", "FINETUNED", "OUT_DIR"),
                         help="write the rank --rank LoRA adapter (PEFT folder) that turns BASE into FINETUNED")
     parser.add_argument("--rank", type=int, default=16, help="rank of the extracted LoRA (default 16)")
-    parser.set_defaults(func=_run)
+    # Every output is closed and synced when `_run` returns: `alloyml merge` skips interpreter teardown.
+    parser.set_defaults(func=_run, exit_without_teardown=True)
 
 
 def _run(args: argparse.Namespace) -> int:

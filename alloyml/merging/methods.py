@@ -88,32 +88,43 @@ def magnitude_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int,
         candidates = torch.cat([b.reshape(-1).abs() for b in blocks()] or [torch.zeros(0)])
         if candidates.numel() != numel or not 0 < keep <= numel:
             return _radix_threshold(blocks, keep)
-        threshold = float(torch.kthvalue(candidates, numel - keep + 1).values)
-        return threshold, keep - int((candidates > threshold).sum())
+        (threshold,) = _largest(candidates, [keep])
+        return threshold, keep - int(torch.count_nonzero(candidates > threshold))
     stride = numel // _SAMPLE
     sample = torch.cat([b.reshape(-1)[::stride].abs() for b in blocks()] or [torch.zeros(0)])
     n = sample.numel()
     rank = keep * n / numel  # the threshold's expected rank (from the top) in the sample
     margin = 6 * (rank * (1 - rank / n)) ** 0.5 + 16  # binomial standard deviations, and a floor
     top, bottom = int(rank - margin), int(rank + margin)
-    # The top-th and bottom-th largest sample entries (kthvalue counts from the smallest; no full sort).
-    high = float(torch.kthvalue(sample, n - top + 1).values) if top >= 1 else float("inf")
-    low = float(torch.kthvalue(sample, n - bottom + 1).values) if bottom <= n else 0.0
+    # The top-th and bottom-th largest sample entries bound the bracket (inf / 0 where the rank falls off).
+    ranks = [r for r in (top, bottom) if 1 <= r <= n]
+    found = dict(zip(ranks, _largest(sample, ranks), strict=True))
+    high, low = found.get(top, float("inf")), found.get(bottom, 0.0)
     above, inside, scratch = 0, [], None
     for block in blocks():
         flat = block.reshape(-1)
         if scratch is None or scratch.numel() < flat.numel():
             scratch = torch.empty(flat.numel(), dtype=flat.dtype)  # reused: fresh buffers cost page faults
         magnitude = torch.abs(flat, out=scratch[: flat.numel()])
-        if high != float("inf"):
-            above += int((magnitude > high).sum())
-        inside.append(magnitude[(magnitude >= low) & (magnitude <= high)])
+        over = magnitude > high
+        above += int(torch.count_nonzero(over))  # counting by a bool tensor's sum is ~5x slower
+        inside.append(magnitude[(magnitude >= low) & over.logical_not_()])  # not-over: one compare fewer
     candidates = torch.cat(inside)
     need = keep - above  # the threshold's rank among the bracketed entries
     if not 0 < need <= candidates.numel():
         return _radix_threshold(blocks, keep)
-    threshold = float(torch.kthvalue(candidates, candidates.numel() - need + 1).values)
-    return threshold, keep - above - int((candidates > threshold).sum())
+    (threshold,) = _largest(candidates, [need])
+    return threshold, keep - above - int(torch.count_nonzero(candidates > threshold))
+
+
+def _largest(values: torch.Tensor, ranks: list[int]) -> list[float]:
+    """The `r`-th largest of `values` (1-based) for each r in `ranks`, reordering `values` in place: one
+    numpy introselect for all ranks, ~2x faster than a `torch.kthvalue` per rank."""
+    scratch = values.numpy()
+    positions = [scratch.size - r for r in ranks]
+    if positions:
+        scratch.partition(positions)
+    return [float(scratch[i]) for i in positions]
 
 
 def _radix_threshold(blocks: Callable[[], Iterable[torch.Tensor]], keep: int) -> tuple[float, int]:
@@ -148,16 +159,16 @@ def apply_threshold_(block: torch.Tensor, threshold: float, tied_kept: int) -> i
     returns how many tied entries later blocks may still keep."""
     flat = block.reshape(-1)
     magnitude = flat.abs()
-    tied = magnitude == threshold
-    n_tied = int(tied.sum())
-    if n_tied > tied_kept:  # keep the first `tied_kept` ties of this block, drop the rest
-        positions = tied.nonzero().squeeze(1)
-        tied[positions[:tied_kept]] = False
-        flat.masked_fill_(tied, 0)
+    tied = magnitude == threshold  # common: task vectors of float32 weights take few distinct values
+    n_tied = int(torch.count_nonzero(tied))
+    if n_tied > tied_kept:  # drop this block's ties after its first `tied_kept`
+        flat[tied.nonzero().squeeze(1)[tied_kept:]] = 0
         tied_kept = 0
     else:
         tied_kept -= n_tied
-    flat.masked_fill_(magnitude < threshold, 0)
+    # A float 0/1 mask, computed in place: masked_fill_ and multiplying by a bool tensor are ~5x slower.
+    # Dropped entries become -0.0 where negative (+0.0 with masked_fill_); sums over them are the same.
+    flat.mul_(magnitude.ge_(threshold))
     return tied_kept
 
 
@@ -256,7 +267,10 @@ _CHUNK = 1 << 20  # entries per block of the disjoint merge: its temporaries sta
 def _disjoint_merge(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
     """TIES's sign election and disjoint mean, block by block over the flattened tensors, written into the
     first delta's storage (so no full-size temporaries: elected signs, sums and divisors are per block).
-    Same operations in the same order as whole-tensor code, so the same bits."""
+    Same operations in the same order as whole-tensor code, so the same bits.
+
+    The masks are float 0/1 tensors: on CPU, `torch.where` and arithmetic with bool tensors run ~5-10x
+    slower than float arithmetic, and multiplying by an exact 1 or 0 changes no value that is kept."""
     flats = [d.reshape(-1) for d in deltas]
     flat_base = base_c.reshape(-1)
     for start in range(0, flat_base.numel(), _CHUNK):
@@ -264,19 +278,23 @@ def _disjoint_merge(base_c, deltas, weight, lam, normalize) -> torch.Tensor:
         summed = parts[0].clone()
         for part in parts[1:]:
             summed.add_(part)
-        positive = summed >= 0  # the elected sign: that of the summed (weighted, trimmed) task vectors
+        # The elected sign, that of the summed (weighted, trimmed) task vectors, as +-1: `copysign` makes a
+        # summed -0.0 negative where `>= 0` counts it positive, but a -0.0 sum means every delta is zero,
+        # and zeros (trimmed entries) agree with neither sign.
+        elected = torch.copysign(torch.ones(()), summed)
         summed.zero_()
-        divisor = torch.zeros_like(summed)
+        divisor = torch.zeros_like(summed) if normalize else None
         for part, w in zip(parts, weight, strict=True):
-            agrees = torch.where(positive, part > 0, part < 0)  # zeros (trimmed entries) never agree
-            summed.add_(part * agrees)
-            divisor.add_(agrees, alpha=w)
-        divisor[divisor == 0] = 1
-        if normalize:
+            agrees = torch.mul(part, elected).gt_(0)  # 1 where the delta is non-zero with the elected sign
+            if divisor is not None:
+                divisor.add_(agrees, alpha=w)
+            summed.add_(agrees.mul_(part))  # the mask's buffer, reused for the agreeing deltas
+        if divisor is not None:
+            divisor.add_(divisor.eq(0).to(divisor.dtype))  # no agreeing delta: divide by 1
             summed.div_(divisor)
         if lam != 1:
             summed.mul_(lam)
-        parts[0].copy_(summed.add_(flat_base[start : start + _CHUNK]))
+        torch.add(summed, flat_base[start : start + _CHUNK], out=parts[0])
     return deltas[0]
 
 

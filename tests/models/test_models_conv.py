@@ -101,7 +101,9 @@ def test_hyena_filters_depend_on_the_lag_alone_and_decay():
     f = mixer("hyena").filter
     with torch.no_grad():
         short, long = f(50), f(3000)
-        assert torch.equal(short, long[:, :50])  # decoding extends the same filter, it does not stretch it
+        # decoding extends the same filter, it does not stretch it (equal up to the BLAS kernel's blocking,
+        # which depends on the number of rows on some CPUs)
+        torch.testing.assert_close(short, long[:, :50], rtol=1e-5, atol=1e-6)
         lag = torch.arange(3000, dtype=torch.float32)[:, None] / HYENA_LAG_SCALE
         window = torch.exp(-f.decay_rates("cpu") * lag).unflatten(-1, (f.order, f.d)).transpose(0, 1)
         # the MLP's output is bounded by its last layer's weights (sin in [-1, 1]), so |h| <= bound * window

@@ -227,7 +227,8 @@ def test_save_model_folders_load_with_auto_classes(tmp_path):
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = torch.tensor([[9, 8, 7, 6]])
     with torch.no_grad():
-        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=0, atol=0)
+        # the same weights and ops; float32 rounding may differ in the last bit with the BLAS path taken
+        torch.testing.assert_close(hf(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-6)
     # transformers' own save_pretrained of the wrapper gives a folder alloyml loads back.
     hf.save_pretrained(tmp_path / "again")
     assert load_model(tmp_path / "again").config == model.config
